@@ -1,0 +1,280 @@
+"""Typed configuration: one small dataclass per section, loaded from YAML, overridden from the CLI.
+
+A recipe is a YAML file with the sections below (every key optional). Command-line overrides
+take the form ``--section.key=value`` and are parsed with YAML scalar rules (``--train.epochs=3``,
+``--optim.betas=[0.9,0.95]``). Unknown keys and wrong types raise :class:`ConfigError`, whose
+message names the key and suggests the closest valid one; the CLI turns it into exit code 2.
+
+The ``model`` section is special: besides ``name`` it accepts the chosen model's own arguments
+(``--model.width=128``), validated against the model registry's signature for that name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be used; the message says what and how to fix it."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its help text (shown by ``layerwise train --help``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def default_data_root() -> str:
+    """``$LAYERWISE_DATA`` if set, else ``~/.cache/layerwise/data``."""
+    return os.environ.get("LAYERWISE_DATA") or str(Path("~/.cache/layerwise/data").expanduser())
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("resnet-digits", "registered model name (see `layerwise models`)")
+    args: dict = _f({}, "family arguments, given as model.<arg> (e.g. model.width=128)")
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("digits", "dataset: digits (built in), mnist, cifar10")
+    root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
+                   "or ~/.cache/layerwise/data")
+    batch_size: int = _f(64, "examples per optimizer step (split over train.grad_accum micro-batches)")
+    eval_batch_size: int = _f(1024, "examples per evaluation batch")
+    train_subset: int = _f(0, "use only the first N training examples (0 = all); for small-data runs")
+    augment_translate: int = _f(0, "random translation augmentation, max shift in pixels (0 = off)")
+    augment_flip: bool = _f(False, "random horizontal flips (for natural images, not digits)")
+    drop_last: bool = _f(False, "drop the last incomplete training batch of each epoch")
+
+
+@dataclass
+class OptimConfig:
+    name: str = _f("sgd", "optimizer: sgd, adamw, muon")
+    lr: float = _f(0.1, "peak learning rate  # per optimizer step, at data.batch_size")
+    weight_decay: float = _f(5e-4, "weight decay, applied to weights only (never biases, norms, embeddings)")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(True, "Nesterov momentum for SGD")
+    betas: list = _f([0.9, 0.999], "AdamW betas")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    muon_lr: float = _f(0.02, "Muon learning rate for hidden 2-D weights (optim.lr drives the rest)")
+    muon_momentum: float = _f(0.95, "Muon momentum")
+    schedule: str = _f("cosine", "LR schedule: constant, cosine, linear, onecycle")
+    warmup_steps: int = _f(0, "linear warmup steps (cosine, linear, constant)")
+    warmup_fraction: float = _f(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
+    min_lr_ratio: float = _f(0.0, "final LR as a fraction of the peak")
+    clip_grad_norm: float = _f(0.0, "clip the global gradient norm to this value (0 = off)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(10.0, "training length in epochs (fractions allowed)")
+    max_steps: int = _f(0, "stop after this many optimizer steps (0 = use epochs)")
+    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
+    precision: str = _f("fp32", "fp32, bf16 (autocast on CPU and CUDA) or fp16 (CUDA, with grad scaling)")
+    compile: bool = _f(False, "run the model through torch.compile")
+    channels_last: bool = _f(False, "store conv activations channels-last (pays on CUDA with bf16/fp16)")
+    device: str = _f("auto", "auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    seed: int = _f(0, "seed for weights, data order, augmentation and dropout")
+    label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
+    ema_decay: float = _f(0.0, "EMA of weights with this decay per step (0 = off); evaluated when on")
+    eval_every: float = _f(1.0, "evaluate on the test split every N epochs (0 = only at the end)")
+    log_every: int = _f(20, "log train metrics every N optimizer steps")
+    max_bad_steps: int = _f(5, "stop with an error after this many consecutive NaN/Inf steps")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("", "run name (default: the recipe name or the dataset)")
+    dir: str = _f("", "run directory (default: <run.root>/<name>-<time>)")
+    root: str = _f("runs", "parent folder of run directories")
+    checkpoint_every: int = _f(0, "write a resumable checkpoint every N optimizer steps (0 = each epoch)")
+    keep_checkpoints: int = _f(3, "keep the last K checkpoints")
+    plots: bool = _f(True, "write PNG plots of loss, accuracy and learning rate")
+    tensorboard: bool = _f(True, "also log to TensorBoard when it is installed")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict; the model section is flattened back to ``name`` + its args."""
+        d = dataclasses.asdict(self)
+        model = d.pop("model")
+        return {"model": {"name": model["name"], **model["args"]}, **d}
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+            "train": TrainConfig, "run": RunConfig}
+
+
+def _closest(word: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else ""
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the field type; ints are accepted for floats. Strict otherwise."""
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is list and isinstance(value, tuple):
+        return list(value)
+    ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(
+            f"config key '{key}' expects {typ.__name__}, got {type(value).__name__} {value!r}. "
+            f"Fix the value in the recipe or on the command line (e.g. --{key}=<{typ.__name__}>).")
+    return value
+
+
+def _model_section(raw: dict[str, Any], base: ModelConfig, where: str) -> ModelConfig:
+    from layerwise.models import list_models, model_args  # models sit below config's users
+
+    name = raw.get("name", base.name)
+    if not isinstance(name, str) or name not in list_models():
+        raise ConfigError(
+            f"model.name {name!r} ({where}) is not a registered model.{_closest(str(name), list_models())} "
+            f"Valid names: {', '.join(list_models())}.")
+    valid = model_args(name)
+    args = dict(base.args) if name == base.name else {}
+    for key, value in raw.items():
+        if key == "name":
+            continue
+        if key not in valid:
+            raise ConfigError(
+                f"unknown config key 'model.{key}' for model '{name}' ({where}).{_closest(key, list(valid))} "
+                f"Valid model keys: name, {', '.join(valid)}.")
+        default = valid[key]
+        if default is not None and not isinstance(default, (tuple, list)):
+            value = _coerce(f"model.{key}", value, type(default))
+        args[key] = value
+    return ModelConfig(name=name, args=args)
+
+
+def merge(cfg: Config, raw: dict[str, Any], where: str) -> Config:
+    """Return ``cfg`` updated with the nested dict ``raw``; ``where`` names the source in errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of sections (model, data, optim, train, run), "
+                          f"got {type(raw).__name__}.")
+    out = {name: getattr(cfg, name) for name in SECTIONS}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}' ({where}).{_closest(section, list(SECTIONS))} "
+                              f"Valid sections: {', '.join(SECTIONS)}.")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' ({where}) must be a mapping of keys, "
+                              f"got {values!r}.")
+        if section == "model":
+            out["model"] = _model_section(values, cfg.model, where)
+            continue
+        cls = SECTIONS[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        updates = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown config key '{section}.{key}' ({where}).{_closest(key, list(fields))} "
+                    f"Valid keys in '{section}': {', '.join(fields)}.")
+            typ = type(fields[key].default) if fields[key].default is not dataclasses.MISSING else list
+            updates[key] = _coerce(f"{section}.{key}", value, typ)
+        out[section] = dataclasses.replace(getattr(cfg, section), **updates)
+    return Config(**out)
+
+
+def parse_override(arg: str) -> tuple[str, str, Any]:
+    """``--section.key=value`` -> (section, key, value parsed as a YAML scalar)."""
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body or "." not in body.split("=", 1)[0]:
+        raise ConfigError(f"cannot read the override '{arg}': write it as --section.key=value "
+                          f"(e.g. --train.epochs=5).")
+    path, text = body.split("=", 1)
+    section, key = path.split(".", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return section, key, value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe file '{path}' does not exist. Give the path of a YAML recipe "
+                          f"(see the recipes/ folder) or leave it out to train the built-in default.")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe '{path}' is not valid YAML: {e}. Fix the syntax and run again.") from None
+    return raw or {}
+
+
+def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the recipe file, then ``--section.key=value`` overrides, in that order."""
+    cfg = Config()
+    if recipe is not None:
+        cfg = merge(cfg, load_yaml(recipe), where=f"recipe {Path(recipe).name}")
+        if not cfg.run.name:
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=Path(recipe).stem))
+    for arg in overrides:
+        section, key, value = parse_override(arg)
+        cfg = merge(cfg, {section: {key: value}}, where=f"override {arg}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that the types alone cannot express."""
+    checks = [
+        (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
+        (cfg.data.batch_size % cfg.train.grad_accum == 0,
+         f"data.batch_size ({cfg.data.batch_size}) must be divisible by train.grad_accum "
+         f"({cfg.train.grad_accum}) so every micro-batch has the same size"),
+        (cfg.train.precision in ("fp32", "bf16", "fp16"),
+         f"train.precision must be fp32, bf16 or fp16, got '{cfg.train.precision}'"),
+        (cfg.train.epochs > 0 or cfg.train.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (0 <= cfg.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
+        (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+        (len(cfg.optim.betas) == 2, "optim.betas must be two numbers, e.g. [0.9, 0.999]"),
+        (cfg.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
+        (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg + ".")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def help_text() -> str:
+    """Every config key with its type, default and meaning (for ``layerwise train --help``)."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(cls):
+            if section == "model" and f.name == "args":
+                lines.append("  model.<arg>              the chosen model's arguments (layerwise models NAME)")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {section}.{f.name:<20} {f.metadata['help']} [default: {default!r}]")
+    return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Dataset registry: a name gives train/test tensors plus what a model and `predict` need to know.
+
+Small datasets are loaded whole into memory as tensors (uint8 where the source is 8-bit) and
+normalized per batch on the device; that is what makes a CPU epoch take milliseconds instead of
+seconds of worker-process overhead (airbench's habit). Datasets that are not built in are read
+from ``data.root``, laid out as ``<root>/<name>/<file>`` (e.g. ``mnist/mnist_train.npz``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Missing, corrupt or unusable data; the message names the file and the fix."""
+
+
+@dataclass
+class DatasetInfo:
+    """What a model needs to consume the data, and what `predict` needs to prepare an input."""
+
+    name: str
+    in_shape: tuple[int, ...]  # (C, H, W) for images
+    num_classes: int
+    classes: list[str]
+    scale: float  # raw value that maps to 1.0 (16 for digits, 255 for 8-bit images)
+    mean: list[float]  # per channel, after dividing by scale
+    std: list[float]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "in_shape": list(self.in_shape), "num_classes": self.num_classes,
+                "classes": self.classes, "scale": self.scale, "mean": self.mean, "std": self.std}
+
+
+@dataclass
+class Dataset:
+    info: DatasetInfo
+    x_train: torch.Tensor  # (N, C, H, W), raw values (uint8 or float)
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    source: dict = field(default_factory=dict)  # provenance, written to env.json
+
+
+_REGISTRY: dict[str, Callable[[Path], Dataset]] = {}
+
+
+def register_dataset(name: str):
+    def deco(fn: Callable[[Path], Dataset]):
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def list_datasets() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_dataset(name: str, root: str | Path) -> Dataset:
+    """Load a registered dataset; ``root`` is only read by datasets that are not built in."""
+    if name not in _REGISTRY:
+        match = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" Did you mean '{match[0]}'?" if match else ""
+        raise DataError(f"unknown dataset '{name}'.{hint} Valid names: {', '.join(list_datasets())}.")
+    ds = _REGISTRY[name](Path(root).expanduser())
+    _check(ds)
+    return ds
+
+
+def _check(ds: Dataset) -> None:
+    for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        if len(x) != len(y) or len(x) == 0:
+            raise DataError(f"dataset '{ds.info.name}' {split} split has {len(x)} inputs and {len(y)} "
+                            f"labels; both must be equal and non-zero. Re-create the data files.")
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            raise DataError(f"dataset '{ds.info.name}' {split} split holds NaN or Inf values in {bad} "
+                            f"examples. Clean or drop those examples before training.")
+        if int(y.min()) < 0 or int(y.max()) >= ds.info.num_classes:
+            raise DataError(f"dataset '{ds.info.name}' {split} split has labels outside "
+                            f"[0, {ds.info.num_classes - 1}]. Fix the labels.")
+
+
+def _npz(root: Path, rel: str, dataset: str) -> dict[str, np.ndarray]:
+    """Read an .npz without pickle; missing or corrupt files raise a DataError that says why."""
+    path = root / rel
+    if not path.is_file():
+        raise DataError(
+            f"dataset '{dataset}' needs the file {rel} under the data root '{root}', and it is not there. "
+            f"Set data.root (--data.root=DIR) or the environment variable LAYERWISE_DATA to the folder "
+            f"that holds {rel}.")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"dataset file '{path}' is corrupt or not an .npz archive ({e}). "
+                        f"Replace it with a good copy.") from None
+
+
+@register_dataset("digits")
+def _digits(root: Path) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, values 0..16); fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = d.images.astype(np.float32)[:, None]  # (N, 1, 8, 8)
+    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, random_state=0, stratify=d.target)
+    info = DatasetInfo("digits", (1, 8, 8), 10, [str(i) for i in range(10)], 16.0,
+                       mean=[0.3054], std=[0.3761])  # measured on the training split
+    return Dataset(info, torch.from_numpy(xtr), torch.from_numpy(ytr).long(),
+                   torch.from_numpy(xte), torch.from_numpy(yte).long(),
+                   {"source": "sklearn.datasets.load_digits", "split": "train_test_split(0.2, random_state=0)"})
+
+
+@register_dataset("mnist")
+def _mnist(root: Path) -> Dataset:
+    tr, te = _npz(root, "mnist/mnist_train.npz", "mnist"), _npz(root, "mnist/mnist_test.npz", "mnist")
+    info = DatasetInfo("mnist", (1, 28, 28), 10, [str(i) for i in range(10)], 255.0, [0.1307], [0.3081])
+    return Dataset(info, torch.from_numpy(tr["x"])[:, None], torch.from_numpy(tr["y"]).long(),
+                   torch.from_numpy(te["x"])[:, None], torch.from_numpy(te["y"]).long(),
+                   {"files": ["mnist/mnist_train.npz", "mnist/mnist_test.npz"]})
+
+
+def _decode_jpegs(d: dict[str, np.ndarray], path: str) -> torch.Tensor:
+    from PIL import Image
+
+    blob, off = d["jpeg"], d["offsets"]
+    out = np.empty((len(off) - 1, 32, 32, 3), np.uint8)
+    for i in range(len(off) - 1):
+        try:
+            out[i] = np.asarray(Image.open(io.BytesIO(blob[off[i]:off[i + 1]].tobytes())).convert("RGB"))
+        except Exception as e:  # PIL raises several types for broken images
+            raise DataError(f"image {i} in '{path}' cannot be decoded ({e}). "
+                            f"Replace the file with a good copy.") from None
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+
+
+@register_dataset("cifar10")
+def _cifar10(root: Path) -> Dataset:
+    files = ("cifar10/cifar10_train_jpeg.npz", "cifar10/cifar10_test_jpeg.npz")
+    tr, te = (_npz(root, f, "cifar10") for f in files)
+    classes = [str(c) for c in tr["classes"]]
+    info = DatasetInfo("cifar10", (3, 32, 32), 10, classes, 255.0,
+                       [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
+    return Dataset(info, _decode_jpegs(tr, files[0]), torch.from_numpy(tr["y"]).long(),
+                   _decode_jpegs(te, files[1]), torch.from_numpy(te["y"]).long(), {"files": list(files)})

@@ -1,0 +1,25 @@
+"""Model families, their registry and analytic costs.
+
+    from layerwise.models import create_model, list_models
+    model = create_model("resnet20", in_shape=(3, 32, 32), num_classes=10)
+"""
+
+# Importing the family modules registers their models.
+from .base import Model
+from .mlp import MLP, mlp_cost
+from .registry import create_model, list_models, model_args, register_model
+from .resnet import BasicBlock, Bottleneck, ResNet, resnet_cost
+
+__all__ = [
+    "MLP",
+    "BasicBlock",
+    "Bottleneck",
+    "Model",
+    "ResNet",
+    "create_model",
+    "list_models",
+    "mlp_cost",
+    "model_args",
+    "register_model",
+    "resnet_cost",
+]

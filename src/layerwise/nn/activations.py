@@ -1,0 +1,57 @@
+"""Activation functions by name: the f in h_l = f(W_l h_{l-1} + b_l).
+
+Every entry is PyTorch's own module (its fused kernels, its autograd); this file only maps the
+names a config may use onto them. `unknown_choice_error` is the one shared "bad name" message
+used by every name-keyed factory in layerwise (activations, norms, the model registry).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "get_activation", "unknown_choice_error"]
+
+
+def unknown_choice_error(what: str, value: object, valid: Iterable[str]) -> ValueError:
+    """Build the ValueError for a name that is not one of `valid`.
+
+    The message names the bad value, suggests the closest valid name (difflib) when one is close
+    enough, and lists all valid names, e.g.
+    ``unknown activation 'gelu_tan'; did you mean 'gelu_tanh'? (valid: relu, gelu, ...)``.
+    """
+    valid = list(valid)
+    by_lower = {v.lower(): v for v in valid}  # case-insensitive match: "2D" -> "2d"
+    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=1)
+    hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
+    return ValueError(f"unknown {what} {value!r}{hint} (valid: {', '.join(valid)})")
+
+
+# name -> zero-argument constructor. Not in-place: per-layer probes and hooks (insight/) read the
+# pre-activation tensors, and in-place ReLU would overwrite them.
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,  # max(0, x)
+    # GELU (Hendrycks & Gimpel 2016): x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2))), the exact form
+    "gelu": lambda: nn.GELU(approximate="none"),
+    # tanh approximation used by GPT-2/BERT: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU,  # x * sigmoid(x) (Elfwing et al. 2018; "swish" in Ramachandran et al. 2017)
+    "identity": nn.Identity,  # f(x) = x: a purely linear layer
+}
+
+ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)
+
+
+def get_activation(name: str) -> nn.Module:
+    """Return a new activation module for `name` (one of `ACTIVATIONS`).
+
+    Raises:
+        ValueError: `name` is not a known activation; the message suggests the closest one.
+    """
+    try:
+        ctor = _ACTIVATIONS[name]
+    except (KeyError, TypeError):  # TypeError: unhashable value such as a list from YAML
+        raise unknown_choice_error("activation", name, ACTIVATIONS) from None
+    return ctor()

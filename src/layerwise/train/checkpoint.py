@@ -1,0 +1,101 @@
+"""Atomic, checksummed, resumable checkpoints.
+
+Each checkpoint is two files in ``checkpoints/``: ``step_XXXXXXXX.pt`` (``torch.save`` of a dict
+of tensors and plain Python values) and ``step_XXXXXXXX.json`` (its step, size and sha256). Both
+are written to a temp file, fsynced and renamed, the ``.json`` last, so a process killed at any
+instant leaves either a complete, verifiable checkpoint or none. Loading verifies the checksum
+and falls back to the previous checkpoint with a warning; it never unpickles arbitrary objects
+(``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint; the message says what was found and what to do."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:  # make the rename itself durable
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write one checkpoint and delete all but the newest ``keep`` complete ones."""
+    directory.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    path = directory / f"{_name(step)}.pt"
+    atomic_write(path, data)
+    meta = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+    for tmp in directory.glob(".*.tmp*"):  # left by a process killed mid-write
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files, oldest first (complete or not)."""
+    return sorted(directory.glob("step_*.pt"))
+
+
+def _verify(path: Path) -> bytes:
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path.name} has no {meta_path.name} (the write did not finish)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected = meta["sha256"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{meta_path.name} is unreadable ({e})") from None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise CheckpointError(f"{path.name} does not match its checksum ({len(data)} bytes, "
+                              f"expected {meta.get('bytes')}): truncated or corrupt")
+    return data
+
+
+def load_latest(directory: Path, map_location: torch.device | str = "cpu") -> tuple[dict[str, Any], Path]:
+    """The newest checkpoint that verifies; each one skipped is reported with a warning."""
+    problems = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            data = _verify(path)
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except (CheckpointError, RuntimeError, EOFError, OSError) as e:
+            problems.append(f"{path.name}: {e}")
+            warnings.warn(f"skipping checkpoint {path}: {e}; trying the previous one", stacklevel=2)
+            continue
+        return state, path
+    found = "; ".join(problems) if problems else "no checkpoint files"
+    raise CheckpointError(
+        f"no usable checkpoint in '{directory}' ({found}). The run cannot be resumed from it; "
+        f"start a new run, or resume a run directory whose checkpoints/ folder holds a complete checkpoint.")

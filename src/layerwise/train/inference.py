@@ -1,0 +1,79 @@
+"""Using a finished run: evaluate it again, or predict classes for new inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from layerwise.config import default_data_root, load_config
+from layerwise.data import BatchLoader, DatasetInfo, Normalize, load_dataset
+from layerwise.data.inputs import load_inputs
+from layerwise.train.metrics import Accumulator
+from layerwise.train.run import RunDirError, load_model
+from layerwise.train.trainer import resolve_device
+
+
+def _info(meta: dict[str, Any]) -> DatasetInfo:
+    d = dict(meta["data"])
+    d["in_shape"] = tuple(d["in_shape"])
+    return DatasetInfo(**d)
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> dict[str, Any]:
+    """Test loss and accuracy of the run's saved model on its dataset's test split."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
+    cfg = load_config(run_dir / "config.yaml")
+    dev = resolve_device(device)
+    model, meta = load_model(run_dir, dev)
+    info = _info(meta)
+    ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root())
+    loader = BatchLoader(ds.x_test.to(dev), ds.y_test.to(dev), cfg.data.eval_batch_size, Normalize(info, dev))
+    acc = Accumulator(dev)
+    for x, y in loader:
+        logits = model(x)
+        acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
+    m = acc.read()
+    return {"test_accuracy": m["accuracy"], "test_loss": m["loss"], "examples": m["examples"],
+            "model": cfg.model.name, "dataset": cfg.data.name}
+
+
+@torch.no_grad()
+def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str = "auto",
+            device: str = "auto") -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each example of each input file."""
+    dev = resolve_device(device)
+    model, meta = load_model(run_dir, dev)
+    info = _info(meta)
+    norm = Normalize(info, dev)
+    k = max(1, min(top_k, info.num_classes))
+    results = []
+    for path in inputs:
+        x = load_inputs(path, info, invert)
+        probs = F.softmax(model(norm(x.to(dev))).float(), dim=-1)
+        p, idx = probs.topk(k, dim=-1)
+        for i in range(len(x)):
+            name = path if len(x) == 1 else f"{path}[{i}]"
+            results.append({"input": name, "top": [{"class": info.classes[c], "index": int(c), "probability": float(q)}
+                                                   for q, c in zip(p[i].tolist(), idx[i].tolist())]})
+    return results
+
+
+def run_info(run_dir: str | Path) -> dict[str, Any]:
+    """The run's summary (or, for an unfinished run, how far it got)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        return {"status": "finished"} | json.loads(summary_path.read_text())
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*.json"))
+    last = json.loads(ckpts[-1].read_text())["step"] if ckpts else None
+    return {"status": "unfinished", "last_checkpoint_step": last,
+            "resume_with": f"layerwise train --resume {run_dir}", "run_dir": str(run_dir)}

@@ -1,0 +1,103 @@
+"""Metric accumulation on the device, the metrics.jsonl log, TensorBoard and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class Accumulator:
+    """Sums of loss, correct predictions and examples, kept as device tensors.
+
+    Adding never syncs with the host; ``read()`` does, and the Trainer calls it only at log
+    intervals, so the GPU is never stalled by a per-step ``.item()``.
+    """
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, correct, count
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        correct = (logits.argmax(-1) == y).sum()
+        self.sums += torch.stack([loss_sum.detach().double(), correct.double(),
+                                  torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)])
+
+    def read(self, reset: bool = True) -> dict[str, float]:
+        loss, correct, n = self.sums.tolist()
+        if reset:
+            self.sums.zero_()
+        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "examples": int(n)}
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums.copy_(state["sums"])
+
+
+class MetricsLog:
+    """Appends one JSON line per record to metrics.jsonl, mirrors scalars to TensorBoard if present."""
+
+    def __init__(self, path: Path, tensorboard: bool):
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+            except ImportError:  # optional extra: pip install layerwise[tensorboard]
+                self.tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: keep the records up to the checkpoint's step, drop the ones it will redo."""
+        if self.path.is_file():
+            keep = [r for r in map(json.loads, self.path.read_text().splitlines()) if r["step"] <= step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            self.records = keep
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "kind") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_metrics(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """loss.png, accuracy.png and lr.png from the metric records (train and test curves)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train = [r for r in records if r.get("kind") == "train"]
+    test = [r for r in records if r.get("kind") == "test"]
+    written = []
+    for key, label in (("loss", "cross-entropy loss"), ("accuracy", "accuracy"), ("lr", "learning rate")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if train and key in train[0]:
+            ax.plot([r["step"] for r in train], [r[key] for r in train], label="train")
+        if test and key in test[0]:
+            ax.plot([r["step"] for r in test], [r[key] for r in test], "o-", label="test")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        if key == "loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"{key}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,63 @@
+"""What a person watching the run sees: a rich progress bar on a terminal, plain lines elsewhere."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class ProgressDisplay:
+    """``update()`` is called at log intervals only; on a non-terminal it prints one line each."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, enabled: bool = True):
+        self.console = Console(stderr=False)
+        self.total = total_steps
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self.bar = None
+        if self.live:
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                TimeRemainingColumn(), console=self.console, transient=False)
+            self.task = self.bar.add_task("train", total=total_steps, completed=start_step, info="")
+            self.bar.start()
+
+    def update(self, step: int, epoch: float, metrics: dict[str, Any]) -> None:
+        info = (f"epoch {epoch:.2f} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
+                f"lr {metrics['lr']:.3g} {metrics['examples_per_sec']:.0f} ex/s")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif self.enabled:
+            print(f"step {step}/{self.total} {info}", flush=True)
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        elif self.enabled:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def results_table(summary: dict[str, Any], title: str = "results") -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        if isinstance(v, float):
+            v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+        elif isinstance(v, int) and abs(v) >= 10_000:
+            v = f"{v:,}"
+        table.add_row(k, str(v))
+    return table
+
+
+def print_table(summary: dict[str, Any], title: str = "results") -> None:
+    Console(file=sys.stdout).print(results_table(summary, title))

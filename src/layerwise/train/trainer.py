@@ -1,0 +1,371 @@
+"""The Trainer: one explicit mini-batch loop that serves every task.
+
+Read :meth:`Trainer.fit` top to bottom: take a step's micro-batches, forward, loss, backward,
+clip, optimizer step, schedule, metrics, evaluation, checkpoint. Everything else is a small named
+method. The loop never reads a device value per step except one finiteness flag, which has to
+reach the host before the optimizer decides to step (GradScaler syncs the same way on fp16).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from layerwise.config import Config, default_data_root, save_config
+from layerwise.data import BatchLoader, Normalize, load_dataset
+from layerwise.models import create_model
+from layerwise.train import checkpoint as ckpt
+from layerwise.train.ema import EMA
+from layerwise.train.metrics import Accumulator, MetricsLog, plot_metrics
+from layerwise.train.optim import build_optimizer
+from layerwise.train.precision import autocast, grad_scaler
+from layerwise.train.progress import ProgressDisplay
+from layerwise.train.run import environment, new_run_dir, save_model, write_json
+from layerwise.train.schedule import apply_lr, lr_multiplier
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a NaN/Inf loss or gradient."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name} asks for a CUDA GPU, but torch sees none "
+                         f"(torch {torch.__version__}). Use --train.device=cpu or auto.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds data, model and optimizer from a :class:`Config` and trains them.
+
+    ``run_dir`` given with ``resume=True`` continues a run from its newest valid checkpoint.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path | None = None, resume: bool = False,
+                 show_progress: bool = True):
+        self.cfg, self.resume = cfg, resume
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        self.device = resolve_device(t.device)
+        self.scaler = grad_scaler(self.device.type, t.precision)  # refuses fp16 off CUDA, early
+        seed_everything(t.seed)
+
+        # data: whole dataset on the device, normalized per batch
+        d = cfg.data
+        ds = load_dataset(d.name, d.root or default_data_root())
+        self.info = ds.info
+        x_train, y_train = ds.x_train, ds.y_train
+        if d.train_subset:
+            x_train, y_train = x_train[:d.train_subset], y_train[:d.train_subset]
+        norm = Normalize(ds.info, self.device)
+        micro = d.batch_size // t.grad_accum
+        self.train_loader = BatchLoader(x_train.to(self.device), y_train.to(self.device), micro, norm,
+                                        shuffle=True, seed=t.seed, drop_last=d.drop_last,
+                                        translate=d.augment_translate, flip=d.augment_flip)
+        self.test_loader = BatchLoader(ds.x_test.to(self.device), ds.y_test.to(self.device),
+                                       d.eval_batch_size, norm)
+
+        # model and optimizer
+        self.model = create_model(cfg.model.name, in_shape=ds.info.in_shape, num_classes=ds.info.num_classes,
+                                  **cfg.model.args).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        o = cfg.optim
+        self.optimizer = build_optimizer(
+            self.model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+            nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
+            muon_momentum=o.muon_momentum, device_type=self.device.type)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        # torch.compile wraps the module; state is always read from and written to self.model
+        self.forward = torch.compile(self.model) if t.compile else self.model
+
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)
+        self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
+        warm = o.warmup_steps or int(o.warmup_fraction * self.total_steps)
+        self.schedule = dict(total_steps=self.total_steps, schedule=o.schedule, warmup_steps=warm,
+                             min_ratio=o.min_lr_ratio)
+        lr_multiplier(0, **self.schedule)  # validate the schedule before any work is done
+
+        # loop state (all of it goes into checkpoints)
+        self.step = 0
+        self.bad_steps = 0  # consecutive
+        self.skipped_steps = 0  # total
+        self.examples_seen = 0
+        self.train_seconds = 0.0
+        self.acc = Accumulator(self.device)
+
+        # run directory
+        if not cfg.run.name:
+            cfg = self.cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=d.name))
+        if resume:
+            self.run_dir = Path(run_dir)
+        else:
+            self.run_dir = new_run_dir(cfg.run.root, cfg.run.name, str(run_dir) if run_dir else cfg.run.dir)
+            save_config(cfg, self.run_dir / "config.yaml")
+            write_json(self.run_dir / "env.json", environment(self.device, t.seed) | {"data": ds.source})
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.run.tensorboard)
+        if resume:
+            self._load_checkpoint()
+        self.display = ProgressDisplay(self.total_steps, self.step, enabled=show_progress)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps``, evaluate, save the model; returns the summary."""
+        t, o = self.cfg.train, self.cfg.optim
+        self.model.train()
+        batches = iter(self.train_loader)
+        last_log_time, last_log_examples = time.perf_counter(), self.examples_seen
+        start = time.perf_counter() - self.train_seconds
+        try:
+            while self.step < self.total_steps:
+                micro, batches = self._next_micro_batches(batches)
+                n = sum(len(y) for _, y in micro)  # examples in this optimizer step
+                lr = apply_lr(self.optimizer, lr_multiplier(self.step, **self.schedule))
+                step_loss = torch.zeros((), device=self.device)
+                for x, y in micro:
+                    with autocast(self.device.type, t.precision):
+                        logits = self.forward(x)
+                    # summed loss / examples in the step: exact gradient accumulation for any split
+                    loss_sum = F.cross_entropy(logits.float(), y, reduction="sum",
+                                               label_smoothing=t.label_smoothing)
+                    loss = loss_sum / n
+                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                    step_loss += loss_sum.detach()
+                    self.acc.add(loss_sum, logits.detach(), y)
+                grad_norm = self._clip(o.clip_grad_norm)
+                self._optimizer_step(step_loss, grad_norm)
+                self.step += 1
+                self.examples_seen += n
+
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    rate = (self.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
+                    self._log_train(lr, rate)
+                    last_log_time, last_log_examples = now, self.examples_seen
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if self._eval_due(epoch_end):
+                    self.train_seconds = time.perf_counter() - start
+                    self._log_test()
+                if self._checkpoint_due(epoch_end):
+                    self.train_seconds = time.perf_counter() - start
+                    self._save_checkpoint()
+        finally:
+            self.display.close()
+        self.train_seconds = time.perf_counter() - start
+        return self._finish()
+
+    def _next_micro_batches(self, batches):
+        """The grad_accum micro-batches of one optimizer step; fewer at the end of an epoch."""
+        micro = []
+        for _ in range(self.cfg.train.grad_accum):
+            try:
+                micro.append(next(batches))
+            except StopIteration:
+                if micro:  # the epoch ended mid-step: take a short step
+                    break
+                batches = iter(self.train_loader)  # next epoch
+                micro.append(next(batches))
+            if self.train_loader.position == len(self.train_loader):
+                break  # never let one optimizer step span two epochs
+        return micro, batches
+
+    def _clip(self, max_norm: float) -> torch.Tensor:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"),
+                                              foreach=True)
+
+    def _optimizer_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        # The one host sync per step: the skip decision must be made before the update.
+        # With fp16 an overflowing *gradient* is the scaler's business (it skips and lowers the
+        # scale); only a non-finite *loss* counts as a bad step there.
+        finite = torch.isfinite(step_loss) if self.scaler else torch.isfinite(step_loss) & torch.isfinite(grad_norm)
+        if bool(finite):
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.bad_steps = 0
+        else:
+            if self.scaler:
+                self.scaler.update()
+            self.bad_steps += 1
+            self.skipped_steps += 1
+            self.display.message(f"warning: step {self.step} has a non-finite loss or gradient "
+                                 f"(loss {step_loss.item():.4g}); skipped ({self.bad_steps} in a row)")
+            if self.bad_steps >= self.cfg.train.max_bad_steps:
+                raise TrainingDiverged(
+                    f"training stopped at step {self.step}: {self.bad_steps} consecutive steps had a NaN "
+                    f"or Inf loss or gradient ({self.skipped_steps} skipped in all). Lower optim.lr, set "
+                    f"optim.clip_grad_norm, check the data for NaN values, or use precision fp32. The "
+                    f"last good checkpoint is in {self.ckpt_dir} (resume with --resume {self.run_dir}).")
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str = "test", use_ema: bool = True) -> dict[str, float]:
+        """Loss and accuracy on the test split, or on the (un-augmented) training split, in eval
+        mode and with the EMA weights when EMA is on."""
+        if split == "test":
+            loader = self.test_loader
+        else:  # the same training examples in a fixed order, without augmentation
+            tl = self.train_loader
+            loader = BatchLoader(tl.x, tl.y, self.cfg.data.eval_batch_size, tl.normalize)
+        was_training = self.model.training
+        self.model.eval()
+        acc = Accumulator(self.device)
+        ctx = self.ema.swapped_in(self.model) if (use_ema and self.ema) else contextlib.nullcontext()
+        with ctx:
+            loader.epoch, loader.position = 0, 0
+            for x, y in loader:
+                with autocast(self.device.type, self.cfg.train.precision):
+                    logits = self.forward(x)
+                acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
+        self.model.train(was_training)
+        return acc.read()
+
+    def _eval_due(self, epoch_end: bool) -> bool:
+        every = self.cfg.train.eval_every
+        if not epoch_end or every <= 0 or self.step == self.total_steps:
+            return False  # the final evaluation happens in _finish
+        epoch = self.step // self.steps_per_epoch
+        return epoch % max(1, round(every)) == 0
+
+    # ------------------------------------------------------------------ logging
+    @property
+    def epoch(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    def _log_train(self, lr: float, rate: float) -> None:
+        m = self.acc.read()
+        rec = {"kind": "train", "step": self.step, "epoch": round(self.epoch, 4), "loss": m["loss"],
+               "accuracy": m["accuracy"], "lr": lr, "examples_per_sec": rate,
+               "skipped_steps": self.skipped_steps}
+        self.log.write(rec)
+        self.display.update(self.step, self.epoch, rec)
+
+    def _log_test(self) -> dict[str, float]:
+        m = self.evaluate()
+        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4),
+                        "loss": m["loss"], "accuracy": m["accuracy"]})
+        self.display.message(f"epoch {self.epoch:.2f}: test loss {m['loss']:.4f} accuracy {m['accuracy']:.4f}")
+        return m
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_due(self, epoch_end: bool) -> bool:
+        every = self.cfg.run.checkpoint_every
+        if self.step == self.total_steps:
+            return False  # the finished run saves model.safetensors instead
+        return self.step % every == 0 if every else epoch_end
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps,
+            "examples_seen": self.examples_seen, "train_seconds": self.train_seconds,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "loader": self.train_loader.state_dict(), "metrics": self.acc.state_dict(),
+            # torch's RNG drives dropout; data order and augmentation are seeded per epoch/batch
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def _save_checkpoint(self) -> None:
+        ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), self.cfg.run.keep_checkpoints)
+
+    def _load_checkpoint(self) -> None:
+        state, path = ckpt.load_latest(self.ckpt_dir, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.acc.load_state_dict(state["metrics"])
+        for k in ("step", "bad_steps", "skipped_steps", "examples_seen"):
+            setattr(self, k, int(state[k]))
+        self.train_seconds = float(state["train_seconds"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        self.log.truncate_after(self.step)
+        self.resumed_from = path
+
+    # ------------------------------------------------------------------ the end of a run
+    def _finish(self) -> dict[str, Any]:
+        final = self.evaluate()
+        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4),
+                        "loss": final["loss"], "accuracy": final["accuracy"]})
+        model = self.model
+        meta = {"model": model.config, "data": self.info.to_dict(),
+                "metrics": {"test_accuracy": final["accuracy"], "test_loss": final["loss"]}}
+        if self.ema is not None:
+            with self.ema.swapped_in(model):
+                save_model(self.run_dir / "model.safetensors", model, meta)
+        else:
+            save_model(self.run_dir / "model.safetensors", model, meta)
+        summary = {
+            "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+            "train_seconds": round(self.train_seconds, 3), "params": model.num_params(),
+            "flops_per_example": model.flops_per_example(), "examples_seen": self.examples_seen,
+            "steps": self.step, "epochs": round(self.epoch, 4), "skipped_steps": self.skipped_steps,
+            "model": self.cfg.model.name, "dataset": self.cfg.data.name, "device": str(self.device),
+            "precision": self.cfg.train.precision, "run_dir": str(self.run_dir),
+        }
+        write_json(self.run_dir / "summary.json", summary)
+        if self.cfg.run.plots:
+            plot_metrics(self.log.records or _read_records(self.log.path), self.run_dir / "plots")
+        self.log.close()
+        return summary
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def fit(cfg: Config, run_dir: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` in a new run directory; returns the summary (see summary.json)."""
+    return Trainer(cfg, Path(run_dir) if run_dir else None, show_progress=show_progress).fit()
+
+
+def resume(run_dir: str | Path, show_progress: bool = True, overrides: list[str] = ()) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its newest valid checkpoint."""
+    from layerwise.config import load_config
+    from layerwise.train.run import RunDirError
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml). "
+                          f"Give the directory a `layerwise train` run wrote.")
+    if (run_dir / "summary.json").is_file():
+        raise RunDirError(f"the run in '{run_dir}' already finished (it has summary.json); "
+                          f"there is nothing to resume. Start a new run instead.")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    return Trainer(cfg, run_dir, resume=True, show_progress=show_progress).fit()

@@ -1,0 +1,117 @@
+"""The Trainer's promises, each asserted on real (small) runs on the digits dataset."""
+
+import json
+
+import pytest
+import torch
+
+from layerwise.config import load_config
+from layerwise.train.inference import evaluate_run
+from layerwise.train.precision import PrecisionError
+from layerwise.train.schedule import lr_multiplier
+from layerwise.train.trainer import Trainer, TrainingDiverged
+
+MLP = ["--model.name=mlp", "--model.depth=2", "--model.width=64", "--train.eval_every=0"]
+
+
+def _trainer(overrides_for, *args: str) -> Trainer:
+    return Trainer(load_config(None, overrides_for(*MLP, *args)), show_progress=False)
+
+
+def _weights(t: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+
+
+def test_grad_accumulation_equals_one_big_batch(overrides_for):
+    # 2 micro-batches of 32 accumulated == one batch of 64, step after step (no batch norm here)
+    a = _trainer(overrides_for, "--data.batch_size=64", "--train.grad_accum=1", "--train.max_steps=5")
+    b = _trainer(overrides_for, "--data.batch_size=64", "--train.grad_accum=2", "--train.max_steps=5")
+    assert b.train_loader.batch_size == 32
+    a.fit(), b.fit()
+    wa, wb = _weights(a), _weights(b)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+
+
+def test_same_seed_same_metrics_and_weights(overrides_for):
+    runs = []
+    for _ in range(2):
+        t = _trainer(overrides_for, "--train.epochs=2", "--model.dropout=0.1", "--data.augment_translate=1",
+                     "--train.log_every=5")
+        t.fit()
+        losses = [r["loss"] for r in t.log.records]
+        runs.append((losses, _weights(t)))
+    assert runs[0][0] == runs[1][0] and len(runs[0][0]) > 5
+    assert all(runs[0][1][k].equal(runs[1][1][k]) for k in runs[0][1])
+    other = _trainer(overrides_for, "--train.epochs=2", "--model.dropout=0.1", "--data.augment_translate=1",
+                     "--train.log_every=5", "--train.seed=1")
+    other.fit()
+    assert [r["loss"] for r in other.log.records] != runs[0][0]
+
+
+def test_lr_schedule_is_applied(overrides_for):
+    t = _trainer(overrides_for, "--train.epochs=2", "--train.log_every=1", "--optim.schedule=cosine",
+                 "--optim.warmup_steps=5", "--optim.lr=0.2", "--optim.min_lr_ratio=0.1")
+    t.fit()
+    lrs = [r["lr"] for r in t.log.records if r["kind"] == "train"]
+    expected = [0.2 * lr_multiplier(s, t.total_steps, schedule="cosine", warmup_steps=5, min_ratio=0.1)
+                for s in range(t.total_steps)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert max(lrs) == pytest.approx(0.2, rel=0.02) and lrs[-1] == pytest.approx(0.02, rel=0.05)
+
+
+def test_one_bad_step_is_skipped_and_counted(overrides_for):
+    t = _trainer(overrides_for, "--train.epochs=3")
+    inner, calls = t.forward, {"n": 0}
+
+    def flaky(x):
+        calls["n"] += 1
+        out = inner(x)
+        return out * float("nan") if calls["n"] == 10 else out
+    t.forward = flaky
+
+    summary = t.fit()
+    assert summary["skipped_steps"] == 1
+    assert summary["test_accuracy"] >= 0.9  # training went on normally
+    assert json.loads((t.run_dir / "summary.json").read_text())["skipped_steps"] == 1
+
+
+def test_diverging_run_stops_with_a_clear_error(overrides_for):
+    t = _trainer(overrides_for, "--optim.lr=1e12", "--optim.schedule=constant", "--train.max_bad_steps=3",
+                 "--train.epochs=2", "--optim.weight_decay=0")
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps") as e:
+        t.fit()
+    assert "optim.lr" in str(e.value) and t.skipped_steps >= 3
+
+
+def test_bf16_autocast_trains_on_cpu(overrides_for):
+    summary = _trainer(overrides_for, "--train.precision=bf16", "--train.epochs=4").fit()
+    assert summary["test_accuracy"] >= 0.93 and summary["precision"] == "bf16"
+
+
+def test_fp16_is_refused_on_cpu(overrides_for):
+    with pytest.raises(PrecisionError, match="bf16"):
+        _trainer(overrides_for, "--train.precision=fp16", "--train.device=cpu")
+
+
+def test_ema_weights_are_evaluated_and_saved(overrides_for):
+    t = _trainer(overrides_for, "--train.epochs=3", "--train.ema_decay=0.95")
+    summary = t.fit()
+    raw = _weights(t)
+    assert any(not raw[k].equal(t.ema.shadow[k]) for k in raw)  # EMA really differs from raw weights
+    again = evaluate_run(t.run_dir)  # loads model.safetensors
+    assert again["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-9)
+    assert summary["test_accuracy"] >= 0.93
+
+
+def test_compile_matches_eager(overrides_for):
+    pytest.importorskip("torch._inductor")
+    eager = _trainer(overrides_for, "--train.max_steps=3", "--train.log_every=1", "--optim.name=adamw",
+                     "--optim.lr=1e-3")
+    compiled = _trainer(overrides_for, "--train.max_steps=3", "--train.log_every=1", "--optim.name=adamw",
+                        "--optim.lr=1e-3", "--train.compile=true")
+    eager.fit(), compiled.fit()
+    le = [r["loss"] for r in eager.log.records if r["kind"] == "train"]
+    lc = [r["loss"] for r in compiled.log.records if r["kind"] == "train"]
+    assert lc == pytest.approx(le, rel=1e-4)
