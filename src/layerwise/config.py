@@ -58,16 +58,16 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = _f("sgd", "optimizer: sgd, adamw, muon")
-    lr: float = _f(0.1, "peak learning rate  # per optimizer step, at data.batch_size")
-    weight_decay: float = _f(5e-4, "weight decay, applied to weights only (never biases, norms, embeddings)")
+    name: str = _f("adamw", "optimizer: sgd, adamw, muon")
+    lr: float = _f(0.003, "peak learning rate  # per optimizer step, at data.batch_size")
+    weight_decay: float = _f(0.01, "weight decay, applied to weights only (never biases, norms, embeddings)")
     momentum: float = _f(0.9, "SGD momentum")
     nesterov: bool = _f(True, "Nesterov momentum for SGD")
     betas: list = _f([0.9, 0.999], "AdamW betas")
     eps: float = _f(1e-8, "AdamW epsilon")
     muon_lr: float = _f(0.02, "Muon learning rate for hidden 2-D weights (optim.lr drives the rest)")
     muon_momentum: float = _f(0.95, "Muon momentum")
-    schedule: str = _f("cosine", "LR schedule: constant, cosine, linear, onecycle")
+    schedule: str = _f("onecycle", "LR schedule: constant, cosine, linear, onecycle")
     warmup_steps: int = _f(0, "linear warmup steps (cosine, linear, constant)")
     warmup_fraction: float = _f(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
     min_lr_ratio: float = _f(0.0, "final LR as a fraction of the peak")
@@ -131,6 +131,11 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Check ``value`` against the field type; ints are accepted for floats. Strict otherwise."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if typ is list and isinstance(value, tuple):
         return list(value)
     ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))

@@ -96,7 +96,7 @@ def test_fp16_is_refused_on_cpu(overrides_for):
 
 
 def test_ema_weights_are_evaluated_and_saved(overrides_for):
-    t = _trainer(overrides_for, "--train.epochs=3", "--train.ema_decay=0.95")
+    t = _trainer(overrides_for, "--train.epochs=6", "--train.ema_decay=0.95")
     summary = t.fit()
     raw = _weights(t)
     assert any(not raw[k].equal(t.ema.shadow[k]) for k in raw)  # EMA really differs from raw weights

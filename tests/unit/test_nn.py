@@ -126,7 +126,8 @@ def test_batchnorm_eval_uses_running_stats(kind: str) -> None:
     torch.testing.assert_close(bn.running_var, run_var, atol=1e-5, rtol=1e-5)
     x = _input(kind, c, seed=10)
     s = _bshape(kind, c)
-    expected = bn.weight.view(s) * (x - run_mean.view(s)) / torch.sqrt(run_var.view(s) + EPS) + bn.bias.view(s)
+    x_hat = (x - run_mean.view(s)) / torch.sqrt(run_var.view(s) + EPS)
+    expected = bn.weight.view(s) * x_hat + bn.bias.view(s)
     torch.testing.assert_close(bn.eval()(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -217,7 +218,8 @@ def test_dense_with_norm_and_dropout() -> None:
     assert d.linear.bias is None and isinstance(d.drop, nn.Dropout)
     x = torch.randn(4, 5)
     z = x @ d.linear.weight.T
-    expected = F.silu((z - z.mean(1, keepdim=True)) / torch.sqrt(z.var(1, unbiased=False, keepdim=True) + EPS))
+    z_hat = (z - z.mean(1, keepdim=True)) / torch.sqrt(z.var(1, unbiased=False, keepdim=True) + EPS)
+    expected = F.silu(z_hat)  # LayerNorm's gamma = 1, beta = 0 at init
     torch.testing.assert_close(d.eval()(x), expected, atol=1e-5, rtol=1e-5)
     assert sum(p.numel() for p in d.parameters()) == dense_cost(5, 3, norm="layer", bias=False)[0]
     with pytest.raises(ValueError, match="dropout"):

@@ -49,7 +49,11 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto") -> to
         img.load()
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"'{path}' is not a readable image ({e}). Give a PNG/JPEG file or a .npy array.") from None
-    img = img.convert("L" if C == 1 else "RGB").resize((W, H), Image.BILINEAR)
+    img = img.convert("L" if C == 1 else "RGB")
+    # Downscaling averages over boxes, which is how the 8x8 digits were made from 32x32 bitmaps
+    # (counts of ink pixels in 4x4 blocks); upscaling interpolates.
+    shrink = img.width >= W and img.height >= H
+    img = img.resize((W, H), Image.BOX if shrink else Image.BILINEAR)
     x = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3) in [0, 1]
     x = x[None] if C == 1 else x.transpose(2, 0, 1)
     if C == 1 and (invert == "yes" or (invert == "auto" and x.mean() > 0.5)):

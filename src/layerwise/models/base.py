@@ -68,10 +68,6 @@ class Model(nn.Module):
         if self.config:
             self.config["num_classes"] = num_classes
 
-    def head_cost(self) -> tuple[int, int]:
-        """(parameters, forward FLOPs per example) of the classifier: (F + 1) * C and 2 * F * C."""
-        return (self.num_features + 1) * self.num_classes, 2 * self.num_features * self.num_classes
-
     # --- analytic costs ---------------------------------------------------------------------
     def num_params(self) -> int:
         """Number of learnable parameters, computed from the hyperparameters (not by summing

@@ -10,31 +10,35 @@ import torch
 
 
 class Accumulator:
-    """Sums of loss, correct predictions and examples, kept as device tensors.
+    """Sums of loss and correct predictions kept as device tensors; the example count on the host.
 
-    Adding never syncs with the host; ``read()`` does, and the Trainer calls it only at log
-    intervals, so the GPU is never stalled by a per-step ``.item()``.
+    Adding never syncs with the host (no ``.item()``, no host-to-device copy); ``read()`` does, and
+    the Trainer calls it only at log intervals, so the GPU is never stalled by a per-step read.
     """
 
     def __init__(self, device: torch.device):
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss_sum, correct, count
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss_sum, correct
+        self.count = 0
 
     def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         correct = (logits.argmax(-1) == y).sum()
-        self.sums += torch.stack([loss_sum.detach().double(), correct.double(),
-                                  torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)])
+        self.sums += torch.stack([loss_sum.detach().double(), correct.double()])
+        self.count += len(y)
 
     def read(self, reset: bool = True) -> dict[str, float]:
-        loss, correct, n = self.sums.tolist()
+        loss, correct = self.sums.tolist()
+        n = self.count
         if reset:
             self.sums.zero_()
-        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "examples": int(n)}
+            self.count = 0
+        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "examples": n}
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums}
+        return {"sums": self.sums, "count": self.count}
 
     def load_state_dict(self, state: dict) -> None:
         self.sums.copy_(state["sums"])
+        self.count = int(state["count"])
 
 
 class MetricsLog:
