@@ -119,3 +119,19 @@ def test_corrupt_model_file_is_reported(tmp_path, default_run):
     (broken / "model.safetensors").write_bytes(data[: len(data) // 3])
     out = lw("eval", str(broken))
     assert out.returncode == 1 and "not a readable safetensors file" in out.stderr
+
+
+def test_data_root_defaults_to_the_environment_variable(tmp_path):
+    import os
+    env = dict(os.environ, LAYERWISE_DATA=str(tmp_path / "from-env"))
+    out = subprocess.run([sys.executable, "-m", "layerwise", "train", "--data.name=mnist"], capture_output=True,
+                         text=True, cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 1 and str(tmp_path / "from-env") in out.stderr
+
+
+def test_space_separated_override_and_quiet_mode(tmp_path):
+    out = lw("train", "--run.dir", str(tmp_path / "mine"), "--train.max_steps=3", "--quiet",
+             "--model.name=mlp", "--run.plots", "false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "mine" / "summary.json").is_file() and not (tmp_path / "mine" / "plots").exists()
+    assert "step " not in out.stdout and "test_accuracy" in out.stdout

@@ -115,3 +115,24 @@ def test_compile_matches_eager(overrides_for):
     le = [r["loss"] for r in eager.log.records if r["kind"] == "train"]
     lc = [r["loss"] for r in compiled.log.records if r["kind"] == "train"]
     assert lc == pytest.approx(le, rel=1e-4)
+
+
+def test_label_smoothing_caps_confidence(overrides_for):
+    # with smoothing eps the optimal prediction puts 1 - eps + eps/K on the label: no more
+    def confidence(*extra: str) -> float:
+        t = _trainer(overrides_for, "--train.epochs=15", "--optim.lr=0.01", *extra)
+        t.fit()
+        t.model.eval()
+        with torch.no_grad():
+            x = t.train_loader.normalize(t.train_loader.x)
+            return torch.softmax(t.model(x), -1).max(-1).values.mean().item()
+    sharp, smooth = confidence(), confidence("--train.label_smoothing=0.3")
+    assert sharp > 0.97, sharp
+    assert smooth < 0.3 * 0.1 + 0.7 + 0.03, smooth  # optimum 0.73
+
+
+def test_muon_trains_through_the_trainer(overrides_for):
+    t = _trainer(overrides_for, "--optim.name=muon", "--optim.lr=0.003", "--train.epochs=4")
+    summary = t.fit()
+    assert summary["test_accuracy"] >= 0.93, summary
+    assert {g["name"] for g in t.optimizer.param_groups} >= {"muon"}

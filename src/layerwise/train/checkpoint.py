@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -90,11 +91,15 @@ def load_latest(directory: Path, map_location: torch.device | str = "cpu") -> tu
         try:
             data = _verify(path)
             state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:  # it would need arbitrary code to load: never
+            problem = (f"holds objects other than tensors and plain values, refused "
+                       f"({str(e).strip().splitlines()[-1][:200]})")
         except (CheckpointError, RuntimeError, EOFError, OSError) as e:
-            problems.append(f"{path.name}: {e}")
-            warnings.warn(f"skipping checkpoint {path}: {e}; trying the previous one", stacklevel=2)
-            continue
-        return state, path
+            problem = str(e)
+        else:
+            return state, path
+        problems.append(f"{path.name}: {problem}")
+        warnings.warn(f"skipping checkpoint {path}: {problem}; trying the previous one", stacklevel=2)
     found = "; ".join(problems) if problems else "no checkpoint files"
     raise CheckpointError(
         f"no usable checkpoint in '{directory}' ({found}). The run cannot be resumed from it; "

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+import torch
+
+from layerwise.train.metrics import Accumulator, MetricsLog, plot_metrics
+
+
+def test_accumulator_sums_on_device_and_resets():
+    acc = Accumulator(torch.device("cpu"))
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
+    acc.add(torch.tensor(1.5), logits, torch.tensor([0, 1, 1]))
+    acc.add(torch.tensor(0.5), logits[:1], torch.tensor([1]))
+    assert acc.read() == {"loss": 0.5, "accuracy": 0.5, "examples": 4}
+    assert acc.read() == {"loss": 0.0, "accuracy": 0.0, "examples": 0}
+
+
+def test_log_truncates_replayed_steps_on_resume(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl", tensorboard=False)
+    for step in (10, 20, 30):
+        log.write({"kind": "train", "step": step, "loss": 1.0 / step})
+    log.truncate_after(20)
+    log.write({"kind": "train", "step": 30, "loss": 0.5})
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [10, 20, 30] and lines[-1]["loss"] == 0.5
+
+
+def test_plots_are_written(tmp_path):
+    recs = [{"kind": "train", "step": s, "loss": 1 / s, "accuracy": 1 - 1 / s, "lr": 0.1} for s in range(1, 20)]
+    recs += [{"kind": "test", "step": 19, "loss": 0.1, "accuracy": 0.9}]
+    paths = plot_metrics(recs, tmp_path / "plots")
+    assert sorted(p.name for p in paths) == ["accuracy.png", "loss.png", "lr.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)
+
+
+def test_tensorboard_receives_the_scalars(tmp_path):
+    pytest.importorskip("tensorboard", reason="optional extra: pip install layerwise[tensorboard]")
+    log = MetricsLog(tmp_path / "metrics.jsonl", tensorboard=True)
+    log.write({"kind": "train", "step": 1, "loss": 2.0})
+    log.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ev = EventAccumulator(str(tmp_path / "tensorboard"))
+    ev.Reload()
+    assert [s.value for s in ev.Scalars("train/loss")] == [2.0]
