@@ -12,13 +12,14 @@ The ``model`` section is special: besides ``name`` it accepts the chosen model's
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from layerwise.choices import closest
 
 
 class ConfigError(ValueError):
@@ -123,8 +124,8 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": 
 
 
 def _closest(word: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f" Did you mean '{match[0]}'?" if match else ""
+    match = closest(word, options)
+    return f" Did you mean '{match}'?" if match else ""
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:

@@ -43,7 +43,7 @@ def test_nan_data_is_rejected(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_suggests_closest():
-    with pytest.raises(DataError, match="Did you mean 'mnist'"):
+    with pytest.raises(DataError, match="did you mean .mnist."):
         load_dataset("mnsit", "x")
 
 

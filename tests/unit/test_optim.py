@@ -22,16 +22,6 @@ from layerwise.train.optim import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared 2-core CI box OpenMP
-    # spin-waiting against other processes made these tests 10-50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Toy(nn.Module):
     """One of each layer kind the grouping rules care about."""
 

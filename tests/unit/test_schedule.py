@@ -9,16 +9,6 @@ from torch import nn
 from layerwise.train.optim import build_optimizer
 from layerwise.train.schedule import SCHEDULES, apply_lr, lr_multiplier
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared 2-core CI box OpenMP
-    # spin-waiting against other processes made these tests 10-50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 T, W = 110, 10  # total steps, warmup steps: decay spans steps 10..110, midpoint at step 60
 
 

@@ -8,7 +8,6 @@ from ``data.root``, laid out as ``<root>/<name>/<file>`` (e.g. ``mnist/mnist_tra
 
 from __future__ import annotations
 
-import difflib
 import io
 import zipfile
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from layerwise.choices import unknown_choice_error
 
 
 class DataError(ValueError):
@@ -67,9 +68,7 @@ def list_datasets() -> list[str]:
 def load_dataset(name: str, root: str | Path) -> Dataset:
     """Load a registered dataset; ``root`` is only read by datasets that are not built in."""
     if name not in _REGISTRY:
-        match = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" Did you mean '{match[0]}'?" if match else ""
-        raise DataError(f"unknown dataset '{name}'.{hint} Valid names: {', '.join(list_datasets())}.")
+        raise DataError(str(unknown_choice_error("dataset", name, list_datasets())))
     ds = _REGISTRY[name](Path(root).expanduser())
     _check(ds)
     return ds

@@ -1,32 +1,19 @@
 """Activation functions by name: the f in h_l = f(W_l h_{l-1} + b_l).
 
 Every entry is PyTorch's own module (its fused kernels, its autograd); this file only maps the
-names a config may use onto them. `unknown_choice_error` is the one shared "bad name" message
-used by every name-keyed factory in layerwise (activations, norms, the model registry).
+names a config may use onto them. `unknown_choice_error` (from `layerwise.choices`) is
+re-exported for the blocks and the model registry.
 """
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from torch import nn
 
+from layerwise.choices import unknown_choice_error
+
 __all__ = ["ACTIVATIONS", "get_activation", "unknown_choice_error"]
-
-
-def unknown_choice_error(what: str, value: object, valid: Iterable[str]) -> ValueError:
-    """Build the ValueError for a name that is not one of `valid`.
-
-    The message names the bad value, suggests the closest valid name (difflib) when one is close
-    enough, and lists all valid names, e.g.
-    ``unknown activation 'gelu_tan'; did you mean 'gelu_tanh'? (valid: relu, gelu, ...)``.
-    """
-    valid = list(valid)
-    by_lower = {v.lower(): v for v in valid}  # case-insensitive match: "2D" -> "2d"
-    close = difflib.get_close_matches(str(value).lower(), list(by_lower), n=1)
-    hint = f"; did you mean {by_lower[close[0]]!r}?" if close else ""
-    return ValueError(f"unknown {what} {value!r}{hint} (valid: {', '.join(valid)})")
 
 
 # name -> zero-argument constructor. Not in-place: per-layer probes and hooks (insight/) read the

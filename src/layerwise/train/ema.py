@@ -20,21 +20,24 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.updates = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = model.state_dict()  # tensors that share storage with the model's
+        self.shadow = {k: v.detach().clone() for k, v in state.items()}
         params = {name for name, p in model.named_parameters() if p.is_floating_point()}
-        self.averaged = [k for k in self.shadow if k in params]  # the rest (buffers) is copied
-        self.copied = [k for k in self.shadow if k not in params]
+        # resolved once: update() runs every step and must not rebuild the state dict
+        self._avg = ([self.shadow[k] for k in state if k in params], [state[k] for k in state if k in params])
+        self._copy = ([self.shadow[k] for k in state if k not in params],  # buffers: BN statistics
+                      [state[k] for k in state if k not in params])
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self) -> None:
+        """Fold the current weights of the model given at init into the average (its tensors were
+        resolved there; ``load_state_dict`` copies in place, so they stay valid)."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        state = model.state_dict()
-        if self.averaged:
-            torch._foreach_lerp_([self.shadow[k] for k in self.averaged],
-                                 [state[k] for k in self.averaged], 1.0 - d)
-        for k in self.copied:
-            self.shadow[k].copy_(state[k])
+        if self._avg[0]:
+            torch._foreach_lerp_(self._avg[0], self._avg[1], 1.0 - d)
+        for dst, src in zip(*self._copy):
+            dst.copy_(src)
 
     @contextlib.contextmanager
     def swapped_in(self, model: nn.Module) -> Iterator[None]:

@@ -18,13 +18,14 @@ References
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
+
+from layerwise.choices import unknown_choice_error
 
 __all__ = [
     "OPTIMIZERS",
@@ -57,13 +58,6 @@ _MATRIX_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, n
 # Quintic Newton-Schulz coefficients from the reference: chosen to maximize the slope at 0 so 5
 # steps suffice, at the price of singular values landing in ~[0.5, 1.5] instead of exactly 1.
 _NS_COEFFS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
-
-
-def _unknown_name(kind: str, name: str, valid: Iterable[str]) -> ValueError:
-    valid = tuple(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}: valid names are {', '.join(valid)}{hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +407,7 @@ def build_optimizer(
     "base_lr" = its initial lr, which `schedule.apply_lr` scales. lr stays a python float.
     """
     if name not in OPTIMIZERS:
-        raise _unknown_name("optimizer", name, OPTIMIZERS)
+        raise unknown_choice_error("optimizer", name, OPTIMIZERS)
     if lr < 0:
         raise ValueError(f"lr must be >= 0, got {lr}")
     if weight_decay < 0:

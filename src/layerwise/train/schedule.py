@@ -21,12 +21,12 @@ Conventions (T = total_steps, W = warmup_steps):
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from layerwise.choices import unknown_choice_error
 
 __all__ = ["SCHEDULES", "apply_lr", "lr_multiplier"]
 
@@ -34,13 +34,6 @@ SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "onecycle")
 
 # OneCycle starts at max_lr / 25 (Smith & Topin's div_factor, torch OneCycleLR's default).
 _ONECYCLE_DIV = 25.0
-
-
-def _unknown_name(kind: str, name: str, valid: Iterable[str]) -> ValueError:
-    valid = tuple(valid)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"unknown {kind} {name!r}: valid names are {', '.join(valid)}{hint}")
 
 
 def _lerp(a: float, b: float, t: float) -> float:
@@ -78,7 +71,7 @@ def lr_multiplier(
     See the module docstring for the step conventions. Steps >= total_steps hold min_ratio.
     """
     if schedule not in SCHEDULES:
-        raise _unknown_name("schedule", schedule, SCHEDULES)
+        raise unknown_choice_error("schedule", schedule, SCHEDULES)
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
     if step < 0:

@@ -209,7 +209,7 @@ class Trainer:
             else:
                 self.optimizer.step()
             if self.ema is not None:
-                self.ema.update(self.model)
+                self.ema.update()
             self.bad_steps = 0
         else:
             if self.scaler:
