@@ -62,49 +62,25 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path | None = None, resume: bool = False,
                  show_progress: bool = True):
-        self.cfg, self.resume = cfg, resume
         t = cfg.train
+        if not cfg.run.name:
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=cfg.data.name))
+        self.cfg = cfg
         if t.threads:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
         self.scaler = grad_scaler(self.device.type, t.precision)  # refuses fp16 off CUDA, early
         seed_everything(t.seed)
-
-        # data: whole dataset on the device, normalized per batch
-        d = cfg.data
-        ds = load_dataset(d.name, d.root or default_data_root())
-        self.info = ds.info
-        x_train, y_train = ds.x_train, ds.y_train
-        if d.train_subset:
-            x_train, y_train = x_train[:d.train_subset], y_train[:d.train_subset]
-        norm = Normalize(ds.info, self.device)
-        micro = d.batch_size // t.grad_accum
-        self.train_loader = BatchLoader(x_train.to(self.device), y_train.to(self.device), micro, norm,
-                                        shuffle=True, seed=t.seed, drop_last=d.drop_last,
-                                        translate=d.augment_translate, flip=d.augment_flip)
-        self.test_loader = BatchLoader(ds.x_test.to(self.device), ds.y_test.to(self.device),
-                                       d.eval_batch_size, norm)
-
-        # model and optimizer
-        self.model = create_model(cfg.model.name, in_shape=ds.info.in_shape, num_classes=ds.info.num_classes,
-                                  **cfg.model.args).to(self.device)
-        if t.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        o = cfg.optim
-        self.optimizer = build_optimizer(
-            self.model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
-            nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
-            muon_momentum=o.muon_momentum, device_type=self.device.type)
-        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
-        # torch.compile wraps the module; state is always read from and written to self.model
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        source = self._build_data()
+        self._build_model()
 
         self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
+        o = cfg.optim
         warm = o.warmup_steps or int(o.warmup_fraction * self.total_steps)
         self.schedule = dict(total_steps=self.total_steps, schedule=o.schedule, warmup_steps=warm,
                              min_ratio=o.min_lr_ratio)
-        lr_multiplier(0, **self.schedule)  # validate the schedule before any work is done
+        lr_multiplier(0, **self.schedule)  # validate the schedule before any file is written
 
         # loop state (all of it goes into checkpoints)
         self.step = 0
@@ -114,20 +90,51 @@ class Trainer:
         self.train_seconds = 0.0
         self.acc = Accumulator(self.device)
 
-        # run directory
-        if not cfg.run.name:
-            cfg = self.cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=d.name))
+        # the run directory comes last: bad input above fails before anything is written
         if resume:
             self.run_dir = Path(run_dir)
         else:
             self.run_dir = new_run_dir(cfg.run.root, cfg.run.name, str(run_dir) if run_dir else cfg.run.dir)
             save_config(cfg, self.run_dir / "config.yaml")
-            write_json(self.run_dir / "env.json", environment(self.device, t.seed) | {"data": ds.source})
+            write_json(self.run_dir / "env.json", environment(self.device, t.seed) | {"data": source})
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.run.tensorboard)
         if resume:
             self._load_checkpoint()
         self.display = ProgressDisplay(self.total_steps, self.step, enabled=show_progress)
+        if resume:
+            self.display.message(f"resumed from {self.resumed_from} at step {self.step}/{self.total_steps}")
+
+    def _build_data(self) -> dict:
+        """The whole dataset moves to the device once; batches are normalized there."""
+        d, t = self.cfg.data, self.cfg.train
+        ds = load_dataset(d.name, d.root or default_data_root())
+        self.info = ds.info
+        x_train, y_train = ds.x_train, ds.y_train
+        if d.train_subset:
+            x_train, y_train = x_train[:d.train_subset], y_train[:d.train_subset]
+        norm = Normalize(ds.info, self.device)
+        micro = d.batch_size // t.grad_accum  # config validation guarantees divisibility
+        self.train_loader = BatchLoader(x_train.to(self.device), y_train.to(self.device), micro, norm,
+                                        shuffle=True, seed=t.seed, drop_last=d.drop_last,
+                                        translate=d.augment_translate, flip=d.augment_flip)
+        self.test_loader = BatchLoader(ds.x_test.to(self.device), ds.y_test.to(self.device),
+                                       d.eval_batch_size, norm)
+        return ds.source
+
+    def _build_model(self) -> None:
+        t, o = self.cfg.train, self.cfg.optim
+        self.model = create_model(self.cfg.model.name, in_shape=self.info.in_shape,
+                                  num_classes=self.info.num_classes, **self.cfg.model.args).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(
+            self.model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+            nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
+            muon_momentum=o.muon_momentum, device_type=self.device.type)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        # torch.compile wraps the module; state is always read from and written to self.model
+        self.forward = torch.compile(self.model) if t.compile else self.model
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
