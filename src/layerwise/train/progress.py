@@ -20,19 +20,28 @@ class ProgressDisplay:
         self.live = enabled and self.console.is_terminal
         self.bar = None
         if self.live:
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                                TimeRemainingColumn(), console=self.console, transient=False)
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(bar_width=24),
+                                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TextColumn("eta"),
+                                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                console=self.console, transient=False)
             self.task = self.bar.add_task("train", total=total_steps, completed=start_step, info="")
             self.bar.start()
 
-    def update(self, step: int, epoch: float, metrics: dict[str, Any]) -> None:
-        info = (f"epoch {epoch:.2f} loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
-                f"lr {metrics['lr']:.3g} {metrics['examples_per_sec']:.0f} ex/s")
+    def tick(self, step: int) -> None:
+        """Advance the bar (host-side only, called every step; rich redraws at its own pace)."""
         if self.bar is not None:
+            self.bar.update(self.task, completed=step)
+
+    def update(self, step: int, epoch: float, metrics: dict[str, Any]) -> None:
+        """New metrics at a log interval: refresh the bar's text, or print one plain line."""
+        if self.bar is not None:
+            info = (f"loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
+                    f"{metrics['examples_per_sec']:.0f} ex/s")
             self.bar.update(self.task, completed=step, info=info)
         elif self.enabled:
-            print(f"step {step}/{self.total} {info}", flush=True)
+            print(f"step {step}/{self.total} epoch {epoch:.2f} loss {metrics['loss']:.4f} "
+                  f"acc {metrics['accuracy']:.4f} lr {metrics['lr']:.3g} "
+                  f"{metrics['examples_per_sec']:.0f} ex/s", flush=True)
 
     def message(self, text: str) -> None:
         if self.bar is not None:

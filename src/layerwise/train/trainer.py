@@ -164,6 +164,7 @@ class Trainer:
                 self._optimizer_step(step_loss, grad_norm)
                 self.step += 1
                 self.examples_seen += n
+                self.display.tick(self.step)
 
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
