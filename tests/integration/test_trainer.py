@@ -136,3 +136,17 @@ def test_muon_trains_through_the_trainer(overrides_for):
     summary = t.fit()
     assert summary["test_accuracy"] >= 0.93, summary
     assert {g["name"] for g in t.optimizer.param_groups} >= {"muon"}
+
+
+def test_grad_scaling_path_is_exact_for_power_of_two_scales(overrides_for):
+    # fp16 needs CUDA, but the loop's GradScaler path (scale, backward, unscale, clip, step,
+    # update) is device-independent: with fp32 math a power-of-two scale is exact, so the
+    # scaled run must end bit-identical to the plain one. CPU GradScaler exists in torch >= 2.3.
+    args = ("--train.epochs=2", "--optim.clip_grad_norm=1.0")
+    plain = _trainer(overrides_for, *args)
+    scaled = _trainer(overrides_for, *args)
+    scaled.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=10)
+    plain.fit(), scaled.fit()
+    assert scaled.scaler.get_scale() == 2.0**14  # grew once per 10 good steps: 46 steps -> 4 doublings
+    wp, ws = _weights(plain), _weights(scaled)
+    assert all(wp[k].equal(ws[k]) for k in wp)

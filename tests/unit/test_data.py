@@ -132,3 +132,15 @@ def test_predict_inputs_from_npy_and_png(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(DataError, match="not a readable image"):
         load_inputs(tmp_path / "broken.png", info)
+
+
+def test_cifar10_decodes_to_the_published_pixels(data_root):
+    import hashlib
+    ds = load_dataset("cifar10", data_root)
+    assert ds.x_train.shape == (50000, 3, 32, 32) and ds.x_test.shape == (10000, 3, 32, 32)
+    assert ds.info.classes[0] == "airplane" and ds.info.classes[-1] == "truck"
+    # sha256 of the decoded test set as uint8 [N, 32, 32, 3], from the data folder's README
+    digest = hashlib.sha256(ds.x_test.permute(0, 2, 3, 1).contiguous().numpy().tobytes()).hexdigest()
+    assert digest == "5a6aa8185204d80b65d3dfb540696dadd5f10d185ded226a96665d3e0fc6259f"
+    mean = (ds.x_train.float().mean((0, 2, 3)) / 255).tolist()
+    assert mean == pytest.approx([0.4913, 0.4821, 0.4465], abs=3e-4)
