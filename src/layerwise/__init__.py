@@ -1,3 +1,30 @@
-"""layerwise: deep networks built from simple layers, trained from one command."""
+"""layerwise: deep networks built from simple layers, trained from one command.
+
+    import layerwise
+    summary = layerwise.fit("recipes/digits.yaml", "--train.epochs=5")
+    summary["test_accuracy"], summary["run_dir"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from layerwise.config import Config
 
 __version__ = "0.1.0"
+
+
+def fit(recipe: str | Path | Config | None = None, *overrides: str, run_dir: str | Path | None = None,
+        show_progress: bool = True) -> dict[str, Any]:
+    """Train a recipe (a YAML path, a :class:`~layerwise.config.Config`, or None for the default
+    job) with ``--section.key=value`` overrides; returns the run's summary (see summary.json)."""
+    from layerwise.config import Config, apply_overrides, load_config
+    from layerwise.train.trainer import fit as _fit
+
+    if isinstance(recipe, Config):
+        cfg = apply_overrides(recipe, overrides)
+    else:
+        cfg = load_config(recipe, list(overrides))
+    return _fit(cfg, run_dir, show_progress=show_progress)

@@ -237,6 +237,11 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
         cfg = merge(cfg, load_yaml(recipe), where=f"recipe {Path(recipe).name}")
         if not cfg.run.name:
             cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=Path(recipe).stem))
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """``cfg`` with ``--section.key=value`` overrides applied in order, then validated."""
     for arg in overrides:
         section, key, value = parse_override(arg)
         cfg = merge(cfg, {section: {key: value}}, where=f"override {arg}")

@@ -150,3 +150,14 @@ def test_grad_scaling_path_is_exact_for_power_of_two_scales(overrides_for):
     assert scaled.scaler.get_scale() == 2.0**14  # grew once per 10 good steps: 46 steps -> 4 doublings
     wp, ws = _weights(plain), _weights(scaled)
     assert all(wp[k].equal(ws[k]) for k in wp)
+
+
+def test_python_api_fit(tmp_path):
+    import layerwise
+    from layerwise.config import Config
+    summary = layerwise.fit(None, "--model.name=mlp", "--train.max_steps=30", run_dir=tmp_path / "a",
+                            show_progress=False)
+    assert summary["steps"] == 30 and (tmp_path / "a" / "model.safetensors").is_file()
+    again = layerwise.fit(Config(), "--model.name=mlp", "--train.max_steps=30", run_dir=tmp_path / "b",
+                          show_progress=False)
+    assert again["test_loss"] == summary["test_loss"]  # same config and seed, same result
