@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from layerwise.train.trainer import TrainingDiverged
 
     warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, category, *_a, **_k: f"layerwise: warning: {msg}\n"
     try:
         if args.command == "train":
             return _train(args, overrides)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from layerwise import __version__
 from layerwise.train.checkpoint import atomic_write
@@ -88,9 +88,7 @@ def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None
     """
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {k: json.dumps(v) for k, v in meta.items()} | {"format": "layerwise", "version": __version__}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, save(state, metadata=metadata))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
