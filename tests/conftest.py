@@ -18,18 +18,25 @@ _CANDIDATES = [os.environ.get("LAYERWISE_TEST_DATA", ""), str(REPO.parent / "sha
 
 def _data_root() -> Path | None:
     for c in _CANDIDATES:
-        if c and (Path(c) / "mnist" / "mnist_train.npz").is_file():
+        if c and Path(c).is_dir():
             return Path(c)
     return None
 
 
+def require_data(*files: str) -> Path:
+    """The real-data root holding ``files`` (relative paths); skips the test with the reason if not."""
+    root = _data_root()
+    missing = [f for f in files if root is None or not (root / f).is_file()]
+    if missing:
+        pytest.skip(f"real dataset files not found ({', '.join(missing)}): set LAYERWISE_TEST_DATA to a "
+                    f"folder laid out like the workplace's shared/data")
+    return root
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    root = _data_root()
-    if root is None:
-        pytest.skip("real datasets not found: set LAYERWISE_TEST_DATA to a folder holding "
-                    "mnist/mnist_train.npz (the workplace's shared/data)")
-    return root
+    """Root of the real datasets, with MNIST (the data most tests use)."""
+    return require_data("mnist/mnist_train.npz", "mnist/mnist_test.npz")
 
 
 @pytest.fixture

@@ -134,9 +134,11 @@ def test_predict_inputs_from_npy_and_png(tmp_path):
         load_inputs(tmp_path / "broken.png", info)
 
 
-def test_cifar10_decodes_to_the_published_pixels(data_root):
+def test_cifar10_decodes_to_the_published_pixels():
     import hashlib
-    ds = load_dataset("cifar10", data_root)
+    from conftest import require_data
+    root = require_data("cifar10/cifar10_train_jpeg.npz", "cifar10/cifar10_test_jpeg.npz")
+    ds = load_dataset("cifar10", root)
     assert ds.x_train.shape == (50000, 3, 32, 32) and ds.x_test.shape == (10000, 3, 32, 32)
     assert ds.info.classes[0] == "airplane" and ds.info.classes[-1] == "truck"
     # sha256 of the decoded test set as uint8 [N, 32, 32, 3], from the data folder's README
