@@ -135,3 +135,13 @@ def test_space_separated_override_and_quiet_mode(tmp_path):
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "mine" / "summary.json").is_file() and not (tmp_path / "mine" / "plots").exists()
     assert "step " not in out.stdout and "test_accuracy" in out.stdout
+
+
+def test_models_lists_the_registry_and_one_models_arguments():
+    out = lw("models")
+    names = out.stdout.split()
+    assert out.returncode == 0 and {"mlp", "resnet-digits", "resnet20", "resnet50"} <= set(names)
+    out = lw("models", "resnet20")
+    assert out.returncode == 0 and "model.layers = (3, 3, 3)" in out.stdout and "model.widths" in out.stdout
+    out = lw("models", "resnet-digit")
+    assert out.returncode == 2 and "did you mean 'resnet-digits'" in out.stderr
