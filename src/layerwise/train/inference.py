@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from layerwise.config import default_data_root, load_config
 from layerwise.data import BatchLoader, DatasetInfo, Normalize, load_dataset
 from layerwise.data.inputs import load_inputs
-from layerwise.train.metrics import Accumulator
 from layerwise.train.run import RunDirError, load_model
-from layerwise.train.trainer import resolve_device
+from layerwise.train.trainer import evaluate_loader, resolve_device
 
 
 def _info(meta: dict[str, Any]) -> DatasetInfo:
@@ -35,11 +34,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "")
     info = _info(meta)
     ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root())
     loader = BatchLoader(ds.x_test.to(dev), ds.y_test.to(dev), cfg.data.eval_batch_size, Normalize(info, dev))
-    acc = Accumulator(dev)
-    for x, y in loader:
-        logits = model(x)
-        acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
-    m = acc.read()
+    m = evaluate_loader(model, loader, dev)
     return {"test_accuracy": m["accuracy"], "test_loss": m["loss"], "examples": m["examples"],
             "model": cfg.model.name, "dataset": cfg.data.name}
 

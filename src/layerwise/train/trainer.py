@@ -246,16 +246,11 @@ class Trainer:
             loader = BatchLoader(tl.x, tl.y, self.cfg.data.eval_batch_size, tl.normalize)
         was_training = self.model.training
         self.model.eval()
-        acc = Accumulator(self.device)
         ctx = self.ema.swapped_in(self.model) if (use_ema and self.ema) else contextlib.nullcontext()
         with ctx:
-            loader.epoch, loader.position = 0, 0
-            for x, y in loader:
-                with autocast(self.device.type, self.cfg.train.precision):
-                    logits = self.forward(x)
-                acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
+            m = evaluate_loader(self.forward, loader, self.device, self.cfg.train.precision)
         self.model.train(was_training)
-        return acc.read()
+        return m
 
     def _eval_due(self, epoch_end: bool) -> bool:
         every = self.cfg.train.eval_every
@@ -356,6 +351,18 @@ class Trainer:
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@torch.no_grad()
+def evaluate_loader(forward, loader: BatchLoader, device: torch.device, precision: str = "fp32") -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``forward`` over one full pass of ``loader``."""
+    acc = Accumulator(device)
+    loader.epoch, loader.position = 0, 0
+    for x, y in loader:
+        with autocast(device.type, precision):
+            logits = forward(x)
+        acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
+    return acc.read()
 
 
 def fit(cfg: Config, run_dir: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:
