@@ -46,14 +46,41 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = _f("digits", "dataset: digits (built in), mnist, cifar10")
+    name: str = _f("digits", "dataset (see `layerwise info --datasets`): digits (built in), mnist, cifar10, "
+                   "image-folder, csv, text, shakespeare, fsdd, wav-folder")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
+    path: str = _f("", "file or folder read by image-folder, csv, text and wav-folder "
+                   "(relative to data.root, or absolute)")
+    download: bool = _f(False, "download a missing dataset into data.root (checksummed; mnist, cifar10, shakespeare)")
+    on_error: str = _f("refuse", "an unreadable or corrupt file: refuse (stop before training) or skip (warn, drop it)")
+    loader: str = _f("device", "device (whole set on the device, airbench style) or stream "
+                     "(DataLoader worker processes, for data that does not fit)")
+    workers: int = _f(2, "worker processes of the stream loader")
     batch_size: int = _f(64, "examples per optimizer step (split over train.grad_accum micro-batches)")
     eval_batch_size: int = _f(1024, "examples per evaluation batch")
     train_subset: int = _f(0, "use only the first N training examples (0 = all); for small-data runs")
+    val_fraction: float = _f(0.1, "held-out fraction where a source has no test split (text: the last part)")
+    # images
+    image_size: int = _f(0, "image-folder: resize every image to this square size (0 = keep; sizes must agree)")
     augment_translate: int = _f(0, "random translation augmentation, max shift in pixels (0 = off)")
     augment_flip: bool = _f(False, "random horizontal flips (for natural images, not digits)")
+    augment_cutout: int = _f(0, "cutout: zero one random square of this side per image (0 = off)")
+    mixup: float = _f(0.0, "mixup Beta(alpha, alpha) per batch (0 = off); targets become soft")
+    cutmix: float = _f(0.0, "cutmix Beta(alpha, alpha) per batch (0 = off); targets become soft")
+    # tabular
+    target: str = _f("", "csv: the target column (default: the last column)")
+    # text
+    tokenizer: str = _f("byte", "text: byte (256 ids, no training), char (the text's characters) or bpe")
+    vocab_size: int = _f(1024, "text: vocabulary size of a trained bpe tokenizer")
+    block_size: int = _f(256, "text: context length in tokens")
+    # audio
+    sample_rate: int = _f(8000, "audio: resample every recording to this rate (Hz)")
+    clip_seconds: float = _f(1.0, "audio: pad or crop every recording to this length")
+    n_mels: int = _f(40, "audio: mel bands of the log-mel spectrogram")
+    specaugment_time: int = _f(0, "audio: SpecAugment time-mask width, max frames (0 = off)")
+    specaugment_freq: int = _f(0, "audio: SpecAugment frequency-mask width, max mel bands (0 = off)")
+    specaugment_masks: int = _f(2, "audio: masks of each kind per example")
     drop_last: bool = _f(False, "drop the last incomplete training batch of each epoch")
 
 
@@ -88,6 +115,8 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
     ema_decay: float = _f(0.0, "EMA of weights with this decay per step (0 = off); evaluated when on")
     eval_every: float = _f(1.0, "evaluate on the test split every N epochs (0 = only at the end)")
+    eval_every_steps: int = _f(0, "evaluate every N optimizer steps instead (0 = use eval_every)")
+    eval_tta: str = _f("none", "test-time augmentation for images: none, flip, flip-translate (airbench)")
     log_every: int = _f(20, "log train metrics every N optimizer steps")
     max_bad_steps: int = _f(5, "stop with an error after this many consecutive NaN/Inf steps")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
@@ -267,6 +296,15 @@ def validate(cfg: Config) -> None:
         (len(cfg.optim.betas) == 2, "optim.betas must be two numbers, e.g. [0.9, 0.999]"),
         (cfg.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.train.eval_tta in ("none", "flip", "flip-translate"),
+         f"train.eval_tta must be none, flip or flip-translate, got '{cfg.train.eval_tta}'"),
+        (cfg.data.on_error in ("refuse", "skip"), f"data.on_error must be refuse or skip, got '{cfg.data.on_error}'"),
+        (cfg.data.loader in ("device", "stream"), f"data.loader must be device or stream, got '{cfg.data.loader}'"),
+        (cfg.data.tokenizer in ("byte", "char", "bpe"),
+         f"data.tokenizer must be byte, char or bpe, got '{cfg.data.tokenizer}'"),
+        (0 < cfg.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
+        (cfg.data.block_size >= 1, "data.block_size must be >= 1"),
+        (cfg.data.mixup >= 0 and cfg.data.cutmix >= 0, "data.mixup and data.cutmix are Beta alphas and must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:

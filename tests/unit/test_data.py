@@ -33,8 +33,8 @@ def test_nan_data_is_rejected(tmp_path, monkeypatch):
     import layerwise.data.datasets as D
     good = D._REGISTRY["digits"]
 
-    def poisoned(root):
-        ds = good(root)
+    def poisoned(root, opts):
+        ds = good(root, opts)
         ds.x_train[3, 0, 2, 2] = float("nan")
         return ds
     monkeypatch.setitem(D._REGISTRY, "digits", poisoned)

@@ -12,7 +12,7 @@ import io
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -33,29 +33,56 @@ class DatasetInfo:
     num_classes: int
     classes: list[str]
     scale: float  # raw value that maps to 1.0 (16 for digits, 255 for 8-bit images)
-    mean: list[float]  # per channel, after dividing by scale
+    mean: list[float]  # per channel (images, audio) or per feature (tabular), after dividing by scale
     std: list[float]
+    # "classify": one label per example; "lm": a token sequence, the next token at every position
+    # is the target (in_shape = (block_size,), num_classes = vocabulary size)
+    task: str = "classify"
+    # what inference needs to prepare an input the way training did: {"tokenizer": ...},
+    # {"audio": {"sample_rate": ..., "n_mels": ...}}, {"columns": ...}; JSON-serializable
+    extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "in_shape": list(self.in_shape), "num_classes": self.num_classes,
-                "classes": self.classes, "scale": self.scale, "mean": self.mean, "std": self.std}
+                "classes": self.classes, "scale": self.scale, "mean": self.mean, "std": self.std,
+                "task": self.task, "extra": self.extra}
+
+
+class ExampleSource(Protocol):
+    """A per-example source for data that is not decoded up front (the stream loader's input):
+    ``source[i]`` is example i's raw tensor, e.g. (C, H, W) uint8, decoded on demand."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> torch.Tensor: ...
 
 
 @dataclass
 class Dataset:
+    """Train and test splits plus their description.
+
+    classify: x is (N, *in_shape) raw values (uint8 or float) or an :class:`ExampleSource` (the
+    stream loader decodes it per batch); y is (N,) int64.
+    lm: x is a 1-D int64 tensor of token ids (the whole split, in order); y is None.
+    """
+
     info: DatasetInfo
-    x_train: torch.Tensor  # (N, C, H, W), raw values (uint8 or float)
-    y_train: torch.Tensor  # (N,) int64
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    x_train: Any
+    y_train: torch.Tensor | None
+    x_test: Any
+    y_test: torch.Tensor | None
     source: dict = field(default_factory=dict)  # provenance, written to env.json
+    tokenizer: Any = None  # lm: the tokenizer (data/tokenizers.py); saved into the run directory
+    warnings: list[str] = field(default_factory=list)  # e.g. files skipped under on_error=skip
 
 
-_REGISTRY: dict[str, Callable[[Path], Dataset]] = {}
+# A loader gets the data root and the data config section (layerwise.config.DataConfig)
+Loader = Callable[[Path, Any], Dataset]
+_REGISTRY: dict[str, Loader] = {}
 
 
 def register_dataset(name: str):
-    def deco(fn: Callable[[Path], Dataset]):
+    def deco(fn: Loader):
         _REGISTRY[name] = fn
         return fn
     return deco
@@ -65,17 +92,33 @@ def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def load_dataset(name: str, root: str | Path) -> Dataset:
-    """Load a registered dataset; ``root`` is only read by datasets that are not built in."""
+def load_dataset(name: str, root: str | Path, opts: Any = None) -> Dataset:
+    """Load a registered dataset. ``root`` is only read by datasets that are not built in;
+    ``opts`` is the data config section (defaults when None)."""
+    if opts is None:
+        from layerwise.config import DataConfig
+        opts = DataConfig(name=name)
     if name not in _REGISTRY:
         raise DataError(str(unknown_choice_error("dataset", name, list_datasets())))
-    ds = _REGISTRY[name](Path(root).expanduser())
+    ds = _REGISTRY[name](Path(root).expanduser(), opts)
     _check(ds)
     return ds
 
 
 def _check(ds: Dataset) -> None:
+    if ds.info.task == "lm":
+        for split, x in (("train", ds.x_train), ("validation", ds.x_test)):
+            if x.dim() != 1 or len(x) <= ds.info.in_shape[0]:
+                raise DataError(f"dataset '{ds.info.name}' {split} split has {len(x)} tokens, fewer than one "
+                                f"context of data.block_size={ds.info.in_shape[0]} plus one. Use more text "
+                                f"or a smaller data.block_size.")
+            if int(x.min()) < 0 or int(x.max()) >= ds.info.num_classes:
+                raise DataError(f"dataset '{ds.info.name}' {split} split has token ids outside the "
+                                f"vocabulary [0, {ds.info.num_classes - 1}]. Rebuild the tokenizer.")
+        return
     for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        if not isinstance(x, torch.Tensor):  # a lazy source: checked as it is decoded
+            continue
         if len(x) != len(y) or len(x) == 0:
             raise DataError(f"dataset '{ds.info.name}' {split} split has {len(x)} inputs and {len(y)} "
                             f"labels; both must be equal and non-zero. Re-create the data files.")
@@ -105,7 +148,7 @@ def _npz(root: Path, rel: str, dataset: str) -> dict[str, np.ndarray]:
 
 
 @register_dataset("digits")
-def _digits(root: Path) -> Dataset:
+def _digits(root: Path, opts: Any) -> Dataset:
     """scikit-learn's bundled 8x8 digits (1797 images, values 0..16); fixed stratified 80/20 split."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -121,7 +164,7 @@ def _digits(root: Path) -> Dataset:
 
 
 @register_dataset("mnist")
-def _mnist(root: Path) -> Dataset:
+def _mnist(root: Path, opts: Any) -> Dataset:
     tr, te = _npz(root, "mnist/mnist_train.npz", "mnist"), _npz(root, "mnist/mnist_test.npz", "mnist")
     info = DatasetInfo("mnist", (1, 28, 28), 10, [str(i) for i in range(10)], 255.0, [0.1307], [0.3081])
     return Dataset(info, torch.from_numpy(tr["x"])[:, None], torch.from_numpy(tr["y"]).long(),
@@ -144,7 +187,7 @@ def _decode_jpegs(d: dict[str, np.ndarray], path: str) -> torch.Tensor:
 
 
 @register_dataset("cifar10")
-def _cifar10(root: Path) -> Dataset:
+def _cifar10(root: Path, opts: Any) -> Dataset:
     files = ("cifar10/cifar10_train_jpeg.npz", "cifar10/cifar10_test_jpeg.npz")
     tr, te = (_npz(root, f, "cifar10") for f in files)
     classes = [str(c) for c in tr["classes"]]

@@ -32,7 +32,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "")
     dev = resolve_device(device)
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
-    ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root())
+    ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root(), cfg.data)
     loader = BatchLoader(ds.x_test.to(dev), ds.y_test.to(dev), cfg.data.eval_batch_size, Normalize(info, dev))
     m = evaluate_loader(model, loader, dev)
     return {"test_accuracy": m["accuracy"], "test_loss": m["loss"], "examples": m["examples"],

@@ -108,7 +108,7 @@ class Trainer:
     def _build_data(self) -> dict:
         """The whole dataset moves to the device once; batches are normalized there."""
         d, t = self.cfg.data, self.cfg.train
-        ds = load_dataset(d.name, d.root or default_data_root())
+        ds = load_dataset(d.name, d.root or default_data_root(), d)
         self.info = ds.info
         x_train, y_train = ds.x_train, ds.y_train
         if d.train_subset:
