@@ -3,6 +3,7 @@
     layerwise train [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
     layerwise eval RUN_DIR
     layerwise predict RUN_DIR INPUT... [--top-k K]
+    layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
     layerwise info RUN_DIR
     layerwise models [NAME]
 
@@ -64,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
     pr.add_argument("--device", default="auto")
 
+    g = sub.add_parser("generate", help="sample text from a language-model run")
+    g.add_argument("run_dir")
+    g.add_argument("--prompt", default="", help="text to continue (default: start a new line)")
+    g.add_argument("--tokens", type=int, default=500, help="tokens to sample")
+    g.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0 = greedy)")
+    g.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0 = all)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto")
+
     i = sub.add_parser("info", help="summary table of a run")
     i.add_argument("run_dir")
 
@@ -121,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             for r in [] if args.json else results:
                 top = ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in r["top"])
                 print(f"{r['input']}: {top}")
+        elif args.command == "generate":
+            from layerwise.train.inference import generate
+            print(generate(args.run_dir, args.prompt, args.tokens, args.temperature, args.top_k,
+                           args.seed, args.device))
         elif args.command == "info":
             from layerwise.train.inference import run_info
             from layerwise.train.progress import print_table

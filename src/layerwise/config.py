@@ -95,10 +95,13 @@ class OptimConfig:
     eps: float = _f(1e-8, "AdamW epsilon")
     muon_lr: float = _f(0.02, "Muon learning rate for hidden 2-D weights (optim.lr drives the rest)")
     muon_momentum: float = _f(0.95, "Muon momentum")
-    schedule: str = _f("onecycle", "LR schedule: constant, cosine, linear, onecycle")
+    no_decay_lr_scale: float = _f(1.0, "LR multiplier for biases and norm parameters (airbench's "
+                                  "bias_scaler: 64 for BatchNorm biases)")
+    schedule: str = _f("onecycle", "LR schedule: constant, cosine, linear, onecycle, triangle")
     warmup_steps: int = _f(0, "linear warmup steps (cosine, linear, constant)")
     warmup_fraction: float = _f(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
     min_lr_ratio: float = _f(0.0, "final LR as a fraction of the peak")
+    start_lr_ratio: float = _f(0.0, "triangle schedule: first LR as a fraction of the peak (airbench: 0.2)")
     clip_grad_norm: float = _f(0.0, "clip the global gradient norm to this value (0 = off)")
 
 

@@ -294,3 +294,13 @@ def test_combined_optimizer_with_grad_scaler_skips_inf_steps() -> None:
     scaler.scale(nn.functional.mse_loss(m(x), y)).backward()
     scaler.step(opt)
     assert all(not torch.equal(p, b) for p, b in zip(m.parameters(), before))
+
+
+def test_no_decay_lr_scale_speeds_up_only_biases_and_norms():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    opt = build_optimizer(model, "sgd", lr=0.1, weight_decay=0.01, no_decay_lr_scale=64.0)
+    lrs = {g["name"]: (g["lr"], g["base_lr"]) for g in opt.param_groups}
+    assert lrs["decay"] == (pytest.approx(0.1), pytest.approx(0.1))
+    assert lrs["no_decay"] == (pytest.approx(6.4), pytest.approx(6.4))
+    with pytest.raises(ValueError, match="no_decay_lr_scale"):
+        build_optimizer(model, "sgd", lr=0.1, no_decay_lr_scale=0.0)

@@ -120,3 +120,13 @@ def test_apply_lr_reaches_muon_children_after_resume() -> None:
     assert apply_lr(resumed, factor) == apply_lr(opt, factor) == pytest.approx(0.02 * factor)
     assert resumed["muon"].param_groups[0]["lr"] == 0.02 * factor
     assert resumed["adamw"].param_groups[0]["lr"] == 1e-3 * factor
+
+
+def test_triangle_is_airbench94s_cycle():
+    from layerwise.train.schedule import lr_multiplier
+    kw = dict(total_steps=100, schedule="triangle", warmup_steps=23, min_ratio=0.07, start_ratio=0.2)
+    assert lr_multiplier(0, **kw) == pytest.approx(0.2)
+    assert lr_multiplier(23, **kw) == pytest.approx(1.0)
+    assert lr_multiplier(100, **kw) == pytest.approx(0.07)
+    assert lr_multiplier(12, **kw) == pytest.approx(0.2 + 0.8 * 12 / 23)
+    assert lr_multiplier(60, **kw) == pytest.approx(1.0 - 0.93 * 37 / 77)

@@ -8,7 +8,7 @@ from ``data.root``, laid out as ``<root>/<name>/<file>`` (e.g. ``mnist/mnist_tra
 
 from __future__ import annotations
 
-import io
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,13 +94,18 @@ def list_datasets() -> list[str]:
 
 def load_dataset(name: str, root: str | Path, opts: Any = None) -> Dataset:
     """Load a registered dataset. ``root`` is only read by datasets that are not built in;
-    ``opts`` is the data config section (defaults when None)."""
+    ``opts`` is the data config section (defaults when None). With ``opts.download`` the dataset's
+    known files (layerwise.data.download.KNOWN) are fetched into ``root`` first if missing."""
     if opts is None:
         from layerwise.config import DataConfig
         opts = DataConfig(name=name)
     if name not in _REGISTRY:
         raise DataError(str(unknown_choice_error("dataset", name, list_datasets())))
-    ds = _REGISTRY[name](Path(root).expanduser(), opts)
+    root = Path(root).expanduser()
+    if getattr(opts, "download", False):
+        from layerwise.data.download import ensure_dataset  # imports this module: import late
+        ensure_dataset(name, root)
+    ds = _REGISTRY[name](root, opts)
     _check(ds)
     return ds
 
@@ -129,6 +134,40 @@ def _check(ds: Dataset) -> None:
         if int(y.min()) < 0 or int(y.max()) >= ds.info.num_classes:
             raise DataError(f"dataset '{ds.info.name}' {split} split has labels outside "
                             f"[0, {ds.info.num_classes - 1}]. Fix the labels.")
+
+
+def user_path(root: Path, opts: Any, dataset: str, what: str) -> Path:
+    """``opts.path`` resolved against the data root (absolute paths are kept); it must exist.
+    ``what`` describes what the path should hold, for the error message."""
+    if not getattr(opts, "path", ""):
+        raise DataError(f"dataset '{dataset}' reads {what}, and data.path is not set. Pass "
+                        f"--data.path=PATH (relative to data.root '{root}', or absolute).")
+    path = root / Path(opts.path).expanduser()  # an absolute opts.path replaces root
+    if not path.exists():
+        raise DataError(f"dataset '{dataset}': data.path '{opts.path}' does not exist (looked for "
+                        f"'{path}'). It should be {what}; fix data.path or data.root.")
+    return path
+
+
+SPLIT_SEED = 0  # the held-out split of a source without a test split is the same on every run
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, seed: int = SPLIT_SEED
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val), each sorted, holding out ``round(n_c * val_fraction)`` examples of
+    every class c, drawn with a generator seeded by ``seed`` (classes visited in sorted order).
+    A class with 2+ examples gives at least one to each side; a class of one stays in train."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"data.val_fraction must be in (0, 1) to split off a validation set, got "
+                        f"{val_fraction}.")
+    rng = np.random.default_rng(seed)
+    train, val = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = min(max(math.floor(len(idx) * val_fraction + 0.5), 1), len(idx) - 1)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
 def _npz(root: Path, rel: str, dataset: str) -> dict[str, np.ndarray]:
@@ -161,37 +200,3 @@ def _digits(root: Path, opts: Any) -> Dataset:
     return Dataset(info, torch.from_numpy(xtr), torch.from_numpy(ytr).long(),
                    torch.from_numpy(xte), torch.from_numpy(yte).long(),
                    {"source": "sklearn.datasets.load_digits", "split": "train_test_split(0.2, random_state=0)"})
-
-
-@register_dataset("mnist")
-def _mnist(root: Path, opts: Any) -> Dataset:
-    tr, te = _npz(root, "mnist/mnist_train.npz", "mnist"), _npz(root, "mnist/mnist_test.npz", "mnist")
-    info = DatasetInfo("mnist", (1, 28, 28), 10, [str(i) for i in range(10)], 255.0, [0.1307], [0.3081])
-    return Dataset(info, torch.from_numpy(tr["x"])[:, None], torch.from_numpy(tr["y"]).long(),
-                   torch.from_numpy(te["x"])[:, None], torch.from_numpy(te["y"]).long(),
-                   {"files": ["mnist/mnist_train.npz", "mnist/mnist_test.npz"]})
-
-
-def _decode_jpegs(d: dict[str, np.ndarray], path: str) -> torch.Tensor:
-    from PIL import Image
-
-    blob, off = d["jpeg"], d["offsets"]
-    out = np.empty((len(off) - 1, 32, 32, 3), np.uint8)
-    for i in range(len(off) - 1):
-        try:
-            out[i] = np.asarray(Image.open(io.BytesIO(blob[off[i]:off[i + 1]].tobytes())).convert("RGB"))
-        except Exception as e:  # PIL raises several types for broken images
-            raise DataError(f"image {i} in '{path}' cannot be decoded ({e}). "
-                            f"Replace the file with a good copy.") from None
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
-
-
-@register_dataset("cifar10")
-def _cifar10(root: Path, opts: Any) -> Dataset:
-    files = ("cifar10/cifar10_train_jpeg.npz", "cifar10/cifar10_test_jpeg.npz")
-    tr, te = (_npz(root, f, "cifar10") for f in files)
-    classes = [str(c) for c in tr["classes"]]
-    info = DatasetInfo("cifar10", (3, 32, 32), 10, classes, 255.0,
-                       [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
-    return Dataset(info, _decode_jpegs(tr, files[0]), torch.from_numpy(tr["y"]).long(),
-                   _decode_jpegs(te, files[1]), torch.from_numpy(te["y"]).long(), {"files": list(files)})

@@ -60,6 +60,36 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
     return results
 
 
+@torch.no_grad()
+def generate(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperature: float = 0.8,
+             top_k: int | None = 200, seed: int = 0, device: str = "auto") -> str:
+    """Continue ``prompt`` with ``tokens`` sampled tokens from a language-model run; returns the
+    prompt plus its continuation. Temperature 0 is greedy decoding; the seed makes it repeatable."""
+    from layerwise.data.tokenizers import tokenizer_from_dict
+
+    if tokens < 1:
+        raise ValueError(f"--tokens must be >= 1, got {tokens}.")
+    if temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}.")
+    dev = resolve_device(device)
+    model, meta = load_model(run_dir, dev)
+    info = _info(meta)
+    if info.task != "lm" or not hasattr(model, "generate"):
+        raise RunDirError(f"the run in '{run_dir}' trained a {info.task} model ({meta['model']['name']}) "
+                          f"on '{info.name}'; `layerwise generate` needs a language model run "
+                          f"(e.g. recipes/shakespeare-char.yaml). Use `layerwise predict` for classifiers.")
+    tok = tokenizer_from_dict(info.extra["tokenizer"])
+    try:
+        ids = tok.encode(prompt or "\n")  # an empty prompt starts a new line, as nanoGPT's sample.py
+    except ValueError as e:
+        raise ValueError(f"the prompt cannot be encoded with this run's tokenizer: {e}") from None
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    model.eval()
+    idx = torch.tensor([ids], dtype=torch.long, device=dev)  # (1, T)
+    out = model.generate(idx, tokens, temperature=temperature, top_k=top_k or None, generator=gen)
+    return tok.decode(out[0].tolist()) if prompt else tok.decode(out[0, len(ids):].tolist())
+
+
 def run_info(run_dir: str | Path) -> dict[str, Any]:
     """The run's summary (or, for an unfinished run, how far it got)."""
     run_dir = Path(run_dir)

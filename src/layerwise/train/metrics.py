@@ -21,7 +21,10 @@ class Accumulator:
         self.count = 0
 
     def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        correct = (logits.argmax(-1) == y).sum()
+        """logits (N, C) and targets y: (N,) class ids or (N, C) soft targets (mixup, cutmix),
+        whose argmax counts as the label. N is examples, or tokens for a language model."""
+        label = y.argmax(-1) if y.is_floating_point() else y
+        correct = (logits.argmax(-1) == label).sum()
         self.sums += torch.stack([loss_sum.detach().double(), correct.double()])
         self.count += len(y)
 

@@ -371,10 +371,11 @@ def _check_devices(groups: list[dict[str, Any]], device_type: str) -> None:
                 )
 
 
-def _with_base_lr(groups: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+def _with_base_lr(groups: list[dict[str, Any]], lr: float, no_decay_scale: float = 1.0) -> list[dict[str, Any]]:
     for g in groups:
-        g["lr"] = float(lr)
-        g["base_lr"] = float(lr)
+        group_lr = lr * no_decay_scale if g.get("name", "").endswith("no_decay") else lr
+        g["lr"] = float(group_lr)
+        g["base_lr"] = float(group_lr)
     return groups
 
 
@@ -390,6 +391,7 @@ def build_optimizer(
     eps: float = 1e-8,
     muon_lr: float = 0.02,
     muon_momentum: float = 0.95,
+    no_decay_lr_scale: float = 1.0,
     device_type: str = "cpu",
 ) -> torch.optim.Optimizer | CombinedOptimizer:
     """Build optimizer `name` (one of OPTIMIZERS) over `model`'s trainable parameters.
@@ -402,7 +404,9 @@ def build_optimizer(
                weights and AdamW (lr, betas, eps, same decay rules) on everything else; see
                `muon_param_split`. Group names "muon", "adamw_decay", "adamw_no_decay".
                `nesterov` and `momentum` are SGD's and are not used by "adamw"/"muon".
-    Weight decay only reaches weights (see `param_groups`). `device_type` picks fused kernels on
+    Weight decay only reaches weights (see `param_groups`). `no_decay_lr_scale` multiplies the
+    learning rate of the no-decay groups (biases, norm parameters): airbench's `bias_scaler` (64)
+    trains BatchNorm biases that much faster than the conv weights. `device_type` picks fused kernels on
     "cuda" and foreach on "cpu"; the model must already be on that device. Every group has
     "base_lr" = its initial lr, which `schedule.apply_lr` scales. lr stays a python float.
     """
@@ -412,6 +416,8 @@ def build_optimizer(
         raise ValueError(f"lr must be >= 0, got {lr}")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if no_decay_lr_scale <= 0:
+        raise ValueError(f"no_decay_lr_scale must be > 0, got {no_decay_lr_scale}")
 
     groups = param_groups(model, weight_decay)
     if not groups:
@@ -424,13 +430,13 @@ def build_optimizer(
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         return torch.optim.SGD(
-            _with_base_lr(groups, lr), lr=lr, momentum=momentum, nesterov=nesterov,
+            _with_base_lr(groups, lr, no_decay_lr_scale), lr=lr, momentum=momentum, nesterov=nesterov,
             **_impl_kwargs(torch.optim.SGD, device_type),
         )
 
     adamw_kwargs = dict(lr=lr, betas=betas, eps=eps, **_impl_kwargs(torch.optim.AdamW, device_type))
     if name == "adamw":
-        return torch.optim.AdamW(_with_base_lr(groups, lr), **adamw_kwargs)
+        return torch.optim.AdamW(_with_base_lr(groups, lr, no_decay_lr_scale), **adamw_kwargs)
 
     # name == "muon"
     hidden, rest = muon_param_split(model)
@@ -458,5 +464,5 @@ def build_optimizer(
     ]
     aux_groups = [g for g in aux_groups if g["params"]]
     if aux_groups:
-        children["adamw"] = torch.optim.AdamW(_with_base_lr(aux_groups, lr), **adamw_kwargs)
+        children["adamw"] = torch.optim.AdamW(_with_base_lr(aux_groups, lr, no_decay_lr_scale), **adamw_kwargs)
     return CombinedOptimizer(children)

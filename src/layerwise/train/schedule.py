@@ -30,7 +30,7 @@ from layerwise.choices import unknown_choice_error
 
 __all__ = ["SCHEDULES", "apply_lr", "lr_multiplier"]
 
-SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "onecycle")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "onecycle", "triangle")
 
 # OneCycle starts at max_lr / 25 (Smith & Topin's div_factor, torch OneCycleLR's default).
 _ONECYCLE_DIV = 25.0
@@ -55,6 +55,7 @@ def lr_multiplier(
     warmup_steps: int = 0,
     min_ratio: float = 0.0,
     pct_start: float = 0.25,
+    start_ratio: float = 0.0,
 ) -> float:
     """Factor applied to base_lr at optimizer step `step` (0-based, the step about to be taken).
 
@@ -68,6 +69,8 @@ def lr_multiplier(
         total_steps (as fastai / torch OneCycleLR's anneal_strategy="cos"). There is no third
         "annihilation" phase: min_ratio is the end value (torch's default end is 1/(25 * 1e4)).
         warmup_steps is ignored (the ramp-up is the warmup).
+      - "triangle": airbench's piecewise-linear cycle: start_ratio at step 0, 1 at warmup_steps,
+        min_ratio at total_steps (airbench94: 0.2 -> 1 at 23% -> 0.07).
     See the module docstring for the step conventions. Steps >= total_steps hold min_ratio.
     """
     if schedule not in SCHEDULES:
@@ -94,6 +97,14 @@ def lr_multiplier(
         if step <= peak:
             return _lerp(start, 1.0, step / peak)
         return _cosine(min((step - peak) / (total_steps - peak), 1.0), min_ratio)
+
+    if schedule == "triangle":
+        if not 0.0 <= start_ratio <= 1.0:
+            raise ValueError(f"start_ratio must be in [0, 1], got {start_ratio}")
+        if step < warmup_steps:
+            return _lerp(start_ratio, 1.0, step / warmup_steps)
+        rest = total_steps - warmup_steps
+        return _lerp(1.0, min_ratio, 1.0 if rest == 0 else min((step - warmup_steps) / rest, 1.0))
 
     if step < warmup_steps:
         return (step + 1) / warmup_steps

@@ -71,6 +71,7 @@ class Trainer:
         self.device = resolve_device(t.device)
         self.scaler = grad_scaler(self.device.type, t.precision)  # refuses fp16 off CUDA, early
         seed_everything(t.seed)
+        self.tokenizer = None  # set by _build_lm_data; saved into the run directory
         source = self._build_data()
         self._build_model()
 
@@ -79,7 +80,7 @@ class Trainer:
         o = cfg.optim
         warm = o.warmup_steps or int(o.warmup_fraction * self.total_steps)
         self.schedule = dict(total_steps=self.total_steps, schedule=o.schedule, warmup_steps=warm,
-                             min_ratio=o.min_lr_ratio)
+                             min_ratio=o.min_lr_ratio, start_ratio=o.start_lr_ratio)
         lr_multiplier(0, **self.schedule)  # validate the schedule before any file is written
 
         # loop state (all of it goes into checkpoints)
@@ -97,6 +98,8 @@ class Trainer:
             self.run_dir = new_run_dir(cfg.run.root, cfg.run.name, str(run_dir) if run_dir else cfg.run.dir)
             save_config(cfg, self.run_dir / "config.yaml")
             write_json(self.run_dir / "env.json", environment(self.device, t.seed) | {"data": source})
+            if self.tokenizer is not None:
+                self.tokenizer.save(self.run_dir / "tokenizer.json")
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.run.tensorboard)
         if resume:
@@ -122,6 +125,19 @@ class Trainer:
                                        d.eval_batch_size, norm)
         return ds.source
 
+    def _build_lm_data(self, ds) -> dict:
+        """Language modelling: the token streams move to the device once; batches are random
+        windows of data.block_size tokens (TokenLoader), evaluated on the held-out tail in order."""
+        from layerwise.data.text import TokenLoader
+
+        d, t = self.cfg.data, self.cfg.train
+        self.info, self.tokenizer = ds.info, ds.tokenizer
+        micro = d.batch_size // t.grad_accum
+        self.train_loader = TokenLoader(ds.x_train.to(self.device), micro, d.block_size, shuffle=True,
+                                        seed=t.seed, drop_last=d.drop_last)
+        self.test_loader = TokenLoader(ds.x_test.to(self.device), d.eval_batch_size, d.block_size)
+        return ds.source
+
     def _build_model(self) -> None:
         t, o = self.cfg.train, self.cfg.optim
         self.model = create_model(self.cfg.model.name, in_shape=self.info.in_shape,
@@ -131,7 +147,8 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
             nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
-            muon_momentum=o.muon_momentum, device_type=self.device.type)
+            muon_momentum=o.muon_momentum, no_decay_lr_scale=o.no_decay_lr_scale,
+            device_type=self.device.type)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # torch.compile wraps the module; state is always read from and written to self.model
         self.forward = torch.compile(self.model) if t.compile else self.model
@@ -147,12 +164,13 @@ class Trainer:
         try:
             while self.step < self.total_steps:
                 micro, batches = self._next_micro_batches(batches)
-                n = sum(len(y) for _, y in micro)  # examples in this optimizer step
+                n = sum(num_targets(y) for _, y in micro)  # examples (tokens for an LM) in this step
                 lr = apply_lr(self.optimizer, lr_multiplier(self.step, **self.schedule))
                 step_loss = torch.zeros((), device=self.device)
                 for x, y in micro:
                     with autocast(self.device.type, t.precision):
                         logits = self.forward(x)
+                    logits, y = flatten_targets(logits, y)
                     # summed loss / examples in the step: exact gradient accumulation for any split
                     loss_sum = F.cross_entropy(logits.float(), y, reduction="sum",
                                                label_smoothing=t.label_smoothing)
@@ -248,14 +266,19 @@ class Trainer:
         self.model.eval()
         ctx = self.ema.swapped_in(self.model) if (use_ema and self.ema) else contextlib.nullcontext()
         with ctx:
-            m = evaluate_loader(self.forward, loader, self.device, self.cfg.train.precision)
+            m = evaluate_loader(self.forward, loader, self.device, self.cfg.train.precision,
+                                self.cfg.train.eval_tta if split == "test" else "none")
         self.model.train(was_training)
         return m
 
     def _eval_due(self, epoch_end: bool) -> bool:
         every = self.cfg.train.eval_every
-        if not epoch_end or every <= 0 or self.step == self.total_steps:
+        if self.step == self.total_steps:
             return False  # the final evaluation happens in _finish
+        if self.cfg.train.eval_every_steps:
+            return self.step % self.cfg.train.eval_every_steps == 0
+        if not epoch_end or every <= 0:
+            return False
         epoch = self.step // self.steps_per_epoch
         return epoch % max(1, round(every)) == 0
 
@@ -276,7 +299,9 @@ class Trainer:
         m = self.evaluate()
         self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4),
                         "loss": m["loss"], "accuracy": m["accuracy"]})
-        self.display.message(f"epoch {self.epoch:.2f}: test loss {m['loss']:.4f} accuracy {m['accuracy']:.4f}")
+        split = "val" if self.info.task == "lm" else "test"
+        self.display.message(f"step {self.step} (epoch {self.epoch:.2f}): {split} loss {m['loss']:.4f} "
+                             f"accuracy {m['accuracy']:.4f}")
         return m
 
     # ------------------------------------------------------------------ checkpoints
@@ -353,14 +378,47 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
+def num_targets(y: torch.Tensor) -> int:
+    """Predictions a batch is scored on: examples for (B,) ids or (B, C) soft targets,
+    tokens for a language model's (B, T) next-token ids."""
+    return y.shape[0] if y.is_floating_point() else y.numel()
+
+
+def flatten_targets(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A language model's (B, T, V) logits and (B, T) targets -> (B*T, V), (B*T,); others unchanged."""
+    if logits.dim() == 3:
+        return logits.flatten(0, 1), y.flatten()
+    return logits, y
+
+
+def tta_logits(forward, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """Test-time augmentation for images (airbench's): ``flip`` averages the logits of x and its
+    mirror image; ``flip-translate`` adds the flip-averaged logits of x shifted one pixel up-left
+    and one down-right (reflect padding), weighted 1/2, 1/4, 1/4. Other inputs pass unchanged."""
+    if mode == "none" or x.dim() != 4:
+        return forward(x)
+
+    def flip_avg(z: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (forward(z).float() + forward(z.flip(-1)).float())
+
+    if mode == "flip":
+        return flip_avg(x)
+    pad = F.pad(x, (1, 1, 1, 1), mode="reflect")  # (B, C, H+2, W+2)
+    up_left, down_right = pad[..., :-2, :-2], pad[..., 2:, 2:]
+    return 0.5 * flip_avg(x) + 0.25 * flip_avg(up_left) + 0.25 * flip_avg(down_right)
+
+
 @torch.no_grad()
-def evaluate_loader(forward, loader: BatchLoader, device: torch.device, precision: str = "fp32") -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``forward`` over one full pass of ``loader``."""
+def evaluate_loader(forward, loader, device: torch.device, precision: str = "fp32",
+                    tta: str = "none") -> dict[str, float]:
+    """Mean cross-entropy and accuracy (per token for a language model) of ``forward`` over one
+    full pass of ``loader``, with optional test-time augmentation (:func:`tta_logits`)."""
     acc = Accumulator(device)
     loader.epoch, loader.position = 0, 0
     for x, y in loader:
         with autocast(device.type, precision):
-            logits = forward(x)
+            logits = tta_logits(forward, x, tta)
+        logits, y = flatten_targets(logits, y)
         acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
     return acc.read()
 

@@ -1,0 +1,234 @@
+"""Text datasets for language modelling, and the device-resident loader over their token streams.
+
+A text dataset is one long string (the files concatenated in order) split nanoGPT's way: the first
+``int(n * (1 - val_fraction))`` characters train, the rest validate. Each split becomes a 1-D int64
+tensor of token ids; :class:`TokenLoader` cuts (B, T) batches of next-token pairs from it on the
+device, with the same resumable interface as :class:`layerwise.data.loader.BatchLoader`.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from layerwise.data.datasets import DataError, Dataset, DatasetInfo, register_dataset
+from layerwise.data.loader import _gen
+from layerwise.data.tokenizers import build_tokenizer, check_kind
+
+SHAKESPEARE_FILE = "tinyshakespeare/input.txt"  # karpathy/char-rnn's Tiny Shakespeare, 1,115,394 bytes
+
+
+def _text_files(root: Path, path: str) -> list[Path]:
+    """data.path -> the files it names: a file, a folder's *.txt (by name), or a glob pattern."""
+    if not path:
+        raise DataError("dataset 'text' needs data.path: a text file, a folder of *.txt files or a glob "
+                        "pattern such as 'books/*.txt' (relative to data.root, or absolute). "
+                        "Set it with --data.path=PATH.")
+    full = Path(path).expanduser()
+    full = full if full.is_absolute() else root / full
+    if full.is_file():
+        return [full]
+    if full.is_dir():
+        # top level only, so a stray sub-folder (backups, other splits) is not read by surprise;
+        # a recursive glob ('dir/**/*.txt') reads sub-folders on purpose
+        files = sorted((p for p in full.glob("*.txt") if p.is_file()), key=lambda p: p.name)
+        if not files:
+            raise DataError(f"data.path folder '{full}' holds no *.txt files. Put the text in files ending "
+                            f"in .txt, or point data.path at a file or a glob pattern such as '{path}/*.md'.")
+        return files
+    if any(c in path for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(full), recursive=True) if Path(p).is_file())
+        if not files:
+            raise DataError(f"data.path pattern '{full}' matches no files. Check the pattern and "
+                            f"data.root ('{root}'); relative patterns are relative to data.root.")
+        return files
+    raise DataError(f"data.path '{full}' does not exist. Give a text file, a folder of *.txt files or a "
+                    f"glob pattern, relative to data.root ('{root}') or absolute.")
+
+
+def _read(path: Path) -> tuple[bytes, str]:
+    """A non-empty UTF-8 file's bytes and text (a leading byte-order mark is dropped); else DataError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"text file '{path}' cannot be read ({e.strerror}). Check its permissions, "
+                        f"or set data.on_error=skip to leave it out.") from None
+    try:
+        text = raw.decode("utf-8-sig")  # Windows editors start UTF-8 files with a BOM; it is not text
+    except UnicodeDecodeError as e:
+        raise DataError(f"text file '{path}' is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset "
+                        f"{e.start}). Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or set "
+                        f"data.on_error=skip to leave it out.") from None
+    if not text:
+        raise DataError(f"text file '{path}' is empty. Remove it or add text, or set data.on_error=skip "
+                        f"to leave it out.")
+    return raw, text
+
+
+def _display(path: Path, root: Path) -> str:
+    """The path as the user gave it: relative to data.root when it lies there."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def text_dataset(name: str, files: list[Path], root: Path, opts: Any) -> Dataset:
+    """Read ``files`` (concatenated in order), split by characters, tokenize, and describe.
+
+    Options used: tokenizer, vocab_size (bpe), block_size, val_fraction, on_error.
+    """
+    T = int(opts.block_size)
+    if T < 1:
+        raise DataError(f"data.block_size={T}; the context length must be at least 1 token.")
+    if not 0.0 < opts.val_fraction < 1.0:
+        raise DataError(f"data.val_fraction={opts.val_fraction}; a text dataset needs a validation part, "
+                        f"so use a fraction strictly between 0 and 1 (nanoGPT uses 0.1).")
+    if opts.on_error not in ("refuse", "skip"):
+        raise DataError(f"data.on_error={opts.on_error!r}; use refuse (stop on a bad file) or skip.")
+    check_kind(opts.tokenizer)
+
+    texts, kept, warnings = [], [], []
+    for f in files:
+        try:
+            raw, text = _read(f)
+        except DataError as e:
+            if opts.on_error == "refuse":
+                raise
+            warnings.append(f"skipped {e}")
+            continue
+        texts.append(text)
+        kept.append({"path": _display(f, root), "bytes": len(raw), "chars": len(text),
+                     "sha256": hashlib.sha256(raw).hexdigest()})
+    if not texts:
+        raise DataError(f"dataset '{name}': all {len(files)} text files were skipped as unreadable "
+                        f"(first: {warnings[0]}). Fix or replace the files.")
+    text = "".join(texts)  # concatenated as they are: a file that should end a line ends with "\n"
+
+    n = len(text)
+    n_train = int(n * (1 - opts.val_fraction))  # nanoGPT: data[:int(n*0.9)]
+    train_text, val_text = text[:n_train], text[n_train:]
+    # char: over the whole text (as nanoGPT) so validation characters have ids; bpe: the train part
+    # only, so validation measures text the tokenizer has not seen; byte: nothing to build
+    tok = build_tokenizer(opts.tokenizer, text if opts.tokenizer == "char" else train_text, opts.vocab_size)
+    x_train = torch.tensor(tok.encode(train_text), dtype=torch.int64)  # (N_train,)
+    x_val = torch.tensor(tok.encode(val_text), dtype=torch.int64)  # (N_val,)
+    for split, x in (("train", x_train), ("validation", x_val)):
+        if len(x) < T + 1:
+            raise DataError(f"dataset '{name}' {split} split has {len(x)} tokens ({opts.tokenizer} tokenizer), "
+                            f"fewer than one context of data.block_size={T} plus the next token. Use more "
+                            f"text, a smaller data.block_size, or a different data.val_fraction "
+                            f"(now {opts.val_fraction}).")
+
+    info = DatasetInfo(name, (T,), tok.vocab_size, [], 1.0, [], [], task="lm",
+                       extra={"tokenizer": tok.to_dict()})
+    source = {"files": kept, "chars": n, "train_chars": len(train_text), "val_chars": len(val_text),
+              "split": f"first int(chars * (1 - {opts.val_fraction})) characters train, the rest validation",
+              "tokenizer": opts.tokenizer, "vocab_size": tok.vocab_size,
+              "train_tokens": len(x_train), "val_tokens": len(x_val)}
+    if warnings:
+        source["skipped"] = len(warnings)
+    return Dataset(info, x_train, None, x_val, None, source, tokenizer=tok, warnings=warnings)
+
+
+@register_dataset("text")
+def _text(root: Path, opts: Any) -> Dataset:
+    """Your own text: data.path is a file, a folder of *.txt (sorted by name) or a glob pattern."""
+    return text_dataset("text", _text_files(root, opts.path), root, opts)
+
+
+@register_dataset("shakespeare")
+def _shakespeare(root: Path, opts: Any) -> Dataset:
+    """Tiny Shakespeare (1,115,394 ASCII characters, 65 distinct), read from data.root."""
+    path = root / SHAKESPEARE_FILE
+    if not path.is_file():
+        raise DataError(
+            f"dataset 'shakespeare' needs the file {SHAKESPEARE_FILE} under the data root '{root}', and it "
+            f"is not there. Set data.root (--data.root=DIR) or the environment variable LAYERWISE_DATA to "
+            f"the folder that holds {SHAKESPEARE_FILE}, or add --data.download=true to fetch it (1.1 MB).")
+    return text_dataset("shakespeare", [path], root, opts)
+
+
+class TokenLoader:
+    """Yields (x, y) next-token batches, (B, T) int64 each, cut from a 1-D token tensor on the device.
+
+    An epoch is a set of windows of T+1 tokens; window k starts at ``offset + k*T``, so consecutive
+    windows share one token and every token after the first is a target once. With shuffle, the
+    offset is drawn from [0, T) and the window order is a permutation, both from a generator seeded
+    by (seed, epoch): the state is just (epoch, position), and a resumed run sees the same batches.
+    Without shuffle (evaluation), offset 0 and windows in order. A tail shorter than T tokens is
+    not a target that epoch (with shuffle the random offset moves the tail, so no token is always
+    left out). With shuffle there are ``(N - T) // T`` windows, so that every offset in [0, T) fits
+    the same number and ``len`` is the same each epoch; without shuffle ``(N - 1) // T``.
+
+    Distributed: pass ``rank`` and ``world_size`` and the same ``seed`` on every rank. Rank r takes
+    every world_size-th window of the epoch's order, starting at r. As torch's DistributedSampler,
+    the order is padded by wrapping around to its start until it divides evenly, so each rank gets
+    ceil(W / world_size) windows and the same number of batches (a few windows are seen twice per
+    epoch); with drop_last the uneven tail is dropped instead and the last short batch too.
+    """
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int, block_size: int, *, shuffle: bool = False,
+                 seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        if tokens.dim() != 1:
+            raise ValueError(f"TokenLoader takes a 1-D tensor of token ids; got shape {tuple(tokens.shape)}.")
+        if batch_size < 1 or block_size < 1:
+            raise ValueError(f"batch_size ({batch_size}) and block_size ({block_size}) must be at least 1.")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size}).")
+        N, T = len(tokens), block_size
+        if N < T + 1:
+            raise ValueError(f"{N} tokens are fewer than one window of block_size + 1 = {T + 1}.")
+        self.tokens = tokens
+        self.batch_size, self.block_size = batch_size, block_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        # with shuffle: the most windows that fit after any offset in [0, T); a text shorter than
+        # 2T keeps one window and draws the offset from the room it has
+        self.num_examples = max((N - T) // T, 1) if shuffle else (N - 1) // T
+        self._max_offset = min(T, N - self.num_examples * T)  # offset in [0, _max_offset)
+        W, R = self.num_examples, world_size
+        self._per_rank = W // R if drop_last else -(-W // R)
+        if self._per_rank == 0:
+            raise ValueError(f"{W} windows cannot give each of {R} ranks one with drop_last; use more "
+                             f"tokens, a smaller block_size or drop_last=False.")
+        self._window = torch.arange(T + 1, device=tokens.device)  # (T+1,)
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        B = self.batch_size
+        return self._per_rank // B if self.drop_last else -(-self._per_rank // B)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def _starts(self) -> torch.Tensor:
+        """This rank's window start offsets for the current epoch, (per_rank,) on the device."""
+        W, R, T = self.num_examples, self.world_size, self.block_size
+        if self.shuffle:
+            g = _gen(self.seed, self.epoch)
+            offset = int(torch.randint(self._max_offset, (1,), generator=g))
+            order = torch.randperm(W, generator=g)  # (W,)
+        else:
+            offset, order = 0, torch.arange(W)
+        order = order[torch.arange(self._per_rank * R) % W]  # wrap around to pad; or cut the tail
+        return (offset + order[self.rank::R] * T).to(self.tokens.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate over the rest of the current epoch (all of it unless resumed mid-epoch)."""
+        starts, B, T = self._starts(), self.batch_size, self.block_size
+        while self.position < len(self):
+            s = starts[self.position * B:(self.position + 1) * B]  # (B,)
+            # x and y in one gather: (2, B, T), each half contiguous, so y.view(-1) works
+            idx = torch.stack((s, s + 1))[:, :, None] + self._window[None, None, :T]
+            xy = self.tokens[idx].long()
+            self.position += 1
+            yield xy[0], xy[1]
+        self.epoch, self.position = self.epoch + 1, 0
