@@ -9,22 +9,42 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from layerwise.models import MLP, ResNet, create_model, list_models, model_args, register_model
-from layerwise.nn import NORMS, Dense, Residual
+from layerwise.models import GPT, MLP, ResNet, create_model, list_models, model_args, register_model
+from layerwise.nn import NORMS, TRANSFORMER_NORMS, Dense, Residual, SelfAttention
 
 ALL_MODELS = list_models()
 CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
 
 def _in_shape(name: str) -> tuple[int, ...]:
-    """Small inputs that keep the suite fast: ImageNet-style nets at 64x64, digits at 8x8."""
+    """Small inputs that keep the suite fast: ImageNet-style nets at 64x64, digits at 8x8,
+    language models on 16-token contexts, the audio transformer on 16 mel bands x 20 frames."""
     if name == "mlp":
         return (1, 28, 28)
     if name == "resnet-digits":
         return (1, 8, 8)
-    if model_args(name)["stem"] == "imagenet":
+    if name.startswith("gpt"):
+        return (16,)
+    if name == "audio-transformer":
+        return (1, 16, 20)
+    if model_args(name).get("stem") == "imagenet":
         return (3, 64, 64)
     return (3, 32, 32)
+
+
+def _example_input(name: str, batch: int) -> torch.Tensor:
+    """A batch for model `name`: token ids for language models, floats otherwise."""
+    if name.startswith("gpt"):
+        return torch.randint(0, 10, (batch, *_in_shape(name)))
+    return torch.randn(batch, *_in_shape(name))
+
+
+def _norm_choices(name: str) -> tuple[str | None, ...]:
+    """The values of the model's `norm` argument (its own vocabulary), or (None,) if it has none."""
+    default = model_args(name).get("norm")
+    if default is None:
+        return (None,)
+    return TRANSFORMER_NORMS if default in TRANSFORMER_NORMS else NORMS
 
 
 def _numel(model: nn.Module) -> int:
@@ -34,15 +54,16 @@ def _numel(model: nn.Module) -> int:
 def test_registered_names() -> None:
     expected = {"mlp", "resnet", "resnet-digits", "resnet18", "resnet34", "resnet50"}
     expected |= {f"resnet{d}" for d in CIFAR_DEPTHS}
+    expected |= {"convnet", "convnet-half", "gpt", "gpt-tiny", "gpt-small", "vit", "vit-tiny", "audio-transformer"}
     assert set(ALL_MODELS) == expected
 
 
 # --- analytic parameter counts, every model x every norm (on the meta device: no compute) ------
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_num_params_matches_modules(name: str, norm: str) -> None:
+@pytest.mark.parametrize(("name", "norm"), [(n, norm) for n in ALL_MODELS for norm in _norm_choices(n)])
+def test_num_params_matches_modules(name: str, norm: str | None) -> None:
+    kwargs = {} if norm is None else {"norm": norm}
     with torch.device("meta"):
-        model = create_model(name, in_shape=_in_shape(name), num_classes=10, norm=norm)
+        model = create_model(name, in_shape=_in_shape(name), num_classes=10, **kwargs)
     assert model.num_params() == _numel(model)
 
 
@@ -69,7 +90,8 @@ def test_resnet_variants_num_params() -> None:
 
 # --- forward, backward and FLOPs for every model ----------------------------------------------
 def _counted_flops(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Run model(x), counting 2 * MACs of every Conv2d/Linear from the shapes it actually saw.
+    """Run model(x), counting 2 * MACs of every Conv2d/Linear from the shapes it actually saw,
+    plus attention's two (B, T, T) x d matmuls (4 B T^2 d) for every SelfAttention.
 
     Forward hooks are ~free; FlopCounterMode gives the same numbers (checked on a few models in
     test_flops_match_torch_flop_counter) but is ~10x slower per forward on CPU.
@@ -78,10 +100,15 @@ def _counted_flops(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int
 
     def hook(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
-        positions = out.shape[2:].numel() if isinstance(m, nn.Conv2d) else 1  # H_out * W_out
+        if isinstance(m, SelfAttention):
+            b, t, d = inputs[0].shape
+            total += 4 * b * t * t * d
+            return
+        # positions: H_out * W_out for a conv, the T of (B, T, F) for a Linear on sequences
+        positions = out.shape[2:].numel() if isinstance(m, nn.Conv2d) else out.shape[1:-1].numel()
         total += 2 * m.weight.numel() * out.shape[0] * positions
 
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, SelfAttention))]
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         out = model(x)
@@ -96,13 +123,14 @@ def test_forward_backward_flops(name: str) -> None:
     torch.manual_seed(0)
     in_shape = _in_shape(name)
     model = create_model(name, in_shape=in_shape, num_classes=10)
-    x = torch.randn(2, *in_shape)
+    x = _example_input(name, 2)
     out, flops = _counted_flops(model, x)
-    assert out.shape == (2, 10)
+    # a language model predicts the next token at every position: (B, T, vocab)
+    assert out.shape == ((2, *in_shape, 10) if isinstance(model, GPT) else (2, 10))
     assert torch.isfinite(out).all()
     assert model.flops_per_example() > 0
     assert model.flops_per_example() == flops // 2
-    out.logsumexp(1).mean().backward()
+    out.logsumexp(-1).mean().backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname

@@ -6,16 +6,22 @@
 
 # Importing the family modules registers their models.
 from .base import Model
+from .convnet import ConvNet, convnet_cost
 from .mlp import MLP, mlp_cost
 from .registry import create_model, list_models, model_args, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet_cost
+from .transformer import GPT, ViT
 
 __all__ = [
+    "GPT",
     "MLP",
     "BasicBlock",
     "Bottleneck",
+    "ConvNet",
     "Model",
     "ResNet",
+    "ViT",
+    "convnet_cost",
     "create_model",
     "list_models",
     "mlp_cost",

@@ -86,8 +86,19 @@ def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None
     ``meta`` holds ``model`` (the create_model kwargs) and ``data`` (DatasetInfo), stored as JSON
     strings: loading needs no pickle and no code but layerwise's registry.
     """
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {k: json.dumps(v) for k, v in meta.items()} | {"format": "layerwise", "version": __version__}
+    state, aliases, seen = {}, {}, {}
+    for k, v in model.state_dict().items():
+        # tied weights (a language model's embedding and head) are one tensor under two names;
+        # safetensors refuses shared storage, so the file keeps one name and records the other
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else None
+        if key is not None and key in seen:
+            aliases[k] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = k
+        state[k] = v.detach().contiguous().cpu()
+    metadata = {k: json.dumps(v) for k, v in meta.items()} | {"format": "layerwise", "version": __version__,
+                                                               "aliases": json.dumps(aliases)}
     atomic_write(path, save(state, metadata=metadata))
 
 
@@ -115,5 +126,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     model_kw = dict(meta["model"])
     model_kw["in_shape"] = tuple(model_kw["in_shape"])
     model = create_model(**model_kw)
+    for name, kept in json.loads(raw.get("aliases", "{}")).items():
+        state[name] = state[kept]
     model.load_state_dict(state)
     return model.to(device).eval(), meta
