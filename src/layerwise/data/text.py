@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import glob
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -50,22 +51,27 @@ def _text_files(root: Path, path: str) -> list[Path]:
                     f"glob pattern, relative to data.root ('{root}') or absolute.")
 
 
+class _Unusable(Exception):
+    """A text file that cannot be used: ``problem`` completes "the file ...", ``fix`` says what to do."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(problem)
+        self.problem, self.fix = problem, fix
+
+
 def _read(path: Path) -> tuple[bytes, str]:
-    """A non-empty UTF-8 file's bytes and text (a leading byte-order mark is dropped); else DataError."""
+    """A non-empty UTF-8 file's bytes and text (a leading byte-order mark is dropped); else _Unusable."""
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DataError(f"text file '{path}' cannot be read ({e.strerror}). Check its permissions, "
-                        f"or set data.on_error=skip to leave it out.") from None
+        raise _Unusable(f"cannot be read ({e.strerror})", "Check its permissions") from None
     try:
         text = raw.decode("utf-8-sig")  # Windows editors start UTF-8 files with a BOM; it is not text
     except UnicodeDecodeError as e:
-        raise DataError(f"text file '{path}' is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset "
-                        f"{e.start}). Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or set "
-                        f"data.on_error=skip to leave it out.") from None
+        raise _Unusable(f"is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})",
+                        "Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
     if not text:
-        raise DataError(f"text file '{path}' is empty. Remove it or add text, or set data.on_error=skip "
-                        f"to leave it out.")
+        raise _Unusable("is empty", "Remove it or add text")
     return raw, text
 
 
@@ -96,17 +102,19 @@ def text_dataset(name: str, files: list[Path], root: Path, opts: Any) -> Dataset
     for f in files:
         try:
             raw, text = _read(f)
-        except DataError as e:
+        except _Unusable as e:
             if opts.on_error == "refuse":
-                raise
-            warnings.append(f"skipped {e}")
+                raise DataError(f"text file '{f}' {e.problem}. {e.fix}, or set data.on_error=skip to "
+                                f"leave it out.") from None
+            warnings.append(f"skipped text file '{_display(f, root)}': it {e.problem}")
             continue
         texts.append(text)
         kept.append({"path": _display(f, root), "bytes": len(raw), "chars": len(text),
                      "sha256": hashlib.sha256(raw).hexdigest()})
     if not texts:
-        raise DataError(f"dataset '{name}': all {len(files)} text files were skipped as unreadable "
-                        f"(first: {warnings[0]}). Fix or replace the files.")
+        raise DataError(f"dataset '{name}': all {len(files)} text files were skipped as unusable "
+                        f"({'; '.join(warnings[:3])}{'; ...' if len(warnings) > 3 else ''}). "
+                        f"Fix or replace the files.")
     text = "".join(texts)  # concatenated as they are: a file that should end a line ends with "\n"
 
     n = len(text)
@@ -165,11 +173,12 @@ class TokenLoader:
     left out). With shuffle there are ``(N - T) // T`` windows, so that every offset in [0, T) fits
     the same number and ``len`` is the same each epoch; without shuffle ``(N - 1) // T``.
 
-    Distributed: pass ``rank`` and ``world_size`` and the same ``seed`` on every rank. Rank r takes
-    every world_size-th window of the epoch's order, starting at r. As torch's DistributedSampler,
-    the order is padded by wrapping around to its start until it divides evenly, so each rank gets
-    ceil(W / world_size) windows and the same number of batches (a few windows are seen twice per
-    epoch); with drop_last the uneven tail is dropped instead and the last short batch too.
+    Distributed: pass ``rank`` and ``world_size`` and the same ``seed`` on every rank. As torch's
+    DistributedSampler (and :class:`layerwise.data.loader.EpochOrder`), the epoch's order is padded
+    to ceil(W / world_size) * world_size by wrapping around to its start, and rank r takes positions
+    r, r + world_size, ...: every window is seen once per epoch across the ranks (the first few of
+    the order twice) and every rank has the same number of batches. drop_last drops only the last
+    short batch of each rank.
     """
 
     def __init__(self, tokens: torch.Tensor, batch_size: int, block_size: int, *, shuffle: bool = False,
@@ -191,17 +200,17 @@ class TokenLoader:
         # 2T keeps one window and draws the offset from the room it has
         self.num_examples = max((N - T) // T, 1) if shuffle else (N - 1) // T
         self._max_offset = min(T, N - self.num_examples * T)  # offset in [0, _max_offset)
-        W, R = self.num_examples, world_size
-        self._per_rank = W // R if drop_last else -(-W // R)
-        if self._per_rank == 0:
-            raise ValueError(f"{W} windows cannot give each of {R} ranks one with drop_last; use more "
-                             f"tokens, a smaller block_size or drop_last=False.")
-        self._window = torch.arange(T + 1, device=tokens.device)  # (T+1,)
+        self._window = torch.arange(T, device=tokens.device)  # (T,)
         self.epoch, self.position = 0, 0
 
+    @property
+    def examples_per_rank(self) -> int:
+        """Windows this rank sees per epoch (padding included, before drop_last)."""
+        return -(-self.num_examples // self.world_size)
+
     def __len__(self) -> int:
-        B = self.batch_size
-        return self._per_rank // B if self.drop_last else -(-self._per_rank // B)
+        n, B = self.examples_per_rank, self.batch_size
+        return n // B if self.drop_last else -(-n // B)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -210,7 +219,7 @@ class TokenLoader:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def _starts(self) -> torch.Tensor:
-        """This rank's window start offsets for the current epoch, (per_rank,) on the device."""
+        """This rank's window start offsets for the current epoch, (examples_per_rank,) on the device."""
         W, R, T = self.num_examples, self.world_size, self.block_size
         if self.shuffle:
             g = _gen(self.seed, self.epoch)
@@ -218,7 +227,7 @@ class TokenLoader:
             order = torch.randperm(W, generator=g)  # (W,)
         else:
             offset, order = 0, torch.arange(W)
-        order = order[torch.arange(self._per_rank * R) % W]  # wrap around to pad; or cut the tail
+        order = order[torch.arange(self.examples_per_rank * R) % W]  # pad by wrapping around
         return (offset + order[self.rank::R] * T).to(self.tokens.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -227,8 +236,13 @@ class TokenLoader:
         while self.position < len(self):
             s = starts[self.position * B:(self.position + 1) * B]  # (B,)
             # x and y in one gather: (2, B, T), each half contiguous, so y.view(-1) works
-            idx = torch.stack((s, s + 1))[:, :, None] + self._window[None, None, :T]
+            idx = torch.stack((s, s + 1))[:, :, None] + self._window[None, None, :]
             xy = self.tokens[idx].long()
             self.position += 1
             yield xy[0], xy[1]
         self.epoch, self.position = self.epoch + 1, 0
+
+    def evaluation_view(self, batch_size: int) -> TokenLoader:
+        """A loader over the same tokens for evaluation: offset 0, windows in order, whole on every
+        rank (padding would count windows twice), at epoch 0."""
+        return TokenLoader(self.tokens, batch_size, self.block_size)

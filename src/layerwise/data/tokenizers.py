@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 from layerwise.choices import unknown_choice_error
 from layerwise.data.datasets import DataError
