@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from layerwise.data import BatchLoader, DatasetInfo, Normalize
+from layerwise.data import BatchLoader, BatchTransform, DatasetInfo
 
 
 class PerExample(Dataset):
@@ -60,7 +60,8 @@ def main() -> None:
     info = DatasetInfo("mnist-shaped", (1, 28, 28), 10, [str(i) for i in range(10)], 255.0, [0.1307], [0.3081])
 
     base = DataLoader(PerExample(x, y, 2), batch_size=128, shuffle=True, num_workers=0)
-    ours = BatchLoader(x.to(dev), y.to(dev), 128, Normalize(info, dev), shuffle=True, translate=2)
+    ours = BatchLoader(x.to(dev), y.to(dev), 128, BatchTransform(info, dev, translate=2), shuffle=True,
+                       augment=True)
     r_base = max(epoch_rate(base, a.n, dev) for _ in range(a.repeats))
     r_ours = max(epoch_rate(ours, a.n, dev) for _ in range(a.repeats))
     print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {dev}"

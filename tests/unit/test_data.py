@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise.data import BatchLoader, DataError, Normalize, load_dataset
-from layerwise.data.augment import random_flip, random_translate
+from layerwise.data import BatchLoader, DataError, load_dataset
+from layerwise.data.augment import BatchTransform, random_flip, random_translate
 from layerwise.data.inputs import load_inputs
 
 
@@ -54,12 +54,12 @@ def test_mnist_from_real_files(data_root):
     assert ds.x_train.float().mean().item() / 255 == pytest.approx(0.1307, abs=1e-4)
 
 
-def _loader(n=103, bs=10, **kw):
+def _loader(n=103, bs=10, translate=0, **kw):
     x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
     y = torch.arange(n) % 10
     from layerwise.data import DatasetInfo
     info = DatasetInfo("t", (1, 4, 4), 10, [str(i) for i in range(10)], 1.0, [0.0], [1.0])
-    return BatchLoader(x, y, bs, Normalize(info, torch.device("cpu")), **kw)
+    return BatchLoader(x, y, bs, BatchTransform(info, "cpu", translate=translate), augment=True, **kw)
 
 
 def test_loader_covers_each_example_once_per_epoch_and_reshuffles():

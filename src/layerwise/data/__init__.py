@@ -2,7 +2,11 @@
 
 from layerwise.data.datasets import (DataError, Dataset, DatasetInfo, list_datasets, load_dataset,
                                      register_dataset)
-from layerwise.data.loader import BatchLoader, Normalize
+from layerwise.data.loader import BatchLoader, BatchTransform, Normalize
+from layerwise.data.stream import StreamLoader
 
-__all__ = ["BatchLoader", "DataError", "Dataset", "DatasetInfo", "Normalize", "list_datasets",
-           "load_dataset", "register_dataset"]
+# Modules that register datasets when imported.
+from layerwise.data import audio, images, tabular, text  # noqa: E402,F401  isort: skip
+
+__all__ = ["BatchLoader", "BatchTransform", "DataError", "Dataset", "DatasetInfo", "Normalize",
+           "StreamLoader", "list_datasets", "load_dataset", "register_dataset"]

@@ -345,6 +345,14 @@ def _cifar10_bin(root: Path) -> tuple[dict, list[str], list[str]]:
     return d, [f"{_CIFAR_BIN}/{n}" for n in names], classes if len(classes) == 10 else CIFAR10_CLASSES
 
 
+_DECODED: dict[tuple, tuple] = {}  # the last decoded CIFAR-10 JPEG set, keyed by files + mtimes
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat() if path.is_file() else None
+    return (st.st_mtime_ns, st.st_size) if st else (0, 0)
+
+
 def _decode_jpegs(d: dict[str, np.ndarray], path: str) -> torch.Tensor:
     from PIL import Image
 
@@ -373,10 +381,13 @@ def _cifar10(root: Path, opts: Any) -> Dataset:
             f"environment variable LAYERWISE_DATA to the folder that holds them, or pass "
             f"--data.download=true.")
     if npz_there:  # the npz form wins when both are there
-        tr, te = (_npz(root, f, "cifar10") for f in files)
-        classes = [str(c) for c in tr["classes"]]
-        xtr, xte = _decode_jpegs(tr, files[0]), _decode_jpegs(te, files[1])
-        ytr, yte = tr["y"], te["y"]
+        key = tuple((str((root / f).resolve()), *_stamp(root / f)) for f in files)
+        if key not in _DECODED:  # decoding 60k JPEGs takes ~15 s on 2 cores: once per process
+            tr, te = (_npz(root, f, "cifar10") for f in files)
+            _DECODED.clear()
+            _DECODED[key] = ([str(c) for c in tr["classes"]], _decode_jpegs(tr, files[0]),
+                             _decode_jpegs(te, files[1]), tr["y"], te["y"])
+        classes, xtr, xte, ytr, yte = _DECODED[key]
     else:
         d, files, classes = _cifar10_bin(root)
         xtr, xte = torch.from_numpy(d["xtr"]), torch.from_numpy(d["xte"])

@@ -1,18 +1,28 @@
 """A resumable batch loader over tensors that already live on the training device.
 
-It is a plain iterable with ``__len__`` and ``state_dict()`` / ``load_state_dict()`` (STYLE habit
-5): the epoch's order is a permutation drawn from a generator seeded by (seed, epoch), so the
+Loaders are plain iterables with ``__len__`` and ``state_dict()`` / ``load_state_dict()`` (STYLE
+habit 5): an epoch's order is a permutation drawn from a generator seeded by (seed, epoch), so the
 state is just two integers and a resumed run sees exactly the batches it would have seen.
+:class:`EpochOrder` holds that logic (and the split across ranks) for both :class:`BatchLoader`
+and ``layerwise.data.stream.StreamLoader``; :class:`~layerwise.data.augment.BatchTransform`
+normalizes and augments each batch on the device for both.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import copy
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from layerwise.data.augment import random_flip, random_translate
-from layerwise.data.datasets import DatasetInfo
+from layerwise.data.augment import BatchTransform, Normalize
+from layerwise.data.datasets import DataError, ExampleSource
+
+__all__ = ["BatchLoader", "BatchTransform", "EpochOrder", "Normalize", "gather", "head", "materialize"]
+
+# Salt of the augmentation streams' last key (which is _AUG_KEY + rank): it keeps them apart from
+# the order's (seed, epoch) stream, and rank 0 draws what single-process runs drew before sharding.
+_AUG_KEY = 7
 
 
 def _gen(*keys: int) -> torch.Generator:
@@ -24,42 +34,92 @@ def _gen(*keys: int) -> torch.Generator:
     return g
 
 
-class Normalize:
-    """Raw values (uint8 or float) -> float32, scaled and standardized per channel, on the device."""
+# ---------------------------------------------------------------------------------------- sources
+def gather(x: torch.Tensor | ExampleSource, idx: Sequence[int]) -> torch.Tensor:
+    """Examples ``idx`` of a tensor or an :class:`ExampleSource`, as one (len(idx), *shape) tensor
+    of the examples' dtype (raw uint8 stays uint8). A source's examples must agree in shape and dtype."""
+    if isinstance(x, torch.Tensor):
+        return x[torch.as_tensor(idx, dtype=torch.long)]
+    if len(idx) == 0:
+        raise DataError("gather needs at least one example index.")
+    first = x[idx[0]]
+    out = torch.empty((len(idx), *first.shape), dtype=first.dtype)  # (B, *shape)
+    out[0] = first
+    for j, i in enumerate(idx[1:], 1):
+        xi = x[i]
+        if xi.shape != first.shape or xi.dtype != first.dtype:
+            raise DataError(f"example {i} of the data source is {tuple(xi.shape)} {xi.dtype}, while example "
+                            f"{idx[0]} is {tuple(first.shape)} {first.dtype}; all examples of a split must "
+                            f"agree in shape and dtype. Resize or convert them (e.g. data.image_size).")
+        out[j] = xi
+    return out
 
-    def __init__(self, info: DatasetInfo, device: torch.device):
-        C = info.in_shape[0]
-        self.scale = info.scale
-        self.mean = torch.tensor(info.mean, device=device).view(1, C, 1, 1)
-        self.std = torch.tensor(info.std, device=device).view(1, C, 1, 1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() / self.scale - self.mean) / self.std
+def materialize(x: torch.Tensor | ExampleSource) -> torch.Tensor:
+    """The whole split as one (N, *shape) CPU tensor (a tensor is returned as it is): the device
+    loader needs it, the stream loader decodes per batch instead."""
+    return x if isinstance(x, torch.Tensor) else gather(x, range(len(x)))
 
 
-class BatchLoader:
-    """Yields (x, y) batches of normalized, optionally augmented examples.
+class _Head:
+    """The first n examples of a source (data.train_subset on a lazily decoded split)."""
 
-    shuffle=False gives the fixed order used for evaluation. ``position`` counts batches already
-    yielded in the current epoch; after the last batch the loader moves to the next epoch.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, normalize: Normalize, *,
-                 shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 translate: int = 0, flip: bool = False):
-        self.x, self.y = x, y
-        self.batch_size, self.normalize = batch_size, normalize
-        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.translate, self.flip = translate, flip
-        self.epoch, self.position = 0, 0
+    def __init__(self, source: ExampleSource, n: int):
+        self.source, self.n = source, min(n, len(source))
 
     def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < self.n:
+            raise IndexError(f"example {i} is outside the first {self.n}")
+        return self.source[i]
+
+
+def head(x: torch.Tensor | ExampleSource, n: int) -> torch.Tensor | ExampleSource:
+    """The first ``n`` examples of a tensor (a view) or of a source (decoded lazily)."""
+    return x[:n] if isinstance(x, torch.Tensor) else _Head(x, n)
+
+
+# ---------------------------------------------------------------------------------------- order
+class EpochOrder:
+    """The seeded, sharded order of each epoch and the loader's resumable place in it.
+
+    Epoch e's order is ``randperm(N)`` from a generator seeded by (seed, e) (``arange(N)`` without
+    shuffle). With ``world_size`` W > 1 it is split across ranks the way torch's
+    DistributedSampler does: padded to ceil(N/W)*W by wrapping around to its start, then rank r
+    takes positions r, r+W, r+2W, ... So every example is seen once per epoch across the ranks
+    (the first ceil(N/W)*W - N of the order twice) and every rank has the same number of batches.
+    ``position`` counts the batches already yielded in the current epoch.
+    """
+
+    def __init__(self, x: torch.Tensor | ExampleSource, y: torch.Tensor, batch_size: int,
+                 transform: BatchTransform, *, shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, augment: bool = False):
+        if len(x) != len(y) or len(y) == 0:
+            raise ValueError(f"a loader needs as many inputs as labels, and some: got {len(x)} and {len(y)}")
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size; got batch_size={batch_size}, "
+                             f"rank={rank}, world_size={world_size}")
+        self.x, self.y = x, y
+        self.batch_size, self.transform = batch_size, transform
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size, self.augment = rank, world_size, augment
+        self.epoch, self.position = 0, 0
 
     @property
     def num_examples(self) -> int:
-        return len(self.x)
+        """Examples in the split (all ranks together)."""
+        return len(self.y)
+
+    @property
+    def examples_per_rank(self) -> int:
+        """Examples this rank sees per epoch (padding included, before drop_last)."""
+        return -(-self.num_examples // self.world_size)
+
+    def __len__(self) -> int:
+        n = self.examples_per_rank
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -67,23 +127,69 @@ class BatchLoader:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-    def _order(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(len(self.x), device=self.x.device)
-        return torch.randperm(len(self.x), generator=_gen(self.seed, self.epoch)).to(self.x.device)
+    @property
+    def normalize(self) -> Normalize:
+        """Raw values -> model inputs, without augmentation (e.g. to run a model over ``loader.x``)."""
+        return self.transform.normalize
+
+    def rank_order(self) -> torch.Tensor:
+        """This rank's example indices for the current epoch, (examples_per_rank,) int64 on the CPU."""
+        n, w = self.num_examples, self.world_size
+        order = torch.randperm(n, generator=_gen(self.seed, self.epoch)) if self.shuffle else torch.arange(n)
+        if w == 1:
+            return order
+        total = self.examples_per_rank * w
+        order = order.repeat(-(-total // n))[:total]  # wrap around to the start, as DistributedSampler
+        return order[self.rank::w]
+
+    def batch_slice(self, i: int) -> slice:
+        """Batch i's positions in :meth:`rank_order` (the last one may be short)."""
+        return slice(i * self.batch_size, (i + 1) * self.batch_size)
+
+    def augment_generator(self, i: int) -> torch.Generator | None:
+        """Batch i's augmentation generator, seeded by (seed, epoch, i, rank); None when the loader
+        does not augment (evaluation) or the transform has nothing to draw."""
+        if not (self.augment and self.transform.augments):
+            return None
+        return _gen(self.seed, self.epoch, i, _AUG_KEY + self.rank)
+
+    def next_epoch(self) -> None:
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def evaluation_view(self, batch_size: int):
+        """A loader of the same kind over the same examples, for evaluation: in a fixed order, on
+        every rank whole (padding would count examples twice), not augmented, at epoch 0."""
+        view = copy.copy(self)
+        view.batch_size, view.shuffle, view.drop_last, view.augment = batch_size, False, False, False
+        view.rank, view.world_size, view.epoch, view.position = 0, 1, 0, 0
+        return view
+
+
+class BatchLoader(EpochOrder):
+    """Yields (x, y) batches of normalized, optionally augmented examples from on-device tensors.
+
+    x: (N, *in_shape) raw values and y: (N,) int64 labels, both on the training device. Each batch
+    is one index into them, then ``transform(x, y, gen)``; ``gen`` is the batch's generator when
+    ``augment`` is on (the training loader), else None. shuffle=False gives the fixed order used for
+    evaluation. After the last batch of an epoch the loader moves to the next epoch.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, transform: BatchTransform, *,
+                 shuffle: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0,
+                 world_size: int = 1, augment: bool = False):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError("BatchLoader indexes a tensor on the device; decode a data source with "
+                            "materialize(source) first, or stream it with StreamLoader (data.loader=stream)")
+        super().__init__(x, y, batch_size, transform, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         rank=rank, world_size=world_size, augment=augment)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the rest of the current epoch (all of it unless resumed mid-epoch)."""
-        order = self._order()
+        order = self.rank_order().to(self.x.device)
         while self.position < len(self):
             i = self.position
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.normalize(self.x[idx])
-            if self.translate or self.flip:
-                g = _gen(self.seed, self.epoch, i, 7)
-                x = random_translate(x, self.translate, g)
-                if self.flip:
-                    x = random_flip(x, g)
+            idx = order[self.batch_slice(i)]  # (B,)
+            x, y = self.transform(self.x[idx], self.y[idx], self.augment_generator(i))
             self.position += 1
-            yield x, self.y[idx]
-        self.epoch, self.position = self.epoch + 1, 0
+            yield x, y
+        self.next_epoch()

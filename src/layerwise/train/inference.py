@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.config import default_data_root, load_config
-from layerwise.data import BatchLoader, DatasetInfo, Normalize, load_dataset
+from layerwise.data import BatchTransform, DatasetInfo, Normalize, load_dataset
+from layerwise.data.stream import build_loader
 from layerwise.data.inputs import load_inputs
 from layerwise.train.run import RunDirError, load_model
-from layerwise.train.trainer import evaluate_loader, resolve_device
+from layerwise.train.trainer import evaluate_loader, lm_eval_batch, resolve_device
 
 
 def _info(meta: dict[str, Any]) -> DatasetInfo:
@@ -33,8 +34,14 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "")
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
     ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root(), cfg.data)
-    loader = BatchLoader(ds.x_test.to(dev), ds.y_test.to(dev), cfg.data.eval_batch_size, Normalize(info, dev))
-    m = evaluate_loader(model, loader, dev)
+    if info.task == "lm":
+        from layerwise.data.text import TokenLoader
+        loader, tta = TokenLoader(ds.x_test.to(dev), lm_eval_batch(cfg.data), cfg.data.block_size), "none"
+    else:
+        loader = build_loader(cfg.data.loader, ds.x_test, ds.y_test, cfg.data.eval_batch_size,
+                              BatchTransform(info, dev), dev, workers=cfg.data.workers)
+        tta = cfg.train.eval_tta
+    m = evaluate_loader(model, loader, dev, tta=tta)
     return {"test_accuracy": m["accuracy"], "test_loss": m["loss"], "examples": m["examples"],
             "model": cfg.model.name, "dataset": cfg.data.name}
 

@@ -14,6 +14,7 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.config import Config, default_data_root, save_config
-from layerwise.data import BatchLoader, Normalize, load_dataset
+from layerwise.data import load_dataset
+from layerwise.data.loader import BatchTransform, gather, head
+from layerwise.data.stream import build_loader
 from layerwise.models import create_model
 from layerwise.train import checkpoint as ckpt
 from layerwise.train.ema import EMA
@@ -73,7 +76,11 @@ class Trainer:
         seed_everything(t.seed)
         self.tokenizer = None  # set by _build_lm_data; saved into the run directory
         source = self._build_data()
-        self._build_model()
+        if t.eval_tta != "none" and not _is_image(self.info):
+            from layerwise.config import ConfigError
+            raise ConfigError(f"train.eval_tta={t.eval_tta} flips and shifts images, but dataset "
+                              f"'{self.info.name}' is not images. Set --train.eval_tta=none.")
+        self._build_model(resume)
 
         self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
@@ -109,21 +116,29 @@ class Trainer:
             self.display.message(f"resumed from {self.resumed_from} at step {self.step}/{self.total_steps}")
 
     def _build_data(self) -> dict:
-        """The whole dataset moves to the device once; batches are normalized there."""
+        """Train and test loaders (data.loader: device or stream); batches are normalized and the
+        training batches augmented on the device by one BatchTransform."""
         d, t = self.cfg.data, self.cfg.train
         ds = load_dataset(d.name, d.root or default_data_root(), d)
+        for w in ds.warnings:  # e.g. files skipped under data.on_error=skip
+            warnings.warn(w, stacklevel=2)
+        if ds.info.task == "lm":
+            return self._build_lm_data(ds)
         self.info = ds.info
         x_train, y_train = ds.x_train, ds.y_train
         if d.train_subset:
-            x_train, y_train = x_train[:d.train_subset], y_train[:d.train_subset]
-        norm = Normalize(ds.info, self.device)
+            x_train, y_train = head(x_train, d.train_subset), y_train[:d.train_subset]
+        # one transform normalizes both splits on the device; only the train loader augments
+        transform = BatchTransform.from_config(d, ds.info, self.device)
         micro = d.batch_size // t.grad_accum  # config validation guarantees divisibility
-        self.train_loader = BatchLoader(x_train.to(self.device), y_train.to(self.device), micro, norm,
-                                        shuffle=True, seed=t.seed, drop_last=d.drop_last,
-                                        translate=d.augment_translate, flip=d.augment_flip)
-        self.test_loader = BatchLoader(ds.x_test.to(self.device), ds.y_test.to(self.device),
-                                       d.eval_batch_size, norm)
-        return ds.source
+        # data.loader=device: the whole split moves to the device once; stream: worker processes
+        self.train_loader = build_loader(d.loader, x_train, y_train, micro, transform, self.device,
+                                         workers=d.workers, shuffle=True, seed=t.seed,
+                                         drop_last=d.drop_last, augment=True)
+        self.test_loader = build_loader(d.loader, ds.x_test, ds.y_test, d.eval_batch_size, transform,
+                                        self.device, workers=d.workers)
+        self._x_train, self._transform = x_train, transform  # for models that initialize from data
+        return ds.source | ({"skipped": ds.warnings} if ds.warnings else {})
 
     def _build_lm_data(self, ds) -> dict:
         """Language modelling: the token streams move to the device once; batches are random
@@ -135,13 +150,20 @@ class Trainer:
         micro = d.batch_size // t.grad_accum
         self.train_loader = TokenLoader(ds.x_train.to(self.device), micro, d.block_size, shuffle=True,
                                         seed=t.seed, drop_last=d.drop_last)
-        self.test_loader = TokenLoader(ds.x_test.to(self.device), d.eval_batch_size, d.block_size)
+        self.test_loader = TokenLoader(ds.x_test.to(self.device), lm_eval_batch(d), d.block_size)
+        self._x_train = None
         return ds.source
 
-    def _build_model(self) -> None:
+    def _build_model(self, resume: bool = False) -> None:
         t, o = self.cfg.train, self.cfg.optim
         self.model = create_model(self.cfg.model.name, in_shape=self.info.in_shape,
                                   num_classes=self.info.num_classes, **self.cfg.model.args).to(self.device)
+        if hasattr(self.model, "init_from_data") and self._x_train is not None and not resume:
+            # e.g. convnet's patch-whitening layer (airbench); a resumed run loads it instead
+            x = self._x_train
+            idx = torch.linspace(0, len(x) - 1, min(len(x), 5000)).long()  # spread over every class
+            sample = x[idx] if isinstance(x, torch.Tensor) else gather(x, idx.tolist())
+            self.model.init_from_data(self._transform(sample.to(self.device), None)[0])
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(
@@ -260,8 +282,7 @@ class Trainer:
         if split == "test":
             loader = self.test_loader
         else:  # the same training examples in a fixed order, without augmentation
-            tl = self.train_loader
-            loader = BatchLoader(tl.x, tl.y, self.cfg.data.eval_batch_size, tl.normalize)
+            loader = self.train_loader.evaluation_view(self.cfg.data.eval_batch_size)
         was_training = self.model.training
         self.model.eval()
         ctx = self.ema.swapped_in(self.model) if (use_ema and self.ema) else contextlib.nullcontext()
@@ -376,6 +397,15 @@ class Trainer:
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def lm_eval_batch(d) -> int:
+    """data.eval_batch_size counts images; a text evaluation batch is kept at <= 64k tokens."""
+    return max(1, min(d.eval_batch_size, 65536 // d.block_size))
+
+
+def _is_image(info) -> bool:
+    return info.task == "classify" and len(info.in_shape) == 3 and "audio" not in info.extra
 
 
 def num_targets(y: torch.Tensor) -> int:

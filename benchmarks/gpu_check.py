@@ -1,0 +1,98 @@
+"""Every GPU check of layerwise in one process, for a machine with one CUDA GPU.
+
+Each job is a `layerwise.fit` of a recipe plus overrides; one JSON line per job goes to stdout
+and to $OUT/gpu_results.jsonl as soon as it ends, so a run cut short keeps what it measured.
+A job that fails prints its error and the next one runs.
+
+    python benchmarks/gpu_check.py --data-root DIR [--only NAME ...] [--list]
+
+DIR holds cifar10/ and tinyshakespeare/ (see benchmarks/gpu_check.sh for carrying them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+Q = ["--run.plots=false", "--run.tensorboard=false"]
+# (name, recipe, overrides): the order is the priority order (most important first)
+JOBS: list[tuple[str, str | None, list[str]]] = [
+    ("default-job-cuda", None, []),
+    ("cifar10-gpu", "recipes/cifar10-gpu.yaml", []),
+    ("cifar10-gpu-fp16-gradscaler", "recipes/cifar10-gpu.yaml", ["--train.precision=fp16", "--train.epochs=4"]),
+    # accuracy of the CPU recipes, computed on the GPU in fp32 (their CPU time is measured on the CPU)
+    ("cifar10-cpu-recipe-on-gpu", "recipes/cifar10-cpu.yaml", ["--train.device=cuda"]),
+    ("cifar10-cpu-recipe-8ep", "recipes/cifar10-cpu.yaml", ["--train.device=cuda", "--train.epochs=8"]),
+    ("cifar10-cpu-recipe-12ep", "recipes/cifar10-cpu.yaml", ["--train.device=cuda", "--train.epochs=12"]),
+    ("cifar10-cpu-recipe-bias1x", "recipes/cifar10-cpu.yaml", ["--train.device=cuda", "--optim.no_decay_lr_scale=1"]),
+    # loss curves of the CPU language-model recipes (their CPU time is measured on the CPU)
+    *[(f"shakespeare-char-{tag}", "recipes/shakespeare-char.yaml", ["--train.eval_every_steps=150", *o])
+      for tag, o in [("base", []), ("lr5e-3", ["--optim.lr=0.005"]), ("lr2e-3", ["--optim.lr=0.002"]),
+                     ("b24-600", ["--data.batch_size=24", "--train.max_steps=600", "--optim.lr=0.004"]),
+                     ("modern", ["--model.rotary=true", "--model.mlp=swiglu", "--model.norm=rmsnorm"]),
+                     ("steps900", ["--train.max_steps=900"])]],
+    *[(f"shakespeare-long-{tag}", "recipes/shakespeare-char-long.yaml", ["--train.eval_every_steps=200", *o])
+      for tag, o in [("base", []),
+                     ("d192", ["--model.n_embd=192", "--train.max_steps=760", "--optim.lr=0.002"]),
+                     ("l6d192", ["--model.n_layer=6", "--model.n_head=6", "--model.n_embd=192",
+                                 "--train.max_steps=530", "--optim.lr=0.002"]),
+                     ("lr2e-3", ["--optim.lr=0.002"])]],
+    ("shakespeare-char-gpu", "recipes/shakespeare-char-gpu.yaml", []),
+    ("cifar10-gpu-compile", "recipes/cifar10-gpu.yaml", ["--train.compile=true"]),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-root", default=os.environ.get("LAYERWISE_DATA", ".gpu-data"))
+    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="2 steps per job (to check the script on a CPU)")
+    args = ap.parse_args()
+    if args.list:
+        print("\n".join(n for n, _, _ in JOBS))
+        return
+    import layerwise
+
+    out = Path(os.environ.get("OUT", tempfile.gettempdir())) / "gpu_results.jsonl"
+    print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda,
+                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, recipe, overrides in JOBS:
+            if args.only and name not in args.only:
+                continue
+            t0 = time.perf_counter()
+            rec: dict = {"job": name, "recipe": recipe, "overrides": overrides}
+            try:
+                smoke = ["--train.max_steps=2", "--train.device=cpu", "--data.train_subset=2048",
+                         "--train.eval_every_steps=1", "--train.precision=fp32", "--train.eval_tta=none",
+                         "--optim.warmup_steps=0",
+                         "--model.name=convnet-half" if "cifar" in name else "--train.log_every=1"
+                         ] if args.smoke else []
+                s = layerwise.fit(recipe, f"--data.root={args.data_root}", *Q, *overrides, *smoke,
+                                  run_dir=Path(tmp) / name, show_progress=False)
+                rec |= {k: s[k] for k in ("test_accuracy", "test_loss", "train_seconds", "steps", "epochs",
+                                          "device", "precision", "params", "skipped_steps")}
+                metrics = Path(s["run_dir"]) / "metrics.jsonl"
+                rec["test_curve"] = [(r["step"], round(r["loss"], 4), round(r["accuracy"], 4))
+                                     for r in map(json.loads, metrics.read_text().splitlines())
+                                     if r["kind"] == "test"]
+            except Exception as e:  # report and go on: one broken job must not hide the others
+                rec["error"] = f"{type(e).__name__}: {e}"
+                traceback.print_exc()
+            rec["wall_seconds"] = round(time.perf_counter() - t0, 2)
+            line = json.dumps(rec)
+            print(line, flush=True)
+            with out.open("a") as f:
+                f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
