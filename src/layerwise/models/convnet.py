@@ -32,6 +32,7 @@ import functools
 import itertools
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..nn import ACTIVATIONS, get_activation, unknown_choice_error
@@ -58,6 +59,14 @@ class BiasOnlyBatchNorm2d(nn.BatchNorm2d):
     def __init__(self, num_features: int, *, momentum: float = BN_MOMENTUM, eps: float = BN_EPS) -> None:
         super().__init__(num_features, eps=eps, momentum=momentum, affine=False)
         self.bias = nn.Parameter(torch.zeros(num_features))
+        # cuDNN's batch norm refuses weight=None next to a bias ("tensor does not have a device"
+        # forward, an invalid weight gradient backward), so the fixed scale of 1 is a real tensor
+        self.register_buffer("scale", torch.ones(num_features), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W); batch statistics in training, running statistics in eval
+        return F.batch_norm(x, self.running_mean, self.running_var, self.scale, self.bias,
+                            self.training, self.momentum, self.eps)
 
 
 class WhiteningConv2d(nn.Conv2d):
