@@ -46,6 +46,18 @@ JOBS: list[tuple[str, str | None, list[str]]] = [
                      ("lr2e-3", ["--optim.lr=0.002"])]],
     ("shakespeare-char-gpu", "recipes/shakespeare-char-gpu.yaml", []),
     ("cifar10-gpu-compile", "recipes/cifar10-gpu.yaml", ["--train.compile=true"]),
+    ("cifar10-gpu-compile-fp32", "recipes/cifar10-gpu.yaml", ["--train.compile=true", "--train.precision=fp32",
+                                                              "--train.epochs=2"]),
+    ("cifar10-gpu-fp32", "recipes/cifar10-gpu.yaml", ["--train.precision=fp32", "--train.channels_last=false"]),
+    # tuning grid for the CPU recipe (accuracy only; fp32 on the GPU)
+    *[(f"cifar10-cpu-{tag}", "recipes/cifar10-cpu.yaml", ["--train.device=cuda", *o])
+      for tag, o in [("ema", ["--train.ema_decay=0.99"]), ("b512", ["--data.batch_size=512", "--optim.lr=0.75"]),
+                     ("lr3", ["--optim.lr=3.0"]), ("lr075", ["--optim.lr=0.75"]),
+                     ("ls01", ["--train.label_smoothing=0.1"]), ("wd2x", ["--optim.weight_decay=0.00266"]),
+                     ("ep16", ["--train.epochs=16"]), ("lr05", ["--optim.lr=0.5"]),
+                     ("lr075-ep12", ["--optim.lr=0.75", "--train.epochs=12"]),
+                     ("lr05-ep12", ["--optim.lr=0.5", "--train.epochs=12"]),
+                     ("lr075-ep14", ["--optim.lr=0.75", "--train.epochs=14"])]],
 ]
 
 

@@ -3,8 +3,8 @@
 Baseline: nanoGPT's README command for a CPU (karpathy/nanoGPT, config/train_shakespeare_char.py
 with `--device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64
 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
---dropout=0.0`), re-implemented here line for line (its model.py and train.py loop: GPT with biased
-LayerNorm, fused qkv, SDPA flash attention, tied head; AdamW lr 1e-3, betas (0.9, 0.99), weight
+--dropout=0.0`), re-implemented here line for line (its model.py and train.py loop: GPT without biases
+(train.py's default bias=False), fused qkv, SDPA flash attention, tied head; AdamW lr 1e-3, betas (0.9, 0.99), weight
 decay 0.1 on 2-D weights, 100 warmup steps, cosine to 1e-4, clip 1.0, random windows from the
 uint16 token file; 2001 iterations with an estimate on 20 batches of each split every 250).
 nanoGPT is not a pip package and this benchmark must run offline, so it cannot import it.
@@ -42,12 +42,12 @@ TARGET = 1.886  # nanoGPT's README: "validation loss 1.88" for this command; the
 
 # --- nanoGPT's model.py, reduced to what this configuration uses -----------------------------
 class LayerNorm(nn.Module):
-    def __init__(self, n: int):
+    def __init__(self, n: int):  # train.py's default bias=False: no LayerNorm bias
         super().__init__()
-        self.weight, self.bias = nn.Parameter(torch.ones(n)), nn.Parameter(torch.zeros(n))
+        self.weight = nn.Parameter(torch.ones(n))
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(x, self.weight.shape, self.weight, None, 1e-5)
 
 
 class Block(nn.Module):
@@ -55,8 +55,8 @@ class Block(nn.Module):
         super().__init__()
         self.n_head = n_head
         self.ln_1, self.ln_2 = LayerNorm(d), LayerNorm(d)
-        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.c_attn, self.c_proj = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
+        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d, bias=False), nn.Linear(4 * d, d, bias=False)
 
     def forward(self, x):
         B, T, C = x.shape

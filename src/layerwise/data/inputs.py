@@ -1,5 +1,6 @@
 """Turn files a user hands to `layerwise predict` into raw-valued tensors shaped like the dataset's.
 
+A speech model's inputs are .wav recordings, turned into log-mel features exactly as in training.
 Images (PNG, JPEG, ...) are converted to the dataset's channel count and size and mapped from
 0..255 to the dataset's raw range (e.g. 0..16 for digits). ``.npy`` arrays are taken as already
 in the raw range: one example (C,H,W) or (H,W) for one channel, or a batch (N,C,H,W) / (N,H,W).
@@ -22,6 +23,16 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto") -> to
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input '{path}' does not exist. Give the path of an image file or a .npy array.")
+    if "audio" in info.extra:  # a speech model: a .wav recording -> the training log-mel features
+        if path.suffix.lower() != ".wav":
+            raise DataError(f"'{path}' is not a .wav file; this model classifies recordings. Give a "
+                            f"PCM .wav file (any sample rate; it is resampled as in training).")
+        from layerwise.data.audio import features_from_wav
+        return features_from_wav(path, info.extra["audio"])[None]  # (1, 1, n_mels, frames)
+    if info.task != "classify" or len(info.in_shape) != 3:
+        raise DataError(f"`predict` reads images, .npy arrays and .wav recordings; this model was trained "
+                        f"on '{info.name}' ({info.task}, inputs {tuple(info.in_shape)}). "
+                        f"For a language model use `layerwise generate`.")
     C, H, W = info.in_shape
     if path.suffix.lower() == ".npy":
         try:
