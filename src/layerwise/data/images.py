@@ -119,8 +119,8 @@ def _decode(path: str, gray: bool, size: int) -> np.ndarray:
         im = im.convert("L" if gray else "RGB")
     if size:
         im = im.resize((size, size), Image.BILINEAR)  # Pillow antialiases when shrinking
-    a = np.asarray(im)
-    return a[None] if gray else np.ascontiguousarray(a.transpose(2, 0, 1))
+    a = np.asarray(im)  # read-only view of the image's buffer: copy it (torch.from_numpy needs writable)
+    return a[None].copy() if gray else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
 class ImageFiles:

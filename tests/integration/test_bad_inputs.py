@@ -1,0 +1,126 @@
+"""Broken or unusable data, met through the command line: each stops before any run directory is
+written, with the exit code the CLI promises (1: the data, 2: the configuration), a message that
+names the file (and line and column where there is one), and no Python traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+QUIET = ["--run.plots=false", "--run.tensorboard=false", "--quiet"]
+
+
+def lw(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layerwise", *args], check=False, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+MLP = ("--model.name=mlp", "--model.width=16")
+GPT = ("--model.name=gpt", "--model.n_layer=1", "--model.n_head=2", "--model.n_embd=16")
+
+
+def train(run_dir: Path, *overrides: str, model: tuple[str, ...] = MLP) -> subprocess.CompletedProcess:
+    return lw("train", *model, *overrides, "--train.max_steps=2", *QUIET, f"--run.dir={run_dir}")
+
+
+def assert_refused(out: subprocess.CompletedProcess, code: int, run_dir: Path, *needles: str) -> None:
+    assert out.returncode == code, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr, out.stderr
+    for n in needles:
+        assert n in out.stderr, (n, out.stderr)
+    assert not run_dir.exists(), "bad input must fail before the run directory is written"
+
+
+# ------------------------------------------------------------------------------------------ images
+@pytest.fixture
+def jpeg_folder(tmp_path) -> tuple[Path, Path]:
+    """Two classes of 6 noisy 32x32 RGB JPEGs; one file cut to 60% of its bytes (as by a failed copy)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("cats", "dogs")):
+        (tmp_path / "pics" / cls).mkdir(parents=True)
+        for i in range(6):
+            img = rng.integers(0, 120, (32, 32, 3)) + 100 * c
+            Image.fromarray(img.astype(np.uint8)).save(tmp_path / "pics" / cls / f"{i}.jpg", quality=90)
+    bad = tmp_path / "pics" / "dogs" / "3.jpg"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) * 6 // 10])
+    return tmp_path / "pics", bad
+
+
+def test_truncated_jpeg_is_refused_naming_the_file(tmp_path, jpeg_folder):
+    folder, bad = jpeg_folder
+    out = train(tmp_path / "run", "--data.name=image-folder", f"--data.path={folder}")
+    assert_refused(out, 1, tmp_path / "run", str(bad), "data.on_error=skip")
+
+
+def test_truncated_jpeg_is_skipped_with_a_warning(tmp_path, jpeg_folder):
+    folder, bad = jpeg_folder
+    out = train(tmp_path / "run", "--data.name=image-folder", f"--data.path={folder}", "--data.on_error=skip")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    warning = [line for line in out.stderr.splitlines() if "warning" in line and str(bad) in line]
+    assert len(warning) == 1, out.stderr
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    # 12 images, 1 per class held out (val_fraction 0.1), the broken one dropped
+    assert env["data"]["train"] + env["data"]["test"] == 11 and env["data"]["test"] == 2
+    assert any(str(bad) in s for s in env["data"]["skipped"])
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
+
+
+# ------------------------------------------------------------------------------------------- audio
+def test_wav_with_a_garbage_header_is_refused_naming_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    for c, cls in enumerate(("low", "high")):
+        (tmp_path / "wavs" / cls).mkdir(parents=True)
+        for i in range(4):
+            t = np.arange(1600) / 8000
+            s = 0.5 * np.sin(2 * np.pi * (300 + 900 * c) * t) + 0.01 * rng.standard_normal(1600)
+            with wave.open(str(tmp_path / "wavs" / cls / f"{i}.wav"), "wb") as w:
+                w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+                w.writeframes((s * 32767).astype("<i2").tobytes())
+    bad = tmp_path / "wavs" / "high" / "2.wav"
+    data = bytearray(bad.read_bytes())
+    data[:44] = rng.integers(0, 256, 44, dtype=np.uint8).tobytes()  # the RIFF header overwritten
+    bad.write_bytes(bytes(data))
+    out = train(tmp_path / "run", "--data.name=wav-folder", f"--data.path={tmp_path / 'wavs'}")
+    assert_refused(out, 1, tmp_path / "run", str(bad), "RIFF", "data.on_error=skip")
+
+
+# -------------------------------------------------------------------------------------------- text
+def test_empty_text_file_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    out = train(tmp_path / "run", "--data.name=text", f"--data.path={tmp_path / 'empty.txt'}", model=GPT)
+    assert_refused(out, 1, tmp_path / "run", str(tmp_path / "empty.txt"), "is empty")
+
+
+def test_flip_tta_on_text_is_a_config_error(tmp_path):
+    (tmp_path / "ok.txt").write_text("to be or not to be, that is the question.\n" * 20)
+    out = train(tmp_path / "run", "--data.name=text", f"--data.path={tmp_path / 'ok.txt'}",
+                "--data.block_size=16", "--train.eval_tta=flip", model=GPT)
+    assert_refused(out, 2, tmp_path / "run", "train.eval_tta=flip", "not images")
+
+
+def test_unknown_tokenizer_is_a_config_error(tmp_path):
+    (tmp_path / "ok.txt").write_text("to be or not to be\n" * 20)
+    out = train(tmp_path / "run", "--data.name=text", f"--data.path={tmp_path / 'ok.txt'}",
+                "--data.tokenizer=wordpiece", model=GPT)
+    assert_refused(out, 2, tmp_path / "run", "data.tokenizer", "wordpiece", "byte, char or bpe")
+
+
+# --------------------------------------------------------------------------------------------- csv
+def test_nan_in_a_numeric_column_is_refused_naming_column_and_line(tmp_path):
+    rows = ["height,colour,label"] + [f"{1.5 + 0.1 * i:.1f},{'red' if i % 2 else 'blue'},{i % 2}"
+                                      for i in range(20)]
+    rows[7] = "nan,red,0"  # line 8 of the file (the header is line 1)
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    out = train(tmp_path / "run", "--data.name=csv", f"--data.path={tmp_path / 't.csv'}")
+    assert_refused(out, 1, tmp_path / "run", str(tmp_path / "t.csv"), "line 8", "column 'height'",
+                   "data.on_error=skip")
