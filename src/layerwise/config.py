@@ -46,8 +46,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = _f("digits", "dataset (see `layerwise info --datasets`): digits (built in), mnist, cifar10, "
-                   "image-folder, csv, text, shakespeare, fsdd, wav-folder")
+    name: str = _f("digits", "dataset: digits (built in), mnist, cifar10, image-folder, csv, text, "
+                   "shakespeare, fsdd, wav-folder (README: Data)")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
     path: str = _f("", "file or folder read by image-folder, csv, text and wav-folder "
@@ -59,7 +59,7 @@ class DataConfig:
     workers: int = _f(2, "worker processes of the stream loader")
     batch_size: int = _f(64, "examples per optimizer step (split over train.grad_accum micro-batches)")
     eval_batch_size: int = _f(1024, "examples per evaluation batch")
-    train_subset: int = _f(0, "use only the first N training examples (0 = all); for small-data runs")
+    train_subset: int = _f(0, "use only the first N training examples (text: tokens) (0 = all); for small-data runs")
     val_fraction: float = _f(0.1, "held-out fraction where a source has no test split (text: the last part)")
     # images
     image_size: int = _f(0, "image-folder: resize every image to this square size (0 = keep; sizes must agree)")

@@ -74,12 +74,12 @@ def test_vit_whole_axis_patches() -> None:
 
 def test_audio_transformer_is_the_vit_block() -> None:
     assert set(model_args("audio-transformer")) == set(model_args("vit"))
-    assert model_args("audio-transformer")["patch_h"] == 0 and model_args("audio-transformer")["patch_w"] == 2
-    m = create_model("audio-transformer", in_shape=(1, 16, 20), num_classes=5, n_layer=1)
+    assert model_args("audio-transformer")["patch_h"] == 0 and model_args("audio-transformer")["patch_w"] == 1
+    m = create_model("audio-transformer", in_shape=(1, 16, 21), num_classes=5, n_layer=1)
     assert isinstance(m, ViT) and isinstance(m.blocks[0], TransformerBlock)
-    assert m.patch_embed.kernel_size == (16, 2)  # all 16 mel bands x 2 frames
-    x = torch.randn(3, 1, 16, 20)
-    assert m.forward_features(x).shape == (3, 10, 128)  # one token per 2 frames
+    assert m.patch_embed.kernel_size == (16, 1)  # all 16 mel bands x 1 frame
+    x = torch.randn(3, 1, 16, 21)  # an odd frame count (a 1 s clip at a 10 ms hop has 101)
+    assert m.forward_features(x).shape == (3, 21, 128)  # one token per frame
     assert m(x).shape == (3, 5)
 
 

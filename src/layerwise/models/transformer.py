@@ -3,7 +3,8 @@
     gpt                idx (B, T) -> wte (+ wpe) -> blocks (causal) -> ln_f -> fc -> (B, T, vocab)
     vit                x (B, C, H, W) -> patch conv -> (+ pos_embed) -> blocks -> ln_f -> pool -> fc
     audio-transformer  the `vit` factory on log-mel inputs (1, n_mels, frames): a patch is all
-                       mel bands x 2 frames, so the tokens are time steps (patch_h=0, patch_w=2)
+                       mel bands of one frame, so the tokens are time steps (patch_h=0, patch_w=1;
+                       any clip length works, e.g. the 101 frames of a 1 s clip at a 10 ms hop)
 
 `gpt` follows nanoGPT (karpathy/nanoGPT, model.py): GPT-2 layout, init normal(0, 0.02) with the
 residual output projections scaled by 1/sqrt(2 n_layer), head tied to the token embedding.
@@ -16,7 +17,7 @@ Presets (each overridable, e.g. create_model("gpt-small", in_shape=(256,), num_c
   gpt-small          6 layers, 6 heads, 384 wide, dropout 0.2 (nanoGPT's shakespeare_char)
   vit                6 layers, 4 heads, 128 wide, 4x4 patches
   vit-tiny           4 layers, 4 heads, 128 wide, 4x4 patches
-  audio-transformer  4 layers, 4 heads, 128 wide, patches of all mel bands x 2 frames
+  audio-transformer  4 layers, 4 heads, 128 wide, patches of all mel bands x 1 frame
 The GPT presets use bias=False, as nanoGPT's train.py does; the `gpt` family default keeps
 GPT-2's biases (bias=True).
 
@@ -448,4 +449,4 @@ register_model("gpt-small")(functools.partial(gpt, n_layer=6, n_head=6, n_embd=3
 register_model("vit-tiny")(functools.partial(vit, n_layer=4, n_head=4, n_embd=128))
 # The same ViT factory and block on log-mel spectrograms (1, n_mels, frames): a token is 2 frames
 # across all mel bands (frames must be even), so attention runs over time.
-register_model("audio-transformer")(functools.partial(vit, patch_h=0, patch_w=2, n_layer=4, n_head=4, n_embd=128))
+register_model("audio-transformer")(functools.partial(vit, patch_h=0, patch_w=1, n_layer=4, n_head=4, n_embd=128))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from layerwise.config import Config, default_data_root, save_config
-from layerwise.data import load_dataset
+from layerwise.data import DataError, load_dataset
 from layerwise.data.loader import BatchTransform, gather, head
 from layerwise.data.stream import build_loader
 from layerwise.models import create_model
@@ -148,7 +148,11 @@ class Trainer:
         d, t = self.cfg.data, self.cfg.train
         self.info, self.tokenizer = ds.info, ds.tokenizer
         micro = d.batch_size // t.grad_accum
-        self.train_loader = TokenLoader(ds.x_train.to(self.device), micro, d.block_size, shuffle=True,
+        tokens = ds.x_train[:d.train_subset] if d.train_subset else ds.x_train
+        if len(tokens) <= d.block_size:
+            raise DataError(f"data.train_subset={d.train_subset} leaves {len(tokens)} training tokens, fewer "
+                            f"than one context of data.block_size={d.block_size} plus one. Raise it.")
+        self.train_loader = TokenLoader(tokens.to(self.device), micro, d.block_size, shuffle=True,
                                         seed=t.seed, drop_last=d.drop_last)
         self.test_loader = TokenLoader(ds.x_test.to(self.device), lm_eval_batch(d), d.block_size)
         self._x_train = None
