@@ -6,6 +6,9 @@
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
     layerwise info RUN_DIR
     layerwise models [NAME]
+    layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
+    layerwise scale fit TABLE --law n|d|nd [--json] [--holdout K] [--boot B] [--seed S]
+    layerwise scale report DIR_OR_TABLE [--law n] [--holdout 1] [--out DIR]
 
 Exit codes: 0 success, 1 a run that cannot proceed (missing data, corrupt checkpoint, divergence),
 2 a configuration or usage error.
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import warnings
+from pathlib import Path
 
 from layerwise.config import ConfigError, help_text, load_config
 
@@ -79,7 +84,99 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list registered models, or one model's arguments")
     m.add_argument("name", nargs="?")
+
+    # `scale` has its own parsers (a sweep, `scale fit`, `scale report`): see _scale_parsers
+    s = sub.add_parser("scale", add_help=False, help="run a scaling sweep, fit a scaling law, or report it "
+                       "(layerwise scale --help)")
+    s.add_argument("scale_args", nargs=argparse.REMAINDER)
     return p
+
+
+def _scale_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The three forms of `layerwise scale`: a sweep (SWEEP.yaml), `fit` and `report`."""
+    run = argparse.ArgumentParser(
+        prog="layerwise scale", description="Train every point of a sweep spec (see sweeps/) and write "
+        "OUT/results.csv. Also: `layerwise scale fit TABLE --law n` and `layerwise scale report DIR`. "
+        "Extra --section.key=value overrides apply to every run (e.g. --data.root=DIR).")
+    run.add_argument("spec", metavar="SWEEP.yaml")
+    run.add_argument("--dir", help="output folder (default: sweeps/out/<spec name>); rerun to resume")
+    run.add_argument("--dry-run", action="store_true", help="validate every run's config and print the grid")
+    run.add_argument("--max-runs", type=int, help="start at most this many runs, then stop")
+    run.add_argument("--progress", action="store_true", help="show each run's progress bar")
+
+    law_help = "scaling law: n  L(N) = E + A/N^alpha,  d  L(D) = E + B/D^beta,  nd  both terms"
+    fit = argparse.ArgumentParser(prog="layerwise scale fit",
+                                  description="Fit a scaling law to a results table, with bootstrap intervals.")
+    fit.add_argument("table", help="results table (.csv or .jsonl) or a sweep's output folder")
+    fit.add_argument("--law", required=True, choices=("n", "d", "nd"), help=law_help)
+    fit.add_argument("--json", action="store_true", help="print one JSON object")
+    fit.add_argument("--holdout", type=int, default=0, help="also fit without the K largest runs and predict them")
+    fit.add_argument("--boot", type=int, default=200, help="bootstrap resamples for the intervals (0 = none)")
+    fit.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+    rep = argparse.ArgumentParser(prog="layerwise scale report",
+                                  description="Write report.png and report.md for a sweep or a table.")
+    rep.add_argument("source", metavar="DIR_OR_TABLE")
+    rep.add_argument("--law", default="n", choices=("n", "d", "nd"), help=law_help)
+    rep.add_argument("--holdout", type=int, default=1, help="runs held out to check the extrapolation (0 = none)")
+    rep.add_argument("--boot", type=int, default=200, help="bootstrap resamples")
+    rep.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    rep.add_argument("--out", help="output folder (default: the sweep folder or the table's folder)")
+    return {"run": run, "fit": fit, "report": rep}
+
+
+def _scale(argv: list[str]) -> int:
+    """`layerwise scale ...`: a sweep, or its `fit` / `report` subcommand."""
+    from layerwise import scaling
+
+    parsers = _scale_parsers()
+    form = argv[0] if argv and argv[0] in ("fit", "report") else "run"
+    parser = parsers[form]
+    if form == "run" and (not argv or argv[0] in ("-h", "--help")):
+        parser.print_help(file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else USAGE_ERROR
+    args, rest = parser.parse_known_args(argv[1:] if form != "run" else argv)
+    overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
+    unknown = [a for a in rest if a not in overrides]
+    if unknown or (overrides and form != "run"):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+
+    if form == "fit":
+        table, _path = scaling.load_results(args.table)
+        result = scaling.analyze(table, args.law, args.boot, args.seed, args.holdout)
+        print(json.dumps(result, indent=2) if args.json else scaling.format_fit(result))
+        return 0
+    if form == "report":
+        png, md = scaling.write_report(args.source, args.out, args.law, args.holdout, args.boot, args.seed,
+                                       command=shlex.join(["layerwise", "scale", *argv]))
+        print(f"wrote {png}\nwrote {md}")
+        return 0
+    out = Path(args.dir) if args.dir else Path("sweeps") / "out" / Path(args.spec).stem
+    if args.dry_run:
+        spec = scaling.load_spec(args.spec)
+        points = scaling.plan(spec, overrides)
+        print(f"sweep {args.spec}: {len(points)} runs into {out / 'runs'}, base {spec.base or '(built-in default)'}")
+        for point in points:
+            print(f"  {point.name}: {' '.join(point.overrides)}")
+        print(f"every config is valid (metric {spec.metric}, params {spec.params})")
+        return 0
+    try:
+        csv_path = scaling.run_sweep(args.spec, out, show_progress=args.progress, extra_overrides=overrides,
+                                     max_runs=args.max_runs, echo=lambda line: print(line, flush=True))
+    except scaling.SweepRunError as e:  # some runs failed, the rest are in the table
+        print(f"layerwise: error: {e}", file=sys.stderr)
+        return RUN_ERROR
+    except KeyboardInterrupt:
+        print(f"layerwise: interrupted; run `{shlex.join(['layerwise', 'scale', *argv])}` again to resume "
+              f"(finished runs are kept; the cut-off one continues from its last checkpoint, or starts over "
+              f"if it had none).", file=sys.stderr)
+        return 130
+    if csv_path.is_file():
+        table = scaling.read_table(csv_path)
+        print(scaling.format_table(table, [c for c in ("name", "params", "data", "compute", "loss",
+                                                       "train_seconds") if c in table]))
+        print(f"table: {csv_path}\nfit it: layerwise scale fit {csv_path} --law n")
+    return 0
 
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -102,11 +199,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = _join_spaced_overrides(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command == "scale":
+        rest = args.scale_args + rest
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
-    if unknown or (overrides and args.command != "train"):
+    if args.command != "scale" and (unknown or (overrides and args.command != "train")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
                      f"(config overrides --section.key=value go with `layerwise train`)")
+    if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
+        # fitting and reporting read a table and never train: answer without importing torch (~3 s)
+        try:
+            return _scale(rest)
+        except ValueError as e:  # ScalingError: a missing or bad table, too few runs
+            print(f"layerwise: error: {e}", file=sys.stderr)
+            return USAGE_ERROR
 
     from layerwise.data import DataError
     from layerwise.train.checkpoint import CheckpointError
@@ -119,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, overrides)
+        if args.command == "scale":
+            return _scale(rest)
         if args.command == "eval":
             from layerwise.train.inference import evaluate_run
             from layerwise.train.progress import print_table
