@@ -153,19 +153,12 @@ def _coverage(seeds: int) -> tuple[float, float]:
     return covered / seeds, float(np.mean(se) / np.std(est, ddof=1))
 
 
-def test_bootstrap_interval_covers_alpha_15_seeds() -> None:
-    coverage, se_ratio = _coverage(15)  # ~5 s
-    assert coverage >= 0.80
-    assert 0.5 < se_ratio < 2.0  # not covering by being uselessly wide (measured: 0.93)
-
-
-@pytest.mark.slow
-def test_bootstrap_interval_covers_alpha_40_seeds(request: pytest.FixtureRequest) -> None:
-    if "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("40-seed coverage takes ~15 s; run it with `pytest -m slow`")
+def test_bootstrap_interval_covers_alpha_40_seeds() -> None:
+    """The issue's coverage check: over 40 seeded noisy tables the bootstrap 95% interval of alpha
+    covers the true value at least 85% of the time (measured: 40/40; ~15 s on 2 cores)."""
     coverage, se_ratio = _coverage(40)
     assert coverage >= 0.85
-    assert 0.6 < se_ratio < 1.6
+    assert 0.6 < se_ratio < 1.6  # not covering by being uselessly wide (measured: 0.93 at 15 seeds)
 
 
 def test_fit_summary_is_json_ready() -> None:
