@@ -1,6 +1,7 @@
 """`layerwise` command line: each subcommand is a thin call into one library function.
 
     layerwise train [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
+                    [--nproc N [--nnodes M --node-rank I --rdzv-endpoint HOST:PORT] [--max-restarts K]]
     layerwise eval RUN_DIR
     layerwise predict RUN_DIR INPUT... [--top-k K]
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -55,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest valid checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress output, only the results table")
+    d = t.add_argument_group("several processes (README: Scaling out); also: torchrun ... -m layerwise train")
+    d.add_argument("--nproc", type=int, metavar="N",
+                   help="start N processes on this machine with torchrun's launcher (one per GPU)")
+    d.add_argument("--nnodes", default="1", help="machines taking part (with --rdzv-endpoint)")
+    d.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0 .. nnodes-1")
+    d.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT",
+                   help="where the machines meet (usually the first node)")
+    d.add_argument("--rdzv-id", default="", help="job id shared by the machines (e.g. $SLURM_JOB_ID)")
+    d.add_argument("--max-restarts", type=int, default=0,
+                   help="restart the processes up to K times after a failure; they resume from the last checkpoint")
 
     e = sub.add_parser("eval", help="evaluate a finished run's model on its test split")
     e.add_argument("run_dir")
@@ -179,20 +191,67 @@ def _scale(argv: list[str]) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`layerwise train ... --nproc N`: check the config, then torchrun's launcher in-process."""
+    from layerwise.distributed.launch import launch
+    from layerwise.distributed.parallel import ParallelDims
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}.")
+    cfg = load_config(Path(args.resume) / "config.yaml" if args.resume else args.recipe, overrides)
+    nnodes = int(str(args.nnodes).split(":")[-1])
+    # a bad mesh fails here, before any process starts
+    ParallelDims.build(cfg.dist.strategy, args.nproc * nnodes, cfg.dist.tp, cfg.dist.dp_replicate)
+    worker = ["train"] + ([args.recipe] if args.recipe else []) + (["--resume", args.resume] if args.resume else [])
+    worker += (["--quiet"] if args.quiet else []) + overrides
+    run_dir = args.resume or cfg.run.dir
+    if not run_dir and nnodes == 1:  # name it here, so that an error can say which run to resume
+        from layerwise.train.run import pick_run_dir
+        run_dir = str(pick_run_dir(cfg.run.root, cfg.run.name or cfg.data.name))
+        worker.append(f"--run.dir={run_dir}")
+    return launch(args.nproc, worker, nnodes=args.nnodes, node_rank=args.node_rank,
+                  rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id, max_restarts=args.max_restarts,
+                  run_dir=run_dir)
+
+
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from layerwise.train.progress import print_table
     from layerwise.train.trainer import fit, resume
 
+    if args.resume and args.recipe:
+        raise ConfigError("give either a recipe or --resume RUN_DIR, not both: a resumed run keeps "
+                          "the config saved in its directory.")
+    if args.nproc is not None:
+        return _launch(args, overrides)
     if args.resume:
-        if args.recipe:
-            raise ConfigError("give either a recipe or --resume RUN_DIR, not both: a resumed run keeps "
-                              "the config saved in its directory.")
         summary = resume(args.resume, show_progress=not args.quiet, overrides=overrides)
     else:
         cfg = load_config(args.recipe, overrides)
-        summary = fit(cfg, show_progress=not args.quiet)
-    print_table(summary, title=f"layerwise: {summary['model']} on {summary['dataset']}")
+        restarted = _elastic_restart(cfg)
+        if restarted is not None and restarted[1]:
+            summary = resume(restarted[0], show_progress=not args.quiet, overrides=overrides)
+        else:
+            summary = fit(cfg, run_dir=restarted[0] if restarted else None, show_progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_table(summary, title=f"layerwise: {summary['model']} on {summary['dataset']}")
     return 0
+
+
+def _elastic_restart(cfg) -> tuple[Path, bool] | None:
+    """Under torchrun --max-restarts, after a restart: (the earlier attempt's run directory,
+    whether it holds a checkpoint to resume). Without one, rank 0 clears it for a fresh start."""
+    from layerwise.distributed.checkpoint import all_checkpoints
+    from layerwise.distributed.launch import elastic_run_dir
+
+    run_dir = elastic_run_dir(cfg.run.root)
+    if run_dir is None:
+        return None
+    if all_checkpoints(run_dir / "checkpoints"):
+        return run_dir, True
+    if int(os.environ.get("RANK", "0")) == 0:
+        import shutil
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return run_dir, False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             return USAGE_ERROR
 
     from layerwise.data import DataError
+    from layerwise.distributed.parallel import DistributedError
     from layerwise.train.checkpoint import CheckpointError
     from layerwise.train.precision import PrecisionError
     from layerwise.train.run import RunDirError
@@ -256,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(list_models()))
         return 0
     except ConfigError as e:
-        print(f"layerwise: config error: {e}", file=sys.stderr)
+        if _rank() in ("", "0"):  # every rank of a distributed run finds the same mistake: say it once
+            print(f"layerwise: config error: {e}", file=sys.stderr)
         return USAGE_ERROR
-    except (DataError, CheckpointError, PrecisionError, RunDirError, TrainingDiverged) as e:
-        print(f"layerwise: error: {e}", file=sys.stderr)
+    except (DataError, CheckpointError, PrecisionError, RunDirError, TrainingDiverged, DistributedError) as e:
+        where = f" (rank {_rank()})" if _rank() and not isinstance(e, DistributedError) else ""
+        print(f"layerwise: error{where}: {e}", file=sys.stderr)
         return RUN_ERROR
     except ValueError as e:  # e.g. an unknown model or optimizer name from the registries
         print(f"layerwise: error: {e}", file=sys.stderr)
@@ -268,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         print("layerwise: interrupted; resume with `layerwise train --resume RUN_DIR` from the last "
               "checkpoint.", file=sys.stderr)
         return 130
+
+
+def _rank() -> str:
+    """This process's rank when it is one of several ("" otherwise)."""
+    return os.environ.get("RANK", "") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 if __name__ == "__main__":

@@ -126,6 +126,21 @@ class TrainConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: str = _f("auto", "parallelism across processes: auto (ddp when launched on several ranks, "
+                       "else none), none, ddp, fsdp, tp, fsdp+tp (README: Scaling out)")
+    tp: int = _f(0, "tensor-parallel degree (0 = every rank for tp, 2 for fsdp+tp, 1 otherwise)")
+    dp_replicate: int = _f(1, "fsdp: replicate the shards over this many groups (HSDP; 1 = plain FSDP)")
+    sequence_parallel: bool = _f(True, "tp: also shard the norms and residual stream over the sequence "
+                                 "(when the context divides by tp)")
+    activation_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass "
+                                        "(less memory, ~1/3 more compute)")
+    cpu_offload: bool = _f(False, "fsdp: keep parameters, gradients and optimizer state on the CPU")
+    timeout: float = _f(300.0, "seconds a collective may wait for the other ranks before the run stops "
+                        "with an error naming the rank that fell behind")
+
+
+@dataclass
 class RunConfig:
     name: str = _f("", "run name (default: the recipe name or the dataset)")
     dir: str = _f("", "run directory (default: <run.root>/<name>-<time>)")
@@ -142,6 +157,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,7 +168,7 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
-            "train": TrainConfig, "run": RunConfig}
+            "train": TrainConfig, "dist": DistConfig, "run": RunConfig}
 
 
 def _closest(word: str, options: list[str]) -> str:
@@ -206,7 +222,7 @@ def _model_section(raw: dict[str, Any], base: ModelConfig, where: str) -> ModelC
 def merge(cfg: Config, raw: dict[str, Any], where: str) -> Config:
     """Return ``cfg`` updated with the nested dict ``raw``; ``where`` names the source in errors."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping of sections (model, data, optim, train, run), "
+        raise ConfigError(f"{where} must be a mapping of sections (model, data, optim, train, dist, run), "
                           f"got {type(raw).__name__}.")
     out = {name: getattr(cfg, name) for name in SECTIONS}
     for section, values in raw.items():
@@ -308,10 +324,17 @@ def validate(cfg: Config) -> None:
         (0 < cfg.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
         (cfg.data.block_size >= 1, "data.block_size must be >= 1"),
         (cfg.data.mixup >= 0 and cfg.data.cutmix >= 0, "data.mixup and data.cutmix are Beta alphas and must be >= 0"),
+        (cfg.dist.strategy in DIST_STRATEGIES,
+         f"dist.strategy must be one of {', '.join(DIST_STRATEGIES)}, got '{cfg.dist.strategy}'"),
+        (cfg.dist.tp >= 0 and cfg.dist.dp_replicate >= 1, "dist.tp must be >= 0 and dist.dp_replicate >= 1"),
+        (cfg.dist.timeout > 0, "dist.timeout must be > 0 seconds"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg + ".")
+
+
+DIST_STRATEGIES = ("auto", "none", "ddp", "fsdp", "tp", "fsdp+tp")
 
 
 def save_config(cfg: Config, path: Path) -> None:

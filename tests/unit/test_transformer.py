@@ -155,7 +155,7 @@ def test_gpt_rotary_has_no_position_table() -> None:
     with torch.no_grad():
         no_pos.wpe.weight.zero_()
         for model in (one, no_pos):  # sharpen attention: at init (std 0.02) it is near uniform
-            model.blocks[0].attn.qkv.weight.mul_(30)
+            model.blocks[0].attn.wqkv.weight.mul_(30)
     assert (one(idx)[0, -1] - one(swapped)[0, -1]).abs().max() > 1e-2
     torch.testing.assert_close(no_pos(idx)[0, -1], no_pos(swapped)[0, -1])
 
@@ -358,10 +358,10 @@ def test_dropout_only_in_training() -> None:
 def test_gpt_init_scales_residual_projections() -> None:
     torch.manual_seed(0)
     m = create_model("gpt", in_shape=(8,), num_classes=V, n_layer=8, n_embd=256, n_head=4)
-    assert abs(m.blocks[0].attn.qkv.weight.std().item() - 0.02) < 1e-3
+    assert abs(m.blocks[0].attn.wqkv.weight.std().item() - 0.02) < 1e-3
     assert abs(m.blocks[0].mlp.w2.weight.std().item() - 0.02 / 4) < 2e-4  # 0.02 / sqrt(2 * 8)
     assert abs(m.blocks[0].attn.proj.weight.std().item() - 0.02 / 4) < 2e-4
-    assert torch.equal(m.blocks[0].attn.qkv.bias, torch.zeros(3 * 256))
+    assert torch.equal(m.blocks[0].attn.wqkv.bias, torch.zeros(3 * 256))
 
 
 def test_gpt_reset_classifier_keeps_config_rebuildable() -> None:

@@ -116,7 +116,7 @@ def _rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention: fused qkv Linear -> (RoPE) -> SDPA -> output projection.
+    """Multi-head self-attention: fused qkv Linear (wqkv) -> (RoPE) -> SDPA -> output projection.
 
     Args:
         d_model: width d of x (B, T, d); n_head must divide it (head size hs = d / n_head).
@@ -144,24 +144,37 @@ class SelfAttention(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.n_head, self.causal, self.dropout = n_head, causal, dropout
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.head_dim = d_model // n_head
+        # rows head-major: (head 0: q k v, head 1: q k v, ...), so a contiguous slice of heads is
+        # a contiguous slice of rows (what tensor parallelism's column split hands each rank)
+        self.wqkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)  # residual output projection
         self.rotary = RotaryEmbedding(d_model // n_head) if rotary else None
         self.resid_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        B, T, _ = x.shape
+        # -1 heads: all of them, or this rank's share when tensor parallelism split wqkv
+        qkv = self.wqkv(x).view(B, T, -1, 3, self.head_dim)  # (B, T, nh, 3, hs)
+        q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if self.rotary is not None:
             q, k = self.rotary(q, k)
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads: (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # re-assemble the heads: (B, T, nh * hs)
         return self.resid_drop(self.proj(y))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # files from earlier layerwise versions hold `qkv` with rows (all q | all k | all v):
+        # reorder them head-major into `wqkv`, so old models load unchanged
+        for kind in ("weight", "bias"):
+            old = state_dict.pop(f"{prefix}qkv.{kind}", None)
+            if old is not None:
+                nh, hs = self.n_head, self.head_dim
+                state_dict[f"{prefix}wqkv.{kind}"] = old.reshape(3, nh, hs, *old.shape[1:]).transpose(0, 1) \
+                    .reshape(old.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class FeedForward(nn.Module):

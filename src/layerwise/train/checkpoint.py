@@ -17,7 +17,7 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -84,23 +84,34 @@ def _verify(path: Path) -> bytes:
     return data
 
 
-def load_latest(directory: Path, map_location: torch.device | str = "cpu") -> tuple[dict[str, Any], Path]:
-    """The newest checkpoint that verifies; each one skipped is reported with a warning."""
+def read_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """One verified ``.pt`` checkpoint, loaded without unpickling arbitrary objects."""
+    data = _verify(path)
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # it would need arbitrary code to load: never
+        raise CheckpointError(f"holds objects other than tensors and plain values, refused "
+                              f"({str(e).strip().splitlines()[-1][:200]})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(str(e)) from None
+
+
+def load_newest(directory: Path, candidates: list[Path], load_one: Callable[[Path], Any]) -> tuple[Any, Path]:
+    """``load_one`` of the newest candidate that loads; each one skipped is reported with a warning."""
     problems = []
-    for path in reversed(list_checkpoints(directory)):
+    for path in reversed(candidates):
         try:
-            data = _verify(path)
-            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as e:  # it would need arbitrary code to load: never
-            problem = (f"holds objects other than tensors and plain values, refused "
-                       f"({str(e).strip().splitlines()[-1][:200]})")
+            return load_one(path), path
         except (CheckpointError, RuntimeError, EOFError, OSError) as e:
             problem = str(e)
-        else:
-            return state, path
         problems.append(f"{path.name}: {problem}")
-        warnings.warn(f"skipping checkpoint {path}: {problem}; trying the previous one", stacklevel=2)
+        warnings.warn(f"skipping checkpoint {path}: {problem}; trying the previous one", stacklevel=3)
     found = "; ".join(problems) if problems else "no checkpoint files"
     raise CheckpointError(
         f"no usable checkpoint in '{directory}' ({found}). The run cannot be resumed from it; "
         f"start a new run, or resume a run directory whose checkpoints/ folder holds a complete checkpoint.")
+
+
+def load_latest(directory: Path, map_location: torch.device | str = "cpu") -> tuple[dict[str, Any], Path]:
+    """The newest ``.pt`` checkpoint that verifies; each one skipped is reported with a warning."""
+    return load_newest(directory, list_checkpoints(directory), lambda p: read_checkpoint(p, map_location))

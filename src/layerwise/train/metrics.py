@@ -16,9 +16,10 @@ class Accumulator:
     the Trainer calls it only at log intervals, so the GPU is never stalled by a per-step read.
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, reduce=None):
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss_sum, correct
         self.count = 0
+        self.reduce = reduce  # e.g. Parallel.sum: totals over the data-parallel ranks
 
     def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """logits (N, C) and targets y: (N,) class ids or (N, C) soft targets (mixup, cutmix),
@@ -28,9 +29,16 @@ class Accumulator:
         self.sums += torch.stack([loss_sum.detach().double(), correct.double()])
         self.count += len(y)
 
+    def totals(self) -> tuple[torch.Tensor, int]:
+        """(sums, count) over every rank (a collective when ``reduce`` is set: all ranks call it)."""
+        if self.reduce is None:
+            return self.sums, self.count
+        both = self.reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]))
+        return both[:2], int(round(both[2].item()))
+
     def read(self, reset: bool = True) -> dict[str, float]:
-        loss, correct = self.sums.tolist()
-        n = self.count
+        sums, n = self.totals()
+        loss, correct = sums.tolist()
         if reset:
             self.sums.zero_()
             self.count = 0
@@ -47,11 +55,11 @@ class Accumulator:
 class MetricsLog:
     """Appends one JSON line per record to metrics.jsonl, mirrors scalars to TensorBoard if present."""
 
-    def __init__(self, path: Path, tensorboard: bool):
-        self.path = path
+    def __init__(self, path: Path, tensorboard: bool, enabled: bool = True):
+        self.path, self.enabled = path, enabled  # disabled: a rank other than 0 of a distributed run
         self.records: list[dict[str, Any]] = []
         self.tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(path.parent / "tensorboard"))
@@ -60,12 +68,14 @@ class MetricsLog:
 
     def truncate_after(self, step: int) -> None:
         """On resume: keep the records up to the checkpoint's step, drop the ones it will redo."""
-        if self.path.is_file():
+        if self.enabled and self.path.is_file():
             keep = [r for r in map(json.loads, self.path.read_text().splitlines()) if r["step"] <= step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
             self.records = keep
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         self.records.append(record)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -343,7 +343,7 @@ class CombinedOptimizer:
 # Factory
 
 
-def _impl_kwargs(cls: type[torch.optim.Optimizer], device_type: str) -> dict[str, bool]:
+def _impl_kwargs(cls: type[torch.optim.Optimizer], device_type: str, per_param: bool = False) -> dict[str, bool]:
     """Pick the fastest torch implementation: fused kernels on CUDA, foreach on CPU.
 
     Fused (one kernel for all params) is checked against the installed torch's signature so
@@ -351,6 +351,8 @@ def _impl_kwargs(cls: type[torch.optim.Optimizer], device_type: str) -> dict[str
     own default.
     """
     params = inspect.signature(cls.__init__).parameters
+    if per_param:  # parameters that mix plain tensors and DTensors on different meshes (tensor parallel)
+        return {"foreach": False} if "foreach" in params else {}
     if device_type == "cuda":
         if "fused" in params:
             return {"fused": True}
@@ -393,6 +395,7 @@ def build_optimizer(
     muon_momentum: float = 0.95,
     no_decay_lr_scale: float = 1.0,
     device_type: str = "cpu",
+    per_param: bool = False,
 ) -> torch.optim.Optimizer | CombinedOptimizer:
     """Build optimizer `name` (one of OPTIMIZERS) over `model`'s trainable parameters.
 
@@ -409,6 +412,8 @@ def build_optimizer(
     trains BatchNorm biases that much faster than the conv weights. `device_type` picks fused kernels on
     "cuda" and foreach on "cpu"; the model must already be on that device. Every group has
     "base_lr" = its initial lr, which `schedule.apply_lr` scales. lr stays a python float.
+    `per_param` turns the multi-tensor kernels off (for tensor-parallel models, whose parameters
+    mix plain tensors and DTensors that one kernel launch cannot take together).
     """
     if name not in OPTIMIZERS:
         raise unknown_choice_error("optimizer", name, OPTIMIZERS)
@@ -431,10 +436,10 @@ def build_optimizer(
             raise ValueError("nesterov=True needs momentum > 0")
         return torch.optim.SGD(
             _with_base_lr(groups, lr, no_decay_lr_scale), lr=lr, momentum=momentum, nesterov=nesterov,
-            **_impl_kwargs(torch.optim.SGD, device_type),
+            **_impl_kwargs(torch.optim.SGD, device_type, per_param),
         )
 
-    adamw_kwargs = dict(lr=lr, betas=betas, eps=eps, **_impl_kwargs(torch.optim.AdamW, device_type))
+    adamw_kwargs = dict(lr=lr, betas=betas, eps=eps, **_impl_kwargs(torch.optim.AdamW, device_type, per_param))
     if name == "adamw":
         return torch.optim.AdamW(_with_base_lr(groups, lr, no_decay_lr_scale), **adamw_kwargs)
 

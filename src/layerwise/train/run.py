@@ -36,12 +36,18 @@ def new_run_dir(root: str, name: str, explicit: str = "") -> Path:
                 f"run directory '{path}' already holds files of an earlier run, which a new run would "
                 f"overwrite. Continue it with `layerwise train --resume {path}`, or choose a new --run.dir.")
     else:
-        path = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        n = 1
-        while path.exists():  # two runs started in the same second
-            path = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-            n += 1
+        path = pick_run_dir(root, name)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def pick_run_dir(root: str, name: str) -> Path:
+    """A new run directory's path, ``<root>/<name>-<time>``, that does not exist yet (not created)."""
+    path = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while path.exists():  # two runs started in the same second
+        path = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        n += 1
     return path
 
 
@@ -80,26 +86,29 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any],
+               state: dict[str, torch.Tensor] | None = None) -> None:
     """Weights as safetensors, with what is needed to rebuild the model in the file's metadata.
 
     ``meta`` holds ``model`` (the create_model kwargs) and ``data`` (DatasetInfo), stored as JSON
-    strings: loading needs no pickle and no code but layerwise's registry.
+    strings: loading needs no pickle and no code but layerwise's registry. ``state`` replaces
+    ``model.state_dict()`` (e.g. the full state gathered from a sharded model).
     """
-    state, aliases, seen = {}, {}, {}
-    for k, v in model.state_dict().items():
-        # tied weights (a language model's embedding and head) are one tensor under two names;
-        # safetensors refuses shared storage, so the file keeps one name and records the other
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else None
-        if key is not None and key in seen:
-            aliases[k] = seen[key]
-            continue
-        if key is not None:
-            seen[key] = k
-        state[k] = v.detach().contiguous().cpu()
+    if state is None:
+        state = model.state_dict()
+    # tied weights (a language model's embedding and head) are one parameter under two names;
+    # safetensors refuses shared storage, so the file keeps one name and records the other
+    first_name: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first_name:
+            aliases[name] = first_name[id(p)]
+        else:
+            first_name[id(p)] = name
+    out = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in aliases}
     metadata = {k: json.dumps(v) for k, v in meta.items()} | {"format": "layerwise", "version": __version__,
                                                                "aliases": json.dumps(aliases)}
-    atomic_write(path, save(state, metadata=metadata))
+    atomic_write(path, save(out, metadata=metadata))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -26,6 +26,7 @@ from layerwise.config import Config, default_data_root, save_config
 from layerwise.data import DataError, load_dataset
 from layerwise.data.loader import BatchTransform, gather, head
 from layerwise.data.stream import build_loader
+from layerwise.distributed.parallel import DistributedError, Parallel, is_collective_failure
 from layerwise.models import create_model
 from layerwise.train import checkpoint as ckpt
 from layerwise.train.ema import EMA
@@ -71,9 +72,12 @@ class Trainer:
         self.cfg = cfg
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = resolve_device(t.device)
+        # the ranks and the mesh (a single process is the trivial case); a bad mesh fails here
+        self.par = Parallel.setup(cfg.dist, resolve_device(t.device))
+        self.device = self.par.device
+        self._check_parallel()
         self.scaler = grad_scaler(self.device.type, t.precision)  # refuses fp16 off CUDA, early
-        seed_everything(t.seed)
+        seed_everything(t.seed)  # the same on every rank: identical initial weights
         self.tokenizer = None  # set by _build_lm_data; saved into the run directory
         source = self._build_data()
         if t.eval_tta != "none" and not _is_image(self.info):
@@ -96,24 +100,56 @@ class Trainer:
         self.skipped_steps = 0  # total
         self.examples_seen = 0
         self.train_seconds = 0.0
-        self.acc = Accumulator(self.device)
+        self.acc = Accumulator(self.device, reduce=self.par.sum if self.par.enabled else None)
 
-        # the run directory comes last: bad input above fails before anything is written
+        # the run directory comes last: bad input above fails before anything is written.
+        # Only rank 0 writes it; the other ranks learn its path from rank 0.
         if resume:
             self.run_dir = Path(run_dir)
-        else:
+        elif self.par.is_rank0:
             self.run_dir = new_run_dir(cfg.run.root, cfg.run.name, str(run_dir) if run_dir else cfg.run.dir)
             save_config(cfg, self.run_dir / "config.yaml")
-            write_json(self.run_dir / "env.json", environment(self.device, t.seed) | {"data": source})
+            write_json(self.run_dir / "env.json", environment(self.device, t.seed) | {"data": source}
+                       | self._parallel_info())
             if self.tokenizer is not None:
                 self.tokenizer.save(self.run_dir / "tokenizer.json")
+        self.run_dir = Path(self.par.broadcast_object(str(self.run_dir) if self.par.is_rank0 else None))
+        self.par.run_dir = self.run_dir
+        if self.par.enabled and self.par.is_rank0:
+            from layerwise.distributed.launch import remember_run_dir
+            remember_run_dir(cfg.run.root, self.run_dir)  # for torchrun --max-restarts
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.run.tensorboard)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", cfg.run.tensorboard, enabled=self.par.is_rank0)
         if resume:
             self._load_checkpoint()
-        self.display = ProgressDisplay(self.total_steps, self.step, enabled=show_progress)
+        self.display = ProgressDisplay(self.total_steps, self.step, enabled=show_progress and self.par.is_rank0)
         if resume:
             self.display.message(f"resumed from {self.resumed_from} at step {self.step}/{self.total_steps}")
+
+    def _check_parallel(self) -> None:
+        """Refuse what the chosen strategy cannot train, before data or model are built."""
+        from layerwise.config import ConfigError
+
+        d, t = self.cfg.data, self.cfg.train
+        if self.par.enabled:
+            from layerwise.distributed.parallelize import check_supported
+            check_supported(self.par, self.cfg.dist, self.cfg)
+        dp = self.par.dp_size
+        if d.batch_size % (t.grad_accum * dp):
+            raise ConfigError(
+                f"data.batch_size={d.batch_size} is the batch of one optimizer step over all ranks; it must "
+                f"divide evenly into train.grad_accum={t.grad_accum} micro-batches on each of the {dp} "
+                f"data-parallel ranks. Choose a multiple of {t.grad_accum * dp} (e.g. "
+                f"--data.batch_size={max(1, round(d.batch_size / (t.grad_accum * dp))) * t.grad_accum * dp}).")
+
+    def _micro_batch(self) -> int:
+        """Examples per micro-batch on this rank: data.batch_size is the global batch of one step."""
+        return self.cfg.data.batch_size // (self.cfg.train.grad_accum * self.par.dp_size)
+
+    def _parallel_info(self) -> dict:
+        dims = self.par.dims
+        return {"parallel": {"strategy": dims.strategy, "world_size": dims.world_size,
+                             "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp}}
 
     def _build_data(self) -> dict:
         """Train and test loaders (data.loader: device or stream); batches are normalized and the
@@ -130,11 +166,13 @@ class Trainer:
             x_train, y_train = head(x_train, d.train_subset), y_train[:d.train_subset]
         # one transform normalizes both splits on the device; only the train loader augments
         transform = BatchTransform.from_config(d, ds.info, self.device)
-        micro = d.batch_size // t.grad_accum  # config validation guarantees divisibility
-        # data.loader=device: the whole split moves to the device once; stream: worker processes
+        micro = self._micro_batch()
+        # data.loader=device: the whole split moves to the device once; stream: worker processes.
+        # Each data-parallel rank reads its own share of every epoch (DistributedSampler's split).
         self.train_loader = build_loader(d.loader, x_train, y_train, micro, transform, self.device,
                                          workers=d.workers, shuffle=True, seed=t.seed,
-                                         drop_last=d.drop_last, augment=True)
+                                         drop_last=d.drop_last, augment=True,
+                                         rank=self.par.dp_rank, world_size=self.par.dp_size)
         self.test_loader = build_loader(d.loader, ds.x_test, ds.y_test, d.eval_batch_size, transform,
                                         self.device, workers=d.workers)
         self._x_train, self._transform = x_train, transform  # for models that initialize from data
@@ -147,13 +185,14 @@ class Trainer:
 
         d, t = self.cfg.data, self.cfg.train
         self.info, self.tokenizer = ds.info, ds.tokenizer
-        micro = d.batch_size // t.grad_accum
+        micro = self._micro_batch()
         tokens = ds.x_train[:d.train_subset] if d.train_subset else ds.x_train
         if len(tokens) <= d.block_size:
             raise DataError(f"data.train_subset={d.train_subset} leaves {len(tokens)} training tokens, fewer "
                             f"than one context of data.block_size={d.block_size} plus one. Raise it.")
         self.train_loader = TokenLoader(tokens.to(self.device), micro, d.block_size, shuffle=True,
-                                        seed=t.seed, drop_last=d.drop_last)
+                                        seed=t.seed, drop_last=d.drop_last, rank=self.par.dp_rank,
+                                        world_size=self.par.dp_size)
         self.test_loader = TokenLoader(ds.x_test.to(self.device), lm_eval_batch(d), d.block_size)
         self._x_train = None
         return ds.source
@@ -170,18 +209,39 @@ class Trainer:
             self.model.init_from_data(self._transform(sample.to(self.device), None)[0])
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # parallelism is applied from outside the model (distributed.parallelize): tensor parallel,
+        # activation checkpointing, then FSDP (in place) or DDP (a wrapper, called in training)
+        forward = self.model
+        if self.par.enabled or self.cfg.dist.activation_checkpointing:
+            from layerwise.distributed.parallelize import parallelize
+            forward = parallelize(self.model, self.par, self.cfg.dist, t.precision, self.cfg.model.name,
+                                  seq_len=getattr(self.model, "block_size", None) or getattr(self.model, "seq_len", None))
+        if self.par.dp_rank:  # dropout masks differ per data-parallel rank, agree within a tp group
+            torch.manual_seed(t.seed + 1_000_003 * self.par.dp_rank)
         self.optimizer = build_optimizer(
             self.model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
             nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
             muon_momentum=o.muon_momentum, no_decay_lr_scale=o.no_decay_lr_scale,
-            device_type=self.device.type)
+            device_type=self.device.type, per_param=self.par.dims.tp > 1)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # torch.compile wraps the module; state is always read from and written to self.model
-        self.forward = torch.compile(self.model) if t.compile else self.model
+        self.forward = torch.compile(forward) if t.compile else forward
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``, evaluate, save the model; returns the summary."""
+        try:
+            summary = self._fit()
+        except (DistributedError, KeyboardInterrupt):
+            raise
+        except RuntimeError as e:
+            if self.par.enabled and is_collective_failure(e):
+                raise self.par.failure(e) from None
+            raise
+        self.par.close()
+        return summary
+
+    def _fit(self) -> dict[str, Any]:
         t, o = self.cfg.train, self.cfg.optim
         self.model.train()
         batches = iter(self.train_loader)
@@ -193,21 +253,22 @@ class Trainer:
                 n = sum(num_targets(y) for _, y in micro)  # examples (tokens for an LM) in this step
                 lr = apply_lr(self.optimizer, lr_multiplier(self.step, **self.schedule))
                 step_loss = torch.zeros((), device=self.device)
-                for x, y in micro:
-                    with autocast(self.device.type, t.precision):
-                        logits = self.forward(x)
-                    logits, y = flatten_targets(logits, y)
-                    # summed loss / examples in the step: exact gradient accumulation for any split
-                    loss_sum = F.cross_entropy(logits.float(), y, reduction="sum",
-                                               label_smoothing=t.label_smoothing)
-                    loss = loss_sum / n
-                    (self.scaler.scale(loss) if self.scaler else loss).backward()
+                for i, (x, y) in enumerate(micro):
+                    with self._grad_sync(last=i == len(micro) - 1):
+                        with autocast(self.device.type, t.precision):
+                            logits = self.forward(x)
+                        logits, y = flatten_targets(logits, y)
+                        # summed loss / examples in the step: exact gradient accumulation for any split
+                        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum",
+                                                   label_smoothing=t.label_smoothing)
+                        loss = loss_sum / n
+                        (self.scaler.scale(loss) if self.scaler else loss).backward()
                     step_loss += loss_sum.detach()
                     self.acc.add(loss_sum, logits.detach(), y)
                 grad_norm = self._clip(o.clip_grad_norm)
                 self._optimizer_step(step_loss, grad_norm)
                 self.step += 1
-                self.examples_seen += n
+                self.examples_seen += n * self.par.dp_size  # every data-parallel rank took as many
                 self.display.tick(self.step)
 
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
@@ -242,12 +303,27 @@ class Trainer:
                 break  # never let one optimizer step span two epochs
         return micro, batches
 
+    def _grad_sync(self, last: bool):
+        """Data-parallel gradient reduction only after the last micro-batch of a step (DDP's
+        no_sync, FSDP2's set_requires_gradient_sync); the result is the same, with fewer collectives."""
+        if self.cfg.train.grad_accum == 1 or not self.par.enabled:
+            return contextlib.nullcontext()
+        if hasattr(self.forward, "no_sync"):  # DDP
+            return contextlib.nullcontext() if last else self.forward.no_sync()
+        if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2
+            self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
     def _clip(self, max_norm: float) -> torch.Tensor:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"),
-                                              foreach=True)
+        max_norm = max_norm if max_norm > 0 else float("inf")
+        if self.par.dims.tp > 1:  # plain tensors and DTensors on several meshes
+            from layerwise.distributed.parallelize import clip_grad_norm_
+            return clip_grad_norm_(params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a replicated DTensor
 
     def _optimizer_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         # The one host sync per step: the skip decision must be made before the update.
@@ -336,38 +412,96 @@ class Trainer:
             return False  # the finished run saves model.safetensors instead
         return self.step % every == 0 if every else epoch_end
 
-    def state_dict(self) -> dict[str, Any]:
+    def _trainer_state(self) -> dict[str, Any]:
+        """The loop's plain values (JSON-able): the same on every rank, metric sums over all ranks."""
+        sums, count = self.acc.totals()
         return {
             "step": self.step, "bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps,
             "examples_seen": self.examples_seen, "train_seconds": self.train_seconds,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "ema": self.ema.state_dict() if self.ema else None,
+            "loader": self.train_loader.state_dict(), "metrics": {"sums": sums.tolist(), "count": count},
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "loader": self.train_loader.state_dict(), "metrics": self.acc.state_dict(),
-            # torch's RNG drives dropout; data order and augmentation are seeded per epoch/batch
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
 
+    def _rng_state(self) -> dict[str, Any]:
+        # torch's RNG drives dropout; data order and augmentation are seeded per epoch/batch
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def _param_names(self) -> list[str]:
+        """Parameter names in the optimizer's order (to reload its state by name on other ranks)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """A single-process checkpoint (``.pt``)."""
+        state = self._trainer_state()
+        state["metrics"] = self.acc.state_dict()
+        return state | {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "param_names": self._param_names(), "ema": self.ema.state_dict() if self.ema else None,
+            "rng": self._rng_state(),
+        }
+
+    def _ema_tensors(self) -> dict[str, Any]:
+        if self.ema is None:
+            return {}
+        return {"ema": {"shadow": self.ema.shadow, "updates": torch.tensor(self.ema.updates)}}
+
     def _save_checkpoint(self) -> None:
-        ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), self.cfg.run.keep_checkpoints)
+        if self.par.enabled:  # every rank writes its shards (Distributed Checkpoint)
+            from layerwise.distributed import checkpoint as dcp_ckpt
+            dcp_ckpt.save(self.ckpt_dir, self.step, self.par, self.model, self.optimizer, self._trainer_state(),
+                          self._rng_state(), self.cfg.run.keep_checkpoints, self._ema_tensors())
+        else:
+            ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), self.cfg.run.keep_checkpoints)
+            if any(self.ckpt_dir.glob("step_*.dcp")):  # a run resumed on fewer ranks: older shards go too
+                from layerwise.distributed import checkpoint as dcp_ckpt
+                dcp_ckpt.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)
 
     def _load_checkpoint(self) -> None:
-        state, path = ckpt.load_latest(self.ckpt_dir, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
+        """The newest usable checkpoint, whichever world size wrote it: a ``.pt`` from one process or
+        a ``.dcp`` folder of shards (resharded to this run's ranks and strategy)."""
+        from layerwise.distributed import checkpoint as dcp_ckpt
+
+        def load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            if path.suffix == dcp_ckpt.SUFFIX:
+                ema = self._ema_tensors()
+                extra, rng = dcp_ckpt.load(path, self.model, self.optimizer, self.par.rank, ema)
+                if ema:
+                    self.ema.updates = int(ema["ema"]["updates"])
+                return extra, rng
+            state = ckpt.read_checkpoint(path, map_location=self.device)
+            if self.par.enabled:
+                if "param_names" not in state:
+                    raise ckpt.CheckpointError(f"{path.name} was written by an earlier layerwise without parameter "
+                                               f"names; resume it in one process (without --nproc)")
+                dcp_ckpt.load_full(self.model, self.optimizer, state["model"], state["optimizer"],
+                                   state["param_names"])
+            else:
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None and state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+            sums, count = state["metrics"]["sums"], state["metrics"]["count"]
+            state["metrics"] = {"sums": torch.as_tensor(sums).tolist(), "count": count}
+            return state, state["rng"] if not self.par.enabled else None
+
+        (state, rng), path = ckpt.load_newest(self.ckpt_dir, dcp_ckpt.all_checkpoints(self.ckpt_dir), load_one)
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
-        self.acc.load_state_dict(state["metrics"])
+        if self.par.is_rank0:  # the metric sums were saved over all ranks: rank 0 carries them on
+            self.acc.sums.copy_(torch.tensor(state["metrics"]["sums"], dtype=torch.float64))
+            self.acc.count = int(state["metrics"]["count"])
         for k in ("step", "bad_steps", "skipped_steps", "examples_seen"):
             setattr(self, k, int(state[k]))
         self.train_seconds = float(state["train_seconds"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        if rng is not None:
+            torch.set_rng_state(rng["torch"].cpu())
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        else:  # another world size wrote it: dropout streams restart, seeded by step and rank
+            torch.manual_seed(self.cfg.train.seed + 7919 * self.step + 1_000_003 * self.par.dp_rank)
         self.log.truncate_after(self.step)
         self.resumed_from = path
 
@@ -379,11 +513,16 @@ class Trainer:
         model = self.model
         meta = {"model": model.config, "data": self.info.to_dict(),
                 "metrics": {"test_accuracy": final["accuracy"], "test_loss": final["loss"]}}
-        if self.ema is not None:
-            with self.ema.swapped_in(model):
-                save_model(self.run_dir / "model.safetensors", model, meta)
-        else:
-            save_model(self.run_dir / "model.safetensors", model, meta)
+        # one model.safetensors of whole tensors, written by rank 0 (sharded weights are gathered)
+        sharded = self.par.dims.uses_fsdp or self.par.dims.tp > 1
+        with self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext():
+            if sharded:
+                from layerwise.distributed.checkpoint import full_model_state
+                state = full_model_state(model)  # collective; the tensors land on rank 0
+            else:
+                state = None
+            if self.par.is_rank0:
+                save_model(self.run_dir / "model.safetensors", model, meta, state)
         summary = {
             "test_accuracy": final["accuracy"], "test_loss": final["loss"],
             "train_seconds": round(self.train_seconds, 3), "params": model.num_params(),
@@ -392,10 +531,19 @@ class Trainer:
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "device": str(self.device),
             "precision": self.cfg.train.precision, "run_dir": str(self.run_dir),
         }
-        write_json(self.run_dir / "summary.json", summary)
-        if self.cfg.run.plots:
-            plot_metrics(self.log.records or _read_records(self.log.path), self.run_dir / "plots")
+        if self.par.enabled:
+            d = self.par.dims
+            summary["parallel"] = (f"{d.strategy} on {d.world_size} ranks (dp_replicate {d.dp_replicate} x "
+                                   f"dp_shard {d.dp_shard} x tp {d.tp})")
+            # what sharding saves: parameter elements rank 0 holds (FSDP and TP split them)
+            summary["params_on_rank0"] = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+                                             for p in model.parameters())
+        if self.par.is_rank0:
+            write_json(self.run_dir / "summary.json", summary)
+            if self.cfg.run.plots:
+                plot_metrics(self.log.records or _read_records(self.log.path), self.run_dir / "plots")
         self.log.close()
+        self.par.barrier()  # no rank leaves (and tears the group down) before the files exist
         return summary
 
 
