@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -23,7 +25,18 @@ import torch
 
 Q = ["--run.plots=false", "--run.tensorboard=false"]
 # (name, recipe, overrides): the order is the priority order (most important first)
+GPT_DIST = ["--train.max_steps=500", "--train.compile=true", "--train.eval_every_steps=0", "--train.eval_every=0"]
 JOBS: list[tuple[str, str | None, list[str]]] = [
+    # the distributed paths on one GPU: a real one-rank NCCL process group, bf16, compile, and the
+    # throughput of each strategy against the plain run (README: Scaling out)
+    ("dist-none-gpt", "recipes/shakespeare-char-gpu.yaml", GPT_DIST),
+    ("dist-ddp-nccl-gpt", "recipes/shakespeare-char-gpu.yaml", [*GPT_DIST, "--dist.strategy=ddp"]),
+    ("dist-fsdp-nccl-gpt", "recipes/shakespeare-char-gpu.yaml", [*GPT_DIST, "--dist.strategy=fsdp"]),
+    ("dist-fsdp-ac-gpt", "recipes/shakespeare-char-gpu.yaml", [*GPT_DIST, "--dist.strategy=fsdp",
+                                                               "--dist.activation_checkpointing=true"]),
+    ("dist-fsdp-torchrun-gpt", "recipes/shakespeare-char-gpu.yaml", [*GPT_DIST, "--dist.strategy=fsdp",
+                                                                     "--nproc=1"]),
+    ("dist-ddp-cifar", "recipes/cifar10-gpu.yaml", ["--dist.strategy=ddp"]),
     ("default-job-cuda", None, []),
     ("cifar10-gpu", "recipes/cifar10-gpu.yaml", []),
     ("cifar10-gpu-fp16-gradscaler", "recipes/cifar10-gpu.yaml", ["--train.precision=fp16", "--train.epochs=4"]),
@@ -88,14 +101,29 @@ def main() -> None:
                          "--optim.warmup_steps=0",
                          "--model.name=convnet-half" if "cifar" in name else "--train.log_every=1"
                          ] if args.smoke else []
-                s = layerwise.fit(recipe, f"--data.root={args.data_root}", *Q, *overrides, *smoke,
-                                  run_dir=Path(tmp) / name, show_progress=False)
+                config = [f"--data.root={args.data_root}", *Q, *overrides, *smoke]
+                if any(o.startswith("--nproc") for o in overrides):  # through torchrun's launcher
+                    run_dir = Path(tmp) / name
+                    nproc = [o.split("=")[1] for o in overrides if o.startswith("--nproc")][0]
+                    cmd = [sys.executable, "-m", "layerwise", "train", recipe,
+                           *[o for o in config if not o.startswith("--nproc")],
+                           f"--run.dir={run_dir}", "--quiet", "--nproc", nproc]
+                    p = subprocess.run(cmd, capture_output=True, text=True)
+                    if p.returncode:
+                        raise RuntimeError(f"exit {p.returncode}: {p.stderr[-2000:]}")
+                    s = json.loads((run_dir / "summary.json").read_text())
+                else:
+                    s = layerwise.fit(recipe, *config, run_dir=Path(tmp) / name, show_progress=False)
                 rec |= {k: s[k] for k in ("test_accuracy", "test_loss", "train_seconds", "steps", "epochs",
-                                          "device", "precision", "params", "skipped_steps")}
-                metrics = Path(s["run_dir"]) / "metrics.jsonl"
+                                          "device", "precision", "params", "skipped_steps", "parallel",
+                                          "params_on_rank0") if k in s}
+                records = list(map(json.loads, (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines()))
                 rec["test_curve"] = [(r["step"], round(r["loss"], 4), round(r["accuracy"], 4))
-                                     for r in map(json.loads, metrics.read_text().splitlines())
-                                     if r["kind"] == "test"]
+                                     for r in records if r["kind"] == "test"]
+                # throughput after the first log interval (which holds compilation): examples/s,
+                # tokens/s for a language model
+                rates = sorted(r["examples_per_sec"] for r in records if r["kind"] == "train")[1:]
+                rec["examples_per_sec_median"] = round(rates[len(rates) // 2]) if rates else None
             except Exception as e:  # report and go on: one broken job must not hide the others
                 rec["error"] = f"{type(e).__name__}: {e}"
                 traceback.print_exc()

@@ -95,6 +95,17 @@ def remember_run_dir(root: str, run_dir: Path) -> None:
         p.write_text(str(Path(run_dir).resolve()))
 
 
+def forget_run_dir(root: str) -> None:
+    """The job finished: its record is no longer needed."""
+    p = _pointer(root)
+    if p is not None:
+        p.unlink(missing_ok=True)
+        try:
+            p.parent.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
 def elastic_run_dir(root: str) -> Path | None:
     """The run directory of this elastic job's earlier attempt, when the agent restarted us."""
     p = _pointer(root)

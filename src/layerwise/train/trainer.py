@@ -540,6 +540,9 @@ class Trainer:
                                              for p in model.parameters())
         if self.par.is_rank0:
             write_json(self.run_dir / "summary.json", summary)
+            if self.par.enabled:
+                from layerwise.distributed.launch import forget_run_dir
+                forget_run_dir(self.cfg.run.root)
             if self.cfg.run.plots:
                 plot_metrics(self.log.records or _read_records(self.log.path), self.run_dir / "plots")
         self.log.close()
