@@ -162,9 +162,11 @@ class Parallel:
         if device.type == "cuda":  # one GPU per rank on each node
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
+        own_env = {}
         if world == 1 and "MASTER_ADDR" not in os.environ:
             # a strategy on one plain process (e.g. fsdp on one GPU): a real one-rank process group
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
+            own_env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "WORLD_SIZE": "1"}
+            os.environ.update(own_env)
         timeout = datetime.timedelta(seconds=dist_cfg.timeout)
         if not dist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
@@ -174,7 +176,9 @@ class Parallel:
         monitor = dist.new_group(backend="gloo", timeout=timeout)
         mesh = init_device_mesh(device.type, (dims.dp_replicate, dims.dp_shard, dims.tp),
                                 mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
-        return cls(dims, device, rank, local_rank, mesh, dist_cfg.timeout, monitor)
+        par = cls(dims, device, rank, local_rank, mesh, dist_cfg.timeout, monitor)
+        par._own_env = list(own_env)  # removed again by close(): the process is as it was
+        return par
 
     # ------------------------------------------------------------------ who am I
     @property
@@ -278,6 +282,8 @@ class Parallel:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+            for key in getattr(self, "_own_env", []):
+                os.environ.pop(key, None)
 
 
 def is_collective_failure(e: BaseException) -> bool:
