@@ -34,6 +34,8 @@ JOBS: list[tuple[str, str | None, list[str]]] = [
     ("dist-fsdp-nccl-gpt", "recipes/shakespeare-char-gpu.yaml", [*GPT_DIST, "--dist.strategy=fsdp"]),
     ("dist-fsdp-ac-gpt", "recipes/shakespeare-char-gpu.yaml", [*GPT_DIST, "--dist.strategy=fsdp",
                                                                "--dist.activation_checkpointing=true"]),
+    ("dist-fsdp-offload-gpt", "recipes/shakespeare-char-gpu.yaml", [*GPT_DIST, "--dist.strategy=fsdp",
+                                                                    "--dist.cpu_offload=true", "--train.compile=false"]),
     ("dist-fsdp-torchrun-gpt", "recipes/shakespeare-char-gpu.yaml", [*GPT_DIST, "--dist.strategy=fsdp",
                                                                      "--nproc=1"]),
     ("dist-ddp-cifar", "recipes/cifar10-gpu.yaml", ["--dist.strategy=ddp"]),
