@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         if _rank() in ("", "0"):  # every rank of a distributed run finds the same mistake: say it once
             print(f"layerwise: config error: {e}", file=sys.stderr)
+        else:  # and let rank 0 say it before the launcher stops everyone at this rank's exit
+            import time
+            time.sleep(3)
         return USAGE_ERROR
     except (DataError, CheckpointError, PrecisionError, RunDirError, TrainingDiverged, DistributedError) as e:
         where = f" (rank {_rank()})" if _rank() and not isinstance(e, DistributedError) else ""

@@ -60,10 +60,15 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
+    """The same weights, and the same test figures (evaluated sharded over the ranks, padding
+    masked: every test example counted once)."""
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst <= atol, f"weights differ by up to {worst:.3g}"
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert abs(sa["test_loss"] - sb["test_loss"]) < 1e-4
+    assert abs(sa["test_accuracy"] - sb["test_accuracy"]) < 1e-9
 
 
 def ok(p: subprocess.CompletedProcess) -> None:

@@ -43,7 +43,7 @@ def launch(nproc: int, worker_argv: list[str], run_dir: str = "", **kw) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        if all(f.exitcode == 2 for f in e.failures.values()):  # the workers refused the config
+        if _first(e.failures)[1].exitcode == 2:  # the workers refused the config
             from layerwise.config import ConfigError
             raise ConfigError("the processes stopped at the configuration error printed above; fix it "
                               "and launch again.") from None
@@ -61,12 +61,20 @@ def _how(f) -> str:
     return f"exited with code {code}"
 
 
+def _order(failures: dict) -> list:
+    """Failures, the cause first: the earliest that was not the agent's SIGTERM."""
+    sigterm = -signal.SIGTERM.value
+    return sorted(failures.items(), key=lambda kv: (kv[1].exitcode == sigterm, kv[1].timestamp, kv[0]))
+
+
+def _first(failures: dict):
+    return _order(failures)[0]
+
+
 def describe_failures(failures: dict, max_restarts: int = 0, run_dir: str = "", nproc: int = 0) -> str:
     """One paragraph from torchrun's failure records: the rank that failed first and how; the
     ranks the agent stopped afterwards (SIGTERM) are listed after it."""
-    sigterm = -signal.SIGTERM.value
-    order = sorted(failures.items(), key=lambda kv: (kv[1].exitcode == sigterm, kv[1].timestamp, kv[0]))
-    (rank, f), rest = order[0], order[1:]
+    (rank, f), rest = _first(failures), _order(failures)[1:]
     text = f"rank {rank} (local rank {f.local_rank}, pid {f.pid}) {_how(f)}"
     if rest:
         text += "; then " + ", ".join(f"rank {r} {_how(g)}" for r, g in rest)

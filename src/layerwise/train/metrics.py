@@ -21,13 +21,14 @@ class Accumulator:
         self.count = 0
         self.reduce = reduce  # e.g. Parallel.sum: totals over the data-parallel ranks
 
-    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, count: int | None = None) -> None:
         """logits (N, C) and targets y: (N,) class ids or (N, C) soft targets (mixup, cutmix),
-        whose argmax counts as the label. N is examples, or tokens for a language model."""
+        whose argmax counts as the label. N is examples, or tokens for a language model. Targets
+        of -100 (padding) are never correct; ``count`` then gives the real targets (default N)."""
         label = y.argmax(-1) if y.is_floating_point() else y
         correct = (logits.argmax(-1) == label).sum()
         self.sums += torch.stack([loss_sum.detach().double(), correct.double()])
-        self.count += len(y)
+        self.count += len(y) if count is None else count
 
     def totals(self) -> tuple[torch.Tensor, int]:
         """(sums, count) over every rank (a collective when ``reduce`` is set: all ranks call it)."""

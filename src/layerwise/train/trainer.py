@@ -174,7 +174,8 @@ class Trainer:
                                          drop_last=d.drop_last, augment=True,
                                          rank=self.par.dp_rank, world_size=self.par.dp_size)
         self.test_loader = build_loader(d.loader, ds.x_test, ds.y_test, d.eval_batch_size, transform,
-                                        self.device, workers=d.workers)
+                                        self.device, workers=d.workers, rank=self.par.dp_rank,
+                                        world_size=self.par.dp_size)
         self._x_train, self._transform = x_train, transform  # for models that initialize from data
         return ds.source | ({"skipped": ds.warnings} if ds.warnings else {})
 
@@ -193,7 +194,8 @@ class Trainer:
         self.train_loader = TokenLoader(tokens.to(self.device), micro, d.block_size, shuffle=True,
                                         seed=t.seed, drop_last=d.drop_last, rank=self.par.dp_rank,
                                         world_size=self.par.dp_size)
-        self.test_loader = TokenLoader(ds.x_test.to(self.device), lm_eval_batch(d), d.block_size)
+        self.test_loader = TokenLoader(ds.x_test.to(self.device), lm_eval_batch(d), d.block_size,
+                                       rank=self.par.dp_rank, world_size=self.par.dp_size)
         self._x_train = None
         return ds.source
 
@@ -367,8 +369,9 @@ class Trainer:
         self.model.eval()
         ctx = self.ema.swapped_in(self.model) if (use_ema and self.ema) else contextlib.nullcontext()
         with ctx:
+            test = split == "test"  # sharded over the data-parallel ranks; the training view is whole
             m = evaluate_loader(self.forward, loader, self.device, self.cfg.train.precision,
-                                self.cfg.train.eval_tta if split == "test" else "none")
+                                self.cfg.train.eval_tta if test else "none", reduce=self.acc.reduce if test else None)
         self.model.train(was_training)
         return m
 
@@ -595,16 +598,30 @@ def tta_logits(forward, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_loader(forward, loader, device: torch.device, precision: str = "fp32",
-                    tta: str = "none") -> dict[str, float]:
+                    tta: str = "none", reduce=None) -> dict[str, float]:
     """Mean cross-entropy and accuracy (per token for a language model) of ``forward`` over one
-    full pass of ``loader``, with optional test-time augmentation (:func:`tta_logits`)."""
-    acc = Accumulator(device)
+    full pass of ``loader``, with optional test-time augmentation (:func:`tta_logits`).
+
+    A loader sharded over W data-parallel ranks pads its order by wrapping around (so every rank
+    runs the same number of batches, which FSDP and TP need); the padded repeats are masked out
+    here (target -100) and ``reduce`` sums the totals over the ranks: every example counts once.
+    """
+    acc = Accumulator(device, reduce)
     loader.epoch, loader.position = 0, 0
-    for x, y in loader:
+    n, w, r, per_batch = loader.num_examples, loader.world_size, loader.rank, loader.batch_size
+    for b, (x, y) in enumerate(loader):
+        count = None
+        if w > 1:  # this batch's positions in the padded global order are r + i*w
+            i = torch.arange(b * per_batch, b * per_batch + len(y))
+            keep = (r + i * w) < n  # (B,) on the host: no device sync
+            if not bool(keep.all()):
+                y = y.clone()
+                y[(~keep).to(y.device)] = -100
+            count = int(keep.sum()) * (y[0].numel() if y.dim() > 1 else 1)
         with autocast(device.type, precision):
             logits = tta_logits(forward, x, tta)
         logits, y = flatten_targets(logits, y)
-        acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y)
+        acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y, count)
     return acc.read()
 
 
