@@ -169,3 +169,24 @@ def test_sharded_evaluation_counts_every_example_once(world):
              for r in range(world)]
     assert sum(p["examples"] for p in parts) == whole["examples"] == (50 - 1) // 4 * 4
     assert sum(p["loss"] * p["examples"] for p in parts) == pytest.approx(whole["loss"] * whole["examples"], rel=1e-6)
+
+
+def test_cpu_offload_without_fsdp_on_cuda_is_refused(tmp_path):
+    from layerwise.train.trainer import Trainer
+
+    cfg = load_config(None, ["--dist.cpu_offload=true", f"--run.root={tmp_path}", "--train.device=cpu"])
+    with pytest.raises(ConfigError, match="dist.cpu_offload .* needs dist.strategy=fsdp"):
+        Trainer(cfg, show_progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_tensor_parallel_needs_transformer_blocks_and_divisible_heads():
+    from layerwise.distributed.parallelize import apply_tp
+    from layerwise.models import create_model
+
+    mlp = create_model("mlp", in_shape=(4,), num_classes=3)
+    with pytest.raises(ConfigError, match="dist.strategy=tp splits transformer blocks, and model 'mlp' has none"):
+        apply_tp(mlp, None, 2, True, "mlp", None)
+    gpt = create_model("gpt", in_shape=(16,), num_classes=11, n_layer=1, n_head=3, n_embd=24)
+    with pytest.raises(ConfigError, match=r"dist.tp=2 must divide the attention heads \(3\)"):
+        apply_tp(gpt, None, 2, True, "gpt", 16)

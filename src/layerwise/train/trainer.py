@@ -131,9 +131,8 @@ class Trainer:
         from layerwise.config import ConfigError
 
         d, t = self.cfg.data, self.cfg.train
-        if self.par.enabled:
-            from layerwise.distributed.parallelize import check_supported
-            check_supported(self.par, self.cfg.dist, self.cfg)
+        from layerwise.distributed.parallelize import check_supported
+        check_supported(self.par, self.cfg.dist, self.cfg)
         dp = self.par.dp_size
         if d.batch_size % (t.grad_accum * dp):
             raise ConfigError(
