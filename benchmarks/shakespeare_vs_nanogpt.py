@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.data.text import TokenLoader
-from layerwise.train.trainer import evaluate_loader
+from layerwise.train.evaluation import evaluate_loader
 
 TARGET = 1.886  # nanoGPT's README: "validation loss 1.88" for this command; the issue measured 1.886
 

@@ -147,7 +147,7 @@ def test_sharded_evaluation_counts_every_example_once(world):
     from layerwise.data import BatchLoader, DatasetInfo
     from layerwise.data.augment import BatchTransform
     from layerwise.data.text import TokenLoader
-    from layerwise.train.trainer import evaluate_loader
+    from layerwise.train.evaluation import evaluate_loader
 
     torch.manual_seed(0)
     info = DatasetInfo("t", (4,), 3, ["a", "b", "c"], 1.0, [0.0] * 4, [1.0] * 4)

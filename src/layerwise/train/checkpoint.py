@@ -17,7 +17,8 @@ import os
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

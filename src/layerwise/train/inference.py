@@ -14,7 +14,8 @@ from layerwise.data import BatchTransform, DatasetInfo, Normalize, load_dataset
 from layerwise.data.stream import build_loader
 from layerwise.data.inputs import load_inputs
 from layerwise.train.run import RunDirError, load_model
-from layerwise.train.trainer import evaluate_loader, lm_eval_batch, resolve_device
+from layerwise.train.evaluation import evaluate_loader, lm_eval_batch
+from layerwise.train.trainer import resolve_device
 
 
 def _info(meta: dict[str, Any]) -> DatasetInfo:
