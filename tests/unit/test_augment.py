@@ -15,6 +15,7 @@ from layerwise.data.augment import (
     cutout,
     mixup,
     one_hot,
+    random_translate,
 )
 
 
@@ -238,3 +239,22 @@ def test_transform_calls_spec_augment_on_audio(monkeypatch):
     tf(x, y, None)  # evaluation: no masks
     BatchTransform(info, "cpu")(x, y, g)  # SpecAugment off
     assert len(calls) == 1
+
+
+# ------------------------------------------------------------------------------------- translate
+@pytest.mark.parametrize("pad", ["zero", "reflect"])
+def test_translate_shifts_each_image_and_fills_the_border(pad):
+    B, H, W, s = 300, 6, 7, 2
+    x = torch.arange(H * W, dtype=torch.float32).view(1, 1, H, W).expand(B, 2, H, W) + 1  # no zeros inside
+    out = random_translate(x, s, _gen(4), pad)
+    ref = F.pad(x, (s, s, s, s), mode="reflect" if pad == "reflect" else "constant")
+    shifts = set()
+    for b in range(B):  # each output is one window of the padded image: find its shift
+        hits = [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)
+                if out[b].equal(ref[b, :, s + dy:s + dy + H, s + dx:s + dx + W])]
+        assert len(hits) == 1
+        shifts.add(hits[0])
+    assert len(shifts) == (2 * s + 1) ** 2  # every shift occurs
+    border_zeros = bool((out == 0).any())
+    assert border_zeros == (pad == "zero")  # reflect brings in image pixels, never zeros
+    assert random_translate(x, s, _gen(4), pad).equal(out)  # determined by the generator

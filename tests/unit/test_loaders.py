@@ -157,10 +157,11 @@ def test_stream_loader_decodes_an_example_source_and_keeps_uint8():
 
     class Recording:
         augments, normalize, device = inner.augments, inner.normalize, inner.device
+        alternates_flips = inner.alternates_flips
 
-        def __call__(self, xr, yr, gen):
+        def __call__(self, xr, yr, gen, flip=None):
             raw_dtypes.append(xr.dtype)
-            return inner(xr, yr, gen)
+            return inner(xr, yr, gen, flip)
 
     stream = StreamLoader(Source(x), y, 7, Recording(), shuffle=True, seed=1, augment=True, workers=2)
     dev = BatchLoader(materialize(Source(x)), y, 7, inner, shuffle=True, seed=1, augment=True)
@@ -232,3 +233,49 @@ def test_trainer_gives_the_same_run_with_either_loader(overrides_for):
     (dev_losses, dev_train), (stream_losses, stream_train) = run("device"), run("stream")
     assert len(dev_losses) == 10 and dev_losses == stream_losses
     assert dev_train == stream_train and dev_train["examples"] == 512
+
+
+# ------------------------------------------------------------------------------------- alternating flips
+def _flipped_per_epoch(loader, epochs: int) -> list[dict[int, bool]]:
+    """For each epoch, {example id: mirrored?}, read off images whose left and right halves differ."""
+    out = []
+    for _ in range(epochs):
+        seen = {}
+        for x, _ in loader:
+            for img in x:
+                total = int(img[0, 0, 1] + img[0, 0, 2])  # columns 1 and 2 sum to 4*id + 1 either way
+                seen[(total - 1) // 4] = bool(img[0, 0, 0] > img[0, 0, 3])
+        out.append(seen)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["device", "stream"])
+def test_alternate_flips_mirror_each_image_in_every_other_epoch(kind):
+    n = 101
+    # example i is a ramp 2i-1 .. 2i+2 along the width: mirrored, the ramp runs the other way
+    x = (2 * torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1) + torch.arange(-1.0, 3.0)).expand(n, 1, 2, 4)
+    info = DatasetInfo("ramp", (1, 2, 4), 10, [str(i) for i in range(10)], 1.0, [0.0], [1.0])
+    tf = BatchTransform(info, "cpu", flip=True, flip_mode="alternate")
+    assert tf.alternates_flips and not BatchTransform(info, "cpu", flip=True).alternates_flips
+    opts = {"shuffle": True, "seed": 3, "augment": True}
+    make = ((lambda: BatchLoader(x.contiguous(), torch.arange(n) % 10, 16, tf, **opts)) if kind == "device" else
+            (lambda: StreamLoader(x.contiguous(), torch.arange(n) % 10, 16, tf, workers=0, **opts)))
+    e0, e1, e2, e3 = _flipped_per_epoch(make(), 4)
+    assert len(e0) == n
+    assert all(e1[i] != e0[i] for i in range(n)) and e2 == e0 and e3 == e1  # alternates, per image
+    assert 30 < sum(e0.values()) < 71  # a random half (50 expected)
+    # the same bits for another loader of the same seed, resumed in epoch 3 (no state besides epoch)
+    resumed = make()
+    resumed.load_state_dict({"epoch": 3, "position": 0})
+    assert _flipped_per_epoch(resumed, 1)[0] == e3
+    # random flips (the default) are redrawn each epoch: some image keeps its side
+    rand = BatchLoader(x.contiguous(), torch.arange(n) % 10, 16, BatchTransform(info, "cpu", flip=True), **opts)
+    r0, r1 = _flipped_per_epoch(rand, 2)
+    assert any(r0[i] == r1[i] for i in range(n))
+
+
+def test_alternate_flips_need_the_loader():
+    x, y = _images(4)
+    tf = BatchTransform(INFO, "cpu", flip=True, flip_mode="alternate")
+    with pytest.raises(ValueError, match="flip_mode=alternate"):
+        tf(x, y, torch.Generator().manual_seed(0))

@@ -45,27 +45,32 @@ class Normalize:
 
 
 # ---------------------------------------------------------------------------------------- images
-def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Shift each image by an independent (dy, dx) in [-max_shift, max_shift], zero fill.
+def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator, pad: str = "zero") -> torch.Tensor:
+    """Shift each image by an independent (dy, dx) in [-max_shift, max_shift].
 
-    x: (B, C, H, W). One gather over a zero-padded copy: out[b, c, i, j] = pad[b, c, i+s+dy_b, j+s+dx_b].
+    x: (B, C, H, W). One gather over a padded copy: out[b, c, i, j] = padded[b, c, i+s+dy_b, j+s+dx_b].
+    ``pad``: what comes in at the border, ``zero`` (the mean of normalized data) or ``reflect``
+    (the mirrored image, airbench's choice for natural images; needs max_shift < H, W).
     """
     if max_shift <= 0:
         return x
     B, C, H, W = x.shape
     s = max_shift
     d = torch.randint(-s, s + 1, (B, 2), generator=gen).to(x.device, non_blocking=True)  # (B, 2)
-    pad = F.pad(x, (s, s, s, s))  # (B, C, H+2s, W+2s)
+    padded = F.pad(x, (s, s, s, s), mode="reflect" if pad == "reflect" else "constant")  # (B, C, H+2s, W+2s)
     iy = torch.arange(H, device=x.device)[None, :] + s + d[:, :1]  # (B, H)
     ix = torch.arange(W, device=x.device)[None, :] + s + d[:, 1:]  # (B, W)
     b = torch.arange(B, device=x.device)[:, None, None, None]
     c = torch.arange(C, device=x.device)[None, :, None, None]
-    return pad[b, c, iy[:, None, :, None], ix[:, None, None, :]]
+    return padded[b, c, iy[:, None, :, None], ix[:, None, None, :]]
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Flip each image horizontally with probability 1/2. x: (B, C, H, W)."""
-    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device, non_blocking=True)
+def random_flip(x: torch.Tensor, gen: torch.Generator | None, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Flip each image horizontally with probability 1/2, or where ``flip`` (B,) bool is true
+    (the loader's alternating flips). x: (B, C, H, W)."""
+    if flip is None:
+        flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    flip = flip.to(x.device, non_blocking=True)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -162,11 +167,13 @@ class BatchTransform:
     """
 
     def __init__(self, info: DatasetInfo, device: torch.device | str = "cpu", *, translate: int = 0,
-                 flip: bool = False, cutout: int = 0, mixup: float = 0.0, cutmix: float = 0.0,
-                 specaugment_time: int = 0, specaugment_freq: int = 0, specaugment_masks: int = 2):
+                 translate_pad: str = "zero", flip: bool = False, flip_mode: str = "random", cutout: int = 0,
+                 mixup: float = 0.0, cutmix: float = 0.0, specaugment_time: int = 0,
+                 specaugment_freq: int = 0, specaugment_masks: int = 2):
         self.info, self.device = info, torch.device(device)
         self.normalize = Normalize(info, self.device)
         self.translate, self.flip, self.cutout = int(translate), bool(flip), int(cutout)
+        self.translate_pad, self.flip_mode = translate_pad, flip_mode
         self.mixup, self.cutmix = float(mixup), float(cutmix)
         self.spec_time, self.spec_freq = int(specaugment_time), int(specaugment_freq)
         self.spec_masks = int(specaugment_masks)
@@ -180,8 +187,8 @@ class BatchTransform:
     @classmethod
     def from_config(cls, opts: Any, info: DatasetInfo, device: torch.device | str) -> BatchTransform:
         """Built from the data config section (layerwise.config.DataConfig)."""
-        return cls(info, device, translate=opts.augment_translate, flip=opts.augment_flip,
-                   cutout=opts.augment_cutout, mixup=opts.mixup, cutmix=opts.cutmix,
+        return cls(info, device, translate=opts.augment_translate, translate_pad=opts.translate_pad,
+                   flip=opts.augment_flip, flip_mode=opts.flip_mode, cutout=opts.augment_cutout, mixup=opts.mixup, cutmix=opts.cutmix,
                    specaugment_time=opts.specaugment_time, specaugment_freq=opts.specaugment_freq,
                    specaugment_masks=opts.specaugment_masks)
 
@@ -207,24 +214,33 @@ class BatchTransform:
         audio = (self.spec_time or self.spec_freq) and self.spec_masks > 0
         return bool(image or audio)
 
-    def __call__(self, x_raw: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def alternates_flips(self) -> bool:
+        """Whether the loader decides the flips (flip_mode=alternate) and passes them in."""
+        return self.flip and self.flip_mode == "alternate" and self.kind == "image"
+
+    def __call__(self, x_raw: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
+                 flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``flip``: (B,) bool, which images to mirror under flip_mode=alternate (from the loader,
+        which knows each example's index and the epoch); random flips draw from ``gen``."""
         x = self.normalize(x_raw)  # (B, *in_shape) float32
         if gen is None:
             return x, y
         if self.kind == "audio":
             return self._audio(x, gen), y
         if self.kind == "image":
-            return self._image(x, y, gen)
+            return self._image(x, y, gen, flip)
         return x, y
 
-    def _image(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+    def _image(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, flip: torch.Tensor | None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         # draw order is fixed (translate, flip, cutout, mix): a run with only translate on draws
         # exactly what it drew before the later options existed
-        x = random_translate(x, self.translate, gen)
+        x = random_translate(x, self.translate, gen, self.translate_pad)
         if self.flip:
-            x = random_flip(x, gen)
+            if self.alternates_flips and flip is None:
+                raise ValueError("data.flip_mode=alternate: the loader must pass each image's flip")
+            x = random_flip(x, gen, flip if self.alternates_flips else None)
         x = cutout(x, self.cutout, gen)
         if self.mixup or self.cutmix:
             use_cutmix = self.cutmix > 0

@@ -23,6 +23,7 @@ __all__ = ["BatchLoader", "BatchTransform", "EpochOrder", "Normalize", "gather",
 # Salt of the augmentation streams' last key (which is _AUG_KEY + rank): it keeps them apart from
 # the order's (seed, epoch) stream, and rank 0 draws what single-process runs drew before sharding.
 _AUG_KEY = 7
+_FLIP_KEY = 11  # salt of the per-example flip bits of data.flip_mode=alternate
 
 
 def _gen(*keys: int) -> torch.Generator:
@@ -153,6 +154,18 @@ class EpochOrder:
             return None
         return _gen(self.seed, self.epoch, i, _AUG_KEY + self.rank)
 
+    def flips(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """(B,) bool: which of examples ``idx`` to mirror this epoch under data.flip_mode=alternate
+        (airbench's derandomized flip): a fixed random half of the training set (one bit per
+        example, seeded by the run's seed) in even epochs, the other half in odd ones, so every
+        image is seen both ways in any two consecutive epochs. None when the transform flips at
+        random or not at all. A function of (seed, epoch, example): resume and ranks agree."""
+        if not (self.augment and self.transform.alternates_flips):
+            return None
+        if getattr(self, "_flip_bits", None) is None:
+            self._flip_bits = torch.rand(self.num_examples, generator=_gen(self.seed, _FLIP_KEY)) < 0.5
+        return self._flip_bits[idx.cpu()] ^ bool(self.epoch % 2)
+
     def next_epoch(self) -> None:
         self.epoch, self.position = self.epoch + 1, 0
 
@@ -189,7 +202,7 @@ class BatchLoader(EpochOrder):
         while self.position < len(self):
             i = self.position
             idx = order[self.batch_slice(i)]  # (B,)
-            x, y = self.transform(self.x[idx], self.y[idx], self.augment_generator(i))
+            x, y = self.transform(self.x[idx], self.y[idx], self.augment_generator(i), self.flips(idx))
             self.position += 1
             yield x, y
         self.next_epoch()

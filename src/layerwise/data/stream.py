@@ -89,14 +89,16 @@ class StreamLoader(EpochOrder):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the rest of the current epoch (all of it unless resumed mid-epoch)."""
         if self.position < len(self):
-            sampler = _BatchIndices(self.rank_order(), self, self.position, len(self))
+            order = self.rank_order()
+            sampler = _BatchIndices(order, self, self.position, len(self))
             batches = DataLoader(_Batches(self.x, self.y), batch_sampler=sampler, collate_fn=_collated,
                                  num_workers=self.workers, pin_memory=self.pin_memory)
             for x_raw, y in batches:  # (B, *in_shape) raw dtype, (B,) int64, on the CPU
                 i = self.position
                 x_raw = x_raw.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
-                x, y = self.transform(x_raw, y, self.augment_generator(i))
+                flips = self.flips(order[self.batch_slice(i)])
+                x, y = self.transform(x_raw, y, self.augment_generator(i), flips)
                 self.position += 1
                 yield x, y
         self.next_epoch()
