@@ -64,10 +64,18 @@ class DataConfig:
     # images
     image_size: int = _f(0, "image-folder: resize every image to this square size (0 = keep; sizes must agree)")
     augment_translate: int = _f(0, "random translation augmentation, max shift in pixels (0 = off)")
+    translate_pad: str = _f("zero", "what translation shifts in at the border: zero (the mean; digits) or "
+                            "reflect (mirrored pixels; natural images, airbench)")
     augment_flip: bool = _f(False, "random horizontal flips (for natural images, not digits)")
+    flip_mode: str = _f("random", "augment_flip: random (each image, each epoch, p=1/2) or alternate (a random "
+                        "half in even epochs, the other half in odd ones: airbench's derandomized flip)")
     augment_cutout: int = _f(0, "cutout: zero one random square of this side per image (0 = off)")
     mixup: float = _f(0.0, "mixup Beta(alpha, alpha) per batch (0 = off); targets become soft")
     cutmix: float = _f(0.0, "cutmix Beta(alpha, alpha) per batch (0 = off); targets become soft")
+    low_res_size: int = _f(0, "train the first data.low_res_epochs epochs on random size x size crops of "
+                           "the (augmented) images: cheaper steps while the network learns coarse features "
+                           "(0 = off)")
+    low_res_epochs: float = _f(0.0, "epochs trained on data.low_res_size crops")
     # tabular
     target: str = _f("", "csv: the target column (default: the last column)")
     # text
@@ -117,6 +125,12 @@ class TrainConfig:
     seed: int = _f(0, "seed for weights, data order, augmentation and dropout")
     label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
     ema_decay: float = _f(0.0, "EMA of weights with this decay per step (0 = off); evaluated when on")
+    lookahead_every: int = _f(0, "airbench's lookahead: every N steps pull the weights toward a slow copy "
+                              "and reset them to it (0 = off; airbench: 5)")
+    lookahead_start: float = _f(3.0, "lookahead: epoch at which the slow copy starts")
+    lookahead_decay: float = _f(0.95, "lookahead: per-step decay; the slow copy keeps decay^N x (step/total)^3")
+    freeze_stem_after: float = _f(0.0, "stop training the model's stem after this many epochs (convnet: "
+                                  "airbench trains the whitening bias for 3; 0 = never)")
     eval_every: float = _f(1.0, "evaluate on the test split every N epochs (0 = only at the end)")
     eval_every_steps: int = _f(0, "evaluate every N optimizer steps instead (0 = use eval_every)")
     eval_tta: str = _f("none", "test-time augmentation for images: none, flip, flip-translate (airbench)")
@@ -311,12 +325,22 @@ def validate(cfg: Config) -> None:
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (0 <= cfg.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
+        (cfg.train.lookahead_every >= 0, "train.lookahead_every must be >= 0 (0 = off)"),
+        (0 < cfg.train.lookahead_decay < 1, "train.lookahead_decay must be in (0, 1)"),
+        (cfg.train.lookahead_start >= 0 and cfg.train.freeze_stem_after >= 0,
+         "train.lookahead_start and train.freeze_stem_after are epochs and must be >= 0"),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (len(cfg.optim.betas) == 2, "optim.betas must be two numbers, e.g. [0.9, 0.999]"),
         (cfg.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.train.eval_tta in ("none", "flip", "flip-translate"),
          f"train.eval_tta must be none, flip or flip-translate, got '{cfg.train.eval_tta}'"),
+        (cfg.data.translate_pad in ("zero", "reflect"),
+         f"data.translate_pad must be zero or reflect, got '{cfg.data.translate_pad}'"),
+        (cfg.data.flip_mode in ("random", "alternate"),
+         f"data.flip_mode must be random or alternate, got '{cfg.data.flip_mode}'"),
+        (cfg.data.low_res_size >= 0 and cfg.data.low_res_epochs >= 0,
+         "data.low_res_size and data.low_res_epochs must be >= 0"),
         (cfg.data.on_error in ("refuse", "skip"), f"data.on_error must be refuse or skip, got '{cfg.data.on_error}'"),
         (cfg.data.loader in ("device", "stream"), f"data.loader must be device or stream, got '{cfg.data.loader}'"),
         (cfg.data.tokenizer in ("byte", "char", "bpe"),

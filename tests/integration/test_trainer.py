@@ -161,3 +161,81 @@ def test_python_api_fit(tmp_path):
     again = layerwise.fit(Config(), "--model.name=mlp", "--train.max_steps=30", run_dir=tmp_path / "b",
                           show_progress=False)
     assert again["test_loss"] == summary["test_loss"]  # same config and seed, same result
+
+
+# airbench's training tricks on a small convnet over the digits (8x8 -> 7x7 -> 3x3 -> 1x1)
+AIRBENCH = ["--model.name=convnet", "--model.widths=[16,32]", "--optim.name=sgd", "--optim.lr=0.3",
+            "--data.batch_size=64", "--data.augment_translate=1", "--data.translate_pad=reflect",
+            "--train.lookahead_every=3", "--train.lookahead_start=1", "--train.freeze_stem_after=1",
+            "--train.epochs=3", "--train.eval_every=0", "--run.keep_checkpoints=100"]
+FLIPS = ["--data.augment_flip=true", "--data.flip_mode=alternate"]  # (mirrored digits hurt accuracy)
+
+
+def test_stem_freezes_after_its_epochs_and_lookahead_ends_at_the_slow_weights(overrides_for):
+    t = Trainer(load_config(None, overrides_for(*AIRBENCH)), show_progress=False)
+    summary = t.fit()
+    spe = t.steps_per_epoch  # 1437 // 64 = 22 full batches plus a short one
+    first = torch.load(t.ckpt_dir / f"step_{spe:08d}.pt", weights_only=False)["model"]["stem.bias"]
+    assert first.abs().sum() > 0  # the whitening bias (zero at init) trained in epoch 1 ...
+    assert t.model.stem.bias.equal(first) and not t.model.stem.bias.requires_grad  # ... and not after
+    assert t.lookahead.started
+    live = t.model.state_dict()
+    assert all(live[k].equal(v) for k, v in t.lookahead.slow.items())  # synced at the end
+    assert summary["test_accuracy"] >= 0.9  # 0.93 here
+
+
+def test_resume_with_lookahead_alternate_flips_and_frozen_stem_is_exact(overrides_for, tmp_path):
+    from safetensors.torch import load_file
+
+    from layerwise.train.trainer import resume
+
+    cfg = load_config(None, overrides_for(*AIRBENCH, *FLIPS, "--run.checkpoint_every=10"))
+    full = Trainer(cfg, tmp_path / "full", show_progress=False)
+    full.fit()
+    part = tmp_path / "part"  # the same run stopped at step 30: inside epoch 2, stem frozen, lookahead on
+    part.mkdir()
+    for f in ("config.yaml", "env.json", "metrics.jsonl"):
+        (part / f).write_bytes((full.run_dir / f).read_bytes())
+    (part / "checkpoints").mkdir()
+    for step in (10, 20, 30):
+        for suffix in (".pt", ".json"):
+            name = f"step_{step:08d}{suffix}"
+            (part / "checkpoints" / name).write_bytes((full.ckpt_dir / name).read_bytes())
+    resume(part, show_progress=False)
+    a, b = load_file(str(full.run_dir / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_freeze_stem_needs_a_model_with_a_stem(overrides_for):
+    from layerwise.config import ConfigError
+
+    with pytest.raises(ConfigError, match="has none"):
+        _trainer(overrides_for, "--train.freeze_stem_after=1")
+
+
+def test_low_res_epochs_train_on_crops_then_full_images(overrides_for):
+    def run(*extra: str) -> tuple[Trainer, dict, list]:  # convnet 16/32 on digits, 3 epochs
+        t = Trainer(load_config(None, overrides_for("--model.name=convnet", "--model.widths=[16,32]",
+                                                    "--optim.name=sgd", "--optim.lr=0.3", "--data.batch_size=64",
+                                                    "--train.epochs=3", "--train.eval_every=0", *extra)),
+                    show_progress=False)
+        sizes = []
+        t.model.register_forward_pre_hook(lambda m, a: sizes.append(tuple(a[0].shape[-2:])) if m.training else None)
+        return t, t.fit(), sizes
+
+    t, summary, sizes = run("--data.low_res_size=6", "--data.low_res_epochs=1")
+    spe = t.steps_per_epoch
+    assert sizes == [(6, 6)] * spe + [(8, 8)] * (2 * spe)  # 8x8 digits: 6x6 crops in epoch 1 only
+    # evaluated on whole 8x8 images after one epoch of 6x6 crops: 0.85 (0.98 without the crops;
+    # a 6x6 crop of a digit loses a quarter of each side, a 24x24 crop of CIFAR far less)
+    assert summary["test_accuracy"] >= 0.8
+
+
+def test_low_res_larger_than_the_images_is_refused(overrides_for):
+    from layerwise.config import ConfigError
+
+    cfg = load_config(None, overrides_for("--model.name=convnet", "--model.widths=[16,32]",
+                                          "--data.low_res_size=9", "--data.low_res_epochs=1"))
+    with pytest.raises(ConfigError, match=r"low_res_size=9 crops images to 9x9; dataset 'digits' has inputs "
+                                          r"of shape \(1, 8, 8\)"):
+        Trainer(cfg, show_progress=False)

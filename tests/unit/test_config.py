@@ -47,6 +47,14 @@ def test_value_checks():
         load_config(None, ["--data.batch_size=64", "--train.grad_accum=3"])
     with pytest.raises(ConfigError, match="precision"):
         load_config(None, ["--train.precision=fp8"])
+    with pytest.raises(ConfigError, match="data.translate_pad must be zero or reflect, got 'mirror'"):
+        load_config(None, ["--data.translate_pad=mirror"])
+    with pytest.raises(ConfigError, match="data.flip_mode must be random or alternate"):
+        load_config(None, ["--data.flip_mode=always"])
+    with pytest.raises(ConfigError, match="train.lookahead_decay must be in"):
+        load_config(None, ["--train.lookahead_decay=1.0"])
+    with pytest.raises(ConfigError, match="are epochs and must be >= 0"):
+        load_config(None, ["--train.freeze_stem_after=-1"])
 
 
 def test_missing_and_bad_recipes(tmp_path):
@@ -70,3 +78,11 @@ def test_help_documents_every_key():
     for section in ("data", "optim", "train", "run"):
         for f in dataclasses.fields(getattr(Config(), section)):
             assert f"{section}.{f.name}" in text
+
+
+def test_every_recipe_loads_and_validates():
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert len(recipes) >= 8
+    for path in recipes:
+        cfg = load_config(path)  # unknown keys, wrong types and bad values raise ConfigError
+        assert cfg.run.name == path.stem

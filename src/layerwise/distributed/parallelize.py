@@ -74,9 +74,16 @@ def check_supported(par: Parallel, dist_cfg: Any, cfg: Any) -> None:
         if cfg.train.ema_decay > 0:
             raise ConfigError(f"train.ema_decay averages whole weights; with dist.strategy={s} they are "
                               f"sharded. Use dist.strategy=ddp for EMA, or set --train.ema_decay=0.")
+        if cfg.train.lookahead_every > 0:
+            raise ConfigError(f"train.lookahead_every averages whole weights; with dist.strategy={s} they are "
+                              f"sharded. Use dist.strategy=ddp for lookahead, or set --train.lookahead_every=0.")
         if cfg.optim.name == "muon":
             raise ConfigError(f"optim.name=muon orthogonalizes whole matrices; with dist.strategy={s} they "
                               f"are sharded. Use dist.strategy=ddp with Muon, or optim.name=adamw/sgd.")
+    if cfg.train.freeze_stem_after > 0 and par.enabled:
+        raise ConfigError(f"train.freeze_stem_after changes which parameters train in the middle of a run; the "
+                          f"data-parallel wrappers (dist.strategy={s}) fix that set when they are built. "
+                          f"Set --train.freeze_stem_after=0 for runs on several processes.")
     if dist_cfg.cpu_offload and (not par.dims.uses_fsdp or par.device.type != "cuda"):
         raise ConfigError("dist.cpu_offload keeps FSDP's parameters and optimizer state in CPU memory while a "
                           "GPU computes; it needs dist.strategy=fsdp (or fsdp+tp) on CUDA. Leave it false here.")

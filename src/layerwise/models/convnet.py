@@ -20,8 +20,9 @@ identity initialization"); BatchNorm with momentum 0.6 in airbench's convention,
 momentum 1 - 0.6 = 0.4, eps 1e-12, no learnable scale (gamma fixed at 1: not a parameter at
 all here), learnable beta. The final MaxPool2d(3) on the 3x3 map is a global max pool here, so
 other input sizes work (MNIST 28x28: 27 -> 13 -> 6 -> 3 with whitening, 28 -> 14 -> 7 -> 3 without).
-Training tricks of airbench's recipe (label smoothing, lookahead EMA, training the whitening bias
-for the first 3 epochs only, a 64x learning rate on BN biases) belong to the Trainer, not here.
+Training tricks of airbench's recipe (label smoothing, lookahead, training the whitening bias for
+the first 3 epochs only: `stem_parameters`, a 64x learning rate on BN biases, alternating flips)
+belong to the Trainer and the data pipeline, not here.
 
 Presets: convnet (airbench94, widths 64/256/256), convnet-half (32/128/128).
 """
@@ -214,6 +215,11 @@ class ConvNet(Model):
         thousand (airbench uses 5000). A no-op when whiten=False."""
         if isinstance(self.stem, WhiteningConv2d):
             self.stem.init_from_data(x, eps)
+
+    def stem_parameters(self) -> list[nn.Parameter]:
+        """The stem's trainable parameters (the whitening bias; a plain stem's weight and bias),
+        which train.freeze_stem_after stops training (airbench: after 3 epochs)."""
+        return list(self.stem.parameters())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_act(self.stem(x))  # (B, C, H, W) -> (B, 2 C k^2, H', W')

@@ -56,3 +56,59 @@ class EMA:
         self.updates = int(state["updates"])
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)
+
+
+class Lookahead:
+    """airbench's lookahead: every ``every`` steps from ``start_step`` on, the slow weights move
+    toward the live ones and the live ones are reset to them (Zhang et al. 2019's Lookahead
+    optimizer, with an averaging strength that grows during training):
+
+        slow <- rho * slow + (1 - rho) * live;  live <- slow,   rho = decay^every * (step / total)^3
+
+    so early on it barely averages (training moves fast) and near the end it averages strongly.
+    Every floating-point tensor of the state dict takes part, BatchNorm running statistics
+    included, as in airbench. ``sync()`` (at each epoch's end and at the end of training) resets
+    the live weights to the slow ones once more. The slow copy exists from the start (so
+    checkpoints always have the same tensors) and is set from the live weights at ``start_step``.
+    """
+
+    def __init__(self, model: nn.Module, *, every: int, start_step: int, decay: float, total_steps: int):
+        if every < 1 or not 0 < decay < 1 or total_steps < 1:
+            raise ValueError(f"Lookahead needs every >= 1, 0 < decay < 1 and total_steps >= 1; got {every}, "
+                             f"{decay}, {total_steps}")
+        self.every, self.start_step, self.decay, self.total_steps = every, start_step, decay, total_steps
+        state = model.state_dict()  # tensors that share storage with the model's
+        names = [k for k, v in state.items() if v.is_floating_point()]
+        self._live = [state[k] for k in names]
+        self.slow = {k: state[k].detach().clone() for k in names}
+        self._slow = list(self.slow.values())
+        self.started = False
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Call after optimizer step number ``step`` (1-based: steps done so far)."""
+        if step < self.start_step or step % self.every:
+            return
+        if not self.started:  # the slow weights begin where the live ones are now
+            for slow, live in zip(self._slow, self._live):
+                slow.copy_(live)
+            self.started = True
+            return
+        rho = self.decay ** self.every * min(step / self.total_steps, 1.0) ** 3
+        torch._foreach_lerp_(self._slow, self._live, 1.0 - rho)
+        self.sync()
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """live <- slow (a no-op before the start)."""
+        if self.started:
+            for slow, live in zip(self._slow, self._live):
+                live.copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"started": self.started, "slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.started = bool(state["started"])
+        for k, v in state["slow"].items():
+            self.slow[k].copy_(v)
