@@ -275,3 +275,40 @@ def test_cifar10_missing_names_both_forms(tmp_path):
         load_dataset("cifar10", tmp_path)
     with pytest.raises(DataError, match=r"mnist_train\.npz.*idx files.*download=true"):
         load_dataset("mnist", tmp_path)
+
+
+def _cifar_npz(path, images, corrupt=()):
+    """A repacked CIFAR-10 JPEG npz (the layout of ../shared/data/cifar10) of (N, 32, 32, 3) images."""
+    import io
+
+    blobs = []
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=95)
+        data = buf.getvalue()
+        blobs.append(data[: len(data) // 3] if i in corrupt else data)  # truncated: not decodable
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    classes = np.array([f"c{k}" for k in range(10)])
+    np.savez(path, jpeg=np.frombuffer(b"".join(blobs), np.uint8), offsets=offsets,
+             y=(np.arange(len(images)) % 10).astype(np.uint8), classes=classes,
+             filename=np.array([f"c{i % 10}/{i:04d}.jpg" for i in range(len(images))]))
+
+
+def test_cifar10_jpeg_npz_decodes_in_order_and_names_a_broken_image(tmp_path):
+    from layerwise.data import images as images_mod
+
+    # smooth images (JPEG keeps them to within a few levels) with a per-image brightness
+    base = np.linspace(0, 100, 32, dtype=np.float32)[None, :, None] + np.zeros((32, 32, 3), np.float32)
+    imgs = np.stack([(base + 4 * i).astype(np.uint8) for i in range(37)])  # up to 244
+    (tmp_path / "cifar10").mkdir()
+    _cifar_npz(tmp_path / "cifar10" / "cifar10_train_jpeg.npz", imgs)
+    _cifar_npz(tmp_path / "cifar10" / "cifar10_test_jpeg.npz", imgs[:11])
+    ds = load_dataset("cifar10", tmp_path, DataConfig(name="cifar10"))
+    assert ds.x_train.shape == (37, 3, 32, 32) and ds.x_test.shape == (11, 3, 32, 32)
+    means = ds.x_train.float().mean(dim=(1, 2, 3))  # images come back in order (threads and all)
+    assert (means.diff() > 2).all()
+    assert (ds.x_train.permute(0, 2, 3, 1).int() - torch.from_numpy(imgs).int()).abs().max() <= 6
+    images_mod._DECODED.clear()
+    _cifar_npz(tmp_path / "cifar10" / "cifar10_train_jpeg.npz", imgs, corrupt={23})
+    with pytest.raises(DataError, match=r"image 23 in 'cifar10/cifar10_train_jpeg.npz' cannot be decoded"):
+        load_dataset("cifar10", tmp_path, DataConfig(name="cifar10"))

@@ -5,8 +5,9 @@ their own mmap and gives them back to the OS when freed, and trims the heap's fr
 net's activations are such blocks, allocated and freed every micro-batch, so every step faults
 hundreds of MiB of fresh zero pages back in. Keeping freed memory in the process instead (what
 jemalloc and tcmalloc do, and what PyTorch's CPU performance guide suggests preloading them for)
-removes that: on the 2-core VM, convnet-half steps of 256 images went from 1.5M to 0.14M page
-faults and from 2.3-2.7 to 2.1-2.2 s per 1024 images (benchmarks/RESULTS.md).
+removes that: on the 2-core VM, convnet-half micro-batches of 256 went from 2.07 to 1.88 s per
+1024 images (benchmarks/cifar_cpu_step.py), and a CIFAR-10 run from 30M page faults and 119 s of
+kernel time to 0.26M and 4 s (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import ctypes.util
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
-_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's largest allowed value on 64-bit: blocks below are reused
+_MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap and are reused (where glibc refuses, 32 MiB)
 _TRIM_THRESHOLD = 2**31 - 1  # never give the heap's free top back to the OS
 
 _done = False
 
 
 def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to keep freed blocks up to 32 MiB for reuse instead of unmapping them.
+    """Tell glibc's malloc to serve blocks up to 1 GiB from its heap and keep freed memory for
+    reuse instead of unmapping or trimming it.
 
     Once per process; a no-op (returns False) off Linux or without glibc. The cost is that memory
     freed by the training loop stays with the process (it is reused by the next step).
@@ -36,8 +38,8 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # glibc only (musl has no mallopt thresholds)  # noqa: B018
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) & bool(libc.mallopt(_M_TRIM_THRESHOLD,
-                                                                                         _TRIM_THRESHOLD))
+        mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        ok = bool(mmap_ok) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
     except (OSError, AttributeError):
         return False
     _done = ok
