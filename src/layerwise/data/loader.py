@@ -107,6 +107,7 @@ class EpochOrder:
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.rank, self.world_size, self.augment = rank, world_size, augment
         self.epoch, self.position = 0, 0
+        self._flip_bits: torch.Tensor | None = None  # data.flip_mode=alternate, made on first use
 
     @property
     def num_examples(self) -> int:
@@ -155,16 +156,16 @@ class EpochOrder:
         return _gen(self.seed, self.epoch, i, _AUG_KEY + self.rank)
 
     def flips(self, idx: torch.Tensor) -> torch.Tensor | None:
-        """(B,) bool: which of examples ``idx`` to mirror this epoch under data.flip_mode=alternate
+        """(B,) bool on the CPU: which of examples ``idx`` (CPU indices) to mirror this epoch under data.flip_mode=alternate
         (airbench's derandomized flip): a fixed random half of the training set (one bit per
         example, seeded by the run's seed) in even epochs, the other half in odd ones, so every
         image is seen both ways in any two consecutive epochs. None when the transform flips at
         random or not at all. A function of (seed, epoch, example): resume and ranks agree."""
         if not (self.augment and self.transform.alternates_flips):
             return None
-        if getattr(self, "_flip_bits", None) is None:
+        if self._flip_bits is None:
             self._flip_bits = torch.rand(self.num_examples, generator=_gen(self.seed, _FLIP_KEY)) < 0.5
-        return self._flip_bits[idx.cpu()] ^ bool(self.epoch % 2)
+        return self._flip_bits[idx] ^ bool(self.epoch % 2)
 
     def next_epoch(self) -> None:
         self.epoch, self.position = self.epoch + 1, 0
@@ -198,11 +199,13 @@ class BatchLoader(EpochOrder):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the rest of the current epoch (all of it unless resumed mid-epoch)."""
-        order = self.rank_order().to(self.x.device)
+        host_order = self.rank_order()  # flips are looked up on the host: no device sync per batch
+        order = host_order.to(self.x.device)
         while self.position < len(self):
             i = self.position
             idx = order[self.batch_slice(i)]  # (B,)
-            x, y = self.transform(self.x[idx], self.y[idx], self.augment_generator(i), self.flips(idx))
+            flips = self.flips(host_order[self.batch_slice(i)])
+            x, y = self.transform(self.x[idx], self.y[idx], self.augment_generator(i), flips)
             self.position += 1
             yield x, y
         self.next_epoch()
