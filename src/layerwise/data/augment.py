@@ -65,6 +65,14 @@ def random_translate(x: torch.Tensor, max_shift: int, gen: torch.Generator, pad:
     return padded[b, c, iy[:, None, :, None], ix[:, None, None, :]]
 
 
+def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """One size x size window of the whole batch at a place drawn from ``gen`` (a view).
+    x: (B, C, H, W) -> (B, C, size, size); objects keep their scale."""
+    H, W = x.shape[-2:]
+    oy, ox = (int(torch.randint(0, n - size + 1, (1,), generator=gen)) for n in (H, W))
+    return x[..., oy:oy + size, ox:ox + size]
+
+
 def random_flip(x: torch.Tensor, gen: torch.Generator | None, flip: torch.Tensor | None = None) -> torch.Tensor:
     """Flip each image horizontally with probability 1/2, or where ``flip`` (B,) bool is true
     (the loader's alternating flips). x: (B, C, H, W)."""

@@ -90,8 +90,7 @@ class Lookahead:
         if step < self.start_step or step % self.every:
             return
         if not self.started:  # the slow weights begin where the live ones are now
-            for slow, live in zip(self._slow, self._live):
-                slow.copy_(live)
+            torch._foreach_copy_(self._slow, self._live)
             self.started = True
             return
         rho = self.decay ** self.every * min(step / self.total_steps, 1.0) ** 3
@@ -102,8 +101,7 @@ class Lookahead:
     def sync(self) -> None:
         """live <- slow (a no-op before the start)."""
         if self.started:
-            for slow, live in zip(self._slow, self._live):
-                live.copy_(slow)
+            torch._foreach_copy_(self._live, self._slow)
 
     def state_dict(self) -> dict:
         return {"started": self.started, "slow": self.slow}

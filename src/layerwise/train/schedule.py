@@ -28,7 +28,7 @@ import torch
 
 from layerwise.choices import unknown_choice_error
 
-__all__ = ["SCHEDULES", "apply_lr", "lr_multiplier"]
+__all__ = ["SCHEDULES", "EarlyEpochs", "apply_lr", "lr_multiplier"]
 
 SCHEDULES: tuple[str, ...] = ("constant", "cosine", "linear", "onecycle", "triangle")
 
@@ -145,3 +145,48 @@ def apply_lr(optimizer: Any, factor: float) -> float:
     if first is None:
         raise ValueError("optimizer has no param groups")
     return first
+
+
+class EarlyEpochs:
+    """What the first epochs do differently, like the LR a pure function of the step counter (a
+    resumed run needs no state):
+
+    - ``data.low_res_size`` / ``data.low_res_epochs``: each micro-batch is one random size x size
+      crop (``data.augment.random_crop``, seeded by the run's seed and the step), so the steps
+      cost about (size/H)^2 of a full one while the network learns coarse features;
+    - ``train.freeze_stem_after``: the model's ``stem_parameters()`` (convnet: the whitening
+      bias) train for that many epochs, then get no gradient, so the optimizer leaves them alone
+      and the backward pass skips the stem.
+
+    Bad settings raise ConfigError here, before the run directory exists.
+    """
+
+    def __init__(self, cfg: Any, model: torch.nn.Module, in_shape: tuple[int, ...], is_image: bool,
+                 steps_per_epoch: int):
+        from layerwise.config import ConfigError  # config sits above train; import late
+
+        d, t = cfg.data, cfg.train
+        self.size, self.seed = d.low_res_size, t.seed
+        if self.size and not (is_image and self.size <= min(in_shape[1:])):
+            raise ConfigError(f"data.low_res_size={self.size} crops images to {self.size}x{self.size}; dataset "
+                              f"'{d.name}' has inputs of shape {tuple(in_shape)}. Choose a size no larger than "
+                              f"the images or set --data.low_res_size=0.")
+        if t.freeze_stem_after and not hasattr(model, "stem_parameters"):
+            raise ConfigError(f"train.freeze_stem_after={t.freeze_stem_after} freezes a model's stem (convnet's "
+                              f"whitening layer), but model '{cfg.model.name}' has none. Set "
+                              f"--train.freeze_stem_after=0.")
+        self.stem = list(model.stem_parameters()) if t.freeze_stem_after else []
+        self.low_res_steps = round(d.low_res_epochs * steps_per_epoch) if self.size else 0
+        self.stem_steps = round(t.freeze_stem_after * steps_per_epoch)
+
+    def before_step(self, step: int, micro: list) -> list:
+        """Set the stem's requires_grad for optimizer step ``step`` (0-based) and return its
+        micro-batches, cropped while in the low-resolution epochs."""
+        for p in self.stem:
+            p.requires_grad_(step < self.stem_steps)
+        if step >= self.low_res_steps:
+            return micro
+        from layerwise.data.augment import random_crop
+
+        return [(random_crop(x, self.size, torch.Generator().manual_seed(self.seed * 1_000_003 + step * 64 + i)), y)
+                for i, (x, y) in enumerate(micro)]

@@ -37,7 +37,7 @@ from layerwise.train.optim import build_optimizer
 from layerwise.train.precision import autocast, grad_scaler
 from layerwise.train.progress import ProgressDisplay
 from layerwise.train.run import environment, new_run_dir, save_model, write_json
-from layerwise.train.schedule import apply_lr, lr_multiplier
+from layerwise.train.schedule import EarlyEpochs, apply_lr, lr_multiplier
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,12 +88,6 @@ class Trainer:
             from layerwise.config import ConfigError
             raise ConfigError(f"train.eval_tta={t.eval_tta} flips and shifts images, but dataset "
                               f"'{self.info.name}' is not images. Set --train.eval_tta=none.")
-        size, shape = cfg.data.low_res_size, tuple(self.info.in_shape)
-        if size and not (is_image(self.info) and size <= min(shape[1:])):
-            from layerwise.config import ConfigError
-            raise ConfigError(f"data.low_res_size={size} crops images to {size}x{size}; dataset "
-                              f"'{self.info.name}' has inputs of shape {shape}. Choose a size no larger than "
-                              f"the images or set --data.low_res_size=0.")
         self._build_model(resume)
 
         self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)
@@ -106,7 +100,7 @@ class Trainer:
         self.lookahead = (Lookahead(self.model, every=t.lookahead_every, decay=t.lookahead_decay,
                                     start_step=round(t.lookahead_start * self.steps_per_epoch),
                                     total_steps=self.total_steps) if t.lookahead_every else None)
-        self._stem = self._stem_parameters()
+        self.early = EarlyEpochs(cfg, self.model, self.info.in_shape, is_image(self.info), self.steps_per_epoch)
 
         # loop state (all of it goes into checkpoints)
         self.step = 0
@@ -139,25 +133,6 @@ class Trainer:
         self.display = ProgressDisplay(self.total_steps, self.step, enabled=show_progress and self.par.is_rank0)
         if resume:
             self.display.message(f"resumed from {self.resumed_from} at step {self.step}/{self.total_steps}")
-
-    def _stem_parameters(self) -> list[torch.nn.Parameter]:
-        """The parameters train.freeze_stem_after stops training (none when it is 0)."""
-        if not self.cfg.train.freeze_stem_after:
-            return []
-        if not hasattr(self.model, "stem_parameters"):
-            from layerwise.config import ConfigError
-            raise ConfigError(f"train.freeze_stem_after={self.cfg.train.freeze_stem_after} freezes a model's stem "
-                              f"(convnet's whitening layer), but model '{self.cfg.model.name}' has none. Set "
-                              f"--train.freeze_stem_after=0.")
-        return list(self.model.stem_parameters())
-
-    def _train_stem(self) -> None:
-        """Stem parameters train for the first train.freeze_stem_after epochs, then stop (they get
-        no gradient, so the optimizer leaves them alone, and the backward pass skips the stem)."""
-        if self._stem:
-            trainable = self.step < round(self.cfg.train.freeze_stem_after * self.steps_per_epoch)
-            for p in self._stem:
-                p.requires_grad_(trainable)
 
     def _check_parallel(self) -> None:
         """Refuse what the chosen strategy cannot train, before data or model are built."""
@@ -283,9 +258,8 @@ class Trainer:
         start = time.perf_counter() - self.train_seconds
         try:
             while self.step < self.total_steps:
-                self._train_stem()
                 micro, batches = self._next_micro_batches(batches)
-                micro = self._low_res(micro)
+                micro = self.early.before_step(self.step, micro)  # low-res crops, stem freezing
                 n = sum(num_targets(y) for _, y in micro)  # examples (tokens for an LM) in this step
                 lr = apply_lr(self.optimizer, lr_multiplier(self.step, **self.schedule))
                 step_loss = torch.zeros((), device=self.device)
@@ -325,22 +299,6 @@ class Trainer:
             self.display.close()
         self.train_seconds = time.perf_counter() - start
         return self._finish()
-
-    def _low_res(self, micro: list) -> list:
-        """data.low_res_size: during the first data.low_res_epochs, each micro-batch is cropped to
-        size x size at one random place (seeded by the run's seed and the step, so a resumed run
-        crops alike). Objects keep their scale; the steps cost about (size/H)^2 of a full one."""
-        d = self.cfg.data
-        size = d.low_res_size
-        if not size or self.step >= round(d.low_res_epochs * self.steps_per_epoch):
-            return micro
-        out = []
-        for i, (x, y) in enumerate(micro):
-            H, W = x.shape[-2:]
-            g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.step * 64 + i)
-            oy, ox = (int(torch.randint(0, n - size + 1, (1,), generator=g)) for n in (H, W))
-            out.append((x[..., oy:oy + size, ox:ox + size], y))
-        return out
 
     def _next_micro_batches(self, batches):
         """The grad_accum micro-batches of one optimizer step; fewer at the end of an epoch."""
