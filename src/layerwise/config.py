@@ -103,6 +103,11 @@ class OptimConfig:
     eps: float = _f(1e-8, "AdamW epsilon")
     muon_lr: float = _f(0.02, "Muon learning rate for hidden 2-D weights (optim.lr drives the rest)")
     muon_momentum: float = _f(0.95, "Muon momentum")
+    muon_rest: str = _f("adamw", "optimizer for what Muon does not take (head, biases, norms): adamw, or sgd "
+                        "with optim.lr/momentum/nesterov (airbench94_muon)")
+    muon_normalize: bool = _f(False, "rescale each Muon weight to norm sqrt(rows) before its step (for weights "
+                              "followed by BatchNorm; airbench94_muon)")
+    muon_ns_steps: int = _f(5, "Newton-Schulz iterations per Muon step (airbench94_muon: 3)")
     no_decay_lr_scale: float = _f(1.0, "LR multiplier for biases and norm parameters (airbench's "
                                   "bias_scaler: 64 for BatchNorm biases)")
     schedule: str = _f("onecycle", "LR schedule: constant, cosine, linear, onecycle, triangle")
@@ -323,6 +328,8 @@ def validate(cfg: Config) -> None:
          f"train.precision must be fp32, bf16 or fp16, got '{cfg.train.precision}'"),
         (cfg.train.epochs > 0 or cfg.train.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.optim.muon_rest in ("adamw", "sgd"), f"optim.muon_rest must be adamw or sgd, got '{cfg.optim.muon_rest}'"),
+        (cfg.optim.muon_ns_steps >= 1, "optim.muon_ns_steps must be >= 1"),
         (0 <= cfg.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (cfg.train.lookahead_every >= 0, "train.lookahead_every must be >= 0 (0 = off)"),

@@ -51,6 +51,10 @@ def test_value_checks():
         load_config(None, ["--data.translate_pad=mirror"])
     with pytest.raises(ConfigError, match="data.flip_mode must be random or alternate"):
         load_config(None, ["--data.flip_mode=always"])
+    with pytest.raises(ConfigError, match="optim.muon_rest must be adamw or sgd, got 'lion'"):
+        load_config(None, ["--optim.muon_rest=lion"])
+    with pytest.raises(ConfigError, match="optim.muon_ns_steps must be >= 1"):
+        load_config(None, ["--optim.muon_ns_steps=0"])
     with pytest.raises(ConfigError, match="train.lookahead_decay must be in"):
         load_config(None, ["--train.lookahead_decay=1.0"])
     with pytest.raises(ConfigError, match="are epochs and must be >= 0"):

@@ -234,6 +234,51 @@ def test_muon_step_matches_formula(shape: tuple[int, ...]) -> None:
     torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
 
 
+def test_muon_normalize_rescales_the_weight_before_the_step() -> None:
+    # airbench94_muon: p <- p * sqrt(rows) / ||p||, then the orthogonalized step; 3 NS steps
+    torch.manual_seed(0)
+    p = nn.Parameter(5.0 * torch.randn(8, 4, 3, 3))
+    p.grad = torch.randn(8, 4, 3, 3)
+    p0, g0 = p.detach().clone(), p.grad.clone()
+    lr, beta = 0.24, 0.6
+    Muon([p], lr=lr, momentum=beta, normalize=True, ns_steps=3).step()
+    buf = torch.zeros_like(g0).lerp(g0, 1 - beta)
+    u_2d = g0.lerp(buf, beta).reshape(8, -1)
+    expected = p0 * (8**0.5 / p0.norm()) - lr * zeropower_via_newtonschulz5(u_2d, 3).float().reshape(p0.shape)
+    torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
+    # the steps change the weight's direction, the rescale pins its norm: over many steps with
+    # the same lr the norm stays near sqrt(rows) instead of growing with every step
+    for _ in range(50):
+        p.grad = torch.randn(8, 4, 3, 3)
+        Muon([p], lr=lr, momentum=beta, normalize=True).step()
+    assert abs(p.norm().item() - 8**0.5) < lr * 3, p.norm()
+
+
+def test_muon_with_sgd_for_the_rest() -> None:
+    # airbench94_muon's split: Muon on the hidden weights, Nesterov SGD (coupled decay, the
+    # no-decay lr multiplier) on the head, biases and norms
+    m = Toy()
+    opt = build_optimizer(m, "muon", lr=0.5, weight_decay=0.01, momentum=0.85, nesterov=True,
+                          muon_lr=0.24, muon_momentum=0.6, muon_rest="sgd", muon_normalize=True,
+                          muon_ns_steps=3, no_decay_lr_scale=64)
+    names = {g["name"]: g for g in opt.param_groups}
+    assert list(names) == ["muon", "sgd_decay", "sgd_no_decay"]
+    assert isinstance(opt["sgd"], torch.optim.SGD)
+    assert ids(names["sgd_decay"]["params"]) == {id(m.head.weight)}
+    assert names["sgd_decay"]["lr"] == 0.5 and names["sgd_no_decay"]["lr"] == 32.0
+    assert names["sgd_decay"]["momentum"] == 0.85 and names["sgd_decay"]["nesterov"]
+    assert names["muon"]["lr"] == 0.24 and names["muon"]["momentum"] == 0.6
+    assert names["muon"]["normalize"] and names["muon"]["ns_steps"] == 3
+    # the head's SGD step is torch's: coupled decay through Nesterov momentum
+    m.head.weight.grad = torch.ones_like(m.head.weight)
+    w0 = m.head.weight.detach().clone()
+    opt["sgd"].step()
+    g = 1 + 0.01 * w0
+    torch.testing.assert_close(m.head.weight.detach(), w0 - 0.5 * (g + 0.85 * g))
+    with pytest.raises(ValueError, match="did you mean 'sgd'"):
+        build_optimizer(m, "muon", lr=0.5, muon_rest="sdg")
+
+
 def _mlp_task(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     x = torch.randn(256, 8)

@@ -29,6 +29,7 @@ from layerwise.choices import unknown_choice_error
 
 __all__ = [
     "OPTIMIZERS",
+    "MUON_REST",
     "CombinedOptimizer",
     "Muon",
     "build_optimizer",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "muon")
+MUON_REST: tuple[str, ...] = ("adamw", "sgd")  # what optimizes the parameters Muon does not take
 
 # Modules whose parameters are never decayed. Norm gains/biases set the scale of a layer's
 # output; pulling them towards 0 fights the normalization rather than regularizing capacity.
@@ -199,6 +201,10 @@ class Muon(torch.optim.Optimizer):
         O      <- NS5(u) * sqrt(max(1, rows / cols))   # tall matrices get a larger step so the
                                                        # per-element update RMS matches wide ones
         p      <- p * (1 - lr * weight_decay) - lr * O  # decoupled decay (Liu et al. 2025)
+    With ``normalize=True`` each weight is first rescaled to Frobenius norm sqrt(rows) (unit
+    norm per output row on average), as cifar10-airbench's airbench94_muon does: for a weight
+    followed by BatchNorm the scale is free, and pinning it keeps the step's relative size, and
+    so the effective learning rate, what the schedule says instead of shrinking as the norm grows.
     The EMA momentum differs from SGD's `buf = mu*buf + g` only by a constant factor, which the
     scale-invariant orthogonalization removes. Only use it for hidden weights; put embeddings,
     heads, biases and norms on AdamW (see `build_optimizer(..., "muon")`).
@@ -220,6 +226,7 @@ class Muon(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         ns_steps: int = 5,
         ns_dtype: torch.dtype = torch.bfloat16,
+        normalize: bool = False,
     ) -> None:
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
@@ -231,7 +238,7 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
         defaults = dict(
             lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-            ns_steps=ns_steps,
+            ns_steps=ns_steps, normalize=normalize,
         )
         super().__init__(params, defaults)
         # An attribute, not a group hyperparameter: it is a device/speed choice, so it must not
@@ -266,6 +273,8 @@ class Muon(torch.optim.Optimizer):
                 u_2d = u.reshape(u.size(0), -1)  # (out, in*k*k) for conv weights
                 O = zeropower_via_newtonschulz5(u_2d, group["ns_steps"], self.ns_dtype)
                 scale = max(1.0, u_2d.size(0) / u_2d.size(1)) ** 0.5
+                if group.get("normalize", False):  # .get: groups saved before the option existed
+                    p.mul_(p.size(0) ** 0.5 / p.norm().clamp_min(1e-12))
                 if wd != 0:
                     p.mul_(1 - lr * wd)
                 p.add_(O.reshape(p.shape).to(p.dtype), alpha=-lr * scale)
@@ -393,6 +402,9 @@ def build_optimizer(
     eps: float = 1e-8,
     muon_lr: float = 0.02,
     muon_momentum: float = 0.95,
+    muon_rest: str = "adamw",
+    muon_normalize: bool = False,
+    muon_ns_steps: int = 5,
     no_decay_lr_scale: float = 1.0,
     device_type: str = "cpu",
     per_param: bool = False,
@@ -403,10 +415,12 @@ def build_optimizer(
                *coupled* (added to the gradient, so it passes through momentum), as in torch.
     - "adamw": torch AdamW (decoupled decay: p <- p * (1 - lr * wd) before the Adam step).
     - "muon":  CombinedOptimizer of Muon (lr=muon_lr, momentum=muon_momentum, Nesterov, decoupled
-               decay `weight_decay`; Newton-Schulz in bf16, fp32 on CPU) on hidden Linear/Conv
-               weights and AdamW (lr, betas, eps, same decay rules) on everything else; see
-               `muon_param_split`. Group names "muon", "adamw_decay", "adamw_no_decay".
-               `nesterov` and `momentum` are SGD's and are not used by "adamw"/"muon".
+               decay `weight_decay`, `muon_ns_steps` Newton-Schulz steps in bf16, fp32 on CPU,
+               weights rescaled first when `muon_normalize`) on hidden Linear/Conv weights, and
+               `muon_rest` on everything else (see `muon_param_split`): "adamw" (lr, betas, eps;
+               groups "adamw_decay", "adamw_no_decay") or "sgd" (lr, momentum, nesterov, coupled
+               decay; groups "sgd_decay", "sgd_no_decay": airbench94_muon's split).
+               `nesterov` and `momentum` are SGD's and are not used by "adamw".
     Weight decay only reaches weights (see `param_groups`). `no_decay_lr_scale` multiplies the
     learning rate of the no-decay groups (biases, norm parameters): airbench's `bias_scaler` (64)
     trains BatchNorm biases that much faster than the conv weights. `device_type` picks fused kernels on
@@ -417,6 +431,8 @@ def build_optimizer(
     """
     if name not in OPTIMIZERS:
         raise unknown_choice_error("optimizer", name, OPTIMIZERS)
+    if muon_rest not in MUON_REST:
+        raise unknown_choice_error("optimizer for the parameters Muon does not take", muon_rest, MUON_REST)
     if lr < 0:
         raise ValueError(f"lr must be >= 0, got {lr}")
     if weight_decay < 0:
@@ -429,7 +445,7 @@ def build_optimizer(
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     _check_devices(groups, device_type)
 
-    if name == "sgd":
+    def sgd(groups: list[dict[str, Any]]) -> torch.optim.SGD:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if nesterov and momentum == 0:
@@ -438,6 +454,9 @@ def build_optimizer(
             _with_base_lr(groups, lr, no_decay_lr_scale), lr=lr, momentum=momentum, nesterov=nesterov,
             **_impl_kwargs(torch.optim.SGD, device_type, per_param),
         )
+
+    if name == "sgd":
+        return sgd(groups)
 
     adamw_kwargs = dict(lr=lr, betas=betas, eps=eps, **_impl_kwargs(torch.optim.AdamW, device_type, per_param))
     if name == "adamw":
@@ -459,15 +478,17 @@ def build_optimizer(
         "muon": Muon(
             _with_base_lr([{"params": hidden, "name": "muon"}], muon_lr),
             lr=muon_lr, momentum=muon_momentum, nesterov=True, weight_decay=weight_decay,
-            ns_dtype=ns_dtype,
+            ns_steps=muon_ns_steps, ns_dtype=ns_dtype, normalize=muon_normalize,
         )
     }
     rest_ids = {id(p) for p in rest}
     aux_groups = [
-        {**g, "params": [p for p in g["params"] if id(p) in rest_ids], "name": f"adamw_{g['name']}"}
+        {**g, "params": [p for p in g["params"] if id(p) in rest_ids], "name": f"{muon_rest}_{g['name']}"}
         for g in groups
     ]
     aux_groups = [g for g in aux_groups if g["params"]]
-    if aux_groups:
+    if aux_groups and muon_rest == "sgd":
+        children["sgd"] = sgd(aux_groups)
+    elif aux_groups:
         children["adamw"] = torch.optim.AdamW(_with_base_lr(aux_groups, lr, no_decay_lr_scale), **adamw_kwargs)
     return CombinedOptimizer(children)

@@ -230,7 +230,8 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
             nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
-            muon_momentum=o.muon_momentum, no_decay_lr_scale=o.no_decay_lr_scale,
+            muon_momentum=o.muon_momentum, muon_rest=o.muon_rest, muon_normalize=o.muon_normalize,
+            muon_ns_steps=o.muon_ns_steps, no_decay_lr_scale=o.no_decay_lr_scale,
             device_type=self.device.type, per_param=self.par.dims.tp > 1)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # torch.compile wraps the module; state is always read from and written to self.model
