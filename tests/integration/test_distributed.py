@@ -188,6 +188,29 @@ def test_dcp_checkpoint_reshards_two_ranks_to_one_and_back(references, tmp_path)
     assert_same_weights(back, references["gpt"])
 
 
+def test_muon_under_ddp_checkpoints_and_resumes_across_world_sizes(tmp_path):
+    """Muon + SGD steps as two torch optimizers (a CombinedOptimizer): 2 DDP ranks match one
+    process, their DCP checkpoint continues in one process, and one process's .pt checkpoint
+    continues on 2 ranks, all ending at the uninterrupted run's weights."""
+    torch.set_num_threads(1)
+    args = [*COMMON, *MLP, "--optim.name=muon", "--optim.muon_rest=sgd", "--optim.muon_normalize=true",
+            "--optim.muon_lr=0.05", "--run.checkpoint_every=3"]
+    ref = tmp_path / "ref"
+    single(args, ref)
+    two = tmp_path / "two"
+    ok(launch([*args, "--dist.strategy=ddp", f"--run.dir={two}"], 2))
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step_00000003.dcp"]
+    assert_same_weights(two, ref)
+    cont = tmp_path / "two_to_one"
+    _continue(two, cont)
+    resume(cont, show_progress=False, overrides=["--dist.strategy=none"])
+    assert_same_weights(cont, ref)
+    back = tmp_path / "one_to_two"
+    _continue(ref, back)
+    ok(launch(["--resume", str(back), "--dist.strategy=ddp"], 2))
+    assert_same_weights(back, ref)
+
+
 def test_bad_mesh_fails_before_training(tmp_path):
     p = launch([*COMMON, *MLP, "--dist.strategy=tp", "--dist.tp=3", f"--run.root={tmp_path}"], 2, timeout=60)
     assert p.returncode == 2

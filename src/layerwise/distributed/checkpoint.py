@@ -36,10 +36,16 @@ def all_checkpoints(directory: Path) -> list[Path]:
     return sorted(items, key=lambda p: p.name.split(".")[0])
 
 
+def _torch_optimizers(optimizer: Any) -> Any:
+    """What DCP's state-dict helpers take: one torch optimizer, or the several that a
+    CombinedOptimizer (Muon + AdamW/SGD) steps as one."""
+    return optimizer.optimizers if hasattr(optimizer, "optimizers") else optimizer
+
+
 def _template(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    msd, osd = get_state_dict(model, optimizer)
+    msd, osd = get_state_dict(model, _torch_optimizers(optimizer))
     return {"model": msd, "optim": osd}
 
 
@@ -101,7 +107,8 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
             dcp.load(state, checkpoint_id=str(path))
         except Exception as e:  # DCP raises CheckpointException and friends for bad files
             raise CheckpointError(f"{path.name} could not be read ({str(e).strip().splitlines()[0][:200]})") from None
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, _torch_optimizers(optimizer), model_state_dict=state["model"],
+                   optim_state_dict=state["optim"])
     rng_path = path / "rng" / f"rank{rank}.pt"
     rng = torch.load(rng_path, weights_only=True) if rng_path.is_file() else None
     return extra, rng
@@ -113,15 +120,16 @@ def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: d
     sharded or wrapped model: every rank keeps its own part."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    by_name = {"state": {param_names[i]: s for i, s in optim_state["state"].items()},
-               "param_groups": [g | {"params": [param_names[i] for i in g["params"]]}
-                                for g in optim_state["param_groups"]]}
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=by_name,
+    # A CombinedOptimizer saved {child name: child state}, each child numbering its parameters
+    # from 0; param_names follows the children's groups in order.
+    parts = ([(optim_state[n], o) for n, o in zip(optimizer.names, optimizer.optimizers)]
+             if hasattr(optimizer, "optimizers") else [(optim_state, optimizer)])
+    by_name: dict[str, Any] = {"state": {}, "param_groups": []}
+    offset = 0
+    for part, opt in parts:
+        names = param_names[offset:offset + sum(len(g["params"]) for g in opt.param_groups)]
+        offset += len(names)
+        by_name["state"].update({names[i]: s for i, s in part["state"].items()})
+        by_name["param_groups"] += [g | {"params": [names[i] for i in g["params"]]} for g in part["param_groups"]]
+    set_state_dict(model, _torch_optimizers(optimizer), model_state_dict=model_state, optim_state_dict=by_name,
                    options=StateDictOptions(full_state_dict=True))
-
-
-def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Collective: the whole (unsharded) model state on the CPU, for the final safetensors export."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

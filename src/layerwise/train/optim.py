@@ -2,7 +2,8 @@
 
 One entry point, `build_optimizer(model, name, ...)`, builds every optimizer the Trainer uses.
 Every param group it returns carries:
-  - "name":     which group it is ("decay", "no_decay", "muon", "adamw_decay", "adamw_no_decay"),
+  - "name":     which group it is ("decay", "no_decay", "muon", and for what Muon does not take
+                "adamw_decay", "adamw_no_decay" or "sgd_decay", "sgd_no_decay"),
   - "base_lr":  the group's learning rate before any schedule; `schedule.apply_lr` sets
                 group["lr"] = group["base_lr"] * factor, so a schedule never compounds and a
                 resumed run needs only its step counter (base_lr is saved in state_dict()).
@@ -14,6 +15,9 @@ References
   - Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks",
     https://kellerjordan.github.io/posts/muon/ ; reference code
     https://github.com/KellerJordan/Muon (muon.py), used by modded-nanogpt and cifar10-airbench.
+  - Jordan 2024, cifar10-airbench `airbench94_muon.py`: Muon on the conv filters, each rescaled to
+    a fixed norm before its step, 3 Newton-Schulz iterations, Nesterov SGD on the rest
+    (`muon_rest="sgd"`, `muon_normalize=True`, `muon_ns_steps=3`).
 """
 
 from __future__ import annotations
@@ -305,6 +309,11 @@ class CombinedOptimizer:
     @property
     def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
         return tuple(self._optimizers.values())
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The children's names, in the order of `optimizers` (the keys of `state_dict()`)."""
+        return tuple(self._optimizers)
 
     def __getitem__(self, name: str) -> torch.optim.Optimizer:
         return self._optimizers[name]
