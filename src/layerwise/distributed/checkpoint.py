@@ -133,3 +133,10 @@ def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: d
         by_name["param_groups"] += [g | {"params": [names[i] for i in g["params"]]} for g in part["param_groups"]]
     set_state_dict(model, _torch_optimizers(optimizer), model_state_dict=model_state, optim_state_dict=by_name,
                    options=StateDictOptions(full_state_dict=True))
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Collective: the whole (unsharded) model state on the CPU, for the final safetensors export."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

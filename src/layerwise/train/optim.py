@@ -32,8 +32,8 @@ from torch import nn
 from layerwise.choices import unknown_choice_error
 
 __all__ = [
-    "OPTIMIZERS",
     "MUON_REST",
+    "OPTIMIZERS",
     "CombinedOptimizer",
     "Muon",
     "build_optimizer",
