@@ -254,19 +254,24 @@ class Parallel:
 
         missing = ""
         if self._monitor is not None:
-            try:
-                dist.monitored_barrier(group=self._monitor, wait_all_ranks=True,
-                                       timeout=datetime.timedelta(seconds=min(self.timeout, 30.0)))
-                missing = "every rank answered a check afterwards, so the failure was transient or in the network"
-            except RuntimeError as e:
-                text = str(e)
-                if "failed to pass monitoredBarrier" in text:
-                    missing = text.split("]:", 1)[-1].strip().rstrip(".")
-                    missing = missing.replace("Ranks", "rank(s)").replace("Rank", "rank")
-                elif self.rank == 0:
-                    missing = "a check of every rank lost its connection too, so another rank has exited"
-                else:
-                    missing = "rank 0 did not answer a check either, so it has probably exited"
+            for _ in range(2):  # a check that fails without naming ranks is tried once more
+                try:
+                    dist.monitored_barrier(group=self._monitor, wait_all_ranks=True,
+                                           timeout=datetime.timedelta(seconds=min(self.timeout, 30.0)))
+                    missing = "every rank answered a check afterwards, so the failure was transient or in the network"
+                    break
+                except RuntimeError as e:
+                    text = str(e)
+                    if "failed to pass monitoredBarrier" in text:
+                        missing = text.split("]:", 1)[-1].strip().rstrip(".")
+                        missing = missing.replace("Ranks", "rank(s)").replace("Rank", "rank")
+                        break
+                    if self.rank == 0:
+                        check = text.strip().splitlines()[0].split("] ", 1)[-1][:120] if text.strip() else ""
+                        missing = f"a check of every rank failed too ({check}), so another rank has exited or hung"
+                    else:
+                        missing = "rank 0 did not answer a check either, so it has probably exited"
+                        break
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         first = first.split("] ", 1)[-1][:160]  # gloo prefixes its source file
         return DistributedError(
