@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 Q = ["--run.plots=false", "--run.tensorboard=false"]
-# (name, recipe, overrides): the order is the priority order (most important first)
 # recipes/cifar10-gpu.yaml as it was with Nesterov SGD and lookahead (airbench94, before Muon)
 GPU_SGD = ["--optim.name=sgd", "--optim.lr=1.5", "--optim.weight_decay=0.00133", "--optim.schedule=triangle",
            "--optim.start_lr_ratio=0.2", "--optim.warmup_fraction=0.23", "--optim.min_lr_ratio=0.07",
@@ -35,6 +34,7 @@ CPU_SGD = ["--optim.name=sgd", "--optim.lr=0.75", "--optim.weight_decay=0.00133"
            "--data.batch_size=1024", "--train.grad_accum=4", "--train.epochs=9", "--train.lookahead_every=5",
            "--train.lookahead_start=2"]
 GPT_DIST = ["--train.max_steps=500", "--train.compile=true", "--train.eval_every_steps=0", "--train.eval_every=0"]
+# (name, recipe, overrides): the order is the priority order (most important first)
 JOBS: list[tuple[str, str | None, list[str]]] = [
     # the distributed paths on one GPU: a real one-rank NCCL process group, bf16, compile, and the
     # throughput of each strategy against the plain run (README: Scaling out)
@@ -88,7 +88,8 @@ JOBS: list[tuple[str, str | None, list[str]]] = [
                      ("muon-lr016", ["--optim.muon_lr=0.16"]), ("muon-lr036", ["--optim.muon_lr=0.36"]),
                      ("lr075", ["--optim.lr=0.75"]), ("ep7", ["--train.epochs=7"]), ("ep9", ["--train.epochs=9"]),
                      ("ns5", ["--optim.muon_ns_steps=5"]), ("b1000", ["--data.batch_size=1000",
-                                                                   "--train.grad_accum=4", "--optim.muon_lr=0.17"]),
+                                                                   "--train.grad_accum=4", "--optim.muon_lr=0.17",
+                                                                   "--optim.weight_decay=0.00133"]),
                      ("ema", ["--train.ema_decay=0.99"]), ("ls01", ["--train.label_smoothing=0.1"])]],
 ]
 
