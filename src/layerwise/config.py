@@ -12,7 +12,9 @@ The ``model`` section is special: besides ``name`` it accepts the chosen model's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +101,7 @@ class OptimConfig:
     weight_decay: float = _f(0.01, "weight decay, applied to weights only (never biases, norms, embeddings)")
     momentum: float = _f(0.9, "SGD momentum")
     nesterov: bool = _f(True, "Nesterov momentum for SGD")
-    betas: list = _f([0.9, 0.999], "AdamW betas")
+    betas: list[float] = _f([0.9, 0.999], "AdamW betas")
     eps: float = _f(1e-8, "AdamW epsilon")
     muon_lr: float = _f(0.02, "Muon learning rate for hidden 2-D weights (optim.lr drives the rest)")
     muon_momentum: float = _f(0.95, "Muon momentum")
@@ -195,34 +197,91 @@ def _closest(word: str, options: list[str]) -> str:
     return f" Did you mean '{match}'?" if match else ""
 
 
-def _coerce(key: str, value: Any, typ: Any) -> Any:
-    """Check ``value`` against the field type; ints are accepted for floats. Strict otherwise."""
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is float and isinstance(value, str):
-        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
-    if typ is list and isinstance(value, tuple):
-        return list(value)
-    ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
-    if not ok:
-        raise ConfigError(
-            f"config key '{key}' expects {typ.__name__}, got {type(value).__name__} {value!r}. "
-            f"Fix the value in the recipe or on the command line (e.g. --{key}=<{typ.__name__}>).")
+_YAML_WORDS = ("yes", "no", "on", "off", "true", "false", "y", "n")
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _refuse(key: str, value: Any, hint: Any) -> ConfigError:
+    want = _type_name(hint)
+    if hint is str and not isinstance(value, str):
+        # YAML 1.1 reads unquoted off/no/yes/on as booleans and 1e3, 012 or 1.10 as other things
+        return ConfigError(
+            f"config key '{key}' expects text (str), got {type(value).__name__} {value!r}: YAML reads an "
+            f"unquoted {'yes/no/on/off/true/false' if isinstance(value, bool) else 'number'} as "
+            f"{'a boolean' if isinstance(value, bool) else 'a number'}. Quote it in the recipe "
+            f"({key.split('.')[-1]}: \"...\"); on the command line --{key}=VALUE is always read as text.")
+    example = {"float": "0.5", "int": "10", "bool": "true"}.get(want, "[1, 2]" if "list" in want else "VALUE")
+    if "[" in key:  # an element of a list: show the whole list's form
+        example = f"[{example}, {example}]"
+    return ConfigError(
+        f"config key '{key}' expects {want}, got {type(value).__name__} {value!r}. Fix the value in the "
+        f"recipe or on the command line (e.g. --{key.split('[')[0]}={example}).")
+
+
+def coerce(key: str, value: Any, hint: Any, raw: str | None = None) -> Any:
+    """``value`` as the declared type ``hint`` (bool, int, float, str, list[T], tuple[T, ...]; a
+    sequence comes back as a list), at every depth, or a ConfigError naming the key, the value and the expected type.
+
+    YAML 1.1 reads ``1e-3`` (no dot) as a string: numbers given as text are parsed; an int accepts
+    an integral float (``1e3``). A str key takes a command-line value as it was typed (``raw``), so
+    ``--model.mlp=off`` means "off", not False; from a recipe a non-text value is refused with the
+    hint to quote it. ``key`` names the place in messages (``optim.betas[0]``)."""
+    if hint is Any or hint is None:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _refuse(key, value, hint)
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        # kept as a list: the config is plain YAML data (the model registry makes tuples)
+        return [coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else list(value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if raw is not None:  # typed on the command line: YAML made it a bool or a number
+            return raw
+        raise _refuse(key, value, hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise _refuse(key, value, hint)
+    if hint in (int, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise _refuse(key, value, hint) from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise _refuse(key, value, hint)
+        if hint is float:
+            return float(number)
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise _refuse(key, value, hint)
+            return int(number)
+        return number
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise _refuse(key, value, hint)
     return value
 
 
-def _model_section(raw: dict[str, Any], base: ModelConfig, where: str) -> ModelConfig:
-    from layerwise.models import list_models, model_args  # models sit below config's users
+def _model_section(raw: dict[str, Any], base: ModelConfig, where: str, raws: dict[str, str]) -> ModelConfig:
+    from layerwise.models import list_models, model_arg_types, model_args  # models sit below config's users
 
     name = raw.get("name", base.name)
     if not isinstance(name, str) or name not in list_models():
         raise ConfigError(
             f"model.name {name!r} ({where}) is not a registered model.{_closest(str(name), list_models())} "
             f"Valid names: {', '.join(list_models())}.")
-    valid = model_args(name)
+    valid, hints = model_args(name), model_arg_types(name)
     args = dict(base.args) if name == base.name else {}
     for key, value in raw.items():
         if key == "name":
@@ -231,22 +290,28 @@ def _model_section(raw: dict[str, Any], base: ModelConfig, where: str) -> ModelC
             raise ConfigError(
                 f"unknown config key 'model.{key}' for model '{name}' ({where}).{_closest(key, list(valid))} "
                 f"Valid model keys: name, {', '.join(valid)}.")
-        default = valid[key]
-        if default is not None and not isinstance(default, (tuple, list)):
-            value = _coerce(f"model.{key}", value, type(default))
-        args[key] = value
+        args[key] = coerce(f"model.{key}", value, hints.get(key, Any), raws.get(key))
     return ModelConfig(name=name, args=args)
 
 
-def merge(cfg: Config, raw: dict[str, Any], where: str) -> Config:
-    """Return ``cfg`` updated with the nested dict ``raw``; ``where`` names the source in errors."""
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """A config section's declared field types (``list[float]``, ``int``, ...)."""
+    return typing.get_type_hints(cls)
+
+
+def merge(cfg: Config, raw: dict[str, Any], where: str, texts: dict[str, dict[str, str]] | None = None) -> Config:
+    """Return ``cfg`` updated with the nested dict ``raw``; ``where`` names the source in errors.
+    ``texts`` holds command-line values as typed ({section: {key: text}}), which str keys take as
+    they are (see :func:`coerce`)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping of sections (model, data, optim, train, dist, run), "
                           f"got {type(raw).__name__}.")
+    texts = texts or {}
     out = {name: getattr(cfg, name) for name in SECTIONS}
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section '{section}' ({where}).{_closest(section, list(SECTIONS))} "
+            raise ConfigError(f"unknown config section '{section}' ({where}).{_closest(str(section), list(SECTIONS))} "
                               f"Valid sections: {', '.join(SECTIONS)}.")
         if values is None:
             continue
@@ -254,24 +319,29 @@ def merge(cfg: Config, raw: dict[str, Any], where: str) -> Config:
             raise ConfigError(f"config section '{section}' ({where}) must be a mapping of keys, "
                               f"got {values!r}.")
         if section == "model":
-            out["model"] = _model_section(values, cfg.model, where)
+            out["model"] = _model_section(values, cfg.model, where, texts.get("model", {}))
             continue
         cls = SECTIONS[section]
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        types = _field_types(cls)
         updates = {}
         for key, value in values.items():
-            if key not in fields:
+            if key not in types:
                 raise ConfigError(
-                    f"unknown config key '{section}.{key}' ({where}).{_closest(key, list(fields))} "
-                    f"Valid keys in '{section}': {', '.join(fields)}.")
-            typ = type(fields[key].default) if fields[key].default is not dataclasses.MISSING else list
-            updates[key] = _coerce(f"{section}.{key}", value, typ)
+                    f"unknown config key '{section}.{key}' ({where}).{_closest(str(key), list(types))} "
+                    f"Valid keys in '{section}': {', '.join(f.name for f in dataclasses.fields(cls))}.")
+            updates[key] = coerce(f"{section}.{key}", value, types[key], texts.get(section, {}).get(key))
         out[section] = dataclasses.replace(getattr(cfg, section), **updates)
     return Config(**out)
 
 
 def parse_override(arg: str) -> tuple[str, str, Any]:
     """``--section.key=value`` -> (section, key, value parsed as a YAML scalar)."""
+    section, key, value, _text = _split_override(arg)
+    return section, key, value
+
+
+def _split_override(arg: str) -> tuple[str, str, Any, str]:
+    """``--section.key=value`` -> (section, key, value parsed with YAML's rules, value as typed)."""
     body = arg[2:] if arg.startswith("--") else arg
     if "=" not in body or "." not in body.split("=", 1)[0]:
         raise ConfigError(f"cannot read the override '{arg}': write it as --section.key=value "
@@ -282,7 +352,7 @@ def parse_override(arg: str) -> tuple[str, str, Any]:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
-    return section, key, value
+    return section, key, value, text
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -310,8 +380,8 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """``cfg`` with ``--section.key=value`` overrides applied in order, then validated."""
     for arg in overrides:
-        section, key, value = parse_override(arg)
-        cfg = merge(cfg, {section: {key: value}}, where=f"override {arg}")
+        section, key, value, text = _split_override(arg)
+        cfg = merge(cfg, {section: {key: value}}, where=f"override {arg}", texts={section: {key: text}})
     validate(cfg)
     return cfg
 

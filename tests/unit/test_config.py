@@ -90,3 +90,54 @@ def test_every_recipe_loads_and_validates():
     for path in recipes:
         cfg = load_config(path)  # unknown keys, wrong types and bad values raise ConfigError
         assert cfg.run.name == path.stem
+
+
+# ------------------------------------------------------------------ values typed at every depth
+def test_list_elements_are_coerced_in_recipes_and_overrides(tmp_path):
+    # YAML 1.1 reads 9e-1 (no dot) as the string '9e-1'; inside a list too
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  betas: [9e-1, 0.999]\n  lr: 1e-3\ntrain:\n  max_steps: 1e3\n")
+    cfg = load_config(recipe)
+    assert cfg.optim.betas == [0.9, 0.999] and all(type(b) is float for b in cfg.optim.betas)
+    assert cfg.optim.lr == 0.001 and cfg.train.max_steps == 1000 and type(cfg.train.max_steps) is int
+    cfg = load_config(None, ["--optim.betas=[9e-1,0.999]"])
+    assert cfg.optim.betas == [0.9, 0.999] and type(cfg.optim.betas[0]) is float
+    cfg = load_config(None, ["--model.name=resnet", "--model.widths=[8,1.6e1]", "--model.layers=[1,1]"])
+    assert cfg.model.args["widths"] == [8, 16] and all(type(w) is int for w in cfg.model.args["widths"])
+
+
+@pytest.mark.parametrize("arg, needle", [
+    ("--optim.betas=[a,0.999]", "'optim.betas[0]' expects float, got str 'a'"),
+    ("--optim.betas=0.9", "'optim.betas' expects list of float"),
+    ("--model.widths=[8,x]", "'model.widths[1]' expects int, got str 'x'"),
+    ("--model.widths=[8,1.5]", "'model.widths[1]' expects int, got float 1.5"),
+])
+def test_list_elements_of_the_wrong_type_are_refused_by_position(arg, needle):
+    extra = ["--model.name=resnet"] if "model" in arg else []
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, extra + [arg])
+
+
+def test_yaml_booleans_for_text_keys():
+    # on the command line the text is taken as typed, so the suggested form works
+    cfg = load_config(None, ["--model.name=gpt", "--model.mlp=off", "--run.name=2024", "--run.dir=012"])
+    assert cfg.model.args["mlp"] == "off" and cfg.run.name == "2024" and cfg.run.dir == "012"
+    # in a recipe YAML already made it a boolean: refused, with the hint to quote it
+    with pytest.raises(ConfigError) as e:
+        from layerwise.config import Config, merge
+        merge(Config(), {"train": {"eval_tta": False}}, "recipe r.yaml")
+    msg = str(e.value)
+    assert "train.eval_tta" in msg and "boolean" in msg and 'eval_tta: "' in msg and "--train.eval_tta=VALUE" in msg
+
+
+def test_sweep_spec_numbers_are_coerced(tmp_path):
+    from layerwise.scaling.sweep import load_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("axes:\n  steps: ['--train.max_steps=1e1', '--optim.betas=[9e-1,0.99]']\n"
+                    "budget_seconds: 1e3\n")
+    s = load_spec(spec)
+    assert s.budget_seconds == 1000.0
+    from layerwise.scaling.sweep import plan
+    points = plan(s)
+    assert points[0].config.train.max_steps == 10 and points[1].config.optim.betas == [0.9, 0.99]

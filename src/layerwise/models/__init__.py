@@ -8,7 +8,7 @@
 from .base import Model
 from .convnet import ConvNet, convnet_cost
 from .mlp import MLP, mlp_cost
-from .registry import create_model, list_models, model_args, register_model
+from .registry import create_model, list_models, model_arg_types, model_args, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet_cost
 from .transformer import GPT, ViT
 
@@ -25,6 +25,7 @@ __all__ = [
     "create_model",
     "list_models",
     "mlp_cost",
+    "model_arg_types",
     "model_args",
     "register_model",
     "resnet_cost",

@@ -13,14 +13,16 @@ silently ignored.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from ..nn import unknown_choice_error
 from .base import Model
 
-__all__ = ["create_model", "list_models", "model_args", "register_model"]
+__all__ = ["create_model", "list_models", "model_arg_types", "model_args", "register_model"]
 
 Factory = TypeVar("Factory", bound=Callable[..., Model])
 
@@ -71,6 +73,19 @@ def model_args(name: str) -> dict[str, Any]:
     excluded). Tuple-valued arguments also accept lists."""
     params = inspect.signature(_factory(name)).parameters
     return {k: p.default for k, p in params.items() if k not in _REQUIRED}
+
+
+def model_arg_types(name: str) -> dict[str, Any]:
+    """Declared types of model `name`'s arguments (e.g. ``tuple[int, ...]`` for widths), from the
+    factory's annotations; an argument without one is typed by its default (Any for None)."""
+    fn = _factory(name)
+    while isinstance(fn, functools.partial):  # size presets are partials of the family's factory
+        fn = fn.func
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # an annotation that cannot be resolved: fall back to the defaults' types
+        hints = {}
+    return {k: hints.get(k, Any if v is None else type(v)) for k, v in model_args(name).items()}
 
 
 def _check_value(model: str, key: str, value: Any, default: Any) -> Any:

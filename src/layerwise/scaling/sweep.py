@@ -61,7 +61,7 @@ from typing import Any
 import yaml
 
 from layerwise.choices import closest
-from layerwise.config import Config, ConfigError, load_config, parse_override
+from layerwise.config import Config, ConfigError, coerce, load_config, parse_override
 from layerwise.scaling.table import ScalingError, write_table
 
 SPEC_KEYS = ("base", "overrides", "axes", "metric", "params", "budget_seconds")
@@ -181,6 +181,11 @@ def load_spec(path: str | Path) -> SweepSpec:
         hint = f" Did you mean '{match}'?" if match else ""
         raise ScalingError(f"sweep spec '{path}': params {params!r} is not one of {', '.join(PARAM_MODES)}.{hint}")
     budget = raw.get("budget_seconds")
+    if budget is not None:
+        try:  # typed like a config value: YAML 1.1 reads 1e3 as the string '1e3'
+            budget = coerce("budget_seconds", budget, float)
+        except ConfigError:
+            pass  # refused just below, in the spec's own words
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ScalingError(f"sweep spec '{path}': budget_seconds must be a positive number of seconds, "
                            f"got {budget!r}.")
