@@ -1,6 +1,7 @@
 """The Trainer's promises, each asserted on real (small) runs on the digits dataset."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -75,6 +76,81 @@ def test_one_bad_step_is_skipped_and_counted(overrides_for):
     assert summary["skipped_steps"] == 1
     assert summary["test_accuracy"] >= 0.9  # training went on normally
     assert json.loads((t.run_dir / "summary.json").read_text())["skipped_steps"] == 1
+    # the skipped step's NaN loss stays out of the logged averages; its interval says it skipped one
+    train = [r for r in t.log.records if r["kind"] == "train"]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["accuracy"]) for r in train)
+    assert [r["skipped"] for r in train].count(1) == 1 and sum(r["skipped"] for r in train) == 1
+    hit = next(r for r in train if r["skipped"])
+    assert hit["step"] == 20 and hit["skipped_steps"] == 1  # step 10 of 23 per epoch, logged at step 20
+
+
+def _overflowing_scaler(monkeypatch, init_scale: float = 2.0**127):
+    """fp16's loss scaler on the CPU, starting so high that the scaled gradients overflow fp32:
+    the first steps overflow and are skipped while the scale halves, as fp16 on a GPU does."""
+    import layerwise.train.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "grad_scaler",
+                        lambda device, precision: torch.amp.GradScaler("cpu", init_scale=init_scale))
+
+
+def _large_gradients(t: Trainer) -> None:
+    """Logits x 1000: finite losses, gradients large enough that 2^127 x them overflows."""
+    inner = t.forward
+    t.forward = lambda x: inner(x) * 1000.0
+
+
+def test_fp16_overflow_steps_are_counted_and_touch_no_weight_average(overrides_for, monkeypatch):
+    _overflowing_scaler(monkeypatch)
+    t = _trainer(overrides_for, "--train.max_steps=12", "--train.log_every=1", "--train.ema_decay=0.9",
+                 "--train.lookahead_every=1", "--train.lookahead_start=0")
+    _large_gradients(t)
+    calls = {"lookahead": 0}
+    after = t.lookahead.after_step
+    t.lookahead.after_step = lambda step: (calls.__setitem__("lookahead", calls["lookahead"] + 1), after(step))
+    before = {"w": _weights(t)}
+    unchanged = []
+    step = t._optimizer_step
+
+    def watched(step_loss, grad_norm):
+        w0 = _weights(t)
+        step(step_loss, grad_norm)
+        unchanged.append(all(w0[k].equal(v) for k, v in _weights(t).items()))
+    t._optimizer_step = watched
+    summary = t.fit()
+    halvings = round(math.log2(2.0**127 / t.scaler.get_scale()))
+    assert summary["skipped_steps"] == summary["overflow_steps"] == halvings >= 1
+    assert unchanged[:halvings] == [True] * halvings and not any(unchanged[halvings:])
+    assert t.ema.updates == 12 - halvings and calls["lookahead"] == 12 - halvings
+    train = [r for r in t.log.records if r["kind"] == "train"]
+    assert [r["skipped"] for r in train] == [1] * halvings + [0] * (12 - halvings)
+    assert all(r["loss"] is None for r in train[:halvings])  # nothing was learned in those steps
+    assert all(math.isfinite(r["loss"]) for r in train[halvings:])
+    assert before["w"].keys() == _weights(t).keys()
+
+
+def test_fp16_overflow_counts_survive_resume(overrides_for, monkeypatch, tmp_path):
+    _overflowing_scaler(monkeypatch)
+    args = ("--train.max_steps=12", "--run.checkpoint_every=1", "--run.keep_checkpoints=20", "--train.ema_decay=0.9")
+    full = _trainer(overrides_for, *args)
+    _large_gradients(full)
+    full.fit()
+    run = tmp_path / "cut"
+    cut = Trainer(load_config(None, overrides_for(*MLP, *args, f"--run.dir={run}")), show_progress=False)
+    _large_gradients(cut)
+    cut.fit()
+    # keep the checkpoint of step 1 (inside the overflow phase), as if the run had been killed there
+    for f in (run / "checkpoints").glob("step_*"):
+        if not f.name.startswith("step_00000001"):
+            f.unlink()
+    (run / "summary.json").unlink()
+    resumed = Trainer(load_config(run / "config.yaml"), run, resume=True, show_progress=False)
+    assert resumed.step == 1 and resumed.skipped_steps == 1
+    _large_gradients(resumed)
+    summary = resumed.fit()
+    assert summary["skipped_steps"] == full.skipped_steps and summary["overflow_steps"] == full.overflow_steps
+    assert resumed.scaler.get_scale() == full.scaler.get_scale()
+    wf, wr = _weights(full), _weights(resumed)
+    assert all(wf[k].equal(wr[k]) for k in wf)
 
 
 def test_diverging_run_stops_with_a_clear_error(overrides_for):

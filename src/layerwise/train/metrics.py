@@ -14,21 +14,47 @@ class Accumulator:
 
     Adding never syncs with the host (no ``.item()``, no host-to-device copy); ``read()`` does, and
     the Trainer calls it only at log intervals, so the GPU is never stalled by a per-step read.
+
+    The Trainer stages each micro-batch of a step (:meth:`stage`) and, once it knows whether the
+    step was taken, commits them (:meth:`commit`) or drops them (:meth:`drop`): a skipped step (a non-finite loss or
+    gradient, an fp16 overflow) never enters the averages; it is counted apart (``skipped``).
     """
 
     def __init__(self, device: torch.device, reduce=None):
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss_sum, correct
         self.count = 0
+        self.staged = torch.zeros(2, dtype=torch.float64, device=device)  # the step being decided
+        self.staged_count = 0
+        self.skipped = 0  # steps dropped since the last read
         self.reduce = reduce  # e.g. Parallel.sum: totals over the data-parallel ranks
 
-    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, count: int | None = None) -> None:
-        """logits (N, C) and targets y: (N,) class ids or (N, C) soft targets (mixup, cutmix),
-        whose argmax counts as the label. N is examples, or tokens for a language model. Targets
-        of -100 (padding) are never correct; ``count`` then gives the real targets (default N)."""
+    def stage(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, count: int | None = None) -> None:
+        """Hold one micro-batch's sums until :meth:`commit` or :meth:`drop`. logits (N, C) and
+        targets y: (N,) class ids or (N, C) soft targets (mixup, cutmix), whose argmax counts as
+        the label. N is examples, or tokens for a language model. Targets of -100 (padding) are
+        never correct; ``count`` then gives the real targets (default N)."""
         label = y.argmax(-1) if y.is_floating_point() else y
         correct = (logits.argmax(-1) == label).sum()
-        self.sums += torch.stack([loss_sum.detach().double(), correct.double()])
-        self.count += len(y) if count is None else count
+        self.staged += torch.stack([loss_sum.detach().double(), correct.double()])
+        self.staged_count += len(y) if count is None else count
+
+    def commit(self) -> None:
+        """Fold the staged micro-batches into the sums (the step was taken)."""
+        self.sums += self.staged
+        self.count += self.staged_count
+        self.staged.zero_()
+        self.staged_count = 0
+
+    def drop(self) -> None:
+        """Forget the staged micro-batches (the step was skipped) and count the skipped step."""
+        self.staged.zero_()
+        self.staged_count = 0
+        self.skipped += 1
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, count: int | None = None) -> None:
+        """:meth:`stage` and :meth:`commit` at once (evaluation, where nothing is skipped)."""
+        self.stage(loss_sum, logits, y, count)
+        self.commit()
 
     def totals(self) -> tuple[torch.Tensor, int]:
         """(sums, count) over every rank (a collective when ``reduce`` is set: all ranks call it)."""
@@ -37,20 +63,26 @@ class Accumulator:
         both = self.reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]))
         return both[:2], int(round(both[2].item()))
 
-    def read(self, reset: bool = True) -> dict[str, float]:
+    def read(self, reset: bool = True) -> dict[str, float | None]:
+        """Means over the committed examples (None when there are none, e.g. every step of the
+        interval was skipped), their count, and the steps skipped since the last read."""
         sums, n = self.totals()
         loss, correct = sums.tolist()
+        out = {"loss": loss / n if n else None, "accuracy": correct / n if n else None, "examples": n,
+               "skipped": self.skipped}
         if reset:
             self.sums.zero_()
             self.count = 0
-        return {"loss": loss / max(n, 1), "accuracy": correct / max(n, 1), "examples": n}
+            self.skipped = 0
+        return out
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums, "count": self.count}
+        return {"sums": self.sums, "count": self.count, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
         self.sums.copy_(state["sums"])
         self.count = int(state["count"])
+        self.skipped = int(state.get("skipped", 0))
 
 
 class MetricsLog:
@@ -102,10 +134,10 @@ def plot_metrics(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     written = []
     for key, label in (("loss", "cross-entropy loss"), ("accuracy", "accuracy"), ("lr", "learning rate")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        if train and key in train[0]:
-            ax.plot([r["step"] for r in train], [r[key] for r in train], label="train")
-        if test and key in test[0]:
-            ax.plot([r["step"] for r in test], [r[key] for r in test], "o-", label="test")
+        for rows, style, label in ((train, "-", "train"), (test, "o-", "test")):
+            rows = [r for r in rows if r.get(key) is not None]  # an interval of skipped steps has none
+            if rows:
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], style, label=label)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(label)
         if key == "loss":

@@ -85,7 +85,7 @@ def _no_decay_param_ids(model: nn.Module) -> set[int]:
     # timm's convention: a model may name extra parameters to exclude (pos_embed, cls_token).
     hook = getattr(model, "no_weight_decay", None)
     if callable(hook):
-        named = dict(model.named_parameters())
+        named = dict(model.named_parameters(remove_duplicate=False))  # a tied weight by any of its names
         for pname in hook():
             if pname not in named:
                 raise ValueError(

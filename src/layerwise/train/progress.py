@@ -10,6 +10,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 
+def _fmt(v: float | None) -> str:
+    """A metric for the display: 4 decimals, or '-' for an interval in which every step was skipped."""
+    return "-" if v is None else f"{v:.4f}"
+
+
 class ProgressDisplay:
     """``update()`` is called at log intervals only; on a non-terminal it prints one line each."""
 
@@ -34,14 +39,14 @@ class ProgressDisplay:
 
     def update(self, step: int, epoch: float, metrics: dict[str, Any]) -> None:
         """New metrics at a log interval: refresh the bar's text, or print one plain line."""
+        loss, acc = (_fmt(metrics.get(k)) for k in ("loss", "accuracy"))
+        skipped = f" ({metrics['skipped']} skipped)" if metrics.get("skipped") else ""
         if self.bar is not None:
-            info = (f"loss {metrics['loss']:.4f} acc {metrics['accuracy']:.4f} "
-                    f"{metrics['examples_per_sec']:.0f} ex/s")
+            info = f"loss {loss} acc {acc} {metrics['examples_per_sec']:.0f} ex/s{skipped}"
             self.bar.update(self.task, completed=step, info=info)
         elif self.enabled:
-            print(f"step {step}/{self.total} epoch {epoch:.2f} loss {metrics['loss']:.4f} "
-                  f"acc {metrics['accuracy']:.4f} lr {metrics['lr']:.3g} "
-                  f"{metrics['examples_per_sec']:.0f} ex/s", flush=True)
+            print(f"step {step}/{self.total} epoch {epoch:.2f} loss {loss} acc {acc} lr {metrics['lr']:.3g} "
+                  f"{metrics['examples_per_sec']:.0f} ex/s{skipped}", flush=True)
 
     def message(self, text: str) -> None:
         if self.bar is not None:

@@ -105,7 +105,8 @@ class Trainer:
         # loop state (all of it goes into checkpoints)
         self.step = 0
         self.bad_steps = 0  # consecutive
-        self.skipped_steps = 0  # total
+        self.skipped_steps = 0  # total, of both kinds
+        self.overflow_steps = 0  # of which fp16 loss-scale overflows
         self.examples_seen = 0
         self.train_seconds = 0.0
         self.acc = Accumulator(self.device, reduce=self.par.sum if self.par.enabled else None)
@@ -275,7 +276,7 @@ class Trainer:
                         loss = loss_sum / n
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                     step_loss += loss_sum.detach()
-                    self.acc.add(loss_sum, logits.detach(), y)
+                    self.acc.stage(loss_sum, logits.detach(), y)  # counted once the step is taken
                 grad_norm = self._clip(o.clip_grad_norm)
                 self._optimizer_step(step_loss, grad_norm)
                 self.step += 1
@@ -339,11 +340,20 @@ class Trainer:
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a replicated DTensor
 
     def _optimizer_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        # The one host sync per step: the skip decision must be made before the update.
-        # With fp16 an overflowing *gradient* is the scaler's business (it skips and lowers the
-        # scale); only a non-finite *loss* counts as a bad step there.
-        finite = torch.isfinite(step_loss) if self.scaler else torch.isfinite(step_loss) & torch.isfinite(grad_norm)
-        if bool(finite):
+        """Take the step, or skip it when its loss or gradient is not finite.
+
+        The one host sync per step: the decision must be made before the update. A skipped step
+        leaves the weights, the weight averages (EMA, lookahead) and the metric averages alone and
+        is counted in ``skipped_steps``. Two kinds: with fp16 an overflowing *gradient* under a
+        finite loss is the loss scaler's business (it lowers the scale and the next step usually
+        fits), so it is counted but never stops the run; a non-finite *loss*, or a non-finite
+        gradient without a scaler, is a bad step, and ``train.max_bad_steps`` of them in a row
+        stop it. The learning-rate schedule and lookahead follow the attempted steps
+        (``self.step``), the EMA's warm-up its taken updates; both are saved, so a resumed run
+        agrees."""
+        loss_ok = torch.isfinite(step_loss)
+        taken = bool(loss_ok & torch.isfinite(grad_norm))
+        if taken:
             if self.scaler:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
@@ -354,20 +364,30 @@ class Trainer:
             if self.lookahead is not None:
                 self.lookahead.after_step(self.step + 1)  # self.step counts the steps before this one
             self.bad_steps = 0
-        else:
-            if self.scaler:
-                self.scaler.update()
-            self.bad_steps += 1
-            self.skipped_steps += 1
-            self.display.message(f"warning: step {self.step} has a non-finite loss or gradient "
-                                 f"(loss {step_loss.item():.4g}); skipped ({self.bad_steps} in a row)")
-            if self.bad_steps >= self.cfg.train.max_bad_steps:
-                raise TrainingDiverged(
-                    f"training stopped at step {self.step}: {self.bad_steps} consecutive steps had a NaN "
-                    f"or Inf loss or gradient ({self.skipped_steps} skipped in all). Lower optim.lr, set "
-                    f"optim.clip_grad_norm, check the data for NaN values, or use precision fp32. The "
-                    f"last good checkpoint is in {self.ckpt_dir} (resume with --resume {self.run_dir}).")
+            self.acc.commit()
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        self.acc.drop()
+        self.skipped_steps += 1
+        if self.scaler and bool(loss_ok):  # fp16 overflow: update() halves the scale (unscale_ saw the inf)
+            self.scaler.update()
+            self.overflow_steps += 1
+            self.display.message(f"step {self.step}: fp16 gradient overflow, step skipped and loss scale "
+                                 f"lowered to {self.scaler.get_scale():g} ({self.skipped_steps} skipped in all)")
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        if self.scaler:
+            self.scaler.update()
+        self.bad_steps += 1
+        self.display.message(f"warning: step {self.step} has a non-finite loss or gradient "
+                             f"(loss {step_loss.item():.4g}); skipped ({self.bad_steps} in a row)")
         self.optimizer.zero_grad(set_to_none=True)
+        if self.bad_steps >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged(
+                f"training stopped at step {self.step}: {self.bad_steps} consecutive steps had a NaN "
+                f"or Inf loss or gradient ({self.skipped_steps} skipped in all). Lower optim.lr, set "
+                f"optim.clip_grad_norm, check the data for NaN values, or use precision fp32. The "
+                f"last good checkpoint is in {self.ckpt_dir} (resume with --resume {self.run_dir}).")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -406,8 +426,9 @@ class Trainer:
 
     def _log_train(self, lr: float, rate: float) -> None:
         m = self.acc.read()
+        # loss and accuracy average the steps taken in this interval ("skipped" were left out)
         rec = {"kind": "train", "step": self.step, "epoch": round(self.epoch, 4), "loss": m["loss"],
-               "accuracy": m["accuracy"], "lr": lr, "examples_per_sec": rate,
+               "accuracy": m["accuracy"], "lr": lr, "examples_per_sec": rate, "skipped": m["skipped"],
                "skipped_steps": self.skipped_steps}
         self.log.write(rec)
         self.display.update(self.step, self.epoch, rec)
@@ -433,8 +454,10 @@ class Trainer:
         sums, count = self.acc.totals()
         return {
             "step": self.step, "bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps,
+            "overflow_steps": self.overflow_steps,
             "examples_seen": self.examples_seen, "train_seconds": self.train_seconds,
-            "loader": self.train_loader.state_dict(), "metrics": {"sums": sums.tolist(), "count": count},
+            "loader": self.train_loader.state_dict(),
+            "metrics": {"sums": sums.tolist(), "count": count, "skipped": self.acc.skipped},
             "scaler": self.scaler.state_dict() if self.scaler else None,
         }
 
@@ -507,7 +530,8 @@ class Trainer:
             if self.lookahead is not None and state.get("lookahead") is not None:
                 self.lookahead.load_state_dict(state["lookahead"])
             sums, count = state["metrics"]["sums"], state["metrics"]["count"]
-            state["metrics"] = {"sums": torch.as_tensor(sums).tolist(), "count": count}
+            state["metrics"] = {"sums": torch.as_tensor(sums).tolist(), "count": count,
+                                "skipped": state["metrics"].get("skipped", 0)}
             return state, state["rng"] if not self.par.enabled else None
 
         (state, rng), path = ckpt.load_newest(self.ckpt_dir, dcp_ckpt.all_checkpoints(self.ckpt_dir), load_one)
@@ -517,8 +541,10 @@ class Trainer:
         if self.par.is_rank0:  # the metric sums were saved over all ranks: rank 0 carries them on
             self.acc.sums.copy_(torch.tensor(state["metrics"]["sums"], dtype=torch.float64))
             self.acc.count = int(state["metrics"]["count"])
+            self.acc.skipped = int(state["metrics"].get("skipped", 0))
         for k in ("step", "bad_steps", "skipped_steps", "examples_seen"):
             setattr(self, k, int(state[k]))
+        self.overflow_steps = int(state.get("overflow_steps", 0))
         self.train_seconds = float(state["train_seconds"])
         if rng is not None:
             torch.set_rng_state(rng["torch"].cpu())
@@ -552,6 +578,7 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 3), "params": model.num_params(),
             "flops_per_example": model.flops_per_example(), "examples_seen": self.examples_seen,
             "steps": self.step, "epochs": round(self.epoch, 4), "skipped_steps": self.skipped_steps,
+            **({"overflow_steps": self.overflow_steps} if self.scaler else {}),
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "device": str(self.device),
             "precision": self.cfg.train.precision, "run_dir": str(self.run_dir),
         }
