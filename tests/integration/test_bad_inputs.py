@@ -124,3 +124,58 @@ def test_nan_in_a_numeric_column_is_refused_naming_column_and_line(tmp_path):
     out = train(tmp_path / "run", "--data.name=csv", f"--data.path={tmp_path / 't.csv'}")
     assert_refused(out, 1, tmp_path / "run", str(tmp_path / "t.csv"), "line 8", "column 'height'",
                    "data.on_error=skip")
+
+
+# ------------------------------------------------------------------ checks before the run starts
+def _rows_csv(path: Path, n: int) -> None:
+    rng = np.random.default_rng(0)
+    lines = ["a,b,label"] + [f"{rng.normal():.3f},{rng.normal():.3f},{i % 2}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_one_example_batch_for_batch_norm_is_refused_before_the_run(tmp_path):
+    # 17 training rows, batch 16: the last batch of each epoch holds one row, and BatchNorm needs two
+    (tmp_path / "t").mkdir()
+    _rows_csv(tmp_path / "t" / "train.csv", 17)
+    _rows_csv(tmp_path / "t" / "test.csv", 6)
+    data = ("--data.name=csv", f"--data.path={tmp_path / 't'}", "--data.batch_size=16")
+    out = train(tmp_path / "run", *data, model=("--model.name=mlp", "--model.width=8", "--model.norm=batch"))
+    assert_refused(out, 2, tmp_path / "run", "data.batch_size=16", "one example", "BatchNorm",
+                   "--data.drop_last=true", "--data.batch_size=15", "--data.batch_size=17")
+    # either fix works: drop the tail, or a batch size that leaves none
+    for fix in ("--data.drop_last=true", "--data.batch_size=17"):
+        ok = lw("train", "--model.name=mlp", "--model.width=8", "--model.norm=batch", *data, fix,
+                "--train.epochs=2", *QUIET, f"--run.dir={tmp_path / fix[7:16]}")
+        assert ok.returncode == 0, ok.stderr[-2000:]
+    # a model without batch statistics trains on the one-example batch as it is
+    ok = lw("train", *MLP, *data, "--train.epochs=2", *QUIET, f"--run.dir={tmp_path / 'plain'}")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["steps"] == 4
+
+
+def test_preflight_arithmetic_over_micro_batches_and_ranks():
+    from layerwise.config import load_config
+    from layerwise.models import create_model
+    from layerwise.train.preflight import check_training_batches, micro_batch_sizes
+
+    assert micro_batch_sizes(17, 16, False) == {16, 1} and micro_batch_sizes(17, 16, True) == {16}
+    assert micro_batch_sizes(5, 16, False) == {5} and micro_batch_sizes(5, 16, True) == set()
+
+    class Loader:  # what a loader on rank r of dp ranks reports
+        def __init__(self, n, dp, micro, drop=False):
+            self.examples_per_rank, self.batch_size, self.drop_last = -(-n // dp), micro, drop
+
+    bn = create_model("resnet-digits", in_shape=(1, 8, 8), num_classes=10)
+    cfg = load_config(None, ["--data.batch_size=16", "--train.grad_accum=2"])
+    from layerwise.config import ConfigError
+    # 33 examples on 2 ranks: 17 per rank, micro-batches of 16 / (2 * 2) = 4 -> 4 x 4 + 1
+    with pytest.raises(ConfigError, match="on each of 2 data-parallel ranks gives micro-batches of 4"):
+        check_training_batches(Loader(33, 2, 4), bn, cfg, 2)
+    check_training_batches(Loader(36, 2, 4), bn, cfg, 2)  # 18 per rank: 4 x 4 + 2 is fine
+    check_training_batches(Loader(33, 2, 4, drop=True), bn, cfg, 2)  # the single example is dropped
+    mlp = create_model("mlp", in_shape=(1, 8, 8), num_classes=10)
+    check_training_batches(Loader(33, 2, 4), mlp, cfg, 2)  # no batch statistics: fine
+    with pytest.raises(ConfigError, match="every micro-batch holds one example"):
+        check_training_batches(Loader(40, 1, 1), bn, load_config(None, ["--data.batch_size=1"]), 1)
+    with pytest.raises(ConfigError, match="no batch at all"):
+        check_training_batches(Loader(3, 1, 4, drop=True), mlp, cfg, 1)

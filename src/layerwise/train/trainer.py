@@ -35,6 +35,7 @@ from layerwise.train.evaluation import evaluate_loader, flatten_targets, is_imag
 from layerwise.train.metrics import Accumulator, MetricsLog, plot_metrics
 from layerwise.train.optim import build_optimizer
 from layerwise.train.precision import autocast, grad_scaler
+from layerwise.train.preflight import check_training_batches
 from layerwise.train.progress import ProgressDisplay
 from layerwise.train.run import environment, new_run_dir, save_model, write_json
 from layerwise.train.schedule import EarlyEpochs, apply_lr, lr_multiplier
@@ -89,6 +90,7 @@ class Trainer:
             raise ConfigError(f"train.eval_tta={t.eval_tta} flips and shifts images, but dataset "
                               f"'{self.info.name}' is not images. Set --train.eval_tta=none.")
         self._build_model(resume)
+        check_training_batches(self.train_loader, self.model, cfg, self.par.dp_size)  # before any file exists
 
         self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
