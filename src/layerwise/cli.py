@@ -199,6 +199,9 @@ def _launch(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}.")
     cfg = load_config(Path(args.resume) / "config.yaml" if args.resume else args.recipe, overrides)
+    if args.resume:  # refused overrides are said once, here, not by every rank
+        from layerwise.train.trainer import check_resume
+        check_resume(args.resume, cfg)
     nnodes = int(str(args.nnodes).split(":")[-1])
     # a bad mesh fails here, before any process starts
     ParallelDims.build(cfg.dist.strategy, args.nproc * nnodes, cfg.dist.tp, cfg.dist.dp_replicate)

@@ -439,7 +439,68 @@ DIST_STRATEGIES = ("auto", "none", "ddp", "fsdp", "tp", "fsdp+tp")
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the resolved config as YAML, atomically (a resumed run rewrites it in place)."""
+    from layerwise.train.checkpoint import atomic_write  # train sits below config's users
+
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+
+
+# Keys that say where, how fast, how verbosely or how often a run trains, evaluates and saves, but
+# not what it learns: a resumed run may change them (and a scaling sweep ignores them when it
+# compares a finished run with its spec). Every other key changes the trajectory: the loader's
+# place is counted in batches of data.batch_size, the schedule in steps of train.epochs x
+# steps per epoch, the weights come from model.* and optim.*.
+RESUMABLE_KEYS = ("run.*", "dist.*", "train.device", "train.threads", "train.log_every", "train.eval_every",
+                  "train.eval_every_steps", "train.eval_tta", "train.max_bad_steps", "train.compile",
+                  "train.channels_last", "data.root", "data.download", "data.workers", "data.loader",
+                  "data.eval_batch_size")
+
+
+def is_resumable(key: str) -> bool:
+    """Whether config key ``section.key`` may change when a run is resumed (:data:`RESUMABLE_KEYS`)."""
+    return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in RESUMABLE_KEYS)
+
+
+def flat_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config in :meth:`Config.to_dict` form -> {"section.key": value}; the model's arguments
+    with their registry defaults filled in, so that naming a default changes nothing."""
+    from layerwise.models import list_models, model_args
+
+    out = {}
+    for section, values in d.items():
+        values = dict(values or {})
+        if section == "model" and values.get("name") in list_models():
+            values = {"name": values["name"], **model_args(values["name"]), **values}
+        out.update({f"{section}.{k}": v for k, v in values.items()})
+    return out
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{"section.key": (old value, new value)} for every key whose value differs between two
+    configs in :meth:`Config.to_dict` form (a key only one has counts as changed)."""
+    a, b = flat_config(old), flat_config(new)
+    missing = object()
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+            if _plain(a.get(k, missing)) != _plain(b.get(k, missing))}
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def refuse_trajectory_changes(changes: dict[str, tuple[Any, Any]], what: str, run_dir: Path | str) -> None:
+    """ConfigError listing the changes a resumed run cannot take (``what`` starts the message: where
+    they come from); the others are allowed."""
+    bad = {k: v for k, v in changes.items() if not is_resumable(k)}
+    if not bad:
+        return
+    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in bad.items())
+    raise ConfigError(
+        f"{what}: {listed}. These change what the run learns, so the run in '{run_dir}' cannot be resumed "
+        f"with them. A resumed run continues exactly the run that was started (its loader position is counted in "
+        f"batches of the saved data.batch_size and train.grad_accum, its learning-rate schedule in the saved "
+        f"number of steps). Resume without them, or start a new run with the new settings. Settings that "
+        f"do not change what the run learns may differ: {', '.join(RESUMABLE_KEYS)}.")
 
 
 def help_text() -> str:

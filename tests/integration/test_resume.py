@@ -105,3 +105,79 @@ def test_no_valid_checkpoint_is_a_clear_error(tmp_path):
     assert "no usable checkpoint" in out.stderr and "Traceback" not in out.stderr
     # the earlier results are still there
     assert (run_dir / "metrics.jsonl").stat().st_size > 0 and (run_dir / "config.yaml").is_file()
+
+
+# ------------------------------------------------------------------ resuming with other settings
+SMALL = ["train", "--model.name=mlp", "--model.width=32", "--data.batch_size=16", "--train.max_steps=30",
+         "--train.threads=1", "--run.checkpoint_every=10", "--run.keep_checkpoints=5", "--run.plots=false",
+         "--run.tensorboard=false", "--quiet"]
+
+
+def _lw(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layerwise", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def interrupted(tmp_path) -> tuple[Path, dict]:
+    """A finished 30-step run (its weights), and a copy made to look killed after step 20."""
+    ref = tmp_path / "ref"
+    assert _lw(*SMALL, f"--run.dir={ref}").returncode == 0
+    run = tmp_path / "run"
+    assert _lw(*SMALL, f"--run.dir={run}").returncode == 0
+    for f in ("summary.json", "model.safetensors"):
+        (run / f).unlink()
+    for f in (run / "checkpoints").glob("step_00000030.*"):
+        f.unlink()
+    return run, load_file(str(ref / "model.safetensors"))
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_settings_that_change_the_trajectory(interrupted):
+    run, _ = interrupted
+    before = _snapshot(run)
+    out = _lw("train", "--resume", str(run), "--data.batch_size=32", "--train.grad_accum=2", "--optim.lr=0.1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    for needle in ("data.batch_size: 16 -> 32", "train.grad_accum: 1 -> 2", "optim.lr: 0.003 -> 0.1",
+                   "cannot be resumed", "start a new run"):
+        assert needle in out.stderr, (needle, out.stderr)
+    assert _snapshot(run) == before  # nothing written, nothing lost
+
+
+def test_resume_takes_harmless_settings_records_them_and_ends_identical(interrupted):
+    run, reference = interrupted
+    out = _lw("train", "--resume", str(run), "--train.log_every=7", "--run.plots=true", "--data.workers=0")
+    assert out.returncode == 0, out.stderr
+    _assert_identical(reference, load_file(str(run / "model.safetensors")))
+    import yaml
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["log_every"] == 7 and cfg["run"]["plots"] is True and cfg["data"]["workers"] == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if r["kind"] == "resume"]
+    assert resumed == [{"kind": "resume", "step": 20, "from": "step_00000020.pt",
+                        "changed": {"data.workers": [2, 0], "run.plots": [False, True], "train.log_every": [20, 7]}}]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [20, 21, 28, 30]  # log_every 20, then 7
+    assert (run / "plots" / "loss.png").is_file()
+
+
+def test_a_hand_edited_config_is_checked_against_the_checkpoint(interrupted):
+    run, _ = interrupted
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("batch_size: 16", "batch_size: 32"))
+    out = _lw("train", "--resume", str(run))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "step_00000020.pt" in out.stderr and "data.batch_size: 16 -> 32" in out.stderr
+
+
+def test_a_torn_metrics_line_from_a_kill_does_not_stop_resume(interrupted):
+    run, reference = interrupted
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 2')  # the process died while appending this record
+    out = _lw("train", "--resume", str(run))
+    assert out.returncode == 0, out.stderr
+    assert "incomplete line" in out.stderr
+    _assert_identical(reference, load_file(str(run / "model.safetensors")))
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)

@@ -61,17 +61,13 @@ from typing import Any
 import yaml
 
 from layerwise.choices import closest
-from layerwise.config import Config, ConfigError, coerce, load_config, parse_override
+from layerwise.config import Config, ConfigError, coerce, is_resumable, load_config, parse_override
 from layerwise.scaling.table import ScalingError, write_table
 
 SPEC_KEYS = ("base", "overrides", "axes", "metric", "params", "budget_seconds")
 PARAM_MODES = ("non_embedding", "total")
 # columns the sweep writes itself; an axis may not take one of these names
 TABLE_COLUMNS = ("name", "params", "params_total", "data", "compute", "compute_flops", "loss", "train_seconds")
-# config keys that say where, how fast and how verbosely a run trains, not what it learns: a resumed
-# sweep may change them (e.g. another data.root or device) without its finished runs counting as
-# stale. The whole run section is of this kind (the Trainer also fills in run.name).
-PLACEMENT_KEYS = ("train.device", "train.threads", "train.log_every", "data.root", "data.workers")
 _AXIS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -309,10 +305,11 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def config_differences(cfg: Config, run_dir: Path) -> list[str]:
     """Keys (``section.key: saved -> planned``) where the config saved in ``run_dir`` differs from
-    ``cfg``, leaving out `PLACEMENT_KEYS` and the run section; a YAML round trip puts both in the same types."""
+    ``cfg``, leaving out the keys that do not change what a run learns (``config.RESUMABLE_KEYS``: the
+    run section, data.root, the device, ...); a YAML round trip puts both in the same types."""
     saved = _flat(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
     planned = _flat(yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
-    keys = [k for k in dict.fromkeys([*planned, *saved]) if k not in PLACEMENT_KEYS and not k.startswith("run.")]
+    keys = [k for k in dict.fromkeys([*planned, *saved]) if not is_resumable(k)]
     return [f"{k}: {saved.get(k)!r} -> {planned.get(k)!r}" for k in keys if saved.get(k) != planned.get(k)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +101,26 @@ class MetricsLog:
                 self.tb = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume: keep the records up to the checkpoint's step, drop the ones it will redo."""
-        if self.enabled and self.path.is_file():
-            keep = [r for r in map(json.loads, self.path.read_text().splitlines()) if r["step"] <= step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-            self.records = keep
+        """On resume: keep the records up to the checkpoint's step, drop the ones it will redo. A
+        line that is not a whole record (the process was killed while appending it) is dropped
+        with a warning; the file is rewritten atomically."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        from layerwise.train.checkpoint import atomic_write
+
+        keep, torn = [], 0
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                r = json.loads(line)
+                if r["step"] <= step:
+                    keep.append(r)
+            except (ValueError, TypeError, KeyError):
+                torn += line.strip() != ""
+        if torn:
+            warnings.warn(f"{self.path}: dropped {torn} incomplete line(s), as a run killed while writing "
+                          f"leaves; the records of the steps it redoes are written again", stacklevel=2)
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        self.records = keep
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

@@ -73,6 +73,8 @@ class Trainer:
         if not cfg.run.name:
             cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=cfg.data.name))
         self.cfg = cfg
+        if resume:  # only settings that do not change what the run learns may differ (config.RESUMABLE_KEYS)
+            self._resume_changes = check_resume(run_dir, cfg)
         if t.threads:
             torch.set_num_threads(t.threads)
         # the ranks and the mesh (a single process is the trivial case); a bad mesh fails here
@@ -135,7 +137,7 @@ class Trainer:
             self._load_checkpoint()
         self.display = ProgressDisplay(self.total_steps, self.step, enabled=show_progress and self.par.is_rank0)
         if resume:
-            self.display.message(f"resumed from {self.resumed_from} at step {self.step}/{self.total_steps}")
+            self._record_resume()
 
     def _check_parallel(self) -> None:
         """Refuse what the chosen strategy cannot train, before data or model are built."""
@@ -461,6 +463,7 @@ class Trainer:
             "loader": self.train_loader.state_dict(),
             "metrics": {"sums": sums.tolist(), "count": count, "skipped": self.acc.skipped},
             "scaler": self.scaler.state_dict() if self.scaler else None,
+            "config": self.cfg.to_dict(),  # what the run was trained with up to here (checked on resume)
         }
 
     def _rng_state(self) -> dict[str, Any]:
@@ -537,6 +540,11 @@ class Trainer:
             return state, state["rng"] if not self.par.enabled else None
 
         (state, rng), path = ckpt.load_newest(self.ckpt_dir, dcp_ckpt.all_checkpoints(self.ckpt_dir), load_one)
+        if state.get("config"):  # config.yaml edited by hand since the checkpoint was written
+            from layerwise.config import config_changes, refuse_trajectory_changes
+            refuse_trajectory_changes(config_changes(state["config"], self.cfg.to_dict()),
+                                      f"config.yaml differs from the config checkpoint {path.name} was "
+                                      f"trained with", self.run_dir)
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
@@ -556,6 +564,19 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + 7919 * self.step + 1_000_003 * self.par.dp_rank)
         self.log.truncate_after(self.step)
         self.resumed_from = path
+
+    def _record_resume(self) -> None:
+        """The resumed run's config.yaml takes the allowed changes, and metrics.jsonl says where
+        the run resumed and what changed."""
+        changes = self._resume_changes
+        if self.par.is_rank0:
+            if changes:
+                save_config(self.cfg, self.run_dir / "config.yaml")
+            self.log.write({"kind": "resume", "step": self.step, "from": self.resumed_from.name,
+                            "changed": {k: [old, new] for k, (old, new) in changes.items()}})
+        self.display.message(f"resumed from {self.resumed_from} at step {self.step}/{self.total_steps}"
+                             + (f"; changed: {', '.join(f'{k} {o!r} -> {n!r}' for k, (o, n) in changes.items())}"
+                                if changes else ""))
 
     # ------------------------------------------------------------------ the end of a run
     def _finish(self) -> dict[str, Any]:
@@ -601,6 +622,17 @@ class Trainer:
         self.log.close()
         self.par.barrier()  # no rank leaves (and tears the group down) before the files exist
         return summary
+
+
+def check_resume(run_dir: str | Path, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """How ``cfg`` differs from the config saved in ``run_dir`` ({"section.key": (saved, new)});
+    ConfigError if it differs in a setting that changes what the run learns."""
+    from layerwise.config import config_changes, load_yaml, refuse_trajectory_changes
+
+    saved = load_yaml(Path(run_dir) / "config.yaml")
+    changes = config_changes(saved, cfg.to_dict())
+    refuse_trajectory_changes(changes, "the settings given on resume differ from the run's", run_dir)
+    return changes
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
