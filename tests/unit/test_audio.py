@@ -70,10 +70,10 @@ def test_read_wav_stereo_is_averaged(tmp_path):
 
 
 def test_read_wav_float_and_extensible_headers():
-    vals = np.array([0.25, -0.5, 1.5, -2.0], np.float32)  # overshoot is clipped to full scale
+    vals = np.array([0.25, -0.5, 1.5, -2.0], np.float32)  # overshoot is kept: clipping would change the signal
     fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
     x, sr = read_wav(_riff(fmt, vals.tobytes()))
-    assert sr == 16000 and x.tolist() == [0.25, -0.5, 1.0, -1.0]
+    assert sr == 16000 and x.tolist() == [0.25, -0.5, 1.5, -2.0]
     # WAVE_FORMAT_EXTENSIBLE, 16-bit PCM stereo: the real format tag is in the SubFormat GUID
     guid = struct.pack("<H", 1) + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
     fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 2, 8000, 32000, 4, 16, 22, 16, 3) + guid
@@ -253,7 +253,7 @@ def test_wav_folder_stratified_split(tmp_path):
     assert (len(ds.x_train), len(ds.x_test)) == (16, 4)
     assert torch.bincount(ds.y_test).tolist() == [2, 2] and torch.bincount(ds.y_train).tolist() == [8, 8]
     assert ds.info.extra["audio"] == {"sample_rate": 8000, "clip_seconds": 1.0, "n_mels": 40, "n_fft": 256,
-                                      "hop": 80}
+                                      "hop": 80, "channel": "mean"}
     # 300 Hz tones peak below mel band 12 (about 600 Hz), 1500 Hz tones above it
     for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
         assert torch.equal(_peak_band_class(x, 12), y)

@@ -17,8 +17,10 @@ import functools
 import io
 import math
 import struct
+import warnings
 import wave as _wave  # the name `wave` is fix_length's argument
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,11 +72,16 @@ def _parse_riff(buf: bytes, name: str) -> tuple[tuple[int, int, int, int, int, b
     raise _bad(name, "it has no fmt chunk" if fmt is None else "it has no data chunk (the file is truncated)")
 
 
+CHANNELS = ("mean", "left", "right")  # the values of data.channel
+_CANCEL_DB = -20.0  # a down-mix this far below its channels' level has cancelled the signal
+
+
 def _decode(raw: bytes, tag: int, bits: int, channels: int) -> np.ndarray:
-    """Interleaved little-endian frames -> mono float32 in [-1, 1] (channels averaged)."""
+    """Interleaved little-endian frames -> float32 (S, channels), integers scaled to [-1, 1).
+    Float samples are kept as they are (a float WAV may overshoot full scale; clipping would
+    change the signal)."""
     if tag == _FLOAT:
         x = np.frombuffer(raw, "<f4" if bits == 32 else "<f8").astype(np.float32)
-        x = np.clip(x, -1.0, 1.0)  # float WAVs may overshoot full scale; integer ones cannot
     elif bits == 8:  # 8-bit WAV is unsigned with 128 as zero
         x = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
     elif bits == 16:
@@ -86,18 +93,48 @@ def _decode(raw: bytes, tag: int, bits: int, channels: int) -> np.ndarray:
         x = (w.view("<i4")[:, 0] >> 8).astype(np.float32) / 8388608.0
     else:  # 32-bit integer; scale in float64 so full-scale values do not round past 1
         x = (np.frombuffer(raw, "<i4").astype(np.float64) / 2147483648.0).astype(np.float32)
-    return x.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else x
+    return x.reshape(-1, channels)
 
 
-def read_wav(src: str | Path | bytes, name_for_errors: str | None = None) -> tuple[np.ndarray, int]:
-    """Decode a WAV file (a path or its bytes) -> (samples float32 (S,) in [-1, 1], sample rate in Hz).
+def downmix(frames: np.ndarray, channel: str = "mean", name: str = "<wav>",
+            warn: Callable[[str], None] | None = None) -> np.ndarray:
+    """(S, C) samples -> (S,) mono by the rule ``channel`` (data.channel): ``mean`` averages the
+    channels, ``left`` takes the first, ``right`` the second (a mono file is its one channel
+    under every rule). When the average cancels the signal (it is more than 20 dB below the
+    channels' own level: the channels are out of phase, e.g. one is the other negated), ``warn``
+    is called with a message naming the file (default: warnings.warn), since the model would hear
+    near-silence."""
+    if channel not in CHANNELS:
+        raise DataError(f"data.channel={channel!r}; use one of {', '.join(CHANNELS)}.")
+    C = frames.shape[1]
+    if C == 1:
+        return frames[:, 0]
+    if channel != "mean":
+        return frames[:, 0 if channel == "left" else 1]
+    mono = frames.mean(axis=1, dtype=np.float32)
+    level = float(np.sqrt(np.mean(np.square(frames, dtype=np.float64))))
+    mixed = float(np.sqrt(np.mean(np.square(mono, dtype=np.float64))))
+    if level > 1e-4 and mixed < level * 10 ** (_CANCEL_DB / 20):
+        db = 20 * math.log10(max(mixed, 1e-12) / level)
+        message = (f"WAV file '{name}': averaging its {C} channels cancels the signal (the mean is {db:.0f} dB "
+                   f"below the channels; they are out of phase), so the model hears near-silence. Set "
+                   f"data.channel=left or data.channel=right to use one channel.")
+        (warn or (lambda m: warnings.warn(m, stacklevel=3)))(message)
+    return mono
 
-    Supports PCM 8-bit (unsigned), 16-, 24- and 32-bit integer and 32/64-bit IEEE float, plain or
-    WAVE_FORMAT_EXTENSIBLE headers, any number of channels (averaged to mono). Plain PCM goes
+
+def read_wav(src: str | Path | bytes, name_for_errors: str | None = None, channel: str = "mean",
+             warn: Callable[[str], None] | None = None) -> tuple[np.ndarray, int]:
+    """Decode a WAV file (a path or its bytes) -> (samples float32 (S,), sample rate in Hz).
+
+    Supports PCM 8-bit (unsigned), 16-, 24- and 32-bit integer (scaled to [-1, 1)) and 32/64-bit
+    IEEE float (kept as they are, overshoot included), plain or WAVE_FORMAT_EXTENSIBLE headers,
+    any number of channels, made mono by :func:`downmix` (``channel``: mean, left or right;
+    ``warn`` receives the warning when the mean cancels the signal). Plain PCM goes
     through the stdlib ``wave`` module; float and extensible files (which Python 3.11's ``wave``
     rejects) are read from the chunks checked here. A bad header, truncated data, an unsupported
-    format or a file with no samples raises DataError naming the file (``name_for_errors``,
-    default the path) and what is wrong.
+    format, a file with no samples or with NaN or infinite samples raises DataError naming the
+    file (``name_for_errors``, default the path) and what is wrong.
     """
     is_bytes = isinstance(src, (bytes, bytearray, memoryview))
     name = name_for_errors or ("<wav bytes>" if is_bytes else str(src))
@@ -131,7 +168,12 @@ def read_wav(src: str | Path | bytes, name_for_errors: str | None = None) -> tup
             raise _bad(name, f"the wave module rejects it ({e})") from None
         if len(raw) != size:
             raise _bad(name, f"{len(raw)} of its {size} data bytes could be read (the file is truncated)")
-    return _decode(raw, tag, bits, ch), rate
+    frames = _decode(raw, tag, bits, ch)
+    if tag == _FLOAT and not np.isfinite(frames).all():
+        bad = int((~np.isfinite(frames)).any(axis=1).sum())
+        raise _bad(name, f"{bad} of its {len(frames)} frames hold NaN or infinite samples",
+                   "Repair or re-export the recording, or remove it.")
+    return downmix(frames, channel, name, warn), rate
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,8 +345,12 @@ def _settings(opts: Any) -> dict:
     if sr <= 0 or not secs > 0 or n_mels <= 0:
         raise DataError(f"audio settings must be positive: data.sample_rate={sr}, data.clip_seconds={secs}, "
                         f"data.n_mels={n_mels}. Fix them in the config or with --data.<key>=VALUE.")
+    channel = str(getattr(opts, "channel", "mean"))
+    if channel not in CHANNELS:
+        raise DataError(f"data.channel={channel!r}; use one of {', '.join(CHANNELS)} (how a stereo recording "
+                        f"becomes mono).")
     a = {"sample_rate": sr, "clip_seconds": secs, "n_mels": n_mels,
-         "n_fft": default_n_fft(sr), "hop": default_hop(sr)}
+         "n_fft": default_n_fft(sr), "hop": default_hop(sr), "channel": channel}
     if round(secs * sr) < a["n_fft"]:
         raise DataError(f"data.clip_seconds={secs} gives {round(secs * sr)} samples at {sr} Hz, fewer than one "
                         f"{a['n_fft']}-sample analysis window. Use a longer clip.")
@@ -315,6 +361,18 @@ def _settings(opts: Any) -> dict:
 def _prepare(samples: np.ndarray, sr: int, a: dict) -> np.ndarray:
     """One recording at its own rate -> (clip samples,) at the dataset's rate."""
     return fix_length(resample(samples, sr, a["sample_rate"]), round(a["clip_seconds"] * a["sample_rate"]))
+
+
+def _crop_notice(seconds: list[float], names: list[str], a: dict) -> str | None:
+    """The warning for recordings longer than the clip, which lose their ends (None if none do)."""
+    clip = a["clip_seconds"]
+    long = [i for i, t in enumerate(seconds) if t > clip + 1e-9]
+    if not long:
+        return None
+    worst = max(long, key=lambda i: seconds[i])
+    return (f"{len(long)} of {len(seconds)} recordings are longer than data.clip_seconds={clip:g} and keep only "
+            f"their first {clip:g} s (the longest, '{names[worst]}', is {seconds[worst]:.2f} s). Raise "
+            f"data.clip_seconds if their ends matter.")
 
 
 def _features(waves: np.ndarray, a: dict) -> torch.Tensor:
@@ -359,9 +417,13 @@ def _fsdd(root: Path, opts: Any) -> Dataset:
     waves = np.stack([_prepare(x[off[i]:off[i + 1]], sr, a) for i in range(n)])  # (N, clip samples)
     test = index <= 4
     y = label.astype(np.int64)
+    seconds = (np.diff(off) / sr).tolist()
+    notice = _crop_notice(seconds, [f"{rel}[{i}] (digit {label[i]}, index {index[i]})" for i in range(n)], a)
     source = {"files": [rel], "split": "official: recording index 0-4 test, 5-49 train",
-              "recordings": n, "source_sample_rate": sr}
-    return _make("fsdd", a, waves[~test], y[~test], waves[test], y[test], [str(i) for i in range(10)], source, [])
+              "recordings": n, "source_sample_rate": sr,
+              "cropped": sum(t > a["clip_seconds"] for t in seconds)}
+    return _make("fsdd", a, waves[~test], y[~test], waves[test], y[test], [str(i) for i in range(10)], source,
+                 [notice] if notice else [])
 
 
 def _subdirs(d: Path) -> list[Path]:
@@ -408,17 +470,21 @@ def _split_files(folder: Path, val_fraction: float) -> tuple[list[str], list, li
     return [d.name for d in dirs], [items[i] for i in tr], [items[i] for i in te]
 
 
-def _read_all(items: list, a: dict, skip: bool, warnings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _read_all(items: list, a: dict, skip: bool, warnings: list[str], seconds: dict[str, float]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Decode, resample and fix the length of ``items`` [(file, label)]; each file's duration
+    (seconds, before cropping) goes into ``seconds``; down-mix warnings into ``warnings``."""
     waves, ys = [], []
     for f, c in items:
         try:
-            s, sr = read_wav(f)
+            s, sr = read_wav(f, channel=a.get("channel", "mean"), warn=warnings.append)
         except DataError as e:
             if not skip:
                 raise DataError(f"{e} Or set data.on_error=skip to drop unreadable files with a "
                                 f"warning.") from None
             warnings.append(f"skipped {e}")
             continue
+        seconds[str(f)] = len(s) / sr
         waves.append(_prepare(s, sr, a))
         ys.append(c)
     n = round(a["clip_seconds"] * a["sample_rate"])
@@ -437,14 +503,20 @@ def _wav_folder(root: Path, opts: Any) -> Dataset:
     a = _settings(opts)
     classes, train, test = _split_files(folder, float(opts.val_fraction))
     warnings: list[str] = []
-    w_tr, y_tr = _read_all(train, a, opts.on_error == "skip", warnings)
-    w_te, y_te = _read_all(test, a, opts.on_error == "skip", warnings)
+    seconds: dict[str, float] = {}
+    w_tr, y_tr = _read_all(train, a, opts.on_error == "skip", warnings, seconds)
+    w_te, y_te = _read_all(test, a, opts.on_error == "skip", warnings, seconds)
+    notice = _crop_notice(list(seconds.values()), list(seconds), a)
+    if notice:
+        warnings.append(notice)
     empty = [classes[c] for c in range(len(classes)) if not (y_tr == c).any()]
     if empty or len(w_te) == 0:
         raise DataError(f"wav folder '{folder}' has no readable "
                         f"{f'training recordings for classes {empty}' if empty else 'test recordings'} "
                         f"({len(warnings)} files skipped). Add readable .wav files.")
-    source = {"path": str(folder), "files": len(train) + len(test), "skipped": len(warnings),
+    source = {"path": str(folder), "files": len(train) + len(test),
+              "skipped": sum(w.startswith("skipped") for w in warnings),
+              "cropped": sum(t > a["clip_seconds"] for t in seconds.values()),
               "split": "train/ and test/ folders" if (folder / "train").is_dir() else
               f"stratified, val_fraction={float(opts.val_fraction)}, seed {SPLIT_SEED}"}
     return _make("wav-folder", a, w_tr, y_tr, w_te, y_te, classes, source, warnings)
@@ -461,5 +533,8 @@ def features_from_wav(path: str | Path, audio_extra: dict) -> torch.Tensor:
     if any(k not in a for k in need):
         raise DataError(f"audio settings {sorted(a)} lack some of {list(need)}; pass the dataset's "
                         f"info.extra['audio'] (saved with the run).")
-    s, sr = read_wav(path)
+    s, sr = read_wav(path, channel=a.get("channel", "mean"))  # models saved before data.channel: mean
+    if len(s) / sr > a["clip_seconds"] + 1e-9:
+        warnings.warn(f"recording '{path}' is {len(s) / sr:.2f} s long; the model hears its first "
+                      f"{a['clip_seconds']:g} s (the clip length it was trained on)", stacklevel=2)
     return _features(_prepare(s, sr, a)[None], a)[0]

@@ -11,11 +11,14 @@ repacked npz form or in the original files users download (idx, CIFAR-10 binary 
 
 Class names are the folder names, sorted. Images are files ending in .png .jpg .jpeg .bmp .gif
 .webp (any case; hidden files and other suffixes are ignored; a GIF gives its first frame).
-Every image becomes RGB (alpha dropped; palette images count as colour) unless every image is
-grayscale, then one channel. ``data.image_size`` > 0 resizes every image to that square with
-Pillow's bilinear filter, which widens its support when shrinking, i.e. antialiases, unlike
-plain bilinear sampling; the aspect ratio is not kept. 0 keeps the sizes, which must then agree.
-Pixels stay uint8 (N, C, H, W), scale 255; mean/std per channel come from the train split.
+Each file is read by :mod:`layerwise.data.imagefile` (upright by its EXIF orientation, 16-bit
+greyscale at full depth, a pixel limit), exactly as `layerwise predict` reads one. Every image
+becomes RGB (alpha dropped; palette images count as colour) unless every image is grayscale, then
+one channel. ``data.image_size`` > 0 resizes every image to that square with Pillow's bilinear
+filter, which widens its support when shrinking, i.e. antialiases, unlike plain bilinear
+sampling; the aspect ratio is not kept. 0 keeps the sizes, which must then agree. Pixels stay
+uint8 (N, C, H, W), scale 255, or, when any image is 16-bit, float32 in [0, 1], scale 1; mean/std
+per channel come from the train split.
 
 Broken files: with ``data.loader=device`` every file is fully decoded up front, so a truncated
 JPEG is found at load time; ``data.on_error=refuse`` stops with a DataError naming the file, ``skip``
@@ -40,11 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from layerwise.data import imagefile
 from layerwise.data.datasets import (SPLIT_SEED, DataError, Dataset, DatasetInfo, _npz, register_dataset,
                                      stratified_split, user_path)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
-_GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 STATS_SAMPLE = 2000  # stream loader: images sampled (evenly spaced, so every class) for mean/std
 _LAYOUT_HELP = ("Lay it out as <path>/<class>/<image> or <path>/train/<class>/<image> plus "
                 "<path>/test/<class>/<image>.")
@@ -94,43 +97,20 @@ def _find_splits(folder: Path, val_fraction: float) -> tuple[list[str], dict, st
     return classes, splits, f"class folders, stratified split val_fraction={val_fraction} seed={SPLIT_SEED}"
 
 
-def _header(path: Path, check: bool) -> tuple[str, tuple[int, int]]:
-    """(mode, (width, height)) from the header. ``check`` (the stream loader's up-front check) also
-    verifies a PNG's chunks and fully decodes a JPEG that does not end with its end-of-image
-    marker (FF D9), i.e. a truncated one."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        mode, wh, fmt = im.mode, im.size, im.format
-        if check:
-            im.verify()
-    if check and fmt == "JPEG":
-        with open(path, "rb") as f:
-            f.seek(-2, io.SEEK_END)
-            if f.read(2) != b"\xff\xd9":
-                with Image.open(path) as im:
-                    im.load()
-    return mode, wh
-
-
-def _decode(path: str, gray: bool, size: int) -> np.ndarray:
-    """One image -> (C, H, W) uint8; ``convert`` forces a full decode, so truncation raises here."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("L" if gray else "RGB")
-    if size:
-        im = im.resize((size, size), Image.BILINEAR)  # Pillow antialiases when shrinking
-    a = np.asarray(im)  # read-only view of the image's buffer: copy it (torch.from_numpy needs writable)
-    return a[None].copy() if gray else np.ascontiguousarray(a.transpose(2, 0, 1))
+def _decode(path: str, gray: bool, size: int, deep: bool, max_pixels: int) -> np.ndarray:
+    """One image of the dataset -> (C, H, W): uint8, or float32 in [0, 1] when the dataset is deep."""
+    a = imagefile.decode(path, gray, (size, size) if size else None, max_pixels=max_pixels)
+    return imagefile.unit_range(a) if deep else a
 
 
 class ImageFiles:
     """Image files decoded on demand (the stream loader's :class:`ExampleSource`):
-    ``source[i]`` is a (C, H, W) uint8 tensor. Picklable for DataLoader workers."""
+    ``source[i]`` is a (C, H, W) uint8 tensor (float32 in [0, 1] when ``deep``). Picklable for
+    DataLoader workers."""
 
-    def __init__(self, base: Path, paths: list[Path], gray: bool, size: int):
-        self.base, self.gray, self.size = str(base), gray, size
+    def __init__(self, base: Path, paths: list[Path], gray: bool, size: int, deep: bool = False,
+                 max_pixels: int = imagefile.DEFAULT_MAX_PIXELS):
+        self.base, self.gray, self.size, self.deep, self.max_pixels = str(base), gray, size, deep, max_pixels
         # One bytes array, not a list of str: worker processes touching Python objects' refcounts
         # would copy the list's pages (pytorch/pytorch#13246).
         self.rel = np.array([str(p.relative_to(base)).encode() for p in paths], dtype=np.bytes_)
@@ -144,7 +124,7 @@ class ImageFiles:
     def __getitem__(self, i: int) -> torch.Tensor:
         path = self.path(i)
         try:
-            return torch.from_numpy(_decode(path, self.gray, self.size))
+            return torch.from_numpy(_decode(path, self.gray, self.size, self.deep, self.max_pixels))
         except Exception as e:  # PIL raises several types for broken images
             raise DataError(f"image '{path}' cannot be decoded ({e}). It passed the quick check when the "
                             f"dataset was loaded, so it is damaged past its header. Replace or delete it; "
@@ -152,8 +132,8 @@ class ImageFiles:
                             f"drops broken ones).") from None
 
 
-def _channel_stats(batches, C: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of x / 255 over (n, C, H, W) uint8 batches; std 0 becomes 1."""
+def _channel_stats(batches, C: int, scale: float = 255.0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of x / scale over (n, C, H, W) batches; std 0 becomes 1."""
     s, ss, n = torch.zeros(C, dtype=torch.float64), torch.zeros(C, dtype=torch.float64), 0
     for x in batches:
         x = x.double()
@@ -162,8 +142,8 @@ def _channel_stats(batches, C: int) -> tuple[list[float], list[float]]:
         n += x[:, 0].numel()
     if n == 0:  # no training images: reported by the caller
         return [0.0] * C, [1.0] * C
-    mean = s / n / 255
-    std = (ss / n / 255**2 - mean**2).clamp_min(0).sqrt()
+    mean = s / n / scale
+    std = (ss / n / scale**2 - mean**2).clamp_min(0).sqrt()
     return [round(float(m), 6) for m in mean], [round(float(v), 6) if v > 0 else 1.0 for v in std]
 
 
@@ -173,9 +153,15 @@ def _image_folder(root: Path, opts: Any) -> Dataset:
     folder = user_path(root, opts, "image-folder", "a folder of class subfolders of images")
     classes, splits, layout = _find_splits(folder, opts.val_fraction)
     stream, skip, size = opts.loader == "stream", opts.on_error == "skip", int(opts.image_size)
+    limit = int(getattr(opts, "max_image_pixels", imagefile.DEFAULT_MAX_PIXELS))
     warnings: list[str] = []
 
     def broken(path: Path, e: Exception) -> None:
+        if isinstance(e, DataError):  # over the pixel limit: the message names the file and the setting
+            if not skip:
+                raise DataError(f"{e} Or set data.on_error=skip to drop such images with a warning.") from None
+            warnings.append(f"skipped {e}")
+            return
         if not skip:
             raise DataError(f"image '{path}' cannot be read ({e}). Replace or delete it, or set "
                             f"data.on_error=skip to drop broken images with a warning.") from None
@@ -183,16 +169,17 @@ def _image_folder(root: Path, opts: Any) -> Dataset:
 
     # pass 1, every file: header (mode, size) and, for the stream loader, the quick check
     kept: dict[str, tuple[list[Path], list[int]]] = {}
-    gray, sizes = True, {}
+    gray, deep, sizes = True, False, {}
     for split, (paths, labels) in splits.items():
         kept[split] = ([], [])
         for p, y in zip(paths, labels, strict=True):
             try:
-                mode, wh = _header(p, check=stream)
+                mode, wh = imagefile.header(p, limit, check=stream)  # upright size (EXIF orientation)
             except Exception as e:  # PIL raises several types for broken images
                 broken(p, e)
                 continue
-            gray &= mode in _GRAY_MODES
+            gray &= mode in imagefile.GRAY_MODES
+            deep |= imagefile.is_deep(mode)
             sizes.setdefault(wh, p)
             kept[split][0].append(p)
             kept[split][1].append(y)
@@ -204,20 +191,21 @@ def _image_folder(root: Path, opts: Any) -> Dataset:
                         f"image to NxN.")
     C = 1 if gray else 3
     W, H = (size, size) if size else next(iter(sizes), (0, 0))
+    scale = 1.0 if deep else 255.0  # 16-bit images: float32 in [0, 1]; else uint8
 
     if stream:
-        x = {s: ImageFiles(folder, kept[s][0], gray, size) for s in kept}
+        x = {s: ImageFiles(folder, kept[s][0], gray, size, deep, limit) for s in kept}
         n = len(x["train"])
         sample = np.unique(np.linspace(0, n - 1, min(n, STATS_SAMPLE)).round().astype(np.int64)) if n else []
-        mean, std = _channel_stats((x["train"][int(i)][None] for i in sample), C)
+        mean, std = _channel_stats((x["train"][int(i)][None] for i in sample), C, scale)
     else:  # pass 2: decode everything; unreadable files are found here
         x = {}
         for split, (paths, labels) in list(kept.items()):
-            arr = np.empty((len(paths), C, H, W), np.uint8)
+            arr = np.empty((len(paths), C, H, W), np.float32 if deep else np.uint8)
             good = []
             for p in paths:
                 try:
-                    arr[len(good)] = _decode(str(p), gray, size)
+                    arr[len(good)] = _decode(str(p), gray, size, deep, limit)
                     good.append(True)
                 except Exception as e:  # PIL raises several types for broken images
                     broken(p, e)
@@ -226,7 +214,7 @@ def _image_folder(root: Path, opts: Any) -> Dataset:
             kept[split] = ([p for p, g in zip(paths, good, strict=True) if g],
                            [y for y, g in zip(labels, good, strict=True) if g])
         per_chunk = max(1, (1 << 22) // (C * H * W))  # images per float64 chunk of ~32 MiB
-        mean, std = _channel_stats(x["train"].split(per_chunk), C)
+        mean, std = _channel_stats(x["train"].split(per_chunk), C, scale)
 
     y = {s: torch.tensor(kept[s][1], dtype=torch.int64) for s in kept}
     missing = [c for i, c in enumerate(classes) if not (y["train"] == i).any()]
@@ -234,8 +222,9 @@ def _image_folder(root: Path, opts: Any) -> Dataset:
         what = f"class {', '.join(missing)} has" if missing else "the test split has"
         raise DataError(f"image-folder '{folder}': {what} no readable images left after dropping "
                         f"broken files. Add good images there.")
-    info = DatasetInfo("image-folder", (C, H, W), len(classes), classes, 255.0, mean, std,
-                       extra={"image_size": size, "resample": "bilinear (antialiased when shrinking)"})
+    info = DatasetInfo("image-folder", (C, H, W), len(classes), classes, scale, mean, std,
+                       extra={"image_size": size, "resample": "bilinear (antialiased when shrinking)",
+                              "bit_depth": 16 if deep else 8, "orientation": "exif"})
     source = {"path": str(folder), "layout": layout, "train": len(y["train"]), "test": len(y["test"]),
               "skipped": len(warnings), "loader": opts.loader}
     return Dataset(info, x["train"], y["train"], x["test"], y["test"], source, warnings=warnings)

@@ -1,9 +1,13 @@
 """Turn files a user hands to `layerwise predict` into raw-valued tensors shaped like the dataset's.
 
 A speech model's inputs are .wav recordings, turned into log-mel features exactly as in training.
-Images (PNG, JPEG, ...) are converted to the dataset's channel count and size and mapped from
-0..255 to the dataset's raw range (e.g. 0..16 for digits). ``.npy`` arrays are taken as already
-in the raw range: one example (C,H,W) or (H,W) for one channel, or a batch (N,C,H,W) / (N,H,W).
+Images (PNG, JPEG, ...) are read as training reads them (:mod:`layerwise.data.imagefile`: upright
+by EXIF, 16-bit at full depth, the pixel limit), converted to the dataset's channel count and
+size and mapped from [0, 1] to the dataset's raw range (e.g. 0..16 for digits). An image-folder
+model resizes with its training filter (bilinear); digits, MNIST and CIFAR-10 models, trained
+on fixed-size arrays, shrink with a box filter (how the 8x8 digits were made from 32x32
+bitmaps) and enlarge bilinearly. ``.npy`` arrays are taken as already in the raw range: one
+example (C,H,W) or (H,W) for one channel, or a batch (N,C,H,W) / (N,H,W).
 """
 
 from __future__ import annotations
@@ -13,13 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layerwise.data import imagefile
 from layerwise.data.datasets import DataError, DatasetInfo
 
 
-def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto") -> torch.Tensor:
+LIGHT_ON_DARK = ("digits", "mnist")  # datasets of light strokes on a dark ground
+
+
+def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
+                max_pixels: int = imagefile.DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """One file -> raw tensor (N, C, H, W). ``invert`` (auto|yes|no) flips dark-on-light images to
-    the light-on-dark convention of digits/MNIST; auto inverts single-channel images whose mean
-    brightness is above one half (paper-like backgrounds)."""
+    the light-on-dark convention of digits/MNIST; auto does so only for a digits or MNIST model
+    and a single-channel image whose mean brightness is above one half (paper-like backgrounds),
+    never for other datasets. ``max_pixels`` refuses larger images (0 = no limit). Raises
+    DataError naming the file for a missing, unreadable or oversized file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input '{path}' does not exist. Give the path of an image file or a .npy array.")
@@ -54,19 +65,23 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto") -> to
         if not np.isfinite(x).all():
             raise DataError(f"'{path}' holds NaN or Inf values; clean the array first.")
         return torch.from_numpy(x)
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    folder_model = info.name == "image-folder"
     try:
-        img = Image.open(path)
-        img.load()
-    except (UnidentifiedImageError, OSError) as e:
+        with imagefile.open_image(path, max_pixels) as im:
+            w, h = im.size
+            if imagefile.orientation(im) in (5, 6, 7, 8):
+                w, h = h, w
+        shrink = w >= W and h >= H
+        # image-folder: the training filter; fixed-size datasets: box when shrinking, bilinear when enlarging
+        a = imagefile.decode(path, gray=C == 1, size=(W, H), max_pixels=max_pixels,
+                             resample="bilinear" if folder_model or not shrink else "box")
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:  # Pillow's kinds of broken file
         raise DataError(f"'{path}' is not a readable image ({e}). Give a PNG/JPEG file or a .npy array.") from None
-    img = img.convert("L" if C == 1 else "RGB")
-    # Downscaling averages over boxes, which is how the 8x8 digits were made from 32x32 bitmaps
-    # (counts of ink pixels in 4x4 blocks); upscaling interpolates.
-    shrink = img.width >= W and img.height >= H
-    img = img.resize((W, H), Image.BOX if shrink else Image.BILINEAR)
-    x = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3) in [0, 1]
-    x = x[None] if C == 1 else x.transpose(2, 0, 1)
-    if C == 1 and (invert == "yes" or (invert == "auto" and x.mean() > 0.5)):
+    x = imagefile.unit_range(a)  # (C, H, W) in [0, 1]
+    if C == 1 and (invert == "yes" or (invert == "auto" and info.name in LIGHT_ON_DARK and x.mean() > 0.5)):
         x = 1.0 - x
     return torch.from_numpy(x * info.scale)[None]

@@ -133,9 +133,24 @@ def _encode(table: dict[str, list[str]], columns: list[str], categories: Mapping
     return np.concatenate(parts, axis=1)
 
 
+def _unseen(table: dict[str, list[str]], categories: Mapping[str, Sequence[str]], where: str) -> list[str]:
+    """Warnings for categorical values that the training split never had (they encode as zeros)."""
+    out = []
+    for c, known in categories.items():
+        known = set(known)
+        new = [v for v in table.get(c, []) if v not in known]
+        if new:
+            out.append(f"{where}: column '{c}' has {len(new)} value(s) never seen in training (e.g. "
+                       f"{new[0]!r}); they encode as all zeros, i.e. as no known category")
+    return out
+
+
 def encode_rows(rows: Sequence[Mapping[str, str]], extra: Mapping[str, Any]) -> np.ndarray:
     """Encode new rows ({column: value as text}) with a trained csv dataset's ``DatasetInfo.extra``
-    -> (N, F) float32 raw features, exactly as training did (normalization is the model's job)."""
+    -> (N, F) float32 raw features, exactly as training did (normalization is the model's job).
+    A categorical value the training split never had encodes as zeros, with a warning."""
+    import warnings as _warnings
+
     columns, categories = list(extra["columns"]), extra["categories"]
     table: dict[str, list[str]] = {c: [] for c in columns}
     for n, row in enumerate(rows, 1):
@@ -147,6 +162,8 @@ def encode_rows(rows: Sequence[Mapping[str, str]], extra: Mapping[str, Any]) -> 
             if c not in categories and (p := _problem(v)) is not None:
                 raise DataError(f"row {n}, column '{c}': {p} '{v}' in a numeric column. Give a number.")
             table[c].append(v)
+    for w in _unseen(table, categories, "the rows to encode"):
+        _warnings.warn(w, stacklevel=2)
     return _encode(table, columns, categories)
 
 
@@ -191,8 +208,13 @@ def _csv(root: Path, opts: Any) -> Dataset:
     numeric = set()
     for i, c in enumerate(header):
         vals = [r[i].strip() for _, r in tr_rows if len(r) == len(header) and r[i].strip()]
-        if c != target and 2 * sum(_number(v) is not None for v in vals) >= len(vals):
+        n_num = sum(_number(v) is not None for v in vals)
+        if c != target and 2 * n_num >= len(vals):
             numeric.add(c)
+        elif c != target and n_num:  # mostly text: one-hot, and its numbers become categories too
+            warnings.append(f"'{files[0]}': column '{c}' is read as categories (one-hot), though {n_num} of its "
+                            f"{len(vals)} values are numbers; a column counts as numeric when at least half "
+                            f"of its values are. Clean the column if it holds numbers")
     tr_rows = _clean(files[0], header, tr_rows, numeric, target, skip, warnings)
     te_rows = _clean(files[-1], header, te_rows, numeric, target, skip, warnings)
     if len(files) == 1:  # hold out a stratified part of the one file
@@ -211,6 +233,7 @@ def _csv(root: Path, opts: Any) -> Dataset:
     categories = {c: sorted(set(tables[0][c])) for c in columns if c not in numeric}
     classes = _class_order(set(tables[0][target]) | set(tables[1][target]))
     label = {v: j for j, v in enumerate(classes)}
+    warnings += _unseen(tables[1], categories, f"the test split of '{files[-1]}'")
     xtr, xte = (_encode(t, columns, categories) for t in tables)
     ytr, yte = (torch.tensor([label[v] for v in t[target]], dtype=torch.int64) for t in tables)
 

@@ -59,8 +59,17 @@ class _Unusable(Exception):
         self.problem, self.fix = problem, fix
 
 
+def normalize_newlines(text: str) -> tuple[str, int]:
+    """``text`` with Windows (CR LF) and old Mac (CR) line ends made ``\\n``, and how many were
+    changed. A tokenizer would otherwise learn ``\\r`` as a symbol of its own, and text from two
+    systems would read as two different texts."""
+    n = text.count("\r")
+    return (text.replace("\r\n", "\n").replace("\r", "\n"), n) if n else (text, 0)
+
+
 def _read(path: Path) -> tuple[bytes, str]:
-    """A non-empty UTF-8 file's bytes and text (a leading byte-order mark is dropped); else _Unusable."""
+    """A non-empty UTF-8 file's bytes and text (a leading byte-order mark is dropped; the caller
+    normalizes line ends with :func:`normalize_newlines`); else _Unusable."""
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -72,7 +81,7 @@ def _read(path: Path) -> tuple[bytes, str]:
                         "Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
     if not text:
         raise _Unusable("is empty", "Remove it or add text")
-    return raw, text
+    return raw, text  # line ends are normalized by the caller, which records how many changed
 
 
 def _display(path: Path, root: Path) -> str:
@@ -108,9 +117,11 @@ def text_dataset(name: str, files: list[Path], root: Path, opts: Any) -> Dataset
                                 f"leave it out.") from None
             warnings.append(f"skipped text file '{_display(f, root)}': it {e.problem}")
             continue
+        text, converted = normalize_newlines(text)
         texts.append(text)
         kept.append({"path": _display(f, root), "bytes": len(raw), "chars": len(text),
-                     "sha256": hashlib.sha256(raw).hexdigest()})
+                     "sha256": hashlib.sha256(raw).hexdigest()}
+                    | ({"line_ends_converted": converted} if converted else {}))
     if not texts:
         raise DataError(f"dataset '{name}': all {len(files)} text files were skipped as unusable "
                         f"({'; '.join(warnings[:3])}{'; ...' if len(warnings) > 3 else ''}). "
@@ -132,8 +143,9 @@ def text_dataset(name: str, files: list[Path], root: Path, opts: Any) -> Dataset
                             f"text, a smaller data.block_size, or a different data.val_fraction "
                             f"(now {opts.val_fraction}).")
 
+    # text_start: what `generate` starts from when "\n" (its default prompt) is not in a char vocabulary
     info = DatasetInfo(name, (T,), tok.vocab_size, [], 1.0, [], [], task="lm",
-                       extra={"tokenizer": tok.to_dict()})
+                       extra={"tokenizer": tok.to_dict(), "text_start": train_text[:1]})
     source = {"files": kept, "chars": n, "train_chars": len(train_text), "val_chars": len(val_text),
               "split": f"first int(chars * (1 - {opts.val_fraction})) characters train, the rest validation",
               "tokenizer": opts.tokenizer, "vocab_size": tok.vocab_size,
