@@ -135,7 +135,7 @@ def main() -> None:
                 else:
                     s = layerwise.fit(recipe, *config, run_dir=Path(tmp) / name, show_progress=False)
                 rec |= {k: s[k] for k in ("test_accuracy", "test_loss", "train_seconds", "steps", "epochs",
-                                          "device", "precision", "params", "skipped_steps", "parallel",
+                                          "device", "precision", "params", "skipped_steps", "overflow_steps", "parallel",
                                           "params_on_rank0") if k in s}
                 records = list(map(json.loads, (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines()))
                 rec["test_curve"] = [(r["step"], round(r["loss"], 4), round(r["accuracy"], 4))

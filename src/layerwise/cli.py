@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                     help="invert grayscale images drawn dark on light (auto: when mean brightness > 0.5)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pr.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                    help="refuse images larger than N pixels (0 = no limit; default: the run's "
+                         "data.max_image_pixels, Pillow's 89,478,485)")
     pr.add_argument("--device", default="auto")
 
     g = sub.add_parser("generate", help="sample text from a language-model run")
@@ -296,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             print_table(evaluate_run(args.run_dir, args.device, args.data_root), title=f"eval {args.run_dir}")
         elif args.command == "predict":
             from layerwise.train.inference import predict
-            results = predict(args.run_dir, args.inputs, args.top_k, args.invert, args.device)
+            results = predict(args.run_dir, args.inputs, args.top_k, args.invert, args.device,
+                              args.max_image_pixels)
             if args.json:
                 print(json.dumps(results, indent=2))
             for r in [] if args.json else results:
@@ -332,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # e.g. an unknown model or optimizer name from the registries
         print(f"layerwise: error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except OSError as e:  # a file the command needs cannot be read or written (permissions, a full disk)
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"layerwise: error: cannot use{where}: {e.strerror or e}. Check that the path exists, that you "
+              f"may read and write it, and that the disk has room; files written earlier are kept.",
+              file=sys.stderr)
+        return RUN_ERROR
     except KeyboardInterrupt:
         print("layerwise: interrupted; resume with `layerwise train --resume RUN_DIR` from the last "
               "checkpoint.", file=sys.stderr)

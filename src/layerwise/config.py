@@ -65,6 +65,8 @@ class DataConfig:
     val_fraction: float = _f(0.1, "held-out fraction where a source has no test split (text: the last part)")
     # images
     image_size: int = _f(0, "image-folder: resize every image to this square size (0 = keep; sizes must agree)")
+    max_image_pixels: int = _f(89_478_485, "image-folder: refuse an image whose header promises more pixels "
+                               "(a decompression bomb; Pillow's default limit; 0 = no limit)")
     augment_translate: int = _f(0, "random translation augmentation, max shift in pixels (0 = off)")
     translate_pad: str = _f("zero", "what translation shifts in at the border: zero (the mean; digits) or "
                             "reflect (mirrored pixels; natural images, airbench)")
@@ -86,7 +88,10 @@ class DataConfig:
     block_size: int = _f(256, "text: context length in tokens")
     # audio
     sample_rate: int = _f(8000, "audio: resample every recording to this rate (Hz)")
-    clip_seconds: float = _f(1.0, "audio: pad or crop every recording to this length")
+    clip_seconds: float = _f(1.0, "audio: pad or crop every recording to this length (longer ones keep their start; "
+                             "a warning counts them)")
+    channel: str = _f("mean", "audio: how a multi-channel recording becomes mono: mean (average; warns when the "
+                      "channels cancel), left (the first) or right (the second)")
     n_mels: int = _f(40, "audio: mel bands of the log-mel spectrogram")
     specaugment_time: int = _f(0, "audio: SpecAugment time-mask width, max frames (0 = off)")
     specaugment_freq: int = _f(0, "audio: SpecAugment frequency-mask width, max mel bands (0 = off)")
@@ -355,15 +360,27 @@ def _split_override(arg: str) -> tuple[str, str, Any, str]:
     return section, key, value, text
 
 
+def yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: where it is and what the parser expected."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(str(getattr(e, "problem", None) or e).split())
+    return where + what
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe or a run's config.yaml as a mapping; ConfigError naming the file when it is
+    missing, not UTF-8 or not valid YAML."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"recipe file '{path}' does not exist. Give the path of a YAML recipe "
                           f"(see the recipes/ folder) or leave it out to train the built-in default.")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"'{path}' is not UTF-8 text ({e}); save it as UTF-8.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe '{path}' is not valid YAML: {e}. Fix the syntax and run again.") from None
+        raise ConfigError(f"'{path}' is not valid YAML ({yaml_error(e)}). Fix the syntax and run again.") from None
     return raw or {}
 
 
@@ -424,6 +441,9 @@ def validate(cfg: Config) -> None:
          f"data.tokenizer must be byte, char or bpe, got '{cfg.data.tokenizer}'"),
         (0 < cfg.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
         (cfg.data.block_size >= 1, "data.block_size must be >= 1"),
+        (cfg.data.channel in ("mean", "left", "right"),
+         f"data.channel must be mean, left or right, got '{cfg.data.channel}'"),
+        (cfg.data.max_image_pixels >= 0, "data.max_image_pixels must be >= 0 (0 = no limit)"),
         (cfg.data.mixup >= 0 and cfg.data.cutmix >= 0, "data.mixup and data.cutmix are Beta alphas and must be >= 0"),
         (cfg.dist.strategy in DIST_STRATEGIES,
          f"dist.strategy must be one of {', '.join(DIST_STRATEGIES)}, got '{cfg.dist.strategy}'"),

@@ -71,7 +71,7 @@ def test_truncated_jpeg_is_skipped_with_a_warning(tmp_path, jpeg_folder):
     env = json.loads((tmp_path / "run" / "env.json").read_text())
     # 12 images, 1 per class held out (val_fraction 0.1), the broken one dropped
     assert env["data"]["train"] + env["data"]["test"] == 11 and env["data"]["test"] == 2
-    assert any(str(bad) in s for s in env["data"]["skipped"])
+    assert any(str(bad) in s for s in env["data"]["warnings"]) and env["data"]["skipped"] == 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
 
 
@@ -179,3 +179,100 @@ def test_preflight_arithmetic_over_micro_batches_and_ranks():
         check_training_batches(Loader(40, 1, 1), bn, load_config(None, ["--data.batch_size=1"]), 1)
     with pytest.raises(ConfigError, match="no batch at all"):
         check_training_batches(Loader(3, 1, 4, drop=True), mlp, cfg, 1)
+
+
+# ------------------------------------------------------------------ every entry point, bad files
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("finished")
+    out = lw("train", *MLP, "--train.max_steps=3", *QUIET, f"--run.dir={root / 'run'}")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return root / "run"
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _prefix_keys(run: Path, prefix: str) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    f = run / "model.safetensors"
+    with safe_open(str(f), "pt") as h:
+        meta = h.metadata()
+    save_file({prefix + k: v for k, v in load_file(str(f)).items()}, str(f), metadata=meta)
+
+
+def _png_header(path: Path, w: int, h: int) -> Path:
+    import struct
+    import zlib
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_predict_refuses_an_oversized_image_like_training(tmp_path, finished):
+    bomb = _png_header(tmp_path / "huge.png", 20000, 20000)
+    out = lw("predict", str(finished), str(bomb))
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert str(bomb) in out.stderr and "20000x20000" in out.stderr and "--max-image-pixels" in out.stderr
+    out = lw("predict", str(finished), str(bomb), "--max-image-pixels=0")  # lifted: the file is then unreadable
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "not a readable image" in out.stderr
+
+
+def test_predict_strips_a_dataparallel_prefix_with_a_notice(tmp_path, finished):
+    run = _copy_run(finished, tmp_path / "pref")
+    _prefix_keys(run, "module.")
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), np.float32))
+    want = lw("predict", str(finished), str(tmp_path / "x.npy"), "--json")
+    got = lw("predict", str(run), str(tmp_path / "x.npy"), "--json")
+    assert got.returncode == 0, got.stderr
+    assert "wrapper prefix 'module.'" in got.stderr and str(run / "model.safetensors") in got.stderr
+    assert json.loads(got.stdout) == json.loads(want.stdout)
+
+
+@pytest.mark.parametrize("case", ["model-truncated", "model-foreign-tensors", "summary-torn", "config-garbage",
+                                  "model-newer-format"])
+def test_bad_run_files_give_one_paragraph_and_a_code(tmp_path, finished, case):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = _copy_run(finished, tmp_path / "run")
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), np.float32))
+    model = run / "model.safetensors"
+    if case == "model-truncated":
+        model.write_bytes(model.read_bytes()[:200])
+        cmds, code, needle = (["predict", str(run), str(tmp_path / "x.npy")], ["eval", str(run)]), 1, str(model)
+    elif case == "model-foreign-tensors":
+        with safe_open(str(model), "pt") as h:
+            meta = h.metadata()
+        state = load_file(str(model))
+        state["fc.weight"] = state["fc.weight"][:, :3].contiguous()
+        save_file(state, str(model), metadata=meta)
+        cmds, code, needle = (["predict", str(run), str(tmp_path / "x.npy")], ["eval", str(run)]), 1, "of another shape"
+    elif case == "model-newer-format":
+        with safe_open(str(model), "pt") as h:
+            meta = h.metadata()
+        save_file(load_file(str(model)), str(model), metadata=meta | {"format_version": "99"})
+        cmds, code, needle = (["predict", str(run), str(tmp_path / "x.npy")], ["eval", str(run)]), 1, "format 99"
+    elif case == "summary-torn":
+        (run / "summary.json").write_text('{"test_accuracy": 0.9')
+        cmds, code, needle = (["info", str(run)],), 1, str(run / "summary.json")
+    else:
+        (run / "config.yaml").write_text("model: [unclosed\n")
+        cmds, code, needle = (["eval", str(run)], ["info", str(run)]), 2, "config.yaml"
+    for cmd in cmds:
+        if case == "config-garbage" and cmd[0] == "info":
+            code = 0  # info reads summary.json, which is fine
+        out = lw(*cmd)
+        assert out.returncode == code, (cmd, out.returncode, out.stderr[-2000:])
+        assert "Traceback" not in out.stderr, out.stderr
+        if code:
+            assert needle in out.stderr, (cmd, out.stderr)
+            assert len(out.stderr.strip().splitlines()) == 1, out.stderr  # one paragraph

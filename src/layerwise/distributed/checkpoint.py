@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from layerwise.train.checkpoint import CheckpointError, atomic_write, list_checkpoints
+from layerwise.train.checkpoint import (CHECKPOINT_FORMAT_VERSION, CheckpointError, atomic_write,
+                                       check_format_version, list_checkpoints)
 
 SUFFIX = ".dcp"
 
@@ -67,7 +68,9 @@ def save(directory: Path, step: int, par: Any, model: nn.Module, optimizer: torc
     torch.save(rng, tmp / "rng" / f"rank{par.rank}.pt")
     par.barrier()
     if par.is_rank0:
-        extra = extra | {"world_size": par.world_size, "strategy": par.dims.strategy}
+        from layerwise import __version__
+        extra = extra | {"world_size": par.world_size, "strategy": par.dims.strategy,
+                         "format_version": CHECKPOINT_FORMAT_VERSION, "layerwise": __version__}
         atomic_write(tmp / "trainer.json", json.dumps(extra).encode())
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -100,6 +103,9 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
         extra = json.loads((path / "trainer.json").read_text())
     except ValueError as e:
         raise CheckpointError(f"{path.name}/trainer.json is unreadable ({e})") from None
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path.name}/trainer.json is not a JSON object")
+    check_format_version(extra, path.name)
     state = _template(model, optimizer) | (tensors or {})
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
         warnings.filterwarnings("ignore", message=".*single process.*")
@@ -110,7 +116,11 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
     set_state_dict(model, _torch_optimizers(optimizer), model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
     rng_path = path / "rng" / f"rank{rank}.pt"
-    rng = torch.load(rng_path, weights_only=True) if rng_path.is_file() else None
+    try:
+        rng = torch.load(rng_path, weights_only=True) if rng_path.is_file() else None
+    except Exception as e:  # a truncated or foreign file: pickle, zip and runtime errors alike
+        raise CheckpointError(f"{path.name}/rng/{rng_path.name} could not be read ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
     return extra, rng
 
 

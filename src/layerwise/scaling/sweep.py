@@ -61,7 +61,7 @@ from typing import Any
 import yaml
 
 from layerwise.choices import closest
-from layerwise.config import Config, ConfigError, coerce, is_resumable, load_config, parse_override
+from layerwise.config import Config, ConfigError, coerce, is_resumable, load_config, parse_override, yaml_error
 from layerwise.scaling.table import ScalingError, write_table
 
 SPEC_KEYS = ("base", "overrides", "axes", "metric", "params", "budget_seconds")
@@ -137,7 +137,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ScalingError(f"sweep spec '{path}' is not valid YAML: {e}") from None
+        raise ScalingError(f"sweep spec '{path}' is not valid YAML ({yaml_error(e)}). Fix the syntax and run again.") from None
     if not isinstance(raw, dict):
         raise ScalingError(f"sweep spec '{path}' must be a mapping with the keys {', '.join(SPEC_KEYS)}; "
                            f"got {type(raw).__name__}.")

@@ -27,6 +27,22 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint; the message says what was found and what to do."""
 
 
+# The layout of a checkpoint (the keys of its state and their meaning). A loader reads this version
+# and older; one written by a newer layerwise is refused by name instead of misread.
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def check_format_version(meta: dict[str, Any], name: str) -> None:
+    """CheckpointError if ``meta`` (a checkpoint's .json or trainer.json) has a newer format
+    version than this layerwise reads; files from before the field are version 1."""
+    version = meta.get("format_version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        from layerwise import __version__
+        raise CheckpointError(f"{name} is in checkpoint format {version!r}, written by layerwise "
+                              f"{meta.get('layerwise', 'newer than this one')}; this layerwise ({__version__}) "
+                              f"reads format {CHECKPOINT_FORMAT_VERSION} and older. Upgrade layerwise to resume it")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -54,7 +70,10 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     data = buf.getvalue()
     path = directory / f"{_name(step)}.pt"
     atomic_write(path, data)
-    meta = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    from layerwise import __version__
+
+    meta = {"step": step, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "format_version": CHECKPOINT_FORMAT_VERSION, "layerwise": __version__}
     atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
@@ -76,8 +95,9 @@ def _verify(path: Path) -> bytes:
     try:
         meta = json.loads(meta_path.read_text())
         expected = meta["sha256"]
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{meta_path.name} is unreadable ({e})") from None
+    check_format_version(meta, path.name)
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != expected:
         raise CheckpointError(f"{path.name} does not match its checksum ({len(data)} bytes, "

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from layerwise.config import default_data_root, load_config
+from layerwise.config import DataConfig, default_data_root, load_config
 from layerwise.data import BatchTransform, DatasetInfo, Normalize, load_dataset
 from layerwise.data.stream import build_loader
 from layerwise.data.inputs import load_inputs
+from layerwise.data.text import normalize_newlines
 from layerwise.train.run import RunDirError, load_model
 from layerwise.train.evaluation import evaluate_loader, lm_eval_batch
 from layerwise.train.trainer import resolve_device
@@ -22,6 +23,18 @@ def _info(meta: dict[str, Any]) -> DatasetInfo:
     d = dict(meta["data"])
     d["in_shape"] = tuple(d["in_shape"])
     return DatasetInfo(**d)
+
+
+def _run_setting(run_dir: str | Path, key: str, default: Any) -> Any:
+    """data.<key> from a run directory's config.yaml, else ``default`` (e.g. predict on a bare
+    .safetensors file, or a config that cannot be read: the model file is what matters there)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return default
+    try:
+        return getattr(load_config(path).data, key)
+    except ValueError:
+        return default
 
 
 @torch.no_grad()
@@ -49,16 +62,22 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "")
 
 @torch.no_grad()
 def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str = "auto",
-            device: str = "auto") -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each example of each input file."""
+            device: str = "auto", max_image_pixels: int | None = None) -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each example of each input file.
+
+    Inputs are read as training read its data (layerwise.data.inputs). ``max_image_pixels``
+    refuses larger images (0 = no limit; default: the run's data.max_image_pixels). Raises
+    DataError or RunDirError naming the file for a bad input or model file."""
     dev = resolve_device(device)
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
+    if max_image_pixels is None:
+        max_image_pixels = _run_setting(run_dir, "max_image_pixels", DataConfig().max_image_pixels)
     norm = Normalize(info, dev)
     k = max(1, min(top_k, info.num_classes))
     results = []
     for path in inputs:
-        x = load_inputs(path, info, invert)
+        x = load_inputs(path, info, invert, max_image_pixels)
         probs = F.softmax(model(norm(x.to(dev))).float(), dim=-1)
         p, idx = probs.topk(k, dim=-1)
         for i in range(len(x)):
@@ -87,8 +106,9 @@ def generate(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperatu
                           f"on '{info.name}'; `layerwise generate` needs a language model run "
                           f"(e.g. recipes/shakespeare-char.yaml). Use `layerwise predict` for classifiers.")
     tok = tokenizer_from_dict(info.extra["tokenizer"])
+    prompt, _ = normalize_newlines(prompt)  # the training text's line ends were made \n too
     try:
-        ids = tok.encode(prompt or "\n")  # an empty prompt starts a new line, as nanoGPT's sample.py
+        ids = tok.encode(prompt or default_prompt(tok, info.extra))
     except ValueError as e:
         raise ValueError(f"the prompt cannot be encoded with this run's tokenizer: {e}") from None
     gen = torch.Generator(device=dev).manual_seed(seed)
@@ -98,15 +118,41 @@ def generate(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperatu
     return tok.decode(out[0].tolist()) if prompt else tok.decode(out[0, len(ids):].tolist())
 
 
+def default_prompt(tok, extra: dict[str, Any]) -> str:
+    """What generation starts from without a prompt: a new line, as nanoGPT's sample.py, when the
+    tokenizer can encode one; else (a char vocabulary of text without line breaks) the training
+    text's first character, else the vocabulary's first symbol."""
+    for candidate in ("\n", extra.get("text_start") or "", getattr(tok, "chars", [""])[0]):
+        if candidate:
+            try:
+                tok.encode(candidate)
+                return candidate
+            except ValueError:
+                continue
+    return ""
+
+
 def run_info(run_dir: str | Path) -> dict[str, Any]:
-    """The run's summary (or, for an unfinished run, how far it got)."""
+    """The run's summary (or, for an unfinished run, how far it got). RunDirError, naming the
+    file, for a directory that is not a run or a summary.json that is not readable JSON."""
+    from layerwise.distributed.checkpoint import all_checkpoints
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
-        return {"status": "finished"} | json.loads(summary_path.read_text())
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*.json"))
-    last = json.loads(ckpts[-1].read_text())["step"] if ckpts else None
+        try:
+            summary = json.loads(summary_path.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError(f"it holds a {type(summary).__name__}, not an object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunDirError(f"'{summary_path}' is not readable JSON ({e}); it was damaged after the run "
+                              f"wrote it. `layerwise eval {run_dir}` recomputes the test metrics from "
+                              f"model.safetensors.") from None
+        return {"status": "finished"} | summary
+    # an unfinished run: its newest checkpoint by name (step_XXXXXXXX.pt or .dcp/), complete or not
+    ckpts = all_checkpoints(run_dir / "checkpoints")
+    last = int(ckpts[-1].name[5:13]) if ckpts else None
     return {"status": "unfinished", "last_checkpoint_step": last,
             "resume_with": f"layerwise train --resume {run_dir}", "run_dir": str(run_dir)}

@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,14 @@ from layerwise.train.checkpoint import atomic_write
 
 class RunDirError(ValueError):
     """A run directory that cannot be used as asked; the message says why and what to do."""
+
+
+# The layout of model.safetensors (tensor names, metadata keys). A loader reads files of this
+# version and older; a file from a newer layerwise is refused by name instead of misread.
+MODEL_FORMAT_VERSION = 1
+# Prefixes that wrappers put before every tensor name and that mean nothing to the model:
+# DataParallel / DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def new_run_dir(root: str, name: str, explicit: str = "") -> Path:
@@ -106,13 +115,79 @@ def save_model(path: Path, model: torch.nn.Module, meta: dict[str, Any],
         else:
             first_name[id(p)] = name
     out = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in aliases}
-    metadata = {k: json.dumps(v) for k, v in meta.items()} | {"format": "layerwise", "version": __version__,
-                                                               "aliases": json.dumps(aliases)}
+    metadata = {k: json.dumps(v) for k, v in meta.items()} | {
+        "format": "layerwise", "format_version": str(MODEL_FORMAT_VERSION), "version": __version__,
+        "aliases": json.dumps(aliases)}
     atomic_write(path, save(out, metadata=metadata))
 
 
+def _strip_wrapper_prefixes(names: list[str]) -> dict[str, str]:
+    """{name in the file: name without the wrapper prefixes} for the names that carry one
+    (``module.blocks.0.weight`` -> ``blocks.0.weight``; ``blocks._orig_mod.0.weight`` too)."""
+    out = {}
+    for name in names:
+        new = name
+        changed = True
+        while changed:
+            changed = False
+            for p in WRAPPER_PREFIXES:
+                if new.startswith(p):
+                    new, changed = new[len(p):], True
+        for p in WRAPPER_PREFIXES:
+            new = new.replace("." + p, ".")
+        if new != name:
+            out[name] = new
+    return out
+
+
+def strip_wrapper_names(state: dict[str, torch.Tensor], model: torch.nn.Module, path: Path | str,
+                        aliases: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """``state`` with wrapper prefixes (:data:`WRAPPER_PREFIXES`) taken off its tensor names, when
+    the names do not fit ``model`` as they are and fit better without them; a warning says so.
+    ``aliases`` (tied names the file leaves out) count as present."""
+    want = set(model.state_dict()) - set(aliases or {})
+    renamed = _strip_wrapper_prefixes(list(state))
+    if set(state) == want or not renamed:
+        return state
+    stripped = {renamed.get(k, k): v for k, v in state.items()}
+    if len(stripped) < len(state) or len(set(stripped) & want) <= len(set(state) & want):
+        return state  # two names would collide, or stripping does not help: report as they are
+    found = [p for p in WRAPPER_PREFIXES if any(k.startswith(p) or "." + p in k for k in renamed)]
+    warnings.warn(f"'{path}': {len(renamed)} of its tensor names carry the wrapper prefix "
+                  f"{' and '.join(repr(p) for p in found)} (DataParallel/DDP write 'module.', torch.compile "
+                  f"'_orig_mod.'); it was stripped to match the model", stacklevel=3)
+    return stripped
+
+
+def check_state_matches(state: dict[str, torch.Tensor], model: torch.nn.Module, path: Path | str) -> None:
+    """RunDirError naming the file and the first tensors that are missing, unexpected or of another
+    shape, unless ``state`` fits ``model.state_dict()`` exactly (nothing is loaded partially)."""
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(want[k])} in the model"
+              for k in want if k in state and tuple(state[k].shape) != tuple(want[k])]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} not in the model (first: {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape (first: {'; '.join(shapes[:3])})")
+        raise RunDirError(
+            f"'{path}' does not fit the model its metadata describes: of its tensors, {', and '.join(parts)}. "
+            f"The file was changed after layerwise wrote it, or comes from another model; use the "
+            f"model.safetensors of the run that trained it.")
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_model` (a file, or a run directory holding one)."""
+    """Rebuild a model saved by :func:`save_model` (a file, or a run directory holding one).
+
+    Returns (the model in eval mode on ``device``, its metadata: model, data, metrics). Raises
+    RunDirError, naming the file, when there is none, it is not a readable safetensors file, it
+    was not written by layerwise or by a newer version of its format, or its tensors do not fit
+    the model it describes (wrapper prefixes such as ``module.`` are stripped with a warning)."""
     from layerwise.models import create_model
 
     path = Path(path)
@@ -130,12 +205,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
         raise RunDirError(f"'{path}' is not a readable safetensors file ({e}). It may be truncated; "
                           f"re-export it from its run or copy it again.") from None
     if raw.get("format") != "layerwise" or "model" not in raw:
-        raise RunDirError(f"'{path}' was not written by layerwise (no model description in its metadata).")
-    meta = {k: json.loads(v) for k, v in raw.items() if k in ("model", "data", "metrics")}
-    model_kw = dict(meta["model"])
-    model_kw["in_shape"] = tuple(model_kw["in_shape"])
-    model = create_model(**model_kw)
-    for name, kept in json.loads(raw.get("aliases", "{}")).items():
-        state[name] = state[kept]
+        raise RunDirError(f"'{path}' was not written by layerwise (no model description in its metadata). "
+                          f"Give the model.safetensors of a layerwise run.")
+    try:
+        version = int(raw.get("format_version", "1"))  # files from before the field are version 1
+        meta = {k: json.loads(v) for k, v in raw.items() if k in ("model", "data", "metrics")}
+        aliases = json.loads(raw.get("aliases", "{}"))
+        model_kw = dict(meta["model"])
+        model_kw["in_shape"] = tuple(model_kw["in_shape"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise RunDirError(f"'{path}' has a damaged layerwise metadata block ({type(e).__name__}: {e}). "
+                          f"Use the model.safetensors of the run that trained it.") from None
+    if version > MODEL_FORMAT_VERSION:
+        raise RunDirError(f"'{path}' is in model format {version}, written by layerwise {raw.get('version', '?')}; "
+                          f"this layerwise ({__version__}) reads format {MODEL_FORMAT_VERSION} and older. "
+                          f"Upgrade layerwise to load it.")
+    try:
+        model = create_model(**model_kw)
+    except (TypeError, ValueError) as e:
+        raise RunDirError(f"'{path}' describes a model this layerwise cannot build ({e}). It was written by "
+                          f"layerwise {raw.get('version', '?')}; use that version.") from None
+    state = strip_wrapper_names(state, model, path, aliases)
+    for name, kept in aliases.items():
+        if kept in state:
+            state[name] = state[kept]
+    check_state_matches(state, model, path)
     model.load_state_dict(state)
     return model.to(device).eval(), meta

@@ -189,7 +189,7 @@ class Trainer:
                                         self.device, workers=d.workers, rank=self.par.dp_rank,
                                         world_size=self.par.dp_size)
         self._x_train, self._transform = x_train, transform  # for models that initialize from data
-        return ds.source | ({"skipped": ds.warnings} if ds.warnings else {})
+        return ds.source | ({"warnings": ds.warnings} if ds.warnings else {})
 
     def _build_lm_data(self, ds) -> dict:
         """Language modelling: the token streams move to the device once; batches are random
