@@ -476,6 +476,11 @@ RESUMABLE_KEYS = ("run.*", "dist.*", "train.device", "train.threads", "train.log
                   "data.eval_batch_size")
 
 
+# The run's length: a resumed run may change it only where the learning rates of the steps both
+# lengths share stay the same (a constant schedule); the Trainer checks that, knowing the steps.
+LENGTH_KEYS = ("train.epochs", "train.max_steps")
+
+
 def is_resumable(key: str) -> bool:
     """Whether config key ``section.key`` may change when a run is resumed (:data:`RESUMABLE_KEYS`)."""
     return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in RESUMABLE_KEYS)
@@ -511,7 +516,7 @@ def _plain(v: Any) -> Any:
 def refuse_trajectory_changes(changes: dict[str, tuple[Any, Any]], what: str, run_dir: Path | str) -> None:
     """ConfigError listing the changes a resumed run cannot take (``what`` starts the message: where
     they come from); the others are allowed."""
-    bad = {k: v for k, v in changes.items() if not is_resumable(k)}
+    bad = {k: v for k, v in changes.items() if not is_resumable(k) and k not in LENGTH_KEYS}
     if not bad:
         return
     listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in bad.items())
@@ -520,7 +525,8 @@ def refuse_trajectory_changes(changes: dict[str, tuple[Any, Any]], what: str, ru
         f"with them. A resumed run continues exactly the run that was started (its loader position is counted in "
         f"batches of the saved data.batch_size and train.grad_accum, its learning-rate schedule in the saved "
         f"number of steps). Resume without them, or start a new run with the new settings. Settings that "
-        f"do not change what the run learns may differ: {', '.join(RESUMABLE_KEYS)}.")
+        f"do not change what the run learns may differ: {', '.join(RESUMABLE_KEYS)}; and the length "
+        f"(train.epochs, train.max_steps) under a schedule that does not depend on it (constant).")
 
 
 def help_text() -> str:

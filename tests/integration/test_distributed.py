@@ -263,7 +263,9 @@ LONG = [*MLP, "--data.batch_size=32", "--train.eval_every=0", "--run.plots=false
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds worker processes through /proc")
 def test_killed_rank_ends_the_job_and_resume_continues(tmp_path):
     run = tmp_path / "run"
-    proc = _start([*LONG, "--train.max_steps=100000", "--dist.strategy=ddp", f"--run.dir={run}"], 2)
+    # a constant schedule, so that the resumed run may end sooner than the first launch asked
+    proc = _start([*LONG, "--train.max_steps=100000", "--optim.schedule=constant", "--dist.strategy=ddp",
+                   f"--run.dir={run}"], 2)
     try:
         _wait_for(lambda: list((run / "checkpoints").glob("step_*.dcp")), 90, "a first checkpoint")
         ranks = _wait_for(lambda: _workers(proc.pid) if len(_workers(proc.pid)) == 2 else None, 30, "the workers")

@@ -181,3 +181,19 @@ def test_a_torn_metrics_line_from_a_kill_does_not_stop_resume(interrupted):
     _assert_identical(reference, load_file(str(run / "model.safetensors")))
     for line in (run / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
+
+
+def test_the_length_may_change_on_resume_only_under_a_constant_schedule(tmp_path):
+    run = tmp_path / "run"
+    assert _lw(*SMALL, f"--run.dir={run}").returncode == 0  # onecycle: the length shapes every step's lr
+    (run / "summary.json").unlink()
+    out = _lw("train", "--resume", str(run), "--train.max_steps=40")
+    assert out.returncode == 2 and "from 30 to 40 steps" in out.stderr and "optim.schedule=constant" in out.stderr
+    flat = tmp_path / "flat"
+    assert _lw(*SMALL, "--optim.schedule=constant", f"--run.dir={flat}").returncode == 0
+    (flat / "summary.json").unlink()
+    out = _lw("train", "--resume", str(flat), "--train.max_steps=40")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((flat / "summary.json").read_text())["steps"] == 40
+    resumed = [json.loads(x) for x in (flat / "metrics.jsonl").read_text().splitlines() if '"resume"' in x]
+    assert resumed[0]["changed"] == {"train.max_steps": [30, 40]} and resumed[0]["step"] == 20

@@ -105,6 +105,8 @@ class Trainer:
                                     start_step=round(t.lookahead_start * self.steps_per_epoch),
                                     total_steps=self.total_steps) if t.lookahead_every else None)
         self.early = EarlyEpochs(cfg, self.model, self.info.in_shape, is_image(self.info), self.steps_per_epoch)
+        if resume:
+            self._check_resumed_length(Path(run_dir))
 
         # loop state (all of it goes into checkpoints)
         self.step = 0
@@ -564,6 +566,31 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + 7919 * self.step + 1_000_003 * self.par.dp_rank)
         self.log.truncate_after(self.step)
         self.resumed_from = path
+
+    def _check_resumed_length(self, run_dir: Path) -> None:
+        """A resumed run may end at another step only if every step both lengths share keeps its
+        learning rate (and lookahead, whose strength grows with step / total, is off)."""
+        from layerwise.config import ConfigError, load_yaml
+
+        saved = load_yaml(run_dir / "config.yaml").get("train", {})
+        t, o = self.cfg.train, self.cfg.optim
+        old_total = int(saved.get("max_steps") or 0) or math.ceil(float(saved.get("epochs", t.epochs))
+                                                                     * self.steps_per_epoch)
+        if old_total == self.total_steps:
+            return
+        warm = o.warmup_steps or int(o.warmup_fraction * old_total)
+        old = dict(self.schedule, total_steps=old_total, warmup_steps=warm)
+        shared = min(old_total, self.total_steps)
+        same = self.lookahead is None and all(
+            lr_multiplier(s, **old) == lr_multiplier(s, **self.schedule) for s in range(shared))
+        if not same:
+            raise ConfigError(
+                f"the settings given on resume change the run's length from {old_total} to {self.total_steps} "
+                f"steps, and its learning-rate schedule ({o.schedule}"
+                f"{', with lookahead' if self.lookahead is not None else ''}) depends on the length, so the "
+                f"steps it still has to take would get other learning rates than the run was started with. "
+                f"Resume with the saved length, or start a new run; with optim.schedule=constant (and no "
+                f"lookahead) a resumed run may be made longer or shorter.")
 
     def _record_resume(self) -> None:
         """The resumed run's config.yaml takes the allowed changes, and metrics.jsonl says where
