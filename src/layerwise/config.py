@@ -80,11 +80,22 @@ class DataConfig:
                            "the (augmented) images: cheaper steps while the network learns coarse features "
                            "(0 = off)")
     low_res_epochs: float = _f(0.0, "epochs trained on data.low_res_size crops")
-    # tabular
-    target: str = _f("", "csv: the target column (default: the last column)")
+    # tables and tasks
+    task: str = _f("auto", "what to predict: auto (decided from the data, and said), classify, multilabel, regress")
+    target: list[str] = _f([], "csv: the target column(s) (default: the last column); several give multi-output "
+                           "regression or multilabel; text-classes CSV: the label column")
+    label_sep: str = _f("", "split a label cell into several labels at this character (multilabel), e.g. '|'")
+    delimiter: str = _f("", "csv: the field delimiter, one of , ; | tab (empty: sniffed from the file)")
+    missing: str = _f("error", "csv: a missing value is an error (naming column and line) or impute (median plus "
+                      "a 0/1 indicator; its own category for text), fitted on the training split")
+    text_column: str = _f("", "text-classes CSV: the column holding the text (default: the longest values)")
+    folds: int = _f(0, "K-fold cross-validation for sources without a test split: hold out fold data.fold of K "
+                    "(stratified for classes, seed 0); 0 = a held-out data.val_fraction")
+    fold: int = _f(0, "which fold is the test part, 0 .. data.folds - 1 (layerwise cv runs them all)")
     # text
-    tokenizer: str = _f("byte", "text: byte (256 ids, no training), char (the text's characters) or bpe")
-    vocab_size: int = _f(1024, "text: vocabulary size of a trained bpe tokenizer")
+    tokenizer: str = _f("byte", "text: byte (256 ids, no training), char (the text's characters), bpe, or word "
+                        "(lower-cased words; for text classes)")
+    vocab_size: int = _f(1024, "text: vocabulary size of a trained bpe or word tokenizer")
     block_size: int = _f(256, "text: context length in tokens")
     # audio
     sample_rate: int = _f(8000, "audio: resample every recording to this rate (Hz)")
@@ -97,6 +108,15 @@ class DataConfig:
     specaugment_freq: int = _f(0, "audio: SpecAugment frequency-mask width, max mel bands (0 = off)")
     specaugment_masks: int = _f(2, "audio: masks of each kind per example")
     drop_last: bool = _f(False, "drop the last incomplete training batch of each epoch")
+
+
+@dataclass
+class TaskConfig:
+    loss: str = _f("auto", "the objective: auto (cross-entropy for classes and tokens, binary cross-entropy for "
+                   "labels, mse for numbers), or for regression mse, huber, l1")
+    huber_delta: float = _f(1.0, "regression with task.loss=huber: where the loss turns linear, in standard "
+                            "deviations of the target")
+    threshold: float = _f(0.5, "multilabel: a label is predicted when its probability is at least this")
 
 
 @dataclass
@@ -181,6 +201,7 @@ class RunConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -193,7 +214,7 @@ class Config:
         return {"model": {"name": model["name"], **model["args"]}, **d}
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig,
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "task": TaskConfig, "optim": OptimConfig,
             "train": TrainConfig, "dist": DistConfig, "run": RunConfig}
 
 
@@ -242,9 +263,11 @@ def coerce(key: str, value: Any, hint: Any, raw: str | None = None) -> Any:
         return value
     origin = typing.get_origin(hint)
     if origin in (list, tuple) or hint in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if isinstance(value, str) and args and args[0] is str:
+            value = [value] if value else []  # a list of names given as one name
         if not isinstance(value, (list, tuple)):
             raise _refuse(key, value, hint)
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         # kept as a list: the config is plain YAML data (the model registry makes tuples)
         return [coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else list(value)
     if hint is str:
@@ -310,7 +333,7 @@ def merge(cfg: Config, raw: dict[str, Any], where: str, texts: dict[str, dict[st
     ``texts`` holds command-line values as typed ({section: {key: text}}), which str keys take as
     they are (see :func:`coerce`)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping of sections (model, data, optim, train, dist, run), "
+        raise ConfigError(f"{where} must be a mapping of sections (model, data, task, optim, train, dist, run), "
                           f"got {type(raw).__name__}.")
     texts = texts or {}
     out = {name: getattr(cfg, name) for name in SECTIONS}
@@ -437,12 +460,24 @@ def validate(cfg: Config) -> None:
          "data.low_res_size and data.low_res_epochs must be >= 0"),
         (cfg.data.on_error in ("refuse", "skip"), f"data.on_error must be refuse or skip, got '{cfg.data.on_error}'"),
         (cfg.data.loader in ("device", "stream"), f"data.loader must be device or stream, got '{cfg.data.loader}'"),
-        (cfg.data.tokenizer in ("byte", "char", "bpe"),
-         f"data.tokenizer must be byte, char or bpe, got '{cfg.data.tokenizer}'"),
+        (cfg.data.tokenizer in ("byte", "char", "bpe", "word"),
+         f"data.tokenizer must be byte, char, bpe or word, got '{cfg.data.tokenizer}'"),
         (0 < cfg.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
         (cfg.data.block_size >= 1, "data.block_size must be >= 1"),
         (cfg.data.channel in ("mean", "left", "right"),
          f"data.channel must be mean, left or right, got '{cfg.data.channel}'"),
+        (cfg.data.task in ("auto", "classify", "multilabel", "regress"),
+         f"data.task must be auto, classify, multilabel or regress, got '{cfg.data.task}'"),
+        (cfg.data.missing in ("error", "impute"), f"data.missing must be error or impute, got '{cfg.data.missing}'"),
+        (cfg.data.delimiter in ("", ",", ";", "\t", "tab", "|"),
+         f"data.delimiter must be one of , ; | tab (or empty to sniff it), got {cfg.data.delimiter!r}"),
+        (cfg.data.folds == 0 or (cfg.data.folds >= 2 and 0 <= cfg.data.fold < cfg.data.folds),
+         f"data.folds must be 0 or >= 2, and data.fold in 0 .. data.folds - 1 (got folds={cfg.data.folds}, "
+         f"fold={cfg.data.fold})"),
+        (cfg.task.loss in ("auto", "mse", "huber", "l1", "cross_entropy", "bce"),
+         f"task.loss must be auto, mse, huber or l1 (regression), got '{cfg.task.loss}'"),
+        (0 < cfg.task.threshold < 1, "task.threshold must be in (0, 1)"),
+        (cfg.task.huber_delta > 0, "task.huber_delta must be > 0"),
         (cfg.data.max_image_pixels >= 0, "data.max_image_pixels must be >= 0 (0 = no limit)"),
         (cfg.data.mixup >= 0 and cfg.data.cutmix >= 0, "data.mixup and data.cutmix are Beta alphas and must be >= 0"),
         (cfg.dist.strategy in DIST_STRATEGIES,

@@ -112,7 +112,7 @@ def test_unknown_tokenizer_is_a_config_error(tmp_path):
     (tmp_path / "ok.txt").write_text("to be or not to be\n" * 20)
     out = train(tmp_path / "run", "--data.name=text", f"--data.path={tmp_path / 'ok.txt'}",
                 "--data.tokenizer=wordpiece", model=GPT)
-    assert_refused(out, 2, tmp_path / "run", "data.tokenizer", "wordpiece", "byte, char or bpe")
+    assert_refused(out, 2, tmp_path / "run", "data.tokenizer", "wordpiece", "byte, char, bpe or word")
 
 
 # --------------------------------------------------------------------------------------------- csv

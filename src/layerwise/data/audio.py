@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerwise.data.datasets import (SPLIT_SEED, DataError, Dataset, DatasetInfo, _npz, register_dataset,
-                                     stratified_split, user_path)
+from layerwise.data.datasets import (DataError, Dataset, DatasetInfo, _npz, register_dataset,
+                                     holdout_split, user_path)
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE  # WAV format tags
 _LOG_EPS = 1e-6  # log(power + eps): floor for silent (zero-padded) frames, about -13.8
@@ -439,7 +439,7 @@ def _wavs(d: Path) -> list[Path]:
     return files
 
 
-def _split_files(folder: Path, val_fraction: float) -> tuple[list[str], list, list]:
+def _split_files(folder: Path, opts: Any) -> tuple[list[str], list, list, str]:
     """(classes, train [(file, label)], test [(file, label)]) from either layout."""
     has_tr, has_te = (folder / "train").is_dir(), (folder / "test").is_dir()
     if has_tr != has_te:
@@ -458,7 +458,7 @@ def _split_files(folder: Path, val_fraction: float) -> tuple[list[str], list, li
         train = [(f, c) for c, name in enumerate(classes) for f in _wavs(folder / "train" / name)]
         test = [(f, c) for c, name in enumerate(classes) if (folder / "test" / name).is_dir()
                 for f in _wavs(folder / "test" / name)]
-        return classes, train, test
+        return classes, train, test, "train/ and test/ folders"
     dirs = _subdirs(folder)
     if not dirs:
         raise DataError(f"wav folder '{folder}' holds no class folders. Put each class's recordings in "
@@ -466,8 +466,8 @@ def _split_files(folder: Path, val_fraction: float) -> tuple[list[str], list, li
     # The shared stratified split (fixed seed, val_fraction of every class held out as the test
     # split), drawn from the file listing alone: which files turn out unreadable does not move it.
     items = [(f, c) for c, d in enumerate(dirs) for f in _wavs(d)]
-    tr, te = stratified_split(np.array([c for _, c in items]), val_fraction)
-    return [d.name for d in dirs], [items[i] for i in tr], [items[i] for i in te]
+    tr, te, how = holdout_split(np.array([c for _, c in items]), opts)
+    return [d.name for d in dirs], [items[i] for i in tr], [items[i] for i in te], how
 
 
 def _read_all(items: list, a: dict, skip: bool, warnings: list[str], seconds: dict[str, float]
@@ -501,7 +501,7 @@ def _wav_folder(root: Path, opts: Any) -> Dataset:
     if opts.on_error not in ("refuse", "skip"):
         raise DataError(f"data.on_error must be 'refuse' or 'skip', not '{opts.on_error}'.")
     a = _settings(opts)
-    classes, train, test = _split_files(folder, float(opts.val_fraction))
+    classes, train, test, how = _split_files(folder, opts)
     warnings: list[str] = []
     seconds: dict[str, float] = {}
     w_tr, y_tr = _read_all(train, a, opts.on_error == "skip", warnings, seconds)
@@ -517,8 +517,7 @@ def _wav_folder(root: Path, opts: Any) -> Dataset:
     source = {"path": str(folder), "files": len(train) + len(test),
               "skipped": sum(w.startswith("skipped") for w in warnings),
               "cropped": sum(t > a["clip_seconds"] for t in seconds.values()),
-              "split": "train/ and test/ folders" if (folder / "train").is_dir() else
-              f"stratified, val_fraction={float(opts.val_fraction)}, seed {SPLIT_SEED}"}
+              "split": how}
     return _make("wav-folder", a, w_tr, y_tr, w_te, y_te, classes, source, warnings)
 
 

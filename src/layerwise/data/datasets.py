@@ -170,6 +170,40 @@ def stratified_split(y: np.ndarray, val_fraction: float, seed: int = SPLIT_SEED
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def holdout_split(y: np.ndarray | None, opts: Any, n: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train indices, test indices, how they were drawn) for a source without a test split.
+
+    With ``data.folds`` = K > 0: fold ``data.fold`` of K-fold cross-validation (scikit-learn's
+    StratifiedKFold over the labels ``y`` when every class has at least K examples, else KFold;
+    shuffled with seed SPLIT_SEED, so the folds are the same on every run and partition the data).
+    Otherwise a held-out ``data.val_fraction`` (:func:`stratified_split` over ``y``, or a seeded
+    random split when ``y`` is None, e.g. regression targets). ``n`` is the number of examples
+    when ``y`` is None."""
+    n = len(y) if y is not None else int(n)
+    folds, fold = int(getattr(opts, "folds", 0) or 0), int(getattr(opts, "fold", 0) or 0)
+    if folds:
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        if not 2 <= folds <= n:
+            raise DataError(f"data.folds={folds} splits {n} examples into folds; use 2 <= data.folds <= {n} "
+                            f"(or 0 for a single held-out part of data.val_fraction).")
+        if not 0 <= fold < folds:
+            raise DataError(f"data.fold={fold} is not one of the {folds} folds; use 0 .. {folds - 1}.")
+        stratify = y is not None and np.unique(y, return_counts=True)[1].min() >= folds
+        splitter = (StratifiedKFold if stratify else KFold)(folds, shuffle=True, random_state=SPLIT_SEED)
+        tr, te = list(splitter.split(np.zeros(n), y if stratify else None))[fold]
+        how = f"fold {fold} of {folds}-fold cross-validation ({'stratified, ' if stratify else ''}seed {SPLIT_SEED})"
+        return np.sort(tr), np.sort(te), how
+    if y is not None:
+        tr, te = stratified_split(y, opts.val_fraction)
+        return tr, te, f"stratified split val_fraction={opts.val_fraction} seed={SPLIT_SEED}"
+    if not 0 < opts.val_fraction < 1:
+        raise DataError(f"data.val_fraction must be in (0, 1) to split off a test set, got {opts.val_fraction}.")
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_te = min(max(int(round(n * opts.val_fraction)), 1), n - 1)
+    return np.sort(perm[n_te:]), np.sort(perm[:n_te]), f"random split val_fraction={opts.val_fraction} seed={SPLIT_SEED}"
+
+
 def _npz(root: Path, rel: str, dataset: str) -> dict[str, np.ndarray]:
     """Read an .npz without pickle; missing or corrupt files raise a DataError that says why."""
     path = root / rel

@@ -6,8 +6,9 @@ repacked npz form or in the original files users download (idx, CIFAR-10 binary 
     <path>/train/<class>/<image>  and  <path>/test/<class>/<image>   (val/ instead of test/ works;
                                                                       with both, val/ is used and
                                                                       test/ stays untouched)
-    <path>/<class>/<image>        one pool: data.val_fraction of every class is held out
-                                  (datasets.stratified_split, seed SPLIT_SEED = 0, same every run)
+    <path>/<class>/<image>        one pool: data.val_fraction of every class is held out, or
+                                  fold data.fold of data.folds (datasets.holdout_split, seed
+                                  SPLIT_SEED = 0, same every run)
 
 Class names are the folder names, sorted. Images are files ending in .png .jpg .jpeg .bmp .gif
 .webp (any case; hidden files and other suffixes are ignored; a GIF gives its first frame).
@@ -44,8 +45,8 @@ import numpy as np
 import torch
 
 from layerwise.data import imagefile
-from layerwise.data.datasets import (SPLIT_SEED, DataError, Dataset, DatasetInfo, _npz, register_dataset,
-                                     stratified_split, user_path)
+from layerwise.data.datasets import (DataError, Dataset, DatasetInfo, _npz, register_dataset,
+                                     holdout_split, user_path)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 STATS_SAMPLE = 2000  # stream loader: images sampled (evenly spaced, so every class) for mean/std
@@ -71,7 +72,7 @@ def _class_files(d: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _find_splits(folder: Path, val_fraction: float) -> tuple[list[str], dict, str]:
+def _find_splits(folder: Path, opts: Any) -> tuple[list[str], dict, str]:
     """(classes, {"train"|"test": (paths, labels)}, layout description)."""
     if not folder.is_dir():
         raise DataError(f"image-folder: data.path '{folder}' is a file; it must be a folder. {_LAYOUT_HELP}")
@@ -91,10 +92,10 @@ def _find_splits(folder: Path, val_fraction: float) -> tuple[list[str], dict, st
     classes = sorted(pool)
     paths = [f for c in classes for f in pool[c]]
     y = np.array([i for i, c in enumerate(classes) for _ in pool[c]], np.int64)
-    tr, va = stratified_split(y, val_fraction)
+    tr, va, how = holdout_split(y, opts)
     splits = {"train": ([paths[i] for i in tr], y[tr].tolist()),
               "test": ([paths[i] for i in va], y[va].tolist())}
-    return classes, splits, f"class folders, stratified split val_fraction={val_fraction} seed={SPLIT_SEED}"
+    return classes, splits, f"class folders, {how}"
 
 
 def _decode(path: str, gray: bool, size: int, deep: bool, max_pixels: int) -> np.ndarray:
@@ -151,7 +152,7 @@ def _channel_stats(batches, C: int, scale: float = 255.0) -> tuple[list[float], 
 def _image_folder(root: Path, opts: Any) -> Dataset:
     """A folder of class subfolders of images; see the module docstring for layout and options."""
     folder = user_path(root, opts, "image-folder", "a folder of class subfolders of images")
-    classes, splits, layout = _find_splits(folder, opts.val_fraction)
+    classes, splits, layout = _find_splits(folder, opts)
     stream, skip, size = opts.loader == "stream", opts.on_error == "skip", int(opts.image_size)
     limit = int(getattr(opts, "max_image_pixels", imagefile.DEFAULT_MAX_PIXELS))
     warnings: list[str] = []

@@ -85,3 +85,13 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
     if C == 1 and (invert == "yes" or (invert == "auto" and info.name in LIGHT_ON_DARK and x.mean() > 0.5)):
         x = 1.0 - x
     return torch.from_numpy(x * info.scale)[None]
+
+
+def prepare_inputs(x: torch.Tensor, info: DatasetInfo, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Raw inputs from :func:`load_inputs` -> what the model takes: normalized as the training
+    loader normalized them (images, audio features, tables); token ids as they are."""
+    if x.dtype == torch.int64:  # token ids (text classes): no normalization
+        return x.to(device)
+    from layerwise.data.augment import Normalize
+
+    return Normalize(info, device)(x.to(device))

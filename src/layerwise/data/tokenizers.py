@@ -10,11 +10,15 @@ the same tokenizer. The dict is stored with the run (``DatasetInfo.extra["tokeni
   readable, but a character it was not built with cannot be encoded.
 - ``bpe``: byte-level BPE (GPT-2's scheme) trained with the Hugging Face ``tokenizers`` library;
   starts from the 256 bytes, so any text round-trips exactly. The library is imported only here.
+- ``word``: lower-cased words and punctuation marks, the ``data.vocab_size`` most frequent in the
+  training text, the rest one unknown id; for classifying sentences (Kim 2014's vocabulary).
+  Decoding joins the words with spaces: not an exact round trip.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -120,6 +124,54 @@ class CharTokenizer(Tokenizer):
         return {"kind": self.kind, "chars": "".join(self.chars)}
 
 
+class WordTokenizer(Tokenizer):
+    """Lower-cased words (letters, digits, _ and an inner apostrophe: "don't", "film's") and single
+    punctuation marks; id 0 is the unknown word, ids 1.. the vocabulary, most frequent first."""
+
+    kind = "word"
+    PATTERN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
+    UNKNOWN = "<unk>"
+
+    def __init__(self, words: Iterable[str]):
+        self.words: list[str] = [self.UNKNOWN, *words]
+        self._ids = {w: i for i, w in enumerate(self.words)}
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        """The text's words and punctuation, lower-cased."""
+        return cls.PATTERN.findall(text.lower())
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> WordTokenizer:
+        """The ``vocab_size - 1`` most frequent words of ``text`` (ties in alphabetical order)."""
+        from collections import Counter
+
+        if vocab_size < 2:
+            raise DataError(f"data.vocab_size={vocab_size} leaves no room for words (id 0 is the unknown "
+                            f"word); use data.vocab_size >= 2, e.g. 20000.")
+        counts = Counter(cls.split(text))
+        ranked = sorted(counts, key=lambda w: (-counts[w], w))[:vocab_size - 1]
+        return cls(ranked)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    def encode(self, text: str) -> list[int]:
+        get = self._ids.get
+        return [get(w, 0) for w in self.split(text)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < len(self.words)]
+        if bad:
+            raise ValueError(f"word tokenizer ids must lie in [0, {len(self.words) - 1}]; got {bad[0]}.")
+        return " ".join(self.words[i] for i in ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "words": self.words[1:]}
+
+
 def _hf_tokenizers():
     """The Hugging Face ``tokenizers`` module, imported only when bpe is used."""
     try:
@@ -186,18 +238,22 @@ class BPETokenizer(Tokenizer):
         return {"kind": self.kind, "vocab_size": self.vocab_size, "json": self.hf.to_str()}
 
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {"byte": ByteTokenizer, "char": CharTokenizer, "bpe": BPETokenizer}
+TOKENIZERS: dict[str, type[Tokenizer]] = {"byte": ByteTokenizer, "char": CharTokenizer, "bpe": BPETokenizer,
+                                          "word": WordTokenizer}
 
 
 def build_tokenizer(kind: str, train_text: str, vocab_size: int) -> Tokenizer:
     """A tokenizer of ``kind`` built from ``train_text``.
 
     byte ignores both arguments; char takes the characters of ``train_text`` (pass the whole text,
-    as nanoGPT does, so validation characters are known); bpe trains ``vocab_size`` ids on it.
+    as nanoGPT does, so validation characters are known); bpe trains ``vocab_size`` ids on it;
+    word keeps its ``vocab_size - 1`` most frequent words.
     """
     check_kind(kind)
     if kind == "byte":
         return ByteTokenizer()
+    if kind == "word":
+        return WordTokenizer.train(train_text, vocab_size)
     if kind == "char":
         if not train_text:
             raise DataError("the char tokenizer is built from the text's characters, and the text is empty.")
@@ -221,6 +277,8 @@ def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
             return CharTokenizer(d["chars"])
         if kind == "bpe":
             return BPETokenizer.from_json(d["json"])
+        if kind == "word":
+            return WordTokenizer(d["words"])
     except DataError:  # `tokenizers` missing: that message already says what to do
         raise
     except Exception as e:  # KeyError, TypeError, and the bare Exception tokenizers raises for bad JSON

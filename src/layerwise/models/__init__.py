@@ -10,11 +10,14 @@ from .convnet import ConvNet, convnet_cost
 from .mlp import MLP, mlp_cost
 from .registry import create_model, list_models, model_arg_types, model_args, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet_cost
+from .text import NGramBag, TextTransformer
 from .transformer import GPT, ViT
 
 __all__ = [
     "GPT",
     "MLP",
+    "NGramBag",
+    "TextTransformer",
     "BasicBlock",
     "Bottleneck",
     "ConvNet",

@@ -152,15 +152,20 @@ class SelfAttention(nn.Module):
         self.rotary = RotaryEmbedding(d_model // n_head) if rotary else None
         self.resid_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d); ``mask`` (B, T) bool, True for the positions that take part as keys (the
+        real tokens of padded sequences), or None for all of them."""
         B, T, _ = x.shape
+        if mask is not None and self.causal:
+            raise ValueError("a causal attention takes no padding mask (its sequences are never padded)")
         # -1 heads: all of them, or this rank's share when tensor parallelism split wqkv
         qkv = self.wqkv(x).view(B, T, -1, 3, self.head_dim)  # (B, T, nh, 3, hs)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if self.rotary is not None:
             q, k = self.rotary(q, k)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            q, k, v, attn_mask=None if mask is None else mask[:, None, None, :],  # (B, 1, 1, T): keys
+            dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, -1)  # re-assemble the heads: (B, T, nh * hs)
         return self.resid_drop(self.proj(y))
@@ -240,8 +245,9 @@ class TransformerBlock(nn.Module):
         self.norm2 = make_transformer_norm(norm, d_model, bias=bias)
         self.mlp = FeedForward(d_model, hidden, kind=mlp, dropout=dropout, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))  # (B, T, d)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d); ``mask`` (B, T) bool marks the real tokens of padded sequences."""
+        x = x + self.attn(self.norm1(x), mask)  # (B, T, d)
         return x + self.mlp(self.norm2(x))  # (B, T, d)
 
 

@@ -1,7 +1,9 @@
-"""Evaluation pieces shared by the Trainer, `layerwise eval` and the benchmarks: targets of every
-task in one shape, test-time augmentation, and one pass over a (possibly rank-sharded) loader."""
+"""Evaluation pieces shared by the Trainer, `layerwise eval` and the benchmarks: test-time
+augmentation, and one pass of a task's metrics over a (possibly rank-sharded) loader."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,26 +12,9 @@ from layerwise.train.metrics import Accumulator
 from layerwise.train.precision import autocast
 
 
-def lm_eval_batch(d) -> int:
-    """data.eval_batch_size counts images; a text evaluation batch is kept at <= 64k tokens."""
-    return max(1, min(d.eval_batch_size, 65536 // d.block_size))
-
-
 def is_image(info) -> bool:
-    return info.task == "classify" and len(info.in_shape) == 3 and "audio" not in info.extra
-
-
-def num_targets(y: torch.Tensor) -> int:
-    """Predictions a batch is scored on: examples for (B,) ids or (B, C) soft targets,
-    tokens for a language model's (B, T) next-token ids."""
-    return y.shape[0] if y.is_floating_point() else y.numel()
-
-
-def flatten_targets(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A language model's (B, T, V) logits and (B, T) targets -> (B*T, V), (B*T,); others unchanged."""
-    if logits.dim() == 3:
-        return logits.flatten(0, 1), y.flatten()
-    return logits, y
+    """Whether a dataset's inputs are images (N, C, H, W): not token ids, not spectrograms."""
+    return info.task != "lm" and len(info.in_shape) == 3 and "audio" not in info.extra
 
 
 def tta_logits(forward, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
@@ -50,29 +35,48 @@ def tta_logits(forward, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_loader(forward, loader, device: torch.device, precision: str = "fp32",
-                    tta: str = "none", reduce=None) -> dict[str, float]:
-    """Mean cross-entropy and accuracy (per token for a language model) of ``forward`` over one
-    full pass of ``loader``, with optional test-time augmentation (:func:`tta_logits`).
+def evaluate_loader(forward, loader, task, device: torch.device, precision: str = "fp32",
+                    tta: str = "none", reduce=None) -> dict[str, Any]:
+    """The task's metrics (:meth:`layerwise.tasks.Task.metrics`) of ``forward`` over one full pass
+    of ``loader``, with optional test-time augmentation (:func:`tta_logits`).
 
     A loader sharded over W data-parallel ranks pads its order by wrapping around (so every rank
-    runs the same number of batches, which FSDP and TP need); the padded repeats are masked out
-    here (target -100) and ``reduce`` sums the totals over the ranks: every example counts once.
+    runs the same number of batches, which FSDP and TP need); the padded repeats are left out
+    (``keep``) and ``reduce`` sums the totals over the ranks: every example counts once. A task
+    that needs every output at once (``task.collects``, e.g. mean average precision) gets them
+    placed at their examples' positions and summed over the ranks, so each example appears once.
     """
-    acc = Accumulator(device, reduce)
+    acc = Accumulator(task.stats_size, device, reduce)
     loader.epoch, loader.position = 0, 0
     n, w, r, per_batch = loader.num_examples, loader.world_size, loader.rank, loader.batch_size
+    outs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
     for b, (x, y) in enumerate(loader):
-        count = None
+        keep = None
+        pos = torch.arange(b * per_batch, b * per_batch + len(y))  # this rank's positions, on the host
         if w > 1:  # this batch's positions in the padded global order are r + i*w
-            i = torch.arange(b * per_batch, b * per_batch + len(y))
-            keep = (r + i * w) < n  # (B,) on the host: no device sync
-            if not bool(keep.all()):
-                y = y.clone()
-                y[(~keep).to(y.device)] = -100
-            count = int(keep.sum()) * (y[0].numel() if y.dim() > 1 else 1)
+            kept = (r + pos * w) < n  # (B,) on the host: no device sync
+            keep = None if bool(kept.all()) else kept.to(y.device)
         with autocast(device.type, precision):
-            logits = tta_logits(forward, x, tta)
-        logits, y = flatten_targets(logits, y)
-        acc.add(F.cross_entropy(logits.float(), y, reduction="sum"), logits, y, count)
-    return acc.read()
+            out = tta_logits(forward, x, tta)
+        loss_sum = task.loss(out, y, keep)
+        # targets counted: all of the batch's, or those of its kept examples (tokens for an LM)
+        count = task.count(y) if keep is None else task.count(y) // len(y) * int(kept.sum())
+        acc.add(task.stats(out, y, loss_sum, keep), count)
+        if task.collects:
+            outs.append(out.float())
+            ys.append(y)
+    sums, count, _ = acc.read()
+    metrics = task.metrics(sums, count)
+    if task.collects and outs:
+        out, y = torch.cat(outs), torch.cat(ys)
+        if w > 1:  # every rank's outputs at their global example index, summed over the ranks
+            idx = r + torch.arange(len(out)) * w
+            keep = idx < n
+            full_out = out.new_zeros((n, *out.shape[1:]))
+            full_y = y.new_zeros((n, *y.shape[1:]), dtype=torch.float32)
+            full_out[idx[keep].to(out.device)] = out[keep.to(out.device)]
+            full_y[idx[keep].to(out.device)] = y[keep.to(out.device)].float()
+            out, y = reduce(full_out), reduce(full_y)
+        metrics |= task.final_metrics(out, y)
+    return metrics | {"examples": count}

@@ -1,4 +1,4 @@
-"""Using a finished run: evaluate it again, or predict classes for new inputs."""
+"""Using a finished run: evaluate it again, predict for new inputs, or generate text."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from layerwise.config import DataConfig, default_data_root, load_config
-from layerwise.data import BatchTransform, DatasetInfo, Normalize, load_dataset
-from layerwise.data.stream import build_loader
-from layerwise.data.inputs import load_inputs
+from layerwise.data import DatasetInfo, load_dataset
+from layerwise.data.inputs import load_inputs, prepare_inputs
+from layerwise.data.loaders import build_eval_loader
 from layerwise.data.text import normalize_newlines
+from layerwise.tasks import create_task
+from layerwise.train.evaluation import evaluate_loader, is_image
 from layerwise.train.run import RunDirError, load_model
-from layerwise.train.evaluation import evaluate_loader, lm_eval_batch
 from layerwise.train.trainer import resolve_device
 
 
@@ -37,9 +37,18 @@ def _run_setting(run_dir: str | Path, key: str, default: Any) -> Any:
         return default
 
 
+def model_task(meta: dict[str, Any], info: DatasetInfo, cfg: Any = None):
+    """The task a saved model was trained for, with its target preparation (saved in the file's
+    metadata; files from before tasks existed hold classifiers or language models)."""
+    state = dict(meta.get("task") or {})
+    state.pop("name", None)
+    return create_task(info, cfg, state=state or None)
+
+
 @torch.no_grad()
 def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> dict[str, Any]:
-    """Test loss and accuracy of the run's saved model on its dataset's test split."""
+    """The task's test metrics (test_<name>, the headline first) of the run's saved model on its
+    dataset's test split, recomputed from the data."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
@@ -47,43 +56,46 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "")
     dev = resolve_device(device)
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
+    task = model_task(meta, info, cfg)
     ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root(), cfg.data)
-    if info.task == "lm":
-        from layerwise.data.text import TokenLoader
-        loader, tta = TokenLoader(ds.x_test.to(dev), lm_eval_batch(cfg.data), cfg.data.block_size), "none"
-    else:
-        loader = build_loader(cfg.data.loader, ds.x_test, ds.y_test, cfg.data.eval_batch_size,
-                              BatchTransform(info, dev), dev, workers=cfg.data.workers)
-        tta = cfg.train.eval_tta
-    m = evaluate_loader(model, loader, dev, tta=tta)
-    return {"test_accuracy": m["accuracy"], "test_loss": m["loss"], "examples": m["examples"],
-            "model": cfg.model.name, "dataset": cfg.data.name}
+    loader = build_eval_loader(ds, cfg.data, info, dev)
+    tta = cfg.train.eval_tta if is_image(info) else "none"
+    m = task.scalars(evaluate_loader(model, loader, task, dev, tta=tta))
+    h = task.headline
+    return ({f"test_{h}": m.get(h), "test_loss": m.get("loss")}
+            | {f"test_{k}": v for k, v in m.items() if k not in (h, "loss", "examples")}
+            | {"examples": m["examples"], "model": cfg.model.name, "dataset": cfg.data.name})
 
 
 @torch.no_grad()
 def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str = "auto",
             device: str = "auto", max_image_pixels: int | None = None) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each example of each input file.
+    """The model's prediction for each example of each input file, as the task presents it:
+    classify {"top": [{"class", "index", "probability"}, ...]} (the top-k classes), multilabel
+    {"labels": [...], "probabilities": {...}} (labels over the threshold), regress {"values":
+    {column: value}} (in the target's units). Each result also holds "input" (the file, with
+    [i] for the i-th example of a file that holds several).
 
-    Inputs are read as training read its data (layerwise.data.inputs). ``max_image_pixels``
-    refuses larger images (0 = no limit; default: the run's data.max_image_pixels). Raises
-    DataError or RunDirError naming the file for a bad input or model file."""
+    Inputs are read as training read its data (layerwise.data.inputs): images, .npy arrays,
+    .wav recordings, CSV rows for a table model, lines of text for a text classifier.
+    ``max_image_pixels`` refuses larger images (0 = no limit; default: the run's
+    data.max_image_pixels). Raises DataError or RunDirError naming the file for a bad input or
+    model file."""
     dev = resolve_device(device)
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
+    if info.task == "lm":
+        raise RunDirError(f"the run in '{run_dir}' trained a language model on '{info.name}'; use "
+                          f"`layerwise generate {run_dir}` to sample text from it.")
+    task = model_task(meta, info)
     if max_image_pixels is None:
         max_image_pixels = _run_setting(run_dir, "max_image_pixels", DataConfig().max_image_pixels)
-    norm = Normalize(info, dev)
-    k = max(1, min(top_k, info.num_classes))
     results = []
     for path in inputs:
-        x = load_inputs(path, info, invert, max_image_pixels)
-        probs = F.softmax(model(norm(x.to(dev))).float(), dim=-1)
-        p, idx = probs.topk(k, dim=-1)
-        for i in range(len(x)):
-            name = path if len(x) == 1 else f"{path}[{i}]"
-            results.append({"input": name, "top": [{"class": info.classes[c], "index": int(c), "probability": float(q)}
-                                                   for q, c in zip(p[i].tolist(), idx[i].tolist())]})
+        x = load_inputs(path, info, invert, max_image_pixels).to(dev)
+        out = model(prepare_inputs(x, info, dev))
+        for i, r in enumerate(task.present(out, top_k)):
+            results.append({"input": path if len(x) == 1 else f"{path}[{i}]", **r})
     return results
 
 

@@ -11,33 +11,30 @@ import torch
 
 
 class Accumulator:
-    """Sums of loss and correct predictions kept as device tensors; the example count on the host.
+    """A task's metric sums (a float64 vector, :meth:`layerwise.tasks.Task.stats`) kept on the
+    device, and the count of targets (examples or tokens) on the host.
 
     Adding never syncs with the host (no ``.item()``, no host-to-device copy); ``read()`` does, and
     the Trainer calls it only at log intervals, so the GPU is never stalled by a per-step read.
 
     The Trainer stages each micro-batch of a step (:meth:`stage`) and, once it knows whether the
-    step was taken, commits them (:meth:`commit`) or drops them (:meth:`drop`): a skipped step (a non-finite loss or
-    gradient, an fp16 overflow) never enters the averages; it is counted apart (``skipped``).
+    step was taken, commits them (:meth:`commit`) or drops them (:meth:`drop`): a skipped step
+    (a non-finite loss or gradient, an fp16 overflow) never enters the averages; it is counted
+    apart (``skipped``).
     """
 
-    def __init__(self, device: torch.device, reduce=None):
-        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss_sum, correct
+    def __init__(self, size: int, device: torch.device, reduce=None):
+        self.sums = torch.zeros(size, dtype=torch.float64, device=device)
         self.count = 0
-        self.staged = torch.zeros(2, dtype=torch.float64, device=device)  # the step being decided
+        self.staged = torch.zeros(size, dtype=torch.float64, device=device)  # the step being decided
         self.staged_count = 0
         self.skipped = 0  # steps dropped since the last read
         self.reduce = reduce  # e.g. Parallel.sum: totals over the data-parallel ranks
 
-    def stage(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, count: int | None = None) -> None:
-        """Hold one micro-batch's sums until :meth:`commit` or :meth:`drop`. logits (N, C) and
-        targets y: (N,) class ids or (N, C) soft targets (mixup, cutmix), whose argmax counts as
-        the label. N is examples, or tokens for a language model. Targets of -100 (padding) are
-        never correct; ``count`` then gives the real targets (default N)."""
-        label = y.argmax(-1) if y.is_floating_point() else y
-        correct = (logits.argmax(-1) == label).sum()
-        self.staged += torch.stack([loss_sum.detach().double(), correct.double()])
-        self.staged_count += len(y) if count is None else count
+    def stage(self, stats: torch.Tensor, count: int) -> None:
+        """Hold one micro-batch's sums (``count`` targets) until :meth:`commit` or :meth:`drop`."""
+        self.staged += stats
+        self.staged_count += count
 
     def commit(self) -> None:
         """Fold the staged micro-batches into the sums (the step was taken)."""
@@ -52,9 +49,9 @@ class Accumulator:
         self.staged_count = 0
         self.skipped += 1
 
-    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, count: int | None = None) -> None:
+    def add(self, stats: torch.Tensor, count: int) -> None:
         """:meth:`stage` and :meth:`commit` at once (evaluation, where nothing is skipped)."""
-        self.stage(loss_sum, logits, y, count)
+        self.stage(stats, count)
         self.commit()
 
     def totals(self) -> tuple[torch.Tensor, int]:
@@ -62,15 +59,13 @@ class Accumulator:
         if self.reduce is None:
             return self.sums, self.count
         both = self.reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]))
-        return both[:2], int(round(both[2].item()))
+        return both[:-1], int(round(both[-1].item()))
 
-    def read(self, reset: bool = True) -> dict[str, float | None]:
-        """Means over the committed examples (None when there are none, e.g. every step of the
-        interval was skipped), their count, and the steps skipped since the last read."""
+    def read(self, reset: bool = True) -> tuple[list[float], int, int]:
+        """(sums over every rank, as floats; their target count; steps skipped since the last
+        read), the task turns them into metrics."""
         sums, n = self.totals()
-        loss, correct = sums.tolist()
-        out = {"loss": loss / n if n else None, "accuracy": correct / n if n else None, "examples": n,
-               "skipped": self.skipped}
+        out = (sums.tolist(), n, self.skipped)
         if reset:
             self.sums.zero_()
             self.count = 0
@@ -81,7 +76,7 @@ class Accumulator:
         return {"sums": self.sums, "count": self.count, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sums.copy_(state["sums"])
+        self.sums.copy_(torch.as_tensor(state["sums"], dtype=torch.float64))
         self.count = int(state["count"])
         self.skipped = int(state.get("skipped", 0))
 
@@ -138,8 +133,9 @@ class MetricsLog:
             self.tb.close()
 
 
-def plot_metrics(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """loss.png, accuracy.png and lr.png from the metric records (train and test curves)."""
+def plot_metrics(records: list[dict[str, Any]], out_dir: Path, headline: str = "accuracy") -> list[Path]:
+    """loss.png, <headline>.png (the task's headline metric, e.g. accuracy or rmse) and lr.png
+    from the metric records (train and test curves)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -148,7 +144,8 @@ def plot_metrics(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     train = [r for r in records if r.get("kind") == "train"]
     test = [r for r in records if r.get("kind") == "test"]
     written = []
-    for key, label in (("loss", "cross-entropy loss"), ("accuracy", "accuracy"), ("lr", "learning rate")):
+    keys = [("loss", "loss"), (headline, headline.replace("_", " ")), ("lr", "learning rate")]
+    for key, label in dict.fromkeys(keys):
         fig, ax = plt.subplots(figsize=(6, 4))
         for rows, style, label in ((train, "-", "train"), (test, "o-", "test")):
             rows = [r for r in rows if r.get(key) is not None]  # an interval of skipped steps has none
@@ -167,3 +164,19 @@ def plot_metrics(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def write_confusion(path: Path, confusion: list[list[int]], classes: list[str]) -> None:
+    """The confusion matrix as CSV: one row per true class, one column per predicted class, with
+    the class names as the first column and the header (counts of test examples)."""
+    import csv
+    import io
+
+    from layerwise.train.checkpoint import atomic_write
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["true \\ predicted", *classes])
+    for name, row in zip(classes, confusion, strict=True):
+        w.writerow([name, *row])
+    atomic_write(path, buf.getvalue().encode())

@@ -10,9 +10,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 
+_SHORT = {"accuracy": "acc"}  # the display's name for a headline metric (as before tasks: "acc")
+
+
 def _fmt(v: float | None) -> str:
-    """A metric for the display: 4 decimals, or '-' for an interval in which every step was skipped."""
-    return "-" if v is None else f"{v:.4f}"
+    """A metric for the display: 4 decimals (or 5 significant digits for large values, e.g. an
+    RMSE in dollars), or '-' for an interval in which every step was skipped."""
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.5g}"
 
 
 class ProgressDisplay:
@@ -37,15 +43,18 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.update(self.task, completed=step)
 
-    def update(self, step: int, epoch: float, metrics: dict[str, Any]) -> None:
-        """New metrics at a log interval: refresh the bar's text, or print one plain line."""
-        loss, acc = (_fmt(metrics.get(k)) for k in ("loss", "accuracy"))
+    def update(self, step: int, epoch: float, metrics: dict[str, Any], headline: str = "accuracy") -> None:
+        """New metrics at a log interval: refresh the bar's text, or print one plain line; the
+        loss and the task's headline metric are shown."""
+        shown = f"loss {_fmt(metrics.get('loss'))}"
+        if headline != "loss":
+            shown += f" {_SHORT.get(headline, headline)} {_fmt(metrics.get(headline))}"
         skipped = f" ({metrics['skipped']} skipped)" if metrics.get("skipped") else ""
         if self.bar is not None:
-            info = f"loss {loss} acc {acc} {metrics['examples_per_sec']:.0f} ex/s{skipped}"
+            info = f"{shown} {metrics['examples_per_sec']:.0f} ex/s{skipped}"
             self.bar.update(self.task, completed=step, info=info)
         elif self.enabled:
-            print(f"step {step}/{self.total} epoch {epoch:.2f} loss {loss} acc {acc} lr {metrics['lr']:.3g} "
+            print(f"step {step}/{self.total} epoch {epoch:.2f} {shown} lr {metrics['lr']:.3g} "
                   f"{metrics['examples_per_sec']:.0f} ex/s{skipped}", flush=True)
 
     def message(self, text: str) -> None:

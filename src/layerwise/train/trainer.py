@@ -20,19 +20,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from layerwise.config import Config, default_data_root, save_config
-from layerwise.data import DataError, load_dataset
-from layerwise.data.loader import BatchTransform, gather, head
-from layerwise.data.stream import build_loader
+from layerwise.data import load_dataset
+from layerwise.data.loader import gather
+from layerwise.data.loaders import build_loaders
 from layerwise.distributed.parallel import DistributedError, Parallel, is_collective_failure
-from layerwise.models import create_model
+from layerwise.models import create_model, model_args
 from layerwise.train import checkpoint as ckpt
 from layerwise.train.cpu import keep_freed_memory
 from layerwise.train.ema import EMA, Lookahead
-from layerwise.train.evaluation import evaluate_loader, flatten_targets, is_image, lm_eval_batch, num_targets
-from layerwise.train.metrics import Accumulator, MetricsLog, plot_metrics
+from layerwise.tasks import create_task
+from layerwise.train.evaluation import evaluate_loader, is_image
+from layerwise.train.metrics import Accumulator, MetricsLog, plot_metrics, write_confusion
 from layerwise.train.optim import build_optimizer
 from layerwise.train.precision import autocast, grad_scaler
 from layerwise.train.preflight import check_training_batches
@@ -85,8 +85,11 @@ class Trainer:
         self._check_parallel()
         self.scaler = grad_scaler(self.device.type, t.precision)  # refuses fp16 off CUDA, early
         seed_everything(t.seed)  # the same on every rank: identical initial weights
-        self.tokenizer = None  # set by _build_lm_data; saved into the run directory
+        self.tokenizer = None  # a language model's, set by _build_data; saved into the run directory
         source = self._build_data()
+        # the objective: loss, target preparation (fitted on the training split), metrics
+        self.task = create_task(self.info, cfg)
+        self.task.fit(self._y_train)
         if t.eval_tta != "none" and not is_image(self.info):
             from layerwise.config import ConfigError
             raise ConfigError(f"train.eval_tta={t.eval_tta} flips and shifts images, but dataset "
@@ -115,7 +118,7 @@ class Trainer:
         self.overflow_steps = 0  # of which fp16 loss-scale overflows
         self.examples_seen = 0
         self.train_seconds = 0.0
-        self.acc = Accumulator(self.device, reduce=self.par.sum if self.par.enabled else None)
+        self.acc = Accumulator(self.task.stats_size, self.device, reduce=self.par.sum if self.par.enabled else None)
 
         # the run directory comes last: bad input above fails before anything is written.
         # Only rank 0 writes it; the other ranks learn its path from rank 0.
@@ -166,58 +169,29 @@ class Trainer:
                              "dp_replicate": dims.dp_replicate, "dp_shard": dims.dp_shard, "tp": dims.tp}}
 
     def _build_data(self) -> dict:
-        """Train and test loaders (data.loader: device or stream); batches are normalized and the
-        training batches augmented on the device by one BatchTransform."""
+        """Train and test loaders (layerwise.data.loaders): tensors normalized and augmented on the
+        device, token windows for a language model, padded sequences for text classes."""
         d, t = self.cfg.data, self.cfg.train
         ds = load_dataset(d.name, d.root or default_data_root(), d)
         for w in ds.warnings:  # e.g. files skipped under data.on_error=skip
             warnings.warn(w, stacklevel=2)
-        if ds.info.task == "lm":
-            return self._build_lm_data(ds)
-        self.info = ds.info
-        x_train, y_train = ds.x_train, ds.y_train
-        if d.train_subset:
-            x_train, y_train = head(x_train, d.train_subset), y_train[:d.train_subset]
-        # one transform normalizes both splits on the device; only the train loader augments
-        transform = BatchTransform.from_config(d, ds.info, self.device)
-        micro = self._micro_batch()
-        # data.loader=device: the whole split moves to the device once; stream: worker processes.
-        # Each data-parallel rank reads its own share of every epoch (DistributedSampler's split).
-        self.train_loader = build_loader(d.loader, x_train, y_train, micro, transform, self.device,
-                                         workers=d.workers, shuffle=True, seed=t.seed,
-                                         drop_last=d.drop_last, augment=True,
-                                         rank=self.par.dp_rank, world_size=self.par.dp_size)
-        self.test_loader = build_loader(d.loader, ds.x_test, ds.y_test, d.eval_batch_size, transform,
-                                        self.device, workers=d.workers, rank=self.par.dp_rank,
-                                        world_size=self.par.dp_size)
-        self._x_train, self._transform = x_train, transform  # for models that initialize from data
-        return ds.source | ({"warnings": ds.warnings} if ds.warnings else {})
-
-    def _build_lm_data(self, ds) -> dict:
-        """Language modelling: the token streams move to the device once; batches are random
-        windows of data.block_size tokens (TokenLoader), evaluated on the held-out tail in order."""
-        from layerwise.data.text import TokenLoader
-
-        d, t = self.cfg.data, self.cfg.train
         self.info, self.tokenizer = ds.info, ds.tokenizer
-        micro = self._micro_batch()
-        tokens = ds.x_train[:d.train_subset] if d.train_subset else ds.x_train
-        if len(tokens) <= d.block_size:
-            raise DataError(f"data.train_subset={d.train_subset} leaves {len(tokens)} training tokens, fewer "
-                            f"than one context of data.block_size={d.block_size} plus one. Raise it.")
-        self.train_loader = TokenLoader(tokens.to(self.device), micro, d.block_size, shuffle=True,
-                                        seed=t.seed, drop_last=d.drop_last, rank=self.par.dp_rank,
-                                        world_size=self.par.dp_size)
-        self.test_loader = TokenLoader(ds.x_test.to(self.device), lm_eval_batch(d), d.block_size,
-                                       rank=self.par.dp_rank, world_size=self.par.dp_size)
-        self._x_train = None
-        return ds.source
+        loaders = build_loaders(ds, d, self.device, self._micro_batch(), seed=t.seed, rank=self.par.dp_rank,
+                                world_size=self.par.dp_size)
+        self.train_loader, self.test_loader = loaders.train, loaders.test
+        # for models that initialize from data, and for the task's target preparation
+        self._x_train, self._y_train, self._transform = loaders.x_train, loaders.y_train, loaders.transform
+        return ds.source | ({"warnings": ds.warnings} if ds.warnings else {})
 
     def _build_model(self, resume: bool = False) -> None:
         t, o = self.cfg.train, self.cfg.optim
+        args = dict(self.cfg.model.args)
+        text = self.info.extra.get("text")
+        if text and "vocab_size" in model_args(self.cfg.model.name) and not args.get("vocab_size"):
+            args["vocab_size"] = text["vocab_size"]  # the data's vocabulary (plus padding) sizes the embedding
         self.model = create_model(self.cfg.model.name, in_shape=self.info.in_shape,
-                                  num_classes=self.info.num_classes, **self.cfg.model.args).to(self.device)
-        if hasattr(self.model, "init_from_data") and self._x_train is not None and not resume:
+                                  num_classes=self.task.num_outputs, **args).to(self.device)
+        if hasattr(self.model, "init_from_data") and self._transform is not None and not resume:
             # e.g. convnet's patch-whitening layer (airbench); a resumed run loads it instead
             x = self._x_train
             idx = torch.linspace(0, len(x) - 1, min(len(x), 5000)).long()  # spread over every class
@@ -268,21 +242,21 @@ class Trainer:
             while self.step < self.total_steps:
                 micro, batches = self._next_micro_batches(batches)
                 micro = self.early.before_step(self.step, micro)  # low-res crops, stem freezing
-                n = sum(num_targets(y) for _, y in micro)  # examples (tokens for an LM) in this step
+                n = sum(self.task.count(y) for _, y in micro)  # examples (tokens for an LM) in this step
                 lr = apply_lr(self.optimizer, lr_multiplier(self.step, **self.schedule))
                 step_loss = torch.zeros((), device=self.device)
                 for i, (x, y) in enumerate(micro):
                     with self._grad_sync(last=i == len(micro) - 1):
                         with autocast(self.device.type, t.precision):
-                            logits = self.forward(x)
-                        logits, y = flatten_targets(logits, y)
-                        # summed loss / examples in the step: exact gradient accumulation for any split
-                        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum",
-                                                   label_smoothing=t.label_smoothing)
+                            out = self.forward(x)
+                        # the task's loss summed over the micro-batch's targets, divided by all of the
+                        # step's: exact gradient accumulation for any split (and equal splits per rank)
+                        loss_sum = self.task.loss(out, y)
                         loss = loss_sum / n
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                     step_loss += loss_sum.detach()
-                    self.acc.stage(loss_sum, logits.detach(), y)  # counted once the step is taken
+                    # counted once the step is taken
+                    self.acc.stage(self.task.stats(out.detach(), y, loss_sum), self.task.count(y))
                 grad_norm = self._clip(o.clip_grad_norm)
                 self._optimizer_step(step_loss, grad_norm)
                 self.step += 1
@@ -397,8 +371,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, split: str = "test", use_ema: bool = True) -> dict[str, float]:
-        """Loss and accuracy on the test split, or on the (un-augmented) training split, in eval
+    def evaluate(self, split: str = "test", use_ema: bool = True) -> dict[str, Any]:
+        """The task's metrics on the test split, or on the (un-augmented) training split, in eval
         mode and with the EMA weights when EMA is on."""
         if split == "test":
             loader = self.test_loader
@@ -409,7 +383,7 @@ class Trainer:
         ctx = self.ema.swapped_in(self.model) if (use_ema and self.ema) else contextlib.nullcontext()
         with ctx:
             test = split == "test"  # sharded over the data-parallel ranks; the training view is whole
-            m = evaluate_loader(self.forward, loader, self.device, self.cfg.train.precision,
+            m = evaluate_loader(self.forward, loader, self.task, self.device, self.cfg.train.precision,
                                 self.cfg.train.eval_tta if test else "none", reduce=self.acc.reduce if test else None)
         self.model.train(was_training)
         return m
@@ -431,21 +405,21 @@ class Trainer:
         return self.step / self.steps_per_epoch
 
     def _log_train(self, lr: float, rate: float) -> None:
-        m = self.acc.read()
-        # loss and accuracy average the steps taken in this interval ("skipped" were left out)
-        rec = {"kind": "train", "step": self.step, "epoch": round(self.epoch, 4), "loss": m["loss"],
-               "accuracy": m["accuracy"], "lr": lr, "examples_per_sec": rate, "skipped": m["skipped"],
-               "skipped_steps": self.skipped_steps}
+        sums, count, skipped = self.acc.read()
+        # the task's metrics over the steps taken in this interval ("skipped" were left out)
+        m = self.task.scalars(self.task.metrics(sums, count))
+        rec = {"kind": "train", "step": self.step, "epoch": round(self.epoch, 4), **m, "lr": lr,
+               "examples_per_sec": rate, "skipped": skipped, "skipped_steps": self.skipped_steps}
         self.log.write(rec)
-        self.display.update(self.step, self.epoch, rec)
+        self.display.update(self.step, self.epoch, rec, self.task.headline)
 
-    def _log_test(self) -> dict[str, float]:
+    def _log_test(self) -> dict[str, Any]:
         m = self.evaluate()
-        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4),
-                        "loss": m["loss"], "accuracy": m["accuracy"]})
+        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4), **self.task.scalars(m)})
         split = "val" if self.info.task == "lm" else "test"
-        self.display.message(f"step {self.step} (epoch {self.epoch:.2f}): {split} loss {m['loss']:.4f} "
-                             f"accuracy {m['accuracy']:.4f}")
+        h = self.task.headline
+        extra = f" {h} {m[h]:.4f}" if h != "loss" and m.get(h) is not None else ""
+        self.display.message(f"step {self.step} (epoch {self.epoch:.2f}): {split} loss {m['loss']:.4f}{extra}")
         return m
 
     # ------------------------------------------------------------------ checkpoints
@@ -464,6 +438,7 @@ class Trainer:
             "examples_seen": self.examples_seen, "train_seconds": self.train_seconds,
             "loader": self.train_loader.state_dict(),
             "metrics": {"sums": sums.tolist(), "count": count, "skipped": self.acc.skipped},
+            "task": self.task.name,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "config": self.cfg.to_dict(),  # what the run was trained with up to here (checked on resume)
         }
@@ -551,9 +526,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
         if self.par.is_rank0:  # the metric sums were saved over all ranks: rank 0 carries them on
-            self.acc.sums.copy_(torch.tensor(state["metrics"]["sums"], dtype=torch.float64))
-            self.acc.count = int(state["metrics"]["count"])
-            self.acc.skipped = int(state["metrics"].get("skipped", 0))
+            self.acc.load_state_dict(state["metrics"])
         for k in ("step", "bad_steps", "skipped_steps", "examples_seen"):
             setattr(self, k, int(state[k]))
         self.overflow_steps = int(state.get("overflow_steps", 0))
@@ -608,11 +581,15 @@ class Trainer:
     # ------------------------------------------------------------------ the end of a run
     def _finish(self) -> dict[str, Any]:
         final = self.evaluate()
-        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4),
-                        "loss": final["loss"], "accuracy": final["accuracy"]})
+        scalars = self.task.scalars(final)
+        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4), **scalars})
+        # the headline first, then test_loss and the task's other metrics, as test_<name>
+        h = self.task.headline
+        tests = {f"test_{h}": scalars.get(h), "test_loss": scalars.get("loss")} | {
+            f"test_{k}": v for k, v in scalars.items() if k not in (h, "loss", "examples")}
         model = self.model
-        meta = {"model": model.config, "data": self.info.to_dict(),
-                "metrics": {"test_accuracy": final["accuracy"], "test_loss": final["loss"]}}
+        meta = {"model": model.config, "data": self.info.to_dict(), "metrics": tests,
+                "task": {"name": self.task.name, **self.task.state()}}
         # one model.safetensors of whole tensors, written by rank 0 (sharded weights are gathered)
         sharded = self.par.dims.uses_fsdp or self.par.dims.tp > 1
         with self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext():
@@ -624,7 +601,7 @@ class Trainer:
             if self.par.is_rank0:
                 save_model(self.run_dir / "model.safetensors", model, meta, state)
         summary = {
-            "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+            **tests, "headline": f"test_{h}", "task": self.task.name,
             "train_seconds": round(self.train_seconds, 3), "params": model.num_params(),
             "flops_per_example": model.flops_per_example(), "examples_seen": self.examples_seen,
             "steps": self.step, "epochs": round(self.epoch, 4), "skipped_steps": self.skipped_steps,
@@ -644,8 +621,10 @@ class Trainer:
             if self.par.enabled:
                 from layerwise.distributed.launch import forget_run_dir
                 forget_run_dir(self.cfg.run.root)
+            if "confusion" in final:
+                write_confusion(self.run_dir / "confusion.csv", final["confusion"], self.info.classes)
             if self.cfg.run.plots:
-                plot_metrics(self.log.records or _read_records(self.log.path), self.run_dir / "plots")
+                plot_metrics(self.log.records or _read_records(self.log.path), self.run_dir / "plots", h)
         self.log.close()
         self.par.barrier()  # no rank leaves (and tears the group down) before the files exist
         return summary

@@ -1,0 +1,64 @@
+"""Tasks: the objective of a run (loss, target preparation, metrics, headline, predictions).
+
+    task = create_task(info, cfg)          # the kind comes from info.task (the data decided it)
+    loss_sum = task.loss(out, y)           # summed over the batch's targets
+    sums = task.stats(out, y, loss_sum)    # exact sums for the metrics, on the device
+    task.metrics(sums, count)              # {"loss": ..., "accuracy": ...}
+
+The Trainer names no loss: it asks the task. Kinds: ``classify``, ``multilabel``, ``regress``,
+``lm``; each in its own module, chosen by name from :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layerwise.choices import unknown_choice_error
+from layerwise.tasks.base import Task
+from layerwise.tasks.classify import Classify, macro_f1
+from layerwise.tasks.lm import LanguageModel
+from layerwise.tasks.multilabel import MultiLabel
+from layerwise.tasks.regress import Regress
+
+TASKS: dict[str, type[Task]] = {"classify": Classify, "multilabel": MultiLabel, "regress": Regress,
+                                "lm": LanguageModel}
+
+__all__ = ["TASKS", "Classify", "LanguageModel", "MultiLabel", "Regress", "Task", "create_task", "list_tasks",
+           "macro_f1"]
+
+
+def list_tasks() -> list[str]:
+    return list(TASKS)
+
+
+def create_task(info: Any, cfg: Any = None, state: dict[str, Any] | None = None) -> Task:
+    """The task for data described by ``info`` (its ``task`` field names the kind), with the
+    options of config ``cfg`` (task.loss, task.threshold, task.huber_delta, train.label_smoothing;
+    defaults when None). ``state`` (from :meth:`Task.state`, saved with a model) restores the
+    target preparation; without it, call :meth:`Task.fit` on the training targets."""
+    kind = info.task
+    if kind not in TASKS:
+        raise unknown_choice_error("task", kind, list(TASKS))
+    t = getattr(cfg, "task", None)
+    loss = getattr(t, "loss", "auto")
+    if kind == "classify":
+        _only_auto(loss, kind, ("cross_entropy",))
+        task: Task = Classify(info, t, label_smoothing=getattr(getattr(cfg, "train", None), "label_smoothing", 0.0))
+    elif kind == "multilabel":
+        _only_auto(loss, kind, ("bce",))
+        task = MultiLabel(info, t, threshold=getattr(t, "threshold", 0.5))
+    elif kind == "regress":
+        task = Regress(info, t, loss="mse" if loss == "auto" else loss, huber_delta=getattr(t, "huber_delta", 1.0))
+    else:
+        _only_auto(loss, kind, ("cross_entropy",))
+        task = LanguageModel(info, t)
+    if state:
+        task.load_state(state)
+    return task
+
+
+def _only_auto(loss: str, kind: str, allowed: tuple[str, ...]) -> None:
+    if loss not in ("auto", *allowed):
+        from layerwise.config import ConfigError
+        raise ConfigError(f"task.loss={loss} does not fit the task '{kind}', whose loss is "
+                          f"{' or '.join(allowed)}. task.loss=mse|huber|l1 is for regression; leave it at auto.")
