@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,6 +437,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.batch_size % cfg.train.grad_accum == 0,
          f"data.batch_size ({cfg.data.batch_size}) must be divisible by train.grad_accum "
          f"({cfg.train.grad_accum}) so every micro-batch has the same size"),
+        (re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device) is not None,
+         f"train.device must be auto, cpu, cuda or cuda:N, got '{cfg.train.device}'"),
         (cfg.train.precision in ("fp32", "bf16", "fp16"),
          f"train.precision must be fp32, bf16 or fp16, got '{cfg.train.precision}'"),
         (cfg.train.epochs > 0 or cfg.train.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),

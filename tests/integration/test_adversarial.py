@@ -41,8 +41,8 @@ def _one_paragraph(out: subprocess.CompletedProcess, code: int, *needles: str) -
     ("--optim.momentum=nan", "optim.momentum=nan"),
     ("--optim.betas=[1.5,0.9]", "optim.betas must be two numbers in [0, 1)"),
     ("--optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
-    ("--train.device=bogus", "--train.device='bogus' is not a device"),
-    ("--train.device=mps", "not mps"),
+    ("--train.device=bogus", "train.device must be auto, cpu, cuda or cuda:N, got 'bogus'"),
+    ("--train.device=mps", "got 'mps'"),
 ])
 def test_impossible_settings_are_refused_before_anything_runs(arg, needle):
     from layerwise.train.trainer import resolve_device
