@@ -1,4 +1,5 @@
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ def test_list_elements_are_coerced_in_recipes_and_overrides(tmp_path):
 ])
 def test_list_elements_of_the_wrong_type_are_refused_by_position(arg, needle):
     extra = ["--model.name=resnet"] if "model" in arg else []
-    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
         load_config(None, extra + [arg])
 
 
