@@ -275,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         # fitting and reporting read a table and never train: answer without importing torch (~3 s)
         try:
             return _scale(rest)
-        except ValueError as e:  # ScalingError: a missing or bad table, too few runs
+        except ValueError as e:  # ScalingError: a missing or bad table, too few runs: the data's fault
             print(f"layerwise: error: {e}", file=sys.stderr)
-            return USAGE_ERROR
+            return RUN_ERROR
 
     from layerwise.data import DataError
     from layerwise.distributed.parallel import DistributedError

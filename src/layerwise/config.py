@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,12 +239,18 @@ def _type_name(hint: Any) -> str:
 def _refuse(key: str, value: Any, hint: Any) -> ConfigError:
     want = _type_name(hint)
     if hint is str and not isinstance(value, str):
-        # YAML 1.1 reads unquoted off/no/yes/on as booleans and 1e3, 012 or 1.10 as other things
+        # YAML 1.1 reads unquoted off/no/yes/on as booleans, 1e3, 012 or 1.10 as numbers, ~ as nothing
+        what = ("an unquoted yes/no/on/off/true/false as a boolean" if isinstance(value, bool) else
+                "~, null or an empty value as nothing" if value is None else "an unquoted number as a number")
         return ConfigError(
-            f"config key '{key}' expects text (str), got {type(value).__name__} {value!r}: YAML reads an "
-            f"unquoted {'yes/no/on/off/true/false' if isinstance(value, bool) else 'number'} as "
-            f"{'a boolean' if isinstance(value, bool) else 'a number'}. Quote it in the recipe "
-            f"({key.split('.')[-1]}: \"...\"); on the command line --{key}=VALUE is always read as text.")
+            f"config key '{key}' expects text (str), got {type(value).__name__} {value!r}: YAML reads {what}. "
+            f"Quote it in the recipe ({key.split('.')[-1]}: \"...\"); on the command line --{key}=VALUE is "
+            f"always read as text.")
+    if hint is int and isinstance(value, (str, float, int)) and not isinstance(value, bool):
+        example = "[10, 10]" if "[" in key else "10"
+        what = "a whole number (int) that fits in 64 bits" if isinstance(value, int) else "a whole number (int)"
+        return ConfigError(f"config key '{key}' expects {what}, got {value!r}. Fix the value in the recipe or on "
+                           f"the command line (e.g. --{key.split('[')[0]}={example}).")
     example = {"float": "0.5", "int": "10", "bool": "true"}.get(want, "[1, 2]" if "list" in want else "VALUE")
     if "[" in key:  # an element of a list: show the whole list's form
         example = f"[{example}, {example}]"
@@ -294,7 +302,9 @@ def coerce(key: str, value: Any, hint: Any, raw: str | None = None) -> Any:
         if isinstance(number, float):
             if not number.is_integer():
                 raise _refuse(key, value, hint)
-            return int(number)
+            number = int(number)
+        if abs(number) >= 2**62:  # beyond int64: no setting is that large, and torch would overflow
+            raise _refuse(key, number, hint)
         return number
     if isinstance(hint, type) and not isinstance(value, hint):
         raise _refuse(key, value, hint)
@@ -426,14 +436,32 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) ->
     return cfg
 
 
+def _non_finite(cfg: Config) -> list[str]:
+    """Keys holding NaN or an infinity (in lists and model arguments too): no setting means either."""
+    bad = []
+    for section in SECTIONS:
+        values = cfg.model.args if section == "model" else dataclasses.asdict(getattr(cfg, section))
+        for key, v in values.items():
+            items = v if isinstance(v, (list, tuple)) else [v]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in items):
+                bad.append(f"{section}.{key}={v!r}")
+    return bad
+
+
 def validate(cfg: Config) -> None:
     """Value checks that the types alone cannot express."""
+    bad = _non_finite(cfg)
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: a setting must be a finite number, not NaN or an infinity. Fix the "
+                          f"value in the recipe or on the command line.")
     checks = [
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (cfg.data.batch_size % cfg.train.grad_accum == 0,
          f"data.batch_size ({cfg.data.batch_size}) must be divisible by train.grad_accum "
          f"({cfg.train.grad_accum}) so every micro-batch has the same size"),
+        (re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.train.device) is not None,
+         f"train.device must be auto, cpu, cuda or cuda:N, got '{cfg.train.device}'"),
         (cfg.train.precision in ("fp32", "bf16", "fp16"),
          f"train.precision must be fp32, bf16 or fp16, got '{cfg.train.precision}'"),
         (cfg.train.epochs > 0 or cfg.train.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),
@@ -447,7 +475,14 @@ def validate(cfg: Config) -> None:
         (cfg.train.lookahead_start >= 0 and cfg.train.freeze_stem_after >= 0,
          "train.lookahead_start and train.freeze_stem_after are epochs and must be >= 0"),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
-        (len(cfg.optim.betas) == 2, "optim.betas must be two numbers, e.g. [0.9, 0.999]"),
+        (len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
+         f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {cfg.optim.betas}"),
+        (cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}"),
+        (0 <= cfg.optim.momentum < 1 and 0 <= cfg.optim.muon_momentum < 1,
+         "optim.momentum and optim.muon_momentum must be in [0, 1)"),
+        (cfg.optim.eps > 0, "optim.eps must be > 0"),
+        (cfg.optim.muon_lr > 0, "optim.muon_lr must be > 0"),
+        (0 < cfg.data.sample_rate <= 768_000, f"data.sample_rate must be in 1 .. 768000 Hz, got {cfg.data.sample_rate}"),
         (cfg.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.train.eval_tta in ("none", "flip", "flip-translate"),
@@ -540,8 +575,11 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     configs in :meth:`Config.to_dict` form (a key only one has counts as changed)."""
     a, b = flat_config(old), flat_config(new)
     missing = object()
-    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
-            if _plain(a.get(k, missing)) != _plain(b.get(k, missing))}
+    out = {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+           if _plain(a.get(k, missing)) != _plain(b.get(k, missing))}
+    if "model.name" in out:  # another model: its arguments are another family's, not changes one by one
+        out = {k: v for k, v in out.items() if not k.startswith("model.") or k == "model.name"}
+    return out
 
 
 def _plain(v: Any) -> Any:

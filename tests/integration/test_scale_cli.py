@@ -138,25 +138,32 @@ def test_report_writes_a_figure_and_a_summary(sweep, tmp_path, cli):
     assert md.count("\n| width") == 5 + 1  # the results table and the held-out run
 
 
-def test_errors_exit_2_with_the_reason(tmp_path, cli):
+def test_errors_exit_with_the_reason(tmp_path, cli):
+    # a missing or unusable table is the data's fault (exit 1); a bad spec the configuration's (exit 2)
     out = lw("scale", "fit", str(tmp_path / "missing.csv"), "--law", "n")
-    assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "bin.csv").write_bytes(bytes(range(256)) * 4)
+    out = lw("scale", "fit", str(tmp_path / "bin.csv"), "--law", "n")
+    assert out.returncode == 1 and str(tmp_path / "bin.csv") in out.stderr and "not UTF-8" in out.stderr
     write_table([{"params": n, "data": 1e6, "compute": 6e6 * n, "loss": 3 / n ** 0.1} for n in (1e4, 1e5)],
                 tmp_path / "two.csv", tmp_path / "two.jsonl")
     out = lw("scale", "report", str(tmp_path / "two.csv"))
-    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "law 'n' (L(N) = E + A / N^alpha) has 3 parameters, so a fit needs at least 4 runs; the table has 2" \
         in out.stderr
     code, _, err = cli("scale", "fit", str(tmp_path / "two.jsonl"), "--law", "n")
-    assert code == 2 and "needs at least 4 runs; the table has 2" in err
+    assert code == 1 and "needs at least 4 runs; the table has 2" in err
     (tmp_path / "bad.csv").write_text("params,data,loss\n1,2,3\n")
     code, _, err = cli("scale", "report", str(tmp_path / "bad.csv"))
-    assert code == 2 and "lacks the column(s) 'compute'" in err
+    assert code == 1 and "lacks the column(s) 'compute'" in err
     code, _, err = cli("scale", "report", str(tmp_path))  # a folder with no table
-    assert code == 2 and "holds no results.csv" in err
+    assert code == 1 and "holds no results.csv" in err
     (tmp_path / "spec.yaml").write_text("axes: {width: ['--model.widht=3']}\n")
     code, _, err = cli("scale", str(tmp_path / "spec.yaml"), "--dry-run")
     assert code == 2 and "grid point width0" in err and "model.widht" in err
+    (tmp_path / "typo.yaml").write_text("axes: {width: ['--model.width=3']}\nmetric: test_los\n")
+    code, _, err = cli("scale", str(tmp_path / "typo.yaml"), "--dry-run")
+    assert code == 2 and "metric 'test_los'" in err and "Did you mean 'test_loss'" in err
 
 
 def test_the_shakespeare_sweep_is_a_valid_61x_grid_at_one_token_budget(cli, monkeypatch):

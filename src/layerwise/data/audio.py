@@ -30,6 +30,9 @@ from layerwise.data.datasets import (DataError, Dataset, DatasetInfo, _npz, regi
                                      holdout_split, user_path)
 
 _PCM, _FLOAT, _EXTENSIBLE = 1, 3, 0xFFFE  # WAV format tags
+MAX_SAMPLE_RATE = 768_000  # Hz: the highest rate audio interfaces record; a header above it is damaged
+_POLY_MAX = 10_000  # up/down factors beyond this resample by FFT (a polyphase filter would be huge)
+MAX_AMPLITUDE = 1e6  # float samples beyond this (full scale is 1) would overflow the features
 _LOG_EPS = 1e-6  # log(power + eps): floor for silent (zero-padded) frames, about -13.8
 _CHUNK = 256  # recordings per log_mel call when building a dataset (bounds the STFT's memory)
 
@@ -151,6 +154,9 @@ def read_wav(src: str | Path | bytes, name_for_errors: str | None = None, channe
     if not ok:
         raise _bad(name, f"it holds {bits}-bit samples with WAV format tag {tag}; supported are PCM 8/16/24/"
                          f"32-bit integer and 32/64-bit float", "Convert it to 16-bit PCM WAV.")
+    if rate > MAX_SAMPLE_RATE:
+        raise _bad(name, f"its header says {rate:,} samples per second, more than any recorder makes "
+                         f"({MAX_SAMPLE_RATE:,} Hz at most); the header is damaged")
     if ch < 1 or rate < 1 or align != ch * bits // 8:
         raise _bad(name, f"its header is inconsistent ({ch} channels, {rate} Hz, {bits}-bit samples, "
                          f"{align} bytes per frame)")
@@ -173,6 +179,9 @@ def read_wav(src: str | Path | bytes, name_for_errors: str | None = None, channe
         bad = int((~np.isfinite(frames)).any(axis=1).sum())
         raise _bad(name, f"{bad} of its {len(frames)} frames hold NaN or infinite samples",
                    "Repair or re-export the recording, or remove it.")
+    if tag == _FLOAT and len(frames) and float(np.abs(frames).max()) > MAX_AMPLITUDE:
+        raise _bad(name, f"its float samples reach {float(np.abs(frames).max()):.3g}, where full scale is 1; its "
+                         f"spectrogram would overflow", "Re-export it with samples in [-1, 1], or remove it.")
     return downmix(frames, channel, name, warn), rate
 
 
@@ -182,7 +191,9 @@ def read_wav(src: str | Path | bytes, name_for_errors: str | None = None, channe
 
 def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     """Band-limited resampling along the last axis (polyphase FIR, scipy.signal.resample_poly) by
-    the gcd-reduced ratio new_sr/orig_sr; returns ``x`` itself when the rates are equal.
+    the gcd-reduced ratio new_sr/orig_sr, or by FFT (scipy.signal.resample) when that ratio's
+    factors exceed _POLY_MAX (odd rates such as 44101 Hz, whose filter would be huge); returns
+    ``x`` itself when the rates are equal.
     (..., S) -> (..., ceil(S * new_sr / orig_sr))."""
     if orig_sr <= 0 or new_sr <= 0:
         raise DataError(f"cannot resample from {orig_sr} Hz to {new_sr} Hz: both rates must be positive. "
@@ -193,6 +204,11 @@ def resample(x: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
 
     g = math.gcd(orig_sr, new_sr)
     up, down = new_sr // g, orig_sr // g
+    if max(up, down) > _POLY_MAX:  # e.g. 44101 Hz -> 8000 Hz: band-limited FFT resampling instead
+        from scipy.signal import resample as fft_resample
+
+        n = -(-x.shape[-1] * new_sr // orig_sr)
+        return fft_resample(x.astype(np.float64), n, axis=-1).astype(np.float32)
     h = _lowpass(up, down).astype(x.dtype if x.dtype.kind == "f" else np.float64)
     return resample_poly(x, up, down, axis=-1, window=h).astype(np.float32, copy=False)
 
@@ -389,9 +405,9 @@ def _make(name: str, a: dict, w_tr: np.ndarray, y_tr: np.ndarray, w_te: np.ndarr
           classes: list[str], source: dict, warnings: list[str]) -> Dataset:
     x_tr, x_te = _features(w_tr, a), _features(w_te, a)
     std, mean = torch.std_mean(x_tr.double())  # one scalar for the single channel
-    if not std > 1e-6:
-        raise DataError(f"dataset '{name}': every training feature has the same value (are all recordings "
-                        f"silent?), so it cannot be standardized. Check the recordings.")
+    if not torch.isfinite(std) or not std > 1e-6:
+        raise DataError(f"dataset '{name}': the training features are {'not finite' if not torch.isfinite(std) else 'all the same (are all recordings silent?)'}, "
+                        f"so they cannot be standardized. Check the recordings.")
     info = DatasetInfo(name, tuple(x_tr.shape[1:]), len(classes), classes, 1.0, [float(mean)], [float(std)],
                        task="classify", extra={"audio": dict(a)})
     return Dataset(info, x_tr, torch.from_numpy(y_tr).long(), x_te, torch.from_numpy(y_te).long(),

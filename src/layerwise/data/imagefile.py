@@ -6,13 +6,15 @@ The policy, so that no decoder changes the data silently:
   turned upright first (``PIL.ImageOps.exif_transpose``), as every viewer shows it; sizes are
   the upright ones (a 40x20 file with Orientation 6 is a 20x40 image).
 - **Bit depth.** A 16-bit greyscale PNG (Pillow mode ``I;16``, or ``I`` in older Pillow) is read at
-  full depth and scaled by 1/65535, never clipped to 8 bits. Pillow reads 16-bit colour PNGs as
-  8 bits per channel, keeping the top byte (scaled, not clipped: 65535 -> 255). A dataset with
-  any 16-bit image is stored as float32 in [0, 1] (``DatasetInfo.scale`` 1.0); an 8-bit one as
-  uint8 (scale 255).
-- **Channels.** Greyscale stays one channel when every image of a dataset is greyscale; otherwise
-  every image becomes RGB (a greyscale one is repeated over the three channels, alpha dropped,
-  palettes expanded, CMYK converted by Pillow).
+  full depth and scaled by 1/65535, never clipped to 8 bits. Pillow reads 16-bit colour PNGs and
+  16-bit greyscale-with-alpha PNGs as 8 bits per channel, keeping the top byte (scaled, not
+  clipped: 65535 -> 255); a dataset holding such files says so in a warning. A dataset with any
+  16-bit greyscale image is stored as float32 in [0, 1] (``DatasetInfo.scale`` 1.0); an 8-bit one
+  as uint8 (scale 255).
+- **Channels.** Greyscale stays one channel when every image of a dataset is greyscale (greyscale
+  PNGs with alpha, and palette images whose colours are all greys, count as greyscale);
+  otherwise every image becomes RGB (a greyscale one is repeated over the three channels, alpha
+  dropped, palettes expanded, CMYK converted by Pillow).
 - **Size limit.** An image whose header promises more than ``max_pixels`` pixels (default
   Pillow's own limit, 89,478,485: about 9459 x 9459) is refused before it is decoded, naming the
   file, its size and the setting (``data.max_image_pixels``, ``predict --max-image-pixels``; 0
@@ -26,6 +28,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -75,16 +78,50 @@ def orientation(im) -> int:
         return 1
 
 
-def header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, check: bool = False
-           ) -> tuple[str, tuple[int, int]]:
-    """(Pillow mode, (width, height) as shown upright) from the header. ``check`` also verifies a
-    PNG's chunks (CRCs) and fully decodes a JPEG that lacks its end-of-image marker (truncated)."""
+class Header(NamedTuple):
+    """What an image's header says: Pillow's mode, the size as shown upright, whether it is
+    greyscale, whether it is 16-bit greyscale (read at full depth), and whether Pillow reads it
+    at fewer bits than it holds (16-bit colour or greyscale with alpha: 8 bits per channel)."""
+
+    mode: str
+    size: tuple[int, int]
+    gray: bool
+    deep: bool
+    reduced: bool
+
+
+def _png_ihdr(path: str | Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG file's IHDR chunk, or None for another format."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _gray_palette(im) -> bool:
+    """A palette image whose colours are all greys (r = g = b)."""
+    try:
+        pal = im.getpalette() or []
+    except Exception:  # a damaged palette: not known to be grey
+        return False
+    return bool(pal) and all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3))
+
+
+def header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, check: bool = False) -> Header:
+    """The image's :class:`Header`. ``check`` also verifies a PNG's chunks (CRCs) and fully decodes a
+    JPEG that lacks its end-of-image marker (truncated)."""
     import io
 
+    ihdr = _png_ihdr(path)
     with open_image(path, max_pixels) as im:
         mode, (w, h), fmt = im.mode, im.size, im.format
         if orientation(im) in _ROTATED:
             w, h = h, w
+        gray = mode in GRAY_MODES or (mode in ("P", "PA") and _gray_palette(im))
+    png_gray = ihdr is not None and ihdr[1] in (0, 4)  # greyscale, greyscale + alpha
+    gray = gray or png_gray
+    reduced = ihdr is not None and ihdr[0] == 16 and mode not in DEEP_MODES
     if check:
         with open_image(path, max_pixels) as im:
             im.verify()  # Pillow wants it right after open
@@ -94,7 +131,7 @@ def header(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, check: bool =
             if f.read(2) != b"\xff\xd9":
                 with open_image(path, max_pixels) as im:
                     im.load()
-    return mode, (w, h)
+    return Header(mode, (w, h), gray, mode in DEEP_MODES, reduced)
 
 
 def is_deep(mode: str) -> bool:

@@ -170,17 +170,20 @@ def _image_folder(root: Path, opts: Any) -> Dataset:
 
     # pass 1, every file: header (mode, size) and, for the stream loader, the quick check
     kept: dict[str, tuple[list[Path], list[int]]] = {}
-    gray, deep, sizes = True, False, {}
+    gray, deep, sizes, reduced = True, False, {}, []
     for split, (paths, labels) in splits.items():
         kept[split] = ([], [])
         for p, y in zip(paths, labels, strict=True):
             try:
-                mode, wh = imagefile.header(p, limit, check=stream)  # upright size (EXIF orientation)
+                head = imagefile.header(p, limit, check=stream)  # upright size (EXIF orientation)
             except Exception as e:  # PIL raises several types for broken images
                 broken(p, e)
                 continue
-            gray &= mode in imagefile.GRAY_MODES
-            deep |= imagefile.is_deep(mode)
+            wh = head.size
+            gray &= head.gray
+            deep |= head.deep
+            if head.reduced:
+                reduced.append(p)
             sizes.setdefault(wh, p)
             kept[split][0].append(p)
             kept[split][1].append(y)
@@ -190,6 +193,11 @@ def _image_folder(root: Path, opts: Any) -> Dataset:
         raise DataError(f"images differ in size ('{p0}' is {w0}x{h0}, '{p1}' is {w1}x{h1}) and "
                         f"data.image_size is 0 (keep sizes). Set data.image_size=N to resize every "
                         f"image to NxN.")
+    if reduced:
+        warnings.append(f"{len(reduced)} image(s) are 16-bit colour or 16-bit greyscale with alpha (e.g. "
+                        f"'{reduced[0]}'), which Pillow reads at 8 bits per channel: values are scaled, not "
+                        f"clipped, but their lowest 8 bits are lost. Save them as 16-bit greyscale without "
+                        f"alpha, or 8-bit, to avoid this notice.")
     C = 1 if gray else 3
     W, H = (size, size) if size else next(iter(sizes), (0, 0))
     scale = 1.0 if deep else 255.0  # 16-bit images: float32 in [0, 1]; else uint8

@@ -89,14 +89,8 @@ def prune(directory: Path, keep: int) -> None:
             old.with_suffix(".json").unlink(missing_ok=True)
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
-         tensors: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Load a ``.dcp`` checkpoint into ``model`` and ``optimizer`` (sharded or not, any world size;
-    without a process group it loads in this one process). Returns (trainer.json, this rank's RNG
-    state or None when the checkpoint was written by fewer ranks)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
+def read_trainer_state(path: Path) -> dict[str, Any]:
+    """A ``.dcp`` checkpoint's trainer.json (step, loader, config, ...), checked for its format."""
     if not (path / ".metadata").is_file() or not (path / "trainer.json").is_file():
         raise CheckpointError(f"{path.name} is incomplete (no .metadata or trainer.json)")
     try:
@@ -106,6 +100,18 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: i
     if not isinstance(extra, dict):
         raise CheckpointError(f"{path.name}/trainer.json is not a JSON object")
     check_format_version(extra, path.name)
+    return extra
+
+
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int,
+         tensors: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Load a ``.dcp`` checkpoint into ``model`` and ``optimizer`` (sharded or not, any world size;
+    without a process group it loads in this one process). Returns (trainer.json, this rank's RNG
+    state or None when the checkpoint was written by fewer ranks)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    extra = read_trainer_state(path)
     state = _template(model, optimizer) | (tensors or {})
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
         warnings.filterwarnings("ignore", message=".*single process.*")

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import json
 import queue
 import re
@@ -65,6 +66,10 @@ from layerwise.config import Config, ConfigError, coerce, is_resumable, load_con
 from layerwise.scaling.table import ScalingError, write_table
 
 SPEC_KEYS = ("base", "overrides", "axes", "metric", "params", "budget_seconds")
+# summary.json numbers a sweep can fit (the tasks' test metrics, the run's cost)
+SUMMARY_METRICS = ("test_loss", "test_accuracy", "test_top5_accuracy", "test_macro_f1", "test_micro_f1", "test_map",
+                   "test_exact_match", "test_rmse", "test_mae", "test_r2", "test_perplexity", "test_bits_per_token",
+                   "test_bits_per_byte", "test_bits_per_char", "train_seconds")
 PARAM_MODES = ("non_embedding", "total")
 # columns the sweep writes itself; an axis may not take one of these names
 TABLE_COLUMNS = ("name", "params", "params_total", "data", "compute", "compute_flops", "loss", "train_seconds")
@@ -171,6 +176,11 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(metric, str) or not metric:
         raise ScalingError(f"sweep spec '{path}': metric must be a summary.json key such as test_loss, "
                            f"got {metric!r}.")
+    if metric not in SUMMARY_METRICS:
+        match = closest(metric, SUMMARY_METRICS)
+        hint = f" Did you mean '{match}'?" if match else ""
+        raise ScalingError(f"sweep spec '{path}': metric '{metric}' is not a number a run's summary.json holds.{hint} "
+                           f"Choose one of {', '.join(SUMMARY_METRICS)}.")
     params = raw.get("params", "non_embedding")
     if params not in PARAM_MODES:
         match = closest(str(params), PARAM_MODES)
@@ -182,7 +192,8 @@ def load_spec(path: str | Path) -> SweepSpec:
             budget = coerce("budget_seconds", budget, float)
         except ConfigError:
             pass  # refused just below, in the spec's own words
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not math.isfinite(budget) or budget <= 0):
         raise ScalingError(f"sweep spec '{path}': budget_seconds must be a positive number of seconds, "
                            f"got {budget!r}.")
     return SweepSpec(path=path, base=base, overrides=overrides, axes=axes, metric=metric, params=params,

@@ -133,7 +133,11 @@ def read_table(path: str | Path) -> dict[str, np.ndarray]:
             f"results table '{path}' does not exist. Give the path of a table written by the scaling sweep "
             f"(or by write_table): a .csv or .jsonl file with one row per trained model and the columns "
             f"{', '.join(REQUIRED)}.")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ScalingError(f"results table '{path}' is not UTF-8 text ({e.reason} at byte {e.start}); it is not a "
+                           f"table the sweep wrote. Give the results.csv or results.jsonl of a sweep.") from None
     rows: list[dict[str, Any]] = []
     labels: list[str] = []
     if suffix == ".csv":

@@ -27,6 +27,11 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint; the message says what was found and what to do."""
 
 
+class NewerCheckpointError(CheckpointError):
+    """A checkpoint written by a newer layerwise: refused outright, never skipped (falling back to an
+    older checkpoint would then overwrite it)."""
+
+
 # The layout of a checkpoint (the keys of its state and their meaning). A loader reads this version
 # and older; one written by a newer layerwise is refused by name instead of misread.
 CHECKPOINT_FORMAT_VERSION = 1
@@ -36,9 +41,11 @@ def check_format_version(meta: dict[str, Any], name: str) -> None:
     """CheckpointError if ``meta`` (a checkpoint's .json or trainer.json) has a newer format
     version than this layerwise reads; files from before the field are version 1."""
     version = meta.get("format_version", 1)
-    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{name} has an unreadable format_version {version!r} (a damaged .json)")
+    if version > CHECKPOINT_FORMAT_VERSION:
         from layerwise import __version__
-        raise CheckpointError(f"{name} is in checkpoint format {version!r}, written by layerwise "
+        raise NewerCheckpointError(f"{name} is in checkpoint format {version!r}, written by layerwise "
                               f"{meta.get('layerwise', 'newer than this one')}; this layerwise ({__version__}) "
                               f"reads format {CHECKPOINT_FORMAT_VERSION} and older. Upgrade layerwise to resume it")
 
@@ -123,6 +130,8 @@ def load_newest(directory: Path, candidates: list[Path], load_one: Callable[[Pat
     for path in reversed(candidates):
         try:
             return load_one(path), path
+        except NewerCheckpointError as e:
+            raise NewerCheckpointError(f"{e}. Nothing was changed in '{directory}'.") from None
         except (CheckpointError, RuntimeError, EOFError, OSError) as e:
             problem = str(e)
         problems.append(f"{path.name}: {problem}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "")
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
     cfg = load_config(run_dir / "config.yaml")
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
     task = model_task(meta, info, cfg)
@@ -81,7 +82,7 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
     ``max_image_pixels`` refuses larger images (0 = no limit; default: the run's
     data.max_image_pixels). Raises DataError or RunDirError naming the file for a bad input or
     model file."""
-    dev = resolve_device(device)
+    dev = resolve_device(device, "--device")
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
     if info.task == "lm":
@@ -108,16 +109,28 @@ def generate(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperatu
 
     if tokens < 1:
         raise ValueError(f"--tokens must be >= 1, got {tokens}.")
-    if temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {temperature}.")
-    dev = resolve_device(device)
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}.")
+    dev = resolve_device(device, "--device")
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
     if info.task != "lm" or not hasattr(model, "generate"):
         raise RunDirError(f"the run in '{run_dir}' trained a {info.task} model ({meta['model']['name']}) "
                           f"on '{info.name}'; `layerwise generate` needs a language model run "
                           f"(e.g. recipes/shakespeare-char.yaml). Use `layerwise predict` for classifiers.")
-    tok = tokenizer_from_dict(info.extra["tokenizer"])
+    saved = info.extra.get("tokenizer")
+    if saved is None and Path(run_dir, "tokenizer.json").is_file():  # the run directory keeps a copy
+        from layerwise.data.tokenizers import load_tokenizer
+        tok = load_tokenizer(Path(run_dir, "tokenizer.json"))
+    elif saved is None:
+        raise RunDirError(f"the model file in '{run_dir}' holds no tokenizer (its metadata lacks it) and the run "
+                          f"directory has no tokenizer.json; use the model.safetensors of the run that trained it.")
+    else:
+        tok = tokenizer_from_dict(saved)
+    if tok.vocab_size != getattr(model, "vocab_size", tok.vocab_size):
+        raise RunDirError(f"the model in '{run_dir}' has a vocabulary of {model.vocab_size} tokens, its tokenizer "
+                          f"{tok.vocab_size}: the two do not belong together. Use the model.safetensors and "
+                          f"tokenizer of one run.")
     prompt, _ = normalize_newlines(prompt)  # the training text's line ends were made \n too
     try:
         ids = tok.encode(prompt or default_prompt(tok, info.extra))

@@ -60,13 +60,24 @@ def check_training_batches(loader: Any, model: nn.Module, cfg: Any, dp: int) -> 
     good = [b for b in range(unit, unit * (per_rank + 1) + 1, unit)
             if b != d.batch_size and 1 not in micro_batch_sizes(per_rank, b // unit, False)]
     good.sort(key=lambda b: (abs(b - d.batch_size), b))
-    where = (f"every micro-batch holds one example" if micro == 1 else
+    where = ("every micro-batch holds one example" if micro == 1 else
+             "each rank's one batch holds its one training example" if per_rank == 1 else
              f"the last micro-batch of every epoch holds one example ({per_rank} training examples per rank = "
              f"{per_rank // micro} x {micro} + 1)")
+    fixes = []
+    # drop_last helps only when it leaves batches of two or more (not with one-example micro-batches,
+    # nor when the single example is all the rank has)
+    if micro >= 2 and per_rank >= micro:
+        fixes.append("set --data.drop_last=true (that one example is left out of each epoch, a different one "
+                     "each time since the order is shuffled)")
+    if good:
+        fixes.append("choose a batch size that leaves no single example, e.g. "
+                     + " or ".join(f"--data.batch_size={b}" for b in good[:2]))
+    if not fixes:
+        fixes.append(f"use more training data (each rank has {per_rank} example{'s' if per_rank != 1 else ''}), "
+                     f"or a model without batch statistics")
     raise ConfigError(
         f"{split}, and {where}. Model '{cfg.model.name}' normalizes with batch statistics ({bn[0]}"
         f"{f' and {len(bn) - 1} more' if len(bn) > 1 else ''} are BatchNorm layers), which need at least 2 "
-        f"examples per batch in training, so the run would fail in its first epoch. Set --data.drop_last=true "
-        f"(that one example is left out of each epoch, a different one each time since the order is "
-        f"shuffled), or choose a batch size that leaves no single example"
-        f"{', e.g. ' + ' or '.join(f'--data.batch_size={b}' for b in good[:2]) if good else ''}.")
+        f"examples per batch in training, so the run would fail in its first epoch. To fix it, "
+        f"{'; or '.join(fixes)}.")

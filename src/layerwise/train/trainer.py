@@ -37,7 +37,7 @@ from layerwise.train.optim import build_optimizer
 from layerwise.train.precision import autocast, grad_scaler
 from layerwise.train.preflight import check_training_batches
 from layerwise.train.progress import ProgressDisplay
-from layerwise.train.run import environment, new_run_dir, save_model, write_json
+from layerwise.train.run import RunDirError, check_state_matches, environment, new_run_dir, save_model, write_json
 from layerwise.train.schedule import EarlyEpochs, apply_lr, lr_multiplier
 
 
@@ -45,14 +45,45 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a NaN/Inf loss or gradient."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "--train.device") -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``;
+    ConfigError naming ``option`` for anything else or a device this machine lacks."""
+    from layerwise.config import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name} asks for a CUDA GPU, but torch sees none "
-                         f"(torch {torch.__version__}). Use --train.device=cpu or auto.")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{option}={name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{option}={name!r}: layerwise trains on cpu or cuda (cuda:N), not {device.type}. "
+                          f"Use {option}=auto.")
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"{option}={name} asks for a CUDA GPU, but torch sees none "
+                              f"(torch {torch.__version__}). Use {option}=cpu or auto.")
+        if device.index is not None and device.index >= n:
+            raise ConfigError(f"{option}={name}: this machine has {n} CUDA device(s), cuda:0 .. cuda:{n - 1}.")
     return device
+
+
+def build_model(name: str, in_shape: tuple[int, ...], num_classes: int, args: dict[str, Any],
+                device: torch.device) -> torch.nn.Module:
+    """``create_model`` on ``device``; a model too large for memory is a ConfigError naming the
+    arguments (the allocator's failure would otherwise reach the user as a C++ traceback)."""
+    from layerwise.config import ConfigError
+
+    try:
+        return create_model(name, in_shape=in_shape, num_classes=num_classes, **args).to(device)
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if isinstance(e, RuntimeError) and "alloc" not in str(e).lower():
+            raise
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    settings = ", ".join(f"model.{k}={v!r}" for k, v in args.items()) or "its default arguments"
+    raise ConfigError(f"model '{name}' with {settings} does not fit in memory on {device} ({detail}). Choose "
+                      f"smaller widths or depths.")
 
 
 def seed_everything(seed: int) -> None:
@@ -109,7 +140,8 @@ class Trainer:
                                     total_steps=self.total_steps) if t.lookahead_every else None)
         self.early = EarlyEpochs(cfg, self.model, self.info.in_shape, is_image(self.info), self.steps_per_epoch)
         if resume:
-            self._check_resumed_length(Path(run_dir))
+            from layerwise.config import load_config
+            self._check_resumed_length(load_config(Path(run_dir) / "config.yaml").to_dict()["train"], "config.yaml")
 
         # loop state (all of it goes into checkpoints)
         self.step = 0
@@ -189,8 +221,7 @@ class Trainer:
         text = self.info.extra.get("text")
         if text and "vocab_size" in model_args(self.cfg.model.name) and not args.get("vocab_size"):
             args["vocab_size"] = text["vocab_size"]  # the data's vocabulary (plus padding) sizes the embedding
-        self.model = create_model(self.cfg.model.name, in_shape=self.info.in_shape,
-                                  num_classes=self.task.num_outputs, **args).to(self.device)
+        self.model = build_model(self.cfg.model.name, self.info.in_shape, self.task.num_outputs, args, self.device)
         if hasattr(self.model, "init_from_data") and self._transform is not None and not resume:
             # e.g. convnet's patch-whitening layer (airbench); a resumed run loads it instead
             x = self._x_train
@@ -488,8 +519,19 @@ class Trainer:
         a ``.dcp`` folder of shards (resharded to this run's ranks and strategy)."""
         from layerwise.distributed import checkpoint as dcp_ckpt
 
+        def check_config(saved: dict[str, Any] | None, path: Path) -> None:
+            """Before any weight is loaded: a config.yaml edited since this checkpoint was written
+            must not change what the run learns (an error, not a damaged checkpoint)."""
+            if saved:
+                from layerwise.config import config_changes, refuse_trajectory_changes
+                refuse_trajectory_changes(config_changes(saved, self.cfg.to_dict()),
+                                          f"config.yaml differs from the config checkpoint {path.name} was "
+                                          f"trained with{config_gaps(self.run_dir / 'config.yaml')}", self.run_dir)
+                self._check_resumed_length(saved.get("train", {}), f"checkpoint {path.name}")
+
         def load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
             if path.suffix == dcp_ckpt.SUFFIX:
+                check_config(dcp_ckpt.read_trainer_state(path).get("config"), path)
                 ema = self._ema_tensors()
                 extra, rng = dcp_ckpt.load(path, self.model, self.optimizer, self.par.rank, ema)
                 if "ema" in ema:
@@ -498,6 +540,7 @@ class Trainer:
                     self.lookahead.started = bool(ema["lookahead"]["started"])
                 return extra, rng
             state = ckpt.read_checkpoint(path, map_location=self.device)
+            check_config(state.get("config"), path)
             if self.par.enabled:
                 if "param_names" not in state:
                     raise ckpt.CheckpointError(f"{path.name} was written by an earlier layerwise without parameter "
@@ -505,6 +548,10 @@ class Trainer:
                 dcp_ckpt.load_full(self.model, self.optimizer, state["model"], state["optimizer"],
                                    state["param_names"])
             else:
+                try:
+                    check_state_matches(state["model"], self.model, path.name)
+                except RunDirError as e:  # a checkpoint of another model: one paragraph, not torch's list
+                    raise ckpt.CheckpointError(str(e)) from None
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
             if self.ema is not None and state["ema"] is not None:
@@ -517,11 +564,7 @@ class Trainer:
             return state, state["rng"] if not self.par.enabled else None
 
         (state, rng), path = ckpt.load_newest(self.ckpt_dir, dcp_ckpt.all_checkpoints(self.ckpt_dir), load_one)
-        if state.get("config"):  # config.yaml edited by hand since the checkpoint was written
-            from layerwise.config import config_changes, refuse_trajectory_changes
-            refuse_trajectory_changes(config_changes(state["config"], self.cfg.to_dict()),
-                                      f"config.yaml differs from the config checkpoint {path.name} was "
-                                      f"trained with", self.run_dir)
+        self._checkpoint_config = state.get("config")
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.train_loader.load_state_dict(state["loader"])
@@ -540,12 +583,12 @@ class Trainer:
         self.log.truncate_after(self.step)
         self.resumed_from = path
 
-    def _check_resumed_length(self, run_dir: Path) -> None:
+    def _check_resumed_length(self, saved: dict[str, Any], where: str) -> None:
         """A resumed run may end at another step only if every step both lengths share keeps its
-        learning rate (and lookahead, whose strength grows with step / total, is off)."""
-        from layerwise.config import ConfigError, load_yaml
+        learning rate (and lookahead, whose strength grows with step / total, is off). ``saved``:
+        the train section the run was started with (from ``where``)."""
+        from layerwise.config import ConfigError
 
-        saved = load_yaml(run_dir / "config.yaml").get("train", {})
         t, o = self.cfg.train, self.cfg.optim
         old_total = int(saved.get("max_steps") or 0) or math.ceil(float(saved.get("epochs", t.epochs))
                                                                      * self.steps_per_epoch)
@@ -558,7 +601,8 @@ class Trainer:
             lr_multiplier(s, **old) == lr_multiplier(s, **self.schedule) for s in range(shared))
         if not same:
             raise ConfigError(
-                f"the settings given on resume change the run's length from {old_total} to {self.total_steps} "
+                f"the settings given on resume (or an edit of the run's files) change the run's length "
+                f"({where}) from {old_total} to {self.total_steps} "
                 f"steps, and its learning-rate schedule ({o.schedule}"
                 f"{', with lookahead' if self.lookahead is not None else ''}) depends on the length, so the "
                 f"steps it still has to take would get other learning rates than the run was started with. "
@@ -569,6 +613,9 @@ class Trainer:
         """The resumed run's config.yaml takes the allowed changes, and metrics.jsonl says where
         the run resumed and what changed."""
         changes = self._resume_changes
+        if getattr(self, "_checkpoint_config", None):  # the truth: what the checkpoint was trained with
+            from layerwise.config import config_changes
+            changes = config_changes(self._checkpoint_config, self.cfg.to_dict())
         if self.par.is_rank0:
             if changes:
                 save_config(self.cfg, self.run_dir / "config.yaml")
@@ -633,12 +680,29 @@ class Trainer:
 def check_resume(run_dir: str | Path, cfg: Config) -> dict[str, tuple[Any, Any]]:
     """How ``cfg`` differs from the config saved in ``run_dir`` ({"section.key": (saved, new)});
     ConfigError if it differs in a setting that changes what the run learns."""
-    from layerwise.config import config_changes, load_yaml, refuse_trajectory_changes
+    from layerwise.config import config_changes, load_config, refuse_trajectory_changes
 
-    saved = load_yaml(Path(run_dir) / "config.yaml")
+    path = Path(run_dir) / "config.yaml"
+    # the saved file resolved (a key it lacks takes its default: files of earlier versions lack the
+    # newer keys), compared with the new config; the checkpoint's own config is checked on load
+    saved = load_config(path).to_dict()
     changes = config_changes(saved, cfg.to_dict())
-    refuse_trajectory_changes(changes, "the settings given on resume differ from the run's", run_dir)
+    refuse_trajectory_changes(changes, f"the settings given on resume differ from the run's{config_gaps(path)}",
+                              run_dir)
     return changes
+
+
+def config_gaps(path: Path) -> str:
+    """A note for messages when a run's config.yaml lacks many settings (it was cut short or
+    edited; a file of an earlier layerwise lacks only the few keys added since), else ""."""
+    from layerwise.config import Config, flat_config, load_yaml
+
+    have = set(flat_config(load_yaml(path)))
+    lacks = sorted(k for k in set(flat_config(Config().to_dict())) - have if not k.startswith("model."))
+    if len(lacks) <= 10:
+        return ""
+    return (f" ('{path}' lacks {len(lacks)} settings, e.g. {', '.join(lacks[:3])}, which take their defaults: was it "
+            f"cut short or edited? The run's checkpoints hold the config they were trained with.)")
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
