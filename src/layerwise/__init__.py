@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
+def cross_validate(recipe: str | Path | Config | None = None, *overrides: str, folds: int = 10,
+                   out: str | Path | None = None, show_progress: bool = False) -> dict[str, Any]:
+    """K-fold cross-validation of a recipe (see layerwise.train.crossval): one run per fold, and
+    each test metric's mean and standard deviation as ``cv_<name>_mean`` / ``cv_<name>_std``."""
+    from layerwise.train.crossval import cross_validate as _cv
+
+    return _cv(recipe, *overrides, folds=folds, out=out, show_progress=show_progress, echo=lambda line: None)
+
+
 def fit(recipe: str | Path | Config | None = None, *overrides: str, run_dir: str | Path | None = None,
         show_progress: bool = True) -> dict[str, Any]:
     """Train a recipe (a YAML path, a :class:`~layerwise.config.Config`, or None for the default

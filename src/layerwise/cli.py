@@ -2,6 +2,7 @@
 
     layerwise train [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
                     [--nproc N [--nnodes M --node-rank I --rdzv-endpoint HOST:PORT] [--max-restarts K]]
+    layerwise cv [RECIPE] --folds K [--dir OUT] [--section.key=value ...]
     layerwise eval RUN_DIR
     layerwise predict RUN_DIR INPUT... [--top-k K]
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
@@ -68,12 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--max-restarts", type=int, default=0,
                    help="restart the processes up to K times after a failure; they resume from the last checkpoint")
 
+    c = sub.add_parser("cv", help="K-fold cross-validation of a recipe: one run per fold, then mean and std",
+                       description="Train every fold (data.folds=K, data.fold=0..K-1) of a source without a test "
+                                   "split and report each test metric's mean and standard deviation. Rerun the "
+                                   "same command to continue an interrupted one. Overrides --section.key=value "
+                                   "apply to every fold.")
+    c.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
+    c.add_argument("--folds", type=int, default=10, help="K, the number of folds (default 10)")
+    c.add_argument("--dir", help="output folder (default: <run.root>/<name>-cv<K>)")
+    c.add_argument("--progress", action="store_true", help="show each fold's progress bar")
+
     e = sub.add_parser("eval", help="evaluate a finished run's model on its test split")
     e.add_argument("run_dir")
     e.add_argument("--device", default="auto")
     e.add_argument("--data-root", default="", help="override the data root saved in the run's config")
 
-    pr = sub.add_parser("predict", help="top-k classes for image files or .npy arrays")
+    pr = sub.add_parser("predict", help="predictions for images, .npy arrays, .wav files, CSV rows or lines of text")
     pr.add_argument("run_dir")
     pr.add_argument("inputs", nargs="+", metavar="INPUT")
     pr.add_argument("--top-k", type=int, default=3)
@@ -268,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = args.scale_args + rest
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
-    if args.command != "scale" and (unknown or (overrides and args.command != "train")):
+    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv"))):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
                      f"(config overrides --section.key=value go with `layerwise train`)")
     if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
@@ -293,19 +304,26 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, overrides)
         if args.command == "scale":
             return _scale(rest)
+        if args.command == "cv":
+            from layerwise.train.crossval import cross_validate
+            from layerwise.train.progress import print_table
+            result = cross_validate(args.recipe, *overrides, folds=args.folds, out=args.dir,
+                                    show_progress=args.progress, echo=lambda line: print(line, flush=True))
+            print_table({k: v for k, v in result.items() if k != "per_fold"}, title=f"{args.folds}-fold cross-validation")
+            return 0
         if args.command == "eval":
             from layerwise.train.inference import evaluate_run
             from layerwise.train.progress import print_table
             print_table(evaluate_run(args.run_dir, args.device, args.data_root), title=f"eval {args.run_dir}")
         elif args.command == "predict":
+            from layerwise.tasks import describe_prediction
             from layerwise.train.inference import predict
             results = predict(args.run_dir, args.inputs, args.top_k, args.invert, args.device,
                               args.max_image_pixels)
             if args.json:
                 print(json.dumps(results, indent=2))
             for r in [] if args.json else results:
-                top = ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in r["top"])
-                print(f"{r['input']}: {top}")
+                print(f"{r['input']}: {describe_prediction(r)}")
         elif args.command == "generate":
             from layerwise.train.inference import generate
             print(generate(args.run_dir, args.prompt, args.tokens, args.temperature, args.top_k,

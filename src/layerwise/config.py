@@ -91,6 +91,8 @@ class DataConfig:
     missing: str = _f("error", "csv: a missing value is an error (naming column and line) or impute (median plus "
                       "a 0/1 indicator; its own category for text), fitted on the training split")
     text_column: str = _f("", "text-classes CSV: the column holding the text (default: the longest values)")
+    log_columns: list[str] = _f([], "csv: numeric columns fed to the model as log(1 + x) (counts, sizes, prices: "
+                                "skewed, non-negative); saved with the model so predict does the same")
     folds: int = _f(0, "K-fold cross-validation for sources without a test split: hold out fold data.fold of K "
                     "(stratified for classes, seed 0); 0 = a held-out data.val_fraction")
     fold: int = _f(0, "which fold is the test part, 0 .. data.folds - 1 (layerwise cv runs them all)")
@@ -119,6 +121,10 @@ class TaskConfig:
     huber_delta: float = _f(1.0, "regression with task.loss=huber: where the loss turns linear, in standard "
                             "deviations of the target")
     threshold: float = _f(0.5, "multilabel: a label is predicted when its probability is at least this")
+    target_transform: str = _f("none", "regression: none, or log (learn log y: for positive, skewed targets such as "
+                               "prices; predictions and metrics stay in the target's units)")
+    clip_predictions: bool = _f(False, "regression: keep predictions within the training targets' range (for capped "
+                                "targets, e.g. house values capped at 500,001)")
 
 
 @dataclass
@@ -513,6 +519,8 @@ def validate(cfg: Config) -> None:
          f"task.loss must be auto, mse, huber or l1 (regression), got '{cfg.task.loss}'"),
         (0 < cfg.task.threshold < 1, "task.threshold must be in (0, 1)"),
         (cfg.task.huber_delta > 0, "task.huber_delta must be > 0"),
+        (cfg.task.target_transform in ("none", "log"),
+         f"task.target_transform must be none or log, got '{cfg.task.target_transform}'"),
         (cfg.data.max_image_pixels >= 0, "data.max_image_pixels must be >= 0 (0 = no limit)"),
         (cfg.data.mixup >= 0 and cfg.data.cutmix >= 0, "data.mixup and data.cutmix are Beta alphas and must be >= 0"),
         (cfg.dist.strategy in DIST_STRATEGIES,

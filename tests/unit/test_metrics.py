@@ -7,29 +7,26 @@ from layerwise.train.metrics import Accumulator, MetricsLog, plot_metrics
 
 
 def test_accumulator_sums_on_device_and_resets():
-    acc = Accumulator(torch.device("cpu"))
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
-    acc.add(torch.tensor(1.5), logits, torch.tensor([0, 1, 1]))
-    acc.add(torch.tensor(0.5), logits[:1], torch.tensor([1]))
-    assert acc.read() == {"loss": 0.5, "accuracy": 0.5, "examples": 4, "skipped": 0}
-    # nothing counted since the last read: no mean (not 0.0, which would read as a perfect loss)
-    assert acc.read() == {"loss": None, "accuracy": None, "examples": 0, "skipped": 0}
+    acc = Accumulator(2, torch.device("cpu"))
+    acc.add(torch.tensor([1.5, 2.0], dtype=torch.float64), 3)
+    acc.add(torch.tensor([0.5, 0.0], dtype=torch.float64), 1)
+    assert acc.read() == ([2.0, 2.0], 4, 0)
+    assert acc.read() == ([0.0, 0.0], 0, 0)  # reset after reading
 
 
-def test_a_dropped_step_stays_out_of_the_averages_and_is_counted_apart():
-    acc = Accumulator(torch.device("cpu"))
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-    acc.stage(torch.tensor(1.0), logits, torch.tensor([0, 1]))
+def test_a_dropped_step_stays_out_of_the_sums_and_is_counted_apart():
+    acc = Accumulator(2, torch.device("cpu"))
+    acc.stage(torch.tensor([1.0, 1.0], dtype=torch.float64), 2)
     acc.commit()
-    acc.stage(torch.tensor(float("nan")), logits, torch.tensor([0, 1]))  # a step with a NaN loss
-    acc.stage(torch.tensor(3.0), logits, torch.tensor([1, 1]))
+    acc.stage(torch.tensor([float("nan"), 1.0], dtype=torch.float64), 2)  # a step with a NaN loss
+    acc.stage(torch.tensor([3.0, 0.0], dtype=torch.float64), 2)
     acc.drop()
-    acc.stage(torch.tensor(2.0), logits, torch.tensor([0, 0]))
+    acc.stage(torch.tensor([2.0, 2.0], dtype=torch.float64), 2)
     acc.commit()
-    assert acc.read() == {"loss": 0.75, "accuracy": 0.75, "examples": 4, "skipped": 1}
-    acc.stage(torch.tensor(float("inf")), logits, torch.tensor([0, 1]))
+    assert acc.read() == ([3.0, 3.0], 4, 1)
+    acc.stage(torch.tensor([float("inf"), 0.0], dtype=torch.float64), 2)
     acc.drop()
-    assert acc.read() == {"loss": None, "accuracy": None, "examples": 0, "skipped": 1}
+    assert acc.read() == ([0.0, 0.0], 0, 1)
 
 
 def test_log_truncates_replayed_steps_on_resume(tmp_path):

@@ -13,6 +13,11 @@ from layerwise.models import GPT, MLP, ResNet, create_model, list_models, model_
 from layerwise.nn import NORMS, TRANSFORMER_NORMS, Dense, Residual, SelfAttention
 
 ALL_MODELS = list_models()
+TEXT = {"text-transformer", "ngram-bag"}  # text classifiers: padded token ids, a vocabulary from the data
+
+
+def _text_kwargs(name: str) -> dict:
+    return {"vocab_size": 50} if name in TEXT else {}
 CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
 
@@ -23,7 +28,7 @@ def _in_shape(name: str) -> tuple[int, ...]:
         return (1, 28, 28)
     if name == "resnet-digits":
         return (1, 8, 8)
-    if name.startswith("gpt"):
+    if name.startswith("gpt") or name in TEXT:
         return (16,)
     if name == "audio-transformer":
         return (1, 16, 20)
@@ -33,9 +38,10 @@ def _in_shape(name: str) -> tuple[int, ...]:
 
 
 def _example_input(name: str, batch: int) -> torch.Tensor:
-    """A batch for model `name`: token ids for language models, floats otherwise."""
-    if name.startswith("gpt"):
-        return torch.randint(0, 10, (batch, *_in_shape(name)))
+    """A batch for model `name`: token ids for language models and text classifiers, floats
+    otherwise."""
+    if name.startswith("gpt") or name in TEXT:
+        return torch.randint(1 if name in TEXT else 0, 10, (batch, *_in_shape(name)))
     return torch.randn(batch, *_in_shape(name))
 
 
@@ -55,13 +61,14 @@ def test_registered_names() -> None:
     expected = {"mlp", "resnet", "resnet-digits", "resnet18", "resnet34", "resnet50"}
     expected |= {f"resnet{d}" for d in CIFAR_DEPTHS}
     expected |= {"convnet", "convnet-half", "gpt", "gpt-tiny", "gpt-small", "vit", "vit-tiny", "audio-transformer"}
+    expected |= TEXT
     assert set(ALL_MODELS) == expected
 
 
 # --- analytic parameter counts, every model x every norm (on the meta device: no compute) ------
 @pytest.mark.parametrize(("name", "norm"), [(n, norm) for n in ALL_MODELS for norm in _norm_choices(n)])
 def test_num_params_matches_modules(name: str, norm: str | None) -> None:
-    kwargs = {} if norm is None else {"norm": norm}
+    kwargs = ({} if norm is None else {"norm": norm}) | _text_kwargs(name)
     with torch.device("meta"):
         model = create_model(name, in_shape=_in_shape(name), num_classes=10, **kwargs)
     assert model.num_params() == _numel(model)
@@ -122,7 +129,7 @@ def _counted_flops(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int
 def test_forward_backward_flops(name: str) -> None:
     torch.manual_seed(0)
     in_shape = _in_shape(name)
-    model = create_model(name, in_shape=in_shape, num_classes=10)
+    model = create_model(name, in_shape=in_shape, num_classes=10, **_text_kwargs(name))
     x = _example_input(name, 2)
     out, flops = _counted_flops(model, x)
     # a language model predicts the next token at every position: (B, T, vocab)
@@ -317,7 +324,7 @@ def test_register_model_checks() -> None:
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_config_rebuilds_model(name: str) -> None:
     with torch.device("meta"):
-        model = create_model(name, in_shape=_in_shape(name), num_classes=10)
+        model = create_model(name, in_shape=_in_shape(name), num_classes=10, **_text_kwargs(name))
         # through JSON as a saved run would store it (tuples become lists and are accepted back)
         rebuilt = create_model(**json.loads(json.dumps(model.config)))
     assert model.config["name"] == name and set(model.config) >= {"in_shape", "num_classes"}

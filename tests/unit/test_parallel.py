@@ -147,14 +147,16 @@ def test_sharded_evaluation_counts_every_example_once(world):
     from layerwise.data import BatchLoader, DatasetInfo
     from layerwise.data.augment import BatchTransform
     from layerwise.data.text import TokenLoader
+    from layerwise.tasks import create_task
     from layerwise.train.evaluation import evaluate_loader
 
     torch.manual_seed(0)
     info = DatasetInfo("t", (4,), 3, ["a", "b", "c"], 1.0, [0.0] * 4, [1.0] * 4)
     x, y, tf = torch.randn(11, 4), torch.randint(0, 3, (11,)), BatchTransform(info, "cpu")
     model = torch.nn.Linear(4, 3)
-    whole = evaluate_loader(model, BatchLoader(x, y, 3, tf), torch.device("cpu"))
-    parts = [evaluate_loader(model, BatchLoader(x, y, 3, tf, rank=r, world_size=world), torch.device("cpu"))
+    task = create_task(info)
+    whole = evaluate_loader(model, BatchLoader(x, y, 3, tf), task, torch.device("cpu"))
+    parts = [evaluate_loader(model, BatchLoader(x, y, 3, tf, rank=r, world_size=world), task, torch.device("cpu"))
              for r in range(world)]
     assert len({len(BatchLoader(x, y, 3, tf, rank=r, world_size=world)) for r in range(world)}) == 1
     assert sum(p["examples"] for p in parts) == 11
@@ -164,8 +166,9 @@ def test_sharded_evaluation_counts_every_example_once(world):
     # a language model's windows: the same, counted in tokens
     emb = torch.nn.Embedding(7, 7)
     tokens = torch.randint(0, 7, (50,))
-    whole = evaluate_loader(emb, TokenLoader(tokens, 2, 4), torch.device("cpu"))
-    parts = [evaluate_loader(emb, TokenLoader(tokens, 2, 4, rank=r, world_size=world), torch.device("cpu"))
+    lm = create_task(DatasetInfo("t", (4,), 7, [], 1.0, [], [], task="lm"))
+    whole = evaluate_loader(emb, TokenLoader(tokens, 2, 4), lm, torch.device("cpu"))
+    parts = [evaluate_loader(emb, TokenLoader(tokens, 2, 4, rank=r, world_size=world), lm, torch.device("cpu"))
              for r in range(world)]
     assert sum(p["examples"] for p in parts) == whole["examples"] == (50 - 1) // 4 * 4
     assert sum(p["loss"] * p["examples"] for p in parts) == pytest.approx(whole["loss"] * whole["examples"], rel=1e-6)

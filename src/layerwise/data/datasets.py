@@ -131,7 +131,15 @@ def _check(ds: Dataset) -> None:
             bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
             raise DataError(f"dataset '{ds.info.name}' {split} split holds NaN or Inf values in {bad} "
                             f"examples. Clean or drop those examples before training.")
-        if int(y.min()) < 0 or int(y.max()) >= ds.info.num_classes:
+        if ds.info.task == "regress":
+            if not y.is_floating_point() or y.dim() != 2 or not torch.isfinite(y).all():
+                raise DataError(f"dataset '{ds.info.name}' {split} split: regression targets must be finite "
+                                f"numbers, one column per target (got {y.dtype} {tuple(y.shape)}). Fix the targets.")
+        elif ds.info.task == "multilabel":
+            if y.dim() != 2 or y.shape[1] != ds.info.num_classes or not bool(((y == 0) | (y == 1)).all()):
+                raise DataError(f"dataset '{ds.info.name}' {split} split: multilabel targets must be 0/1, one "
+                                f"column per label ({ds.info.num_classes}). Fix the labels.")
+        elif int(y.min()) < 0 or int(y.max()) >= ds.info.num_classes:
             raise DataError(f"dataset '{ds.info.name}' {split} split has labels outside "
                             f"[0, {ds.info.num_classes - 1}]. Fix the labels.")
 

@@ -40,9 +40,27 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
                             f"PCM .wav file (any sample rate; it is resampled as in training).")
         from layerwise.data.audio import features_from_wav
         return features_from_wav(path, info.extra["audio"])[None]  # (1, 1, n_mels, frames)
-    if info.task != "classify" or len(info.in_shape) != 3:
-        raise DataError(f"`predict` reads images, .npy arrays and .wav recordings; this model was trained "
-                        f"on '{info.name}' ({info.task}, inputs {tuple(info.in_shape)}). "
+    if "text" in info.extra:  # a text classifier: one example per line of a text file
+        from layerwise.data.textclass import encode_texts
+        from layerwise.data.text import normalize_newlines
+
+        try:
+            lines = [ln.strip() for ln in normalize_newlines(path.read_bytes().decode("utf-8-sig"))[0].split("\n")]
+        except UnicodeDecodeError as e:
+            raise DataError(f"'{path}' is not UTF-8 text ({e}); save it as UTF-8.") from None
+        lines = [ln for ln in lines if ln]
+        if not lines:
+            raise DataError(f"'{path}' holds no text; give one example per line.")
+        return encode_texts(lines, info)  # (N, T) token ids
+    if "table" in info.extra:  # a table model: the rows of a CSV file with the training columns
+        if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
+            raise DataError(f"'{path}' is not a CSV file; this model reads table rows. Give a CSV with the "
+                            f"columns {', '.join(info.extra['table']['columns'])}.")
+        from layerwise.data.tabular import read_rows
+        return torch.from_numpy(read_rows(path, info))  # (N, F)
+    if info.task == "lm" or len(info.in_shape) != 3:
+        raise DataError(f"`predict` reads images, .npy arrays, .wav recordings, CSV rows and lines of text; this "
+                        f"model was trained on '{info.name}' ({info.task}, inputs {tuple(info.in_shape)}). "
                         f"For a language model use `layerwise generate`.")
     C, H, W = info.in_shape
     if path.suffix.lower() == ".npy":

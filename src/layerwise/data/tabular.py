@@ -22,6 +22,8 @@ the same columns (in any order). The rules:
   Numeric features are standardized by the model's input normalization (the training split's
   mean and std); other columns are one-hot encoded with the categories of the training split (a
   category the training split lacks encodes as zeros, with a warning).
+- **Transforms.** ``data.log_columns`` feeds the named numeric columns as log(1 + x) (skewed
+  counts and sizes), before the medians and statistics are taken.
 - **Missing values** (an empty cell, or NA, N/A, NaN, null, None in a numeric column):
   ``data.missing=error`` (default) names the column, the line and the fix; ``impute`` replaces a
   number with the training split's median and adds a 0/1 ``<column>_missing`` feature (for the
@@ -39,6 +41,7 @@ from __future__ import annotations
 import csv
 import warnings as _warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +97,44 @@ def _header(path: Path, sep: str) -> list[str]:
     return header
 
 
-def read_table(path: Path, opts: Any, text_columns: Sequence[str] = ()) -> Any:
-    """A CSV file as a pandas DataFrame with a ``line`` attribute per row (its line in the file).
+def _scan(path: Path, sep: str, width: int) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
+    """One pass of the csv module over the records after the header: (the line each record
+    starts on, [(line, fields)] of the records whose field count is not the header's, which
+    records are blank). It counts lines as a person does, quoted line breaks included."""
+    lines, bad, blank = [], [], []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=sep, skipinitialspace=True)
+        next(reader, None)
+        start = reader.line_num + 1
+        for row in reader:
+            empty = not any(v.strip() for v in row)
+            if not empty and len(row) != width:
+                bad.append((start, len(row)))
+            lines.append(start)
+            blank.append(empty)
+            start = reader.line_num + 1
+    return np.array(lines, np.int64), bad, np.array(blank, bool)
+
+
+@dataclass
+class Table:
+    """A CSV file read: its rows (``df``, a pandas DataFrame), the line each row starts on in the
+    file (header = line 1), and warnings about rows dropped under data.on_error=skip."""
+
+    df: Any
+    lines: np.ndarray
+    warnings: list[str]
+    path: Path
+
+
+def read_table(path: Path, opts: Any, text_columns: Sequence[str] = ()) -> Table:
+    """A CSV file as a :class:`Table`.
 
     Columns named in ``text_columns`` (targets, text) are read as text exactly as written (no
-    missing-value words); others are parsed by pandas, with :data:`NA_TOKENS` as missing. Raises
-    DataError naming the file (and line) for what cannot be read."""
+    missing-value words); others are parsed by pandas, with :data:`NA_TOKENS` as missing. A row
+    with more or fewer fields than the header is an error naming its line (dropped with a warning
+    under data.on_error=skip, in ``df.attrs["warnings"]``). Raises DataError naming the file (and
+    line) for what cannot be read."""
     import pandas as pd
 
     sep = _delimiter(path, opts)
@@ -107,30 +142,41 @@ def read_table(path: Path, opts: Any, text_columns: Sequence[str] = ()) -> Any:
     text = set(text_columns) & set(header)
     skip = getattr(opts, "on_error", "refuse") == "skip"
     try:
-        df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", skip_blank_lines=False, keep_default_na=False,
-                         na_values={c: NA_TOKENS for c in header if c not in text},
-                         dtype={c: str for c in text}, on_bad_lines="skip" if skip else "error",
-                         skipinitialspace=True)
+        lines, bad, blank = _scan(path, sep, len(header))
     except UnicodeDecodeError as e:
         raise DataError(f"'{path}' is not UTF-8 text ({e}). Save it as UTF-8 CSV.") from None
+    except csv.Error as e:
+        raise DataError(f"'{path}' is not a well-formed CSV file ({e}). Fix the quoting there.") from None
+    notes = []
+    if bad and not skip:
+        line, n = bad[0]
+        raise DataError(f"'{path}' line {line} has {n} fields where the header has {len(header)} "
+                        f"({len(bad)} such row(s)). Fix that row (a field with the delimiter inside needs quotes), "
+                        f"or set data.on_error=skip to drop such rows with a warning.")
+    if bad:
+        notes.append(f"skipped {len(bad)} rows of '{path}' whose field count is not the header's "
+                     f"(first: line {bad[0][0]}, {bad[0][1]} fields)")
+    try:
+        df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", skip_blank_lines=False, keep_default_na=False,
+                         na_values={c: NA_TOKENS for c in header if c not in text},
+                         dtype={c: str for c in text}, skipinitialspace=True,
+                         skiprows=[line - 1 for line, _ in bad] or None)
     except (pd.errors.ParserError, ValueError) as e:
         msg = " ".join(str(e).split())
-        raise DataError(f"'{path}' is not a well-formed CSV file ({msg}; lines count from 1 at the header). "
-                        f"Fix that row (a field with the delimiter inside needs quotes), or set "
+        raise DataError(f"'{path}' is not a well-formed CSV file ({msg}). Fix that row, or set "
                         f"data.on_error=skip to drop such rows.") from None
     df.columns = [str(c).strip() for c in df.columns]
-    blank = df.isna().all(axis=1)
-    for c in text:
-        blank &= df[c].astype(str).str.strip().eq("") | df[c].isna()
-    df = df[~blank.to_numpy()]
-    lines = df.index.to_numpy() + 2  # header is line 1; blank lines kept their index
-    df = df.reset_index(drop=True)
-    df.attrs["line"] = lines
-    df.attrs["path"] = str(path)
+    bad_lines = {line for line, _ in bad}
+    keep = np.array([ln not in bad_lines for ln in lines], bool)
+    lines, blank = lines[keep], blank[keep]
+    if len(lines) != len(df):  # pandas and the csv module disagree on the records: trust pandas' order
+        lines = np.arange(2, len(df) + 2)
+        blank = df.isna().all(axis=1).to_numpy()
+    df = df[~blank].reset_index(drop=True)
     if not len(df):
         raise DataError(f"'{path}' has no data rows. A CSV dataset needs a header row naming the columns, then "
                         f"one example per row.")
-    return df
+    return Table(df, lines[~blank], notes, Path(path))
 
 
 def class_order(values: set[str]) -> list[str]:
@@ -191,7 +237,8 @@ def read_text_table(path: Path, opts: Any) -> tuple[list[str], list[str], None]:
     ``data.target`` or the first other column."""
     sep = _delimiter(path, opts)
     header = _header(path, sep)
-    df = read_table(path, opts, text_columns=header)
+    table = read_table(path, opts, text_columns=header)
+    df = table.df
     col = getattr(opts, "text_column", "") or max(header, key=lambda c: df[c].astype(str).str.len().mean())
     targets = list(getattr(opts, "target", []) or [])
     label = targets[0] if targets else next((c for c in header if c != col), None)
@@ -204,16 +251,17 @@ def read_text_table(path: Path, opts: Any) -> tuple[list[str], list[str], None]:
     labels = df[label].fillna("").astype(str).str.strip()
     empty = np.flatnonzero(labels.eq("").to_numpy())
     if len(empty):
-        raise DataError(f"'{path}' line {df.attrs['line'][empty[0]]}: column '{label}' (the label) is empty. "
+        raise DataError(f"'{path}' line {table.lines[empty[0]]}: column '{label}' (the label) is empty. "
                         f"Give every example a label, or remove the row.")
     return df[col].fillna("").astype(str).tolist(), labels.tolist(), None
 
 
 # ---------------------------------------------------------------------------------------- columns
 def _is_number(values: Any) -> np.ndarray:
+    """(N,) bool: which values parse as numbers."""
     import pandas as pd
 
-    return pd.to_numeric(values, errors="coerce").notna().to_numpy()
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").notna().to_numpy()
 
 
 def _numeric_columns(df: Any, columns: list[str], warnings: list[str], path: str) -> list[str]:
@@ -343,6 +391,11 @@ def encode_rows(rows: Any, extra: Mapping[str, Any]) -> np.ndarray:
     for c in enc["columns"]:
         if c in enc["numeric"]:
             table[c] = _numbers(df, c, lambda i: f"row {i + 1} of the rows to encode", False, bad)
+            if c in enc.get("log", []):
+                if (table[c] <= -1).any():
+                    raise DataError(f"the rows to encode: column '{c}' holds a value <= -1, which has no log(1 + x) "
+                                    f"(the model was trained on log(1 + {c})).")
+                table[c] = np.log1p(table[c])
         else:
             table[c] = df[c].fillna("").astype(str).str.strip().to_numpy(dtype=object)
     return _encode(table, enc, "the rows to encode", lambda m: _warnings.warn(m, stacklevel=3))
@@ -400,7 +453,10 @@ def _csv(root: Path, opts: Any) -> Dataset:
         if t not in header:
             raise DataError(f"{unknown_choice_error('target column', t, header)} in '{files[0]}'. Set data.target to "
                             f"one of the columns (default: the last one).")
-    frames = [read_table(f, opts, text_columns=targets) for f in files]
+    tables = [read_table(f, opts, text_columns=targets) for f in files]
+    frames = [t.df for t in tables]
+    for t in tables:
+        warnings += t.warnings
     if len(frames) == 2 and set(frames[1].columns) != set(frames[0].columns):
         a, b = set(frames[0].columns), set(frames[1].columns)
         raise DataError(f"'{files[1]}' and '{files[0]}' have different columns (only in test: {sorted(b - a)}, only in "
@@ -408,7 +464,7 @@ def _csv(root: Path, opts: Any) -> Dataset:
     import pandas as pd
 
     df = pd.concat(frames, ignore_index=True) if len(frames) == 2 else frames[0]
-    lines = np.concatenate([f.attrs["line"] for f in frames])
+    lines = np.concatenate([t.lines for t in tables])
     part = np.concatenate([np.full(len(f), k) for k, f in enumerate(frames)])  # 0 train file, 1 test file
     def at(i: int) -> str:  # row i's place in the files, for messages
         return f"'{files[part[i]]}' line {lines[i]}"
@@ -484,7 +540,20 @@ def _csv(root: Path, opts: Any) -> Dataset:
                                                         f"the target column '{targets[0]}' of '{path}'",
                                                         strict=len(files) == 2)
 
+    logs = list(getattr(opts, "log_columns", []) or [])
+    for c in logs:
+        if c not in numeric:
+            raise DataError(f"data.log_columns names '{c}', which is not a numeric input column of '{path}' "
+                            f"(numeric: {', '.join(numeric) or 'none'}).")
+        v = values[c]
+        neg = v <= -1
+        if neg.any():
+            i = int(np.flatnonzero(neg)[0])
+            raise DataError(f"{at(i)}, column '{c}': {v[i]:g} has no log(1 + x); data.log_columns is for values "
+                            f"> -1 (counts, sizes, prices). Remove '{c}' from data.log_columns.")
+        values[c] = np.log1p(v)
     enc = _fit_encoding({c: v[tr] for c, v in values.items()}, columns, numeric, missing)
+    enc["log"] = logs
     warn = warnings.append
     xtr = _encode({c: v[tr] for c, v in values.items()}, enc, f"the training part of '{path}'", warn)
     xte = _encode({c: v[te] for c, v in values.items()}, enc, f"the test part of '{path}'", warn)
@@ -553,6 +622,6 @@ def read_rows(path: Path, info: DatasetInfo) -> np.ndarray:
     enc = info.extra.get("table")
     if enc is None:
         raise DataError(f"this model was trained on '{info.name}' without a table encoding; it cannot read '{path}'.")
-    df = read_table(path, _Opts(), text_columns=[c for c in enc["columns"] if c not in enc["numeric"]])
-    return encode_rows(df, info.extra)
+    table = read_table(path, _Opts(), text_columns=[c for c in enc["columns"] if c not in enc["numeric"]])
+    return encode_rows(table.df, info.extra)
 

@@ -39,7 +39,8 @@ from layerwise.data.loader import _gen
 from layerwise.data.text import normalize_newlines
 from layerwise.data.tokenizers import build_tokenizer, check_kind
 
-__all__ = ["PAD", "SequenceLoader", "SequenceSet", "encode_texts", "pad_batch"]
+__all__ = ["PAD", "SequenceLoader", "SequenceSet", "encode_texts", "pad_batch", "read_text_classes",
+           "split_text_classes"]
 
 PAD = 0  # the padding id; token ids are the tokenizer's + 1
 _BUCKET = 50  # training batches are cut from runs of this many batches' examples sorted by length
@@ -215,42 +216,49 @@ def _texts_and_labels(groups: dict[str, list[str]]) -> tuple[list[str], list[str
     return [t for c in groups for t in groups[c]], [c for c in groups for _ in groups[c]]
 
 
+def read_text_classes(path: Path, opts: Any) -> tuple[list[str], list[str], int | None, str]:
+    """(texts, labels, the number of training examples when the source gives a train/test split
+    (they come first) else None, the layout read) for any layout of the module docstring."""
+    from layerwise.data.tabular import read_text_table
+
+    if path.is_file():
+        texts, labels, _ = read_text_table(path, opts)
+        return texts, labels, None, f"CSV '{path.name}'"
+    held = next((path / n for n in ("val", "test") if (path / n).is_dir()), None)
+    if (path / "train").is_dir() and held is not None:
+        tr_t, tr_l = _texts_and_labels(_pool(path / "train"))
+        te_t, te_l = _texts_and_labels(_pool(held))
+        extra = sorted(set(te_l) - set(tr_l))
+        if extra:
+            raise DataError(f"'{held}' has classes that train/ lacks: {', '.join(extra)}. A class needs "
+                            f"training examples; add them to train/ or remove those.")
+        return tr_t + te_t, tr_l + te_l, len(tr_t), f"train/ and {held.name}/"
+    texts, labels = _texts_and_labels(_pool(path))
+    return texts, labels, None, "class folders" if any(p.is_dir() for p in path.iterdir()) else "one file per class"
+
+
+def split_text_classes(labels: list[str], n_train: int | None, opts: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train indices, test indices, how) for :func:`read_text_classes`' examples: the given parts,
+    or a held-out part / a fold, stratified by the labels (unless data.label_sep makes them sets)."""
+    if n_train is not None:
+        return np.arange(n_train), np.arange(n_train, len(labels)), "train/ and test/ parts"
+    strata = labels if not getattr(opts, "label_sep", "") else None
+    ids = {c: i for i, c in enumerate(sorted(set(strata)))} if strata else None
+    return holdout_split(np.array([ids[c] for c in strata]) if strata else None, opts, len(labels))
+
+
 @register_dataset("text-classes")
 def _text_classes(root: Path, opts: Any) -> Dataset:
     """Labelled texts; see the module docstring for the layouts and options."""
-    from layerwise.data.tabular import read_text_table, targets_from_labels
+    from layerwise.data.tabular import targets_from_labels
 
     path = user_path(root, opts, "text-classes", "a folder of <class>/<file>.txt, a folder of files with one "
                      "example per line (one file per class), or a CSV with a text and a label column")
     check_kind(opts.tokenizer)
-    if path.is_file():
-        texts, labels, split_desc = read_text_table(path, opts)
-        layout = f"CSV '{path.name}'"
-    else:
-        held = next((path / n for n in ("val", "test") if (path / n).is_dir()), None)
-        if (path / "train").is_dir() and held is not None:
-            tr_t, tr_l = _texts_and_labels(_pool(path / "train"))
-            te_t, te_l = _texts_and_labels(_pool(held))
-            extra = sorted(set(te_l) - set(tr_l))
-            if extra:
-                raise DataError(f"'{held}' has classes that train/ lacks: {', '.join(extra)}. A class needs "
-                                f"training examples; add them to train/ or remove those.")
-            texts, labels = tr_t + te_t, tr_l + te_l
-            split_desc = ("given", len(tr_t))
-            layout = f"train/ and {held.name}/"
-        else:
-            texts, labels = _texts_and_labels(_pool(path))
-            split_desc = None
-            layout = "class folders" if any(p.is_dir() for p in path.iterdir()) else "one file per class"
-    if isinstance(split_desc, tuple):  # given train/test parts
-        n_tr = split_desc[1]
-        tr, te, how = np.arange(n_tr), np.arange(n_tr, len(texts)), "train/ and test/ parts"
-    else:
-        strata = labels if getattr(opts, "label_sep", "") == "" else None
-        ids = {c: i for i, c in enumerate(sorted(set(strata)))} if strata else None
-        tr, te, how = holdout_split(np.array([ids[c] for c in strata]) if strata else None, opts, len(texts))
+    texts, labels, n_train, layout = read_text_classes(path, opts)
+    tr, te, how = split_text_classes(labels, n_train, opts)
     y, classes, task = targets_from_labels([labels[i] for i in tr], [labels[i] for i in te], opts,
-                                           what=f"the labels of '{path}'")
+                                           what=f"the labels of '{path}'", strict=n_train is not None)
     train_text = "\n".join(texts[i] for i in tr)
     tok = build_tokenizer(opts.tokenizer, train_text, opts.vocab_size)
     T = int(opts.block_size)

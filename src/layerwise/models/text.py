@@ -109,11 +109,16 @@ class TextTransformer(Model):
 
 
 class NGramBag(Model):
-    """fastText-style classifier: mean of the embeddings of a sequence's words and of its word
-    bigrams (hashed into ``buckets`` rows, Joulin et al. 2017), dropout, then fc."""
+    """A bag of word n-grams: each of a sequence's words and (hashed) word bigrams has a learned
+    vector; the bag is their sum (or mean), then dropout and fc. With ``n_embd`` 2 and sum
+    pooling over binary features it is a logistic regression on the n-gram indicators; wider it
+    is fastText (Joulin et al. 2017). ``nb`` scales each n-gram's vector by its naive-Bayes
+    log-count ratio r = log((p / |p|_1) / (q / |q|_1)) from the training split (Wang & Manning
+    2012's NBSVM features; two classes), set by :meth:`init_from_data`. The bag's vectors are a
+    plain 2-D parameter, so the optimizer's weight decay regularizes them (an L2 penalty)."""
 
     def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, vocab_size: int, n_embd: int, buckets: int,
-                 ngrams: int, dropout: float) -> None:
+                 ngrams: int, pool: str, binary: bool, nb: bool, dropout: float) -> None:
         super().__init__()
         if len(in_shape) != 1:
             raise ValueError(f"ngram-bag expects in_shape (max_len,), got {tuple(in_shape)!r}")
@@ -121,29 +126,67 @@ class NGramBag(Model):
         if ngrams not in (1, 2) or buckets < (1 if ngrams == 2 else 0) or n_embd < 1:
             raise ValueError(f"ngram-bag needs ngrams 1 or 2, buckets >= 1 for bigrams and n_embd >= 1; got "
                              f"ngrams={ngrams}, buckets={buckets}, n_embd={n_embd}")
+        if pool not in ("sum", "mean"):
+            raise ValueError(f"ngram-bag pool must be sum or mean, got {pool!r}")
+        if nb and num_classes != 2:
+            raise ValueError(f"ngram-bag nb=True weighs n-grams by their naive-Bayes log-count ratio between two "
+                             f"classes; this task has {num_classes} outputs. Set model.nb=false.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.max_len, self.vocab_size, self.n_embd = in_shape[0], vocab_size, n_embd
         self.buckets, self.ngrams = buckets if ngrams == 2 else 0, ngrams
+        self.pool, self.binary = pool, binary
         self.num_classes, self.num_features = num_classes, n_embd
-        self.emb = nn.Embedding(vocab_size + self.buckets, n_embd, padding_idx=0)
-        nn.init.uniform_(self.emb.weight, -1.0 / n_embd, 1.0 / n_embd)  # fastText's init
+        rows = vocab_size + self.buckets  # row 0: padding, always zero
+        self.bag = nn.Parameter(torch.randn(rows, n_embd) * 0.01)
         with torch.no_grad():
-            self.emb.weight[0].zero_()
+            self.bag[0].zero_()
+        # naive-Bayes weights, one per row (1 without nb): data, not learned; saved with the model
+        self.register_buffer("nb_ratio", torch.ones(rows), persistent=nb)
+        self.nb = nb
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(n_embd, num_classes) if num_classes else nn.Identity()
         self.blocks = nn.ModuleList()  # no trunk blocks: the bag is the whole body
 
-    def bigram_ids(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T - 1) rows of the bigram table, 0 where either word is padding."""
-        a, b = x[:, :-1], x[:, 1:]
-        h = (a * 1_000_003 + b) % self.buckets + self.vocab_size  # a simple multiplicative hash
-        return torch.where((a != 0) & (b != 0), h, torch.zeros_like(h))
+    def ngram_ids(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) word ids -> (B, T') rows of the bag: the words, then the bigrams hashed into
+        [vocab_size, vocab_size + buckets); 0 where a word is padding. With ``binary`` each row
+        appears once per sequence (repeats become 0)."""
+        ids = x
+        if self.ngrams == 2 and x.shape[1] > 1:
+            a, b = x[:, :-1], x[:, 1:]
+            h = (a * 1_000_003 + b) % self.buckets + self.vocab_size  # a multiplicative hash of the pair
+            ids = torch.cat([x, torch.where((a != 0) & (b != 0), h, torch.zeros_like(h))], 1)
+        if self.binary:
+            ids = ids.sort(1).values
+            repeat = torch.cat([torch.zeros_like(ids[:, :1], dtype=torch.bool), ids[:, 1:] == ids[:, :-1]], 1)
+            ids = ids.masked_fill(repeat, 0)
+        return ids
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, targets: torch.Tensor | None = None, alpha: float = 1.0) -> None:
+        """With ``nb``: the naive-Bayes log-count ratio of every bag row from the training
+        sequences x (N, T) and their classes (N,) (alpha: add-alpha smoothing). A no-op otherwise."""
+        if not self.nb or targets is None:
+            return
+        ids = self.ngram_ids(x)  # (N, T')
+        rows = self.bag.shape[0]
+        counts = torch.full((2, rows), alpha, dtype=torch.float64, device=ids.device)
+        for c in (0, 1):
+            sel = ids[targets == c]
+            counts[c] += torch.bincount(sel.flatten(), minlength=rows).double()
+        counts[:, 0] = alpha  # padding
+        p, q = counts[1] / counts[1].sum(), counts[0] / counts[0].sum()
+        self.nb_ratio.copy_((p / q).log().float())
+        self.nb_ratio[0] = 0.0
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_ids("ngram-bag", x)
-        ids = torch.cat([x, self.bigram_ids(x)], 1) if self.ngrams == 2 and x.shape[1] > 1 else x
-        return masked_mean(self.emb(ids), ids != 0)  # (B, d)
+        ids = self.ngram_ids(x)  # (B, T')
+        vec = self.bag[ids] * self.nb_ratio[ids][..., None]  # (B, T', d)
+        mask = (ids != 0).to(vec.dtype)[..., None]
+        h = (vec * mask).sum(1)  # (B, d)
+        return h / mask.sum(1).clamp_min(1.0) if self.pool == "mean" else h
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return feats if pre_logits else self.fc(self.drop(feats))
@@ -152,7 +195,7 @@ class NGramBag(Model):
         return (self.vocab_size + self.buckets) * self.n_embd + (self.n_embd + 1) * self.num_classes
 
     def flops_per_example(self) -> int:
-        """The head's matmul; the bag is lookups and a mean (no matmul)."""
+        """The head's matmul; the bag is lookups and a sum (no matmul)."""
         return 2 * self.n_embd * self.num_classes
 
 
@@ -171,16 +214,18 @@ def text_transformer(*, in_shape: tuple[int, ...], num_classes: int, vocab_size:
 
 
 @register_model("ngram-bag")
-def ngram_bag(*, in_shape: tuple[int, ...], num_classes: int, vocab_size: int = 0, n_embd: int = 64,
-              buckets: int = 200_000, ngrams: int = 2, dropout: float = 0.0) -> NGramBag:
-    """fastText's bag of word and hashed word-bigram embeddings, averaged, then a linear classifier.
+def ngram_bag(*, in_shape: tuple[int, ...], num_classes: int, vocab_size: int = 0, n_embd: int = 16,
+              buckets: int = 262_144, ngrams: int = 2, pool: str = "sum", binary: bool = True, nb: bool = False,
+              dropout: float = 0.0) -> NGramBag:
+    """A bag of word and hashed word-bigram vectors, then a linear classifier (fastText; with
+    n_embd 2, sum pooling and binary features, a logistic regression on n-gram indicators).
 
     Args:
-        vocab_size: token ids are < vocab_size; 0 takes the data's (tokenizer vocabulary + padding).
-        n_embd: embedding size. buckets: rows of the hashed bigram table. ngrams: 1 (words only)
-            or 2 (words and bigrams). dropout: on the averaged embedding.
+        vocab_size: word ids are < vocab_size; 0 takes the data's (tokenizer vocabulary + padding).
+        n_embd: vector size. buckets: rows of the hashed bigram table. ngrams: 1 (words) or 2
+            (words and bigrams). pool: sum or mean of the vectors. binary: count each n-gram once
+            per sequence. nb: scale each n-gram by its naive-Bayes log-count ratio from the training
+            split (two classes; Wang & Manning 2012). dropout: on the bag.
     """
     return NGramBag(in_shape=in_shape, num_classes=num_classes, vocab_size=vocab_size, n_embd=n_embd, buckets=buckets,
-                    ngrams=ngrams, dropout=dropout)
-
-
+                    ngrams=ngrams, pool=pool, binary=binary, nb=nb, dropout=dropout)

@@ -23,8 +23,8 @@ from layerwise.tasks.regress import Regress
 TASKS: dict[str, type[Task]] = {"classify": Classify, "multilabel": MultiLabel, "regress": Regress,
                                 "lm": LanguageModel}
 
-__all__ = ["TASKS", "Classify", "LanguageModel", "MultiLabel", "Regress", "Task", "create_task", "list_tasks",
-           "macro_f1"]
+__all__ = ["TASKS", "Classify", "LanguageModel", "MultiLabel", "Regress", "Task", "create_task",
+           "describe_prediction", "list_tasks", "macro_f1"]
 
 
 def list_tasks() -> list[str]:
@@ -48,13 +48,27 @@ def create_task(info: Any, cfg: Any = None, state: dict[str, Any] | None = None)
         _only_auto(loss, kind, ("bce",))
         task = MultiLabel(info, t, threshold=getattr(t, "threshold", 0.5))
     elif kind == "regress":
-        task = Regress(info, t, loss="mse" if loss == "auto" else loss, huber_delta=getattr(t, "huber_delta", 1.0))
+        task = Regress(info, t, loss="mse" if loss == "auto" else loss, huber_delta=getattr(t, "huber_delta", 1.0),
+                       transform=getattr(t, "target_transform", "none"), clip=getattr(t, "clip_predictions", False))
     else:
         _only_auto(loss, kind, ("cross_entropy",))
         task = LanguageModel(info, t)
     if state:
         task.load_state(state)
     return task
+
+
+def describe_prediction(result: dict[str, Any]) -> str:
+    """One line of text for a `predict` result of any task (told apart by its keys)."""
+    if "top" in result:
+        return ", ".join(f"{t['class']} ({t['probability']:.3f})" for t in result["top"])
+    if "labels" in result:
+        probs = result["probabilities"]
+        if not result["labels"]:
+            best = max(probs, key=probs.get)
+            return f"(no label over the threshold; most likely {best} {probs[best]:.3f})"
+        return ", ".join(f"{name} ({probs[name]:.3f})" for name in result["labels"])
+    return ", ".join(f"{c} = {v:.6g}" for c, v in result["values"].items())
 
 
 def _only_auto(loss: str, kind: str, allowed: tuple[str, ...]) -> None:

@@ -98,5 +98,11 @@ class Task:
 
     # --- helpers -----------------------------------------------------------------------------
     @staticmethod
+    def _full(t: torch.Tensor) -> torch.Tensor:
+        """Outputs at full precision for the loss: half precision (bf16/fp16 autocast) becomes
+        float32; float32 and float64 stay as they are."""
+        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+    @staticmethod
     def _weights(keep: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
         return None if keep is None else keep.to(like.device, like.dtype)

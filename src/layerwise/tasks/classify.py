@@ -50,7 +50,7 @@ class Classify(Task):
         return 3 + (C * C if self.confusion else 0)  # loss, correct, top-5 correct, confusion
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        out = out.float()
+        out = self._full(out)
         if keep is None:
             return F.cross_entropy(out, y, reduction="sum", label_smoothing=self.label_smoothing)
         per = F.cross_entropy(out, y, reduction="none", label_smoothing=self.label_smoothing)  # (B,)

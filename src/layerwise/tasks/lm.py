@@ -32,7 +32,7 @@ class LanguageModel(Task):
         return int(y.numel())
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        logits, target = out.float().flatten(0, 1), y.flatten()  # (B*T, V), (B*T,)
+        logits, target = self._full(out).flatten(0, 1), y.flatten()  # (B*T, V), (B*T,)
         if keep is None:
             return F.cross_entropy(logits, target, reduction="sum")
         per = F.cross_entropy(logits, target, reduction="none").view_as(y)  # (B, T)

@@ -17,7 +17,9 @@ class Regress(Task):
     """Regression of K target columns. The model predicts *standardized* targets,
     z = (y - mean) / std with the training split's mean and std per column (so one learning rate
     suits a price and a solubility alike); predictions and metrics are mapped back to the target's
-    units, y_hat = z_hat * std + mean.
+    units, y_hat = z_hat * std + mean. With task.target_transform=log the model learns
+    standardized log y (y_hat = exp(...)): relative errors weigh alike, as suits prices; with
+    task.clip_predictions predictions stay within the training targets' range (capped data).
 
     Loss (task.loss): ``mse`` (default), ``huber`` (F.huber_loss, task.huber_delta in standard
     deviations) or ``l1``, summed over the columns and examples. Metrics per column, in units:
@@ -29,8 +31,13 @@ class Regress(Task):
     name = "regress"
     higher_is_better = False
 
-    def __init__(self, info: Any, options: Any = None, loss: str = "mse", huber_delta: float = 1.0):
+    def __init__(self, info: Any, options: Any = None, loss: str = "mse", huber_delta: float = 1.0,
+                 transform: str = "none", clip: bool = False):
         super().__init__(info, options)
+        if transform not in ("none", "log"):
+            raise ValueError(f"target transform must be none or log, got {transform!r}")
+        self.transform, self.clip = transform, bool(clip)
+        self.low = self.high = None  # the training targets' range (units), for clip
         if loss not in LOSSES:
             from layerwise.choices import unknown_choice_error
             raise unknown_choice_error("task.loss for regression", loss, LOSSES)
@@ -51,30 +58,51 @@ class Regress(Task):
         return 1 + 4 * len(self.columns)  # loss, then per column: sum y, sum y^2, sum e^2, sum |e|
 
     def fit(self, y_train: torch.Tensor | None) -> None:
-        """The training split's mean and std per column (std 0 becomes 1)."""
+        """The training split's mean and std per column (std 0 becomes 1), of log y with the log
+        transform (which needs every target > 0); its range, for clip."""
         y = y_train.double().reshape(len(y_train), -1)
+        self.low, self.high = y.min(0).values, y.max(0).values
+        if self.transform == "log":
+            if not bool((y > 0).all()):
+                from layerwise.config import ConfigError
+                raise ConfigError(f"task.target_transform=log needs targets > 0; the training split's smallest is "
+                                  f"{float(y.min()):g}. Use task.target_transform=none.")
+            y = y.log()
         self.mean = y.mean(0)
         std = y.std(0, unbiased=False)
         self.std = torch.where(std > 0, std, torch.ones_like(std))
 
     def state(self) -> dict[str, Any]:
-        return {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist(), "loss": self.kind}
+        return {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist(), "loss": self.kind,
+                "transform": self.transform, "clip": self.clip,
+                "range": None if self.low is None else [self.low.tolist(), self.high.tolist()]}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.mean = torch.tensor(state["mean"], dtype=torch.float64)
         self.std = torch.tensor(state["std"], dtype=torch.float64)
+        self.transform, self.clip = state.get("transform", "none"), bool(state.get("clip", False))
+        if state.get("range"):
+            self.low, self.high = (torch.tensor(v, dtype=torch.float64) for v in state["range"])
 
     def standardize(self, y: torch.Tensor) -> torch.Tensor:
         """Targets in units (B, K) -> what the model learns to output."""
         m, s = self.mean.to(y.device, torch.float32), self.std.to(y.device, torch.float32)
-        return (y.float().reshape(len(y), -1) - m) / s
+        y = y.float().reshape(len(y), -1)
+        return ((y.clamp_min(1e-30).log() if self.transform == "log" else y) - m) / s
 
     def to_units(self, out: torch.Tensor) -> torch.Tensor:
-        """Model outputs (B, K) -> predictions in the target's units, float64."""
-        return out.double().reshape(len(out), -1) * self.std.to(out.device) + self.mean.to(out.device)
+        """Model outputs (B, K) -> predictions in the target's units, float64 (exp of the log with
+        the log transform; clamped to the training range with clip)."""
+        y = out.double().reshape(len(out), -1) * self.std.to(out.device) + self.mean.to(out.device)
+        if self.transform == "log":
+            y = y.clamp(max=700.0).exp()
+        if self.clip and self.low is not None:
+            y = torch.maximum(torch.minimum(y, self.high.to(y.device)), self.low.to(y.device))
+        return y
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        z, pred = self.standardize(y), out.float().reshape(len(out), -1)
+        pred = self._full(out).reshape(len(out), -1)
+        z = self.standardize(y).to(pred.dtype)
         if self.kind == "mse":
             per = (pred - z).square()
         elif self.kind == "l1":

@@ -74,8 +74,8 @@ def results_table(summary: dict[str, Any], title: str = "results") -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in summary.items():
-        if isinstance(v, float):
-            v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+        if isinstance(v, float):  # e.g. an RMSE in dollars: 53,041.2 rather than 5.304e+04
+            v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:,.1f}" if abs(v) < 1e12 else f"{v:.4g}"
         elif isinstance(v, int) and abs(v) >= 10_000:
             v = f"{v:,}"
         table.add_row(k, str(v))

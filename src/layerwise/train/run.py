@@ -209,7 +209,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
                           f"Give the model.safetensors of a layerwise run.")
     try:
         version = int(raw.get("format_version", "1"))  # files from before the field are version 1
-        meta = {k: json.loads(v) for k, v in raw.items() if k in ("model", "data", "metrics")}
+        meta = {k: json.loads(v) for k, v in raw.items() if k in ("model", "data", "metrics", "task")}
         aliases = json.loads(raw.get("aliases", "{}"))
         model_kw = dict(meta["model"])
         model_kw["in_shape"] = tuple(model_kw["in_shape"])

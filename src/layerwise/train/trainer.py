@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import random
@@ -175,6 +176,8 @@ class Trainer:
         self.display = ProgressDisplay(self.total_steps, self.step, enabled=show_progress and self.par.is_rank0)
         if resume:
             self._record_resume()
+        elif source.get("task_reason"):  # data.task=auto: say what was chosen, and why
+            self.display.message(f"task: {self.info.task} ({source['task_reason']})")
 
     def _check_parallel(self) -> None:
         """Refuse what the chosen strategy cannot train, before data or model are built."""
@@ -222,12 +225,14 @@ class Trainer:
         if text and "vocab_size" in model_args(self.cfg.model.name) and not args.get("vocab_size"):
             args["vocab_size"] = text["vocab_size"]  # the data's vocabulary (plus padding) sizes the embedding
         self.model = build_model(self.cfg.model.name, self.info.in_shape, self.task.num_outputs, args, self.device)
-        if hasattr(self.model, "init_from_data") and self._transform is not None and not resume:
-            # e.g. convnet's patch-whitening layer (airbench); a resumed run loads it instead
-            x = self._x_train
-            idx = torch.linspace(0, len(x) - 1, min(len(x), 5000)).long()  # spread over every class
-            sample = x[idx] if isinstance(x, torch.Tensor) else gather(x, idx.tolist())
-            self.model.init_from_data(self._transform(sample.to(self.device), None)[0])
+        if hasattr(self.model, "init_from_data") and self._x_train is not None and not resume:
+            # e.g. convnet's patch-whitening layer (airbench), ngram-bag's naive-Bayes weights; a
+            # resumed run loads them instead
+            x, y = self._data_sample()
+            if "targets" in inspect.signature(self.model.init_from_data).parameters:
+                self.model.init_from_data(x, targets=y)
+            else:
+                self.model.init_from_data(x)
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # parallelism is applied from outside the model (distributed.parallelize): tensor parallel,
@@ -248,6 +253,18 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # torch.compile wraps the module; state is always read from and written to self.model
         self.forward = torch.compile(forward) if t.compile else forward
+
+    def _data_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training inputs as the model takes them, with their targets, for models that set
+        weights from the data: up to 5000 tensors spread evenly over the split (every class), or
+        every training sequence of a text dataset (padded)."""
+        x, y = self._x_train, self._y_train
+        if self._transform is None:  # token sequences
+            from layerwise.data.textclass import pad_batch
+            return pad_batch([x[i] for i in range(len(x))], self.device), y.to(self.device)
+        idx = torch.linspace(0, len(x) - 1, min(len(x), 5000)).long()  # spread over every class
+        sample = x[idx] if isinstance(x, torch.Tensor) else gather(x, idx.tolist())
+        return self._transform(sample.to(self.device), None)[0], y[idx].to(self.device)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
