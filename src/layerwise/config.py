@@ -285,10 +285,11 @@ def coerce(key: str, value: Any, hint: Any, raw: str | None = None) -> Any:
         # kept as a list: the config is plain YAML data (the model registry makes tuples)
         return [coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)] if args else list(value)
     if hint is str:
+        if raw is not None:  # typed on the command line: the text as typed, unless it was quoted
+            quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+            return value if quoted and isinstance(value, str) else raw
         if isinstance(value, str):
             return value
-        if raw is not None:  # typed on the command line: YAML made it a bool or a number
-            return raw
         raise _refuse(key, value, hint)
     if hint is bool:
         if isinstance(value, bool):

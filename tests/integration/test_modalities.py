@@ -233,7 +233,7 @@ def test_csv_with_numeric_and_categorical_columns(tmp_path):
     assert summary["test_loss"] < 0.3, summary  # measured 0.113; ln 3 = 1.10
     _, meta = load_model(tmp_path / "run")
     assert meta["data"]["classes"] == ["setosa", "versicolor", "virginica"]
-    assert meta["data"]["extra"]["features"][-3:] == ["site=east", "site=north", "site=south"]
+    assert meta["data"]["extra"]["table"]["features"][-3:] == ["site=east", "site=north", "site=south"]
 
 
 # ------------------------------------------------------------------------------------ image-folder

@@ -121,8 +121,11 @@ def test_list_elements_of_the_wrong_type_are_refused_by_position(arg, needle):
 
 def test_yaml_booleans_for_text_keys():
     # on the command line the text is taken as typed, so the suggested form works
-    cfg = load_config(None, ["--model.name=gpt", "--model.mlp=off", "--run.name=2024", "--run.dir=012"])
+    cfg = load_config(None, ["--model.name=gpt", "--model.mlp=off", "--run.name=2024", "--run.dir=012",
+                             "--data.label_sep=|", "--data.path=#notes", '--data.target="quoted"'])
     assert cfg.model.args["mlp"] == "off" and cfg.run.name == "2024" and cfg.run.dir == "012"
+    # YAML would read | as a block scalar and # as a comment: a text key takes them as typed
+    assert cfg.data.label_sep == "|" and cfg.data.path == "#notes" and cfg.data.target == ["quoted"]
     # in a recipe YAML already made it a boolean: refused, with the hint to quote it
     with pytest.raises(ConfigError) as e:
         from layerwise.config import Config, merge

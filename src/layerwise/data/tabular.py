@@ -480,7 +480,8 @@ def _csv(root: Path, opts: Any) -> Dataset:
     values = {c: _numbers(df, c, at, skip, bad) if c in numeric else
               df[c].fillna("").astype(str).str.strip().to_numpy(dtype=object) for c in columns}
     cells = {t: df[t].fillna("").astype(str).str.strip().to_numpy(dtype=object) for t in targets}
-    for t in targets:
+    label_sets = task == "multilabel" and bool(getattr(opts, "label_sep", ""))
+    for t in [] if label_sets else targets:  # an empty label set is an example with no label, not a gap
         empty = cells[t] == ""
         if empty.any() and not skip:
             i = int(np.flatnonzero(empty)[0])
