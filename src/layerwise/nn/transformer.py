@@ -247,7 +247,10 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d); ``mask`` (B, T) bool marks the real tokens of padded sequences."""
-        x = x + self.attn(self.norm1(x), mask)  # (B, T, d)
+        # the mask goes by keyword, and only when there is one: tensor parallelism's input hooks
+        # count the positional inputs (one: x)
+        h = self.norm1(x)
+        x = x + (self.attn(h) if mask is None else self.attn(h, mask=mask))  # (B, T, d)
         return x + self.mlp(self.norm2(x))  # (B, T, d)
 
 
