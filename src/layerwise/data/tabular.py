@@ -98,9 +98,29 @@ def _header(path: Path, sep: str) -> list[str]:
 
 
 def _scan(path: Path, sep: str, width: int) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
-    """One pass of the csv module over the records after the header: (the line each record
-    starts on, [(line, fields)] of the records whose field count is not the header's, which
-    records are blank). It counts lines as a person does, quoted line breaks included."""
+    """(the line each record after the header starts on, [(line, fields)] of the records whose
+    field count is not the header's, which records are blank). A file without quotes is counted
+    with numpy over its bytes (a record is a line); otherwise by the csv module, which counts
+    lines as a person does, quoted line breaks included."""
+    data = path.read_bytes()
+    if b'"' not in data and sep != " ":
+        data.decode("utf-8-sig")  # UnicodeDecodeError for a file that is not UTF-8, as the csv module
+        buf = np.frombuffer(data, np.uint8)
+        ends = np.flatnonzero(buf == ord("\n"))
+        if not len(ends) or ends[-1] != len(buf) - 1:
+            ends = np.append(ends, len(buf))  # a last line without a line break
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        seps = np.flatnonzero(buf == ord(sep))  # the delimiters' positions: fields per line by searchsorted
+        count = np.searchsorted(seps, ends) - np.searchsorted(seps, starts)
+        blank = np.zeros(len(ends), bool)
+        for i in np.flatnonzero(count == 0):  # a line without a delimiter: blank if only spaces
+            blank[i] = not data[starts[i]:ends[i]].strip()
+        fields = count + 1
+        lines = np.arange(1, len(ends) + 1)
+        rec = slice(1, None)  # after the header
+        bad_rows = np.flatnonzero(~blank[rec] & (fields[rec] != width))
+        bad = [(int(lines[rec][i]), int(fields[rec][i])) for i in bad_rows]
+        return lines[rec].astype(np.int64), bad, blank[rec]
     lines, bad, blank = [], [], []
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=sep, skipinitialspace=True)
@@ -130,8 +150,9 @@ class Table:
 def read_table(path: Path, opts: Any, text_columns: Sequence[str] = ()) -> Table:
     """A CSV file as a :class:`Table`.
 
-    Columns named in ``text_columns`` (targets, text) are read as text exactly as written (no
-    missing-value words); others are parsed by pandas, with :data:`NA_TOKENS` as missing. A row
+    Columns named in ``text_columns`` (targets, text) are read as text exactly as written; others
+    are parsed by pandas with only the empty cell as missing (a missing-value word such as NA is
+    missing in a numeric column, :func:`_numbers`, and a category in a text column). A row
     with more or fewer fields than the header is an error naming its line (dropped with a warning
     under data.on_error=skip, in ``df.attrs["warnings"]``). Raises DataError naming the file (and
     line) for what cannot be read."""
@@ -158,7 +179,7 @@ def read_table(path: Path, opts: Any, text_columns: Sequence[str] = ()) -> Table
                      f"(first: line {bad[0][0]}, {bad[0][1]} fields)")
     try:
         df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", skip_blank_lines=False, keep_default_na=False,
-                         na_values={c: NA_TOKENS for c in header if c not in text},
+                         na_values={c: [""] for c in header if c not in text},
                          dtype={c: str for c in text}, skipinitialspace=True,
                          skiprows=[line - 1 for line, _ in bad] or None)
     except (pd.errors.ParserError, ValueError) as e:
@@ -257,6 +278,16 @@ def read_text_table(path: Path, opts: Any) -> tuple[list[str], list[str], None]:
 
 
 # ---------------------------------------------------------------------------------------- columns
+def _text_cells(s: Any) -> np.ndarray:
+    """A column as stripped text, object array, "" for an empty cell; stripped once per distinct
+    value (pandas.factorize), not per row."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    table = np.array([str(u).strip() for u in uniques] + [""], dtype=object)
+    return table[codes]  # code -1 (missing) picks the trailing ""
+
+
 def _is_number(values: Any) -> np.ndarray:
     """(N,) bool: which values parse as numbers."""
     import pandas as pd
@@ -275,14 +306,16 @@ def _numeric_columns(df: Any, columns: list[str], warnings: list[str], path: str
         if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
             numeric.append(c)
             continue
-        vals = s.dropna().astype(str).str.strip()
-        vals = vals[~vals.isin(NA_TOKENS)]
-        n_num = int(_is_number(vals).sum()) if len(vals) else 0
-        if len(vals) and 2 * n_num >= len(vals):
+        counts = pd.Series(_text_cells(s)).value_counts()  # distinct values and how often
+        counts = counts[~counts.index.isin(NA_TOKENS)]
+        vals = counts.index
+        n_num = int(counts[_is_number(vals)].sum()) if len(vals) else 0
+        n_all = int(counts.sum())
+        if n_all and 2 * n_num >= n_all:
             numeric.append(c)
         elif n_num:
             warnings.append(f"'{path}': column '{c}' is read as categories (one-hot), though {n_num} of its "
-                            f"{len(vals)} values are numbers; a column counts as numeric when at least half of "
+                            f"{n_all} values are numbers; a column counts as numeric when at least half of "
                             f"its values are. Clean the column if it holds numbers")
     return numeric
 
@@ -358,10 +391,11 @@ def _encode(table: Mapping[str, np.ndarray], enc: Mapping[str, Any], where: str,
                                 f"the model was trained with data.missing=error. Fill it in.")
             parts.append(np.where(gap, enc["medians"][c], v).astype(np.float32)[:, None])
         else:
+            import pandas as pd
+
             cats = enc["categories"][c]
-            index = {x: j for j, x in enumerate(cats)}
             v = np.where(v == "", MISSING_CATEGORY, v)
-            codes = np.array([index.get(x, -1) for x in v.tolist()], np.int64)
+            codes = pd.Categorical(v, categories=cats).codes.astype(np.int64)  # -1: not a training category
             unseen = codes < 0
             if unseen.any():
                 warn(f"{where}: column '{c}' has {int(unseen.sum())} value(s) never seen in training (e.g. "
@@ -397,7 +431,7 @@ def encode_rows(rows: Any, extra: Mapping[str, Any]) -> np.ndarray:
                                     f"(the model was trained on log(1 + {c})).")
                 table[c] = np.log1p(table[c])
         else:
-            table[c] = df[c].fillna("").astype(str).str.strip().to_numpy(dtype=object)
+            table[c] = _text_cells(df[c])
     return _encode(table, enc, "the rows to encode", lambda m: _warnings.warn(m, stacklevel=3))
 
 
@@ -410,12 +444,15 @@ def _choose_task(df: Any, targets: list[str], opts: Any, path: str) -> tuple[str
     if getattr(opts, "label_sep", ""):
         return ("multilabel", f"data.label_sep={opts.label_sep!r} splits the labels") if asked in ("auto", "multilabel") \
             else (asked, "data.task")
-    cells = {c: df[c].fillna("").astype(str).str.strip() for c in targets}
-    all_numeric = all(_is_number(cells[c][cells[c] != ""]).all() for c in targets)
+    import pandas as pd
+
+    cells = {c: pd.Series(_text_cells(df[c])) for c in targets}
+    uniq = {c: pd.unique(cells[c][cells[c] != ""]) for c in targets}  # decide on the distinct values
+    all_numeric = all(_is_number(uniq[c]).all() for c in targets)
     if asked != "auto":
         return asked, "data.task"
     if len(targets) > 1:
-        binary = all(set(cells[c][cells[c] != ""].unique()) <= {"0", "1", "0.0", "1.0"} for c in targets)
+        binary = all(set(uniq[c]) <= {"0", "1", "0.0", "1.0"} for c in targets)
         if binary:
             return "multilabel", f"the {len(targets)} target columns hold only 0 and 1"
         if all_numeric:
@@ -425,7 +462,7 @@ def _choose_task(df: Any, targets: list[str], opts: Any, path: str) -> tuple[str
     c = targets[0]
     if not all_numeric:
         return "classify", f"target '{c}' holds text"
-    values = np.array([float(v) for v in cells[c][cells[c] != ""]])
+    values = np.array([float(v) for v in uniq[c]])
     distinct = len(np.unique(values))
     if (values != np.round(values)).any():
         return "regress", f"target '{c}' holds fractional numbers"
@@ -478,8 +515,8 @@ def _csv(root: Path, opts: Any) -> Dataset:
     bad = np.zeros(len(df), bool)
     numeric = _numeric_columns(df.iloc[np.flatnonzero(part == 0)], columns, warnings, str(files[0]))
     values = {c: _numbers(df, c, at, skip, bad) if c in numeric else
-              df[c].fillna("").astype(str).str.strip().to_numpy(dtype=object) for c in columns}
-    cells = {t: df[t].fillna("").astype(str).str.strip().to_numpy(dtype=object) for t in targets}
+              _text_cells(df[c]) for c in columns}
+    cells = {t: _text_cells(df[t]) for t in targets}
     label_sets = task == "multilabel" and bool(getattr(opts, "label_sep", ""))
     for t in [] if label_sets else targets:  # an empty label set is an example with no label, not a gap
         empty = cells[t] == ""
@@ -490,7 +527,9 @@ def _csv(root: Path, opts: Any) -> Dataset:
         bad |= empty
     if task == "regress":
         for t in targets:
-            num = _is_number(cells[t]) | (cells[t] == "")
+            distinct = pd.unique(cells[t])
+            good = set(distinct[_is_number(distinct) | (distinct == "")])
+            num = pd.Series(cells[t]).isin(good).to_numpy()
             if not num.all():
                 i = int(np.flatnonzero(~num)[0])
                 raise DataError(f"{at(i)}, column '{t}' (the target): {cells[t][i]!r} is not "
@@ -515,8 +554,7 @@ def _csv(root: Path, opts: Any) -> Dataset:
     else:
         strata = None
         if task == "classify":
-            ids = {v: j for j, v in enumerate(sorted(set(cells[targets[0]].tolist())))}
-            strata = np.array([ids[v] for v in cells[targets[0]].tolist()])
+            strata = pd.factorize(cells[targets[0]], sort=True)[0]
         if len(lines) < 2:
             raise DataError(f"'{path}' has {len(lines)} usable rows; splitting off a test set needs at least two.")
         tr, te, how = holdout_split(strata, opts, len(lines))
