@@ -6,7 +6,8 @@ A job that fails prints its error and the next one runs.
 
     python benchmarks/gpu_check.py --data-root DIR [--only NAME ...] [--list]
 
-DIR holds cifar10/ and tinyshakespeare/ (see benchmarks/gpu_check.sh for carrying them).
+DIR holds cifar10/, tinyshakespeare/, housing/ and movie-reviews/ (see benchmarks/gpu_check.sh for
+carrying them).
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ JOBS: list[tuple[str, str | None, list[str]]] = [
                                                                      "--nproc=1"]),
     ("dist-ddp-cifar", "recipes/cifar10-gpu.yaml", ["--dist.strategy=ddp", "--train.freeze_stem_after=0"]),
     ("default-job-cuda", None, []),
+    # the tasks on CUDA: regression (a table with missing values), text classes, fp16 loss scaling
+    # with an EMA (overflow steps are counted and leave the average alone)
+    ("housing-cuda", "recipes/housing.yaml", []),
+    ("movie-reviews-fold0-cuda", "recipes/movie-reviews.yaml", []),
+    ("movie-reviews-transformer-fold0-cuda", "recipes/movie-reviews.yaml",
+     ["--model.name=text-transformer", "--model.n_layer=2", "--model.n_embd=128", "--model.n_head=4",
+      "--model.dropout=0.1", "--optim.lr=0.001", "--optim.weight_decay=0.01", "--train.epochs=5"]),
+    ("fp16-ema-digits-cuda", None, ["--train.precision=fp16", "--train.ema_decay=0.99", "--train.epochs=3"]),
     ("cifar10-gpu", "recipes/cifar10-gpu.yaml", []),
     ("cifar10-gpu-sgd", "recipes/cifar10-gpu.yaml", GPU_SGD),
     # the recipe as measured before Muon, airbench's lookahead, alternating flips, reflect padding
@@ -134,11 +143,11 @@ def main() -> None:
                     s = json.loads((run_dir / "summary.json").read_text())
                 else:
                     s = layerwise.fit(recipe, *config, run_dir=Path(tmp) / name, show_progress=False)
-                rec |= {k: s[k] for k in ("test_accuracy", "test_loss", "train_seconds", "steps", "epochs",
+                rec |= {k: s[k] for k in ("test_accuracy", "test_loss", "test_rmse", "train_seconds", "steps", "epochs",
                                           "device", "precision", "params", "skipped_steps", "overflow_steps", "parallel",
                                           "params_on_rank0") if k in s}
                 records = list(map(json.loads, (Path(s["run_dir"]) / "metrics.jsonl").read_text().splitlines()))
-                rec["test_curve"] = [(r["step"], round(r["loss"], 4), round(r["accuracy"], 4))
+                rec["test_curve"] = [(r["step"], round(r["loss"], 4), round(r.get("accuracy") or 0.0, 4))
                                      for r in records if r["kind"] == "test"]
                 # throughput after the first log interval (which holds compilation): examples/s,
                 # tokens/s for a language model

@@ -6,9 +6,10 @@
 # Runs from the repository root without installing (PYTHONPATH=src): the device image has torch,
 # numpy, pyyaml, safetensors, rich, scikit-learn, pillow and matplotlib.
 #   bash benchmarks/gpu_check.sh [DATA_ROOT]
-# DATA_ROOT (default .gpu-data, git-ignored) holds cifar10/ and tinyshakespeare/; make it with
-#   mkdir -p .gpu-data && cp -r <data>/cifar10 <data>/tinyshakespeare .gpu-data/
-# and carry it to the GPU machine (60 MB of the 64 MiB a checkout may carry).
+# DATA_ROOT (default .gpu-data, git-ignored) holds cifar10/, tinyshakespeare/, housing/ and
+# movie-reviews/; make it with
+#   mkdir -p .gpu-data && cp -r <data>/{cifar10,tinyshakespeare,housing,movie-reviews} .gpu-data/
+# and carry it to the GPU machine (64 MB of the 64 MiB a checkout may carry).
 set -uo pipefail
 DATA=${1:-.gpu-data}
 export OUT=${OUT:-/tmp/layerwise-gpu}

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.data.text import TokenLoader
+from layerwise.data import DatasetInfo
+from layerwise.tasks import create_task
 from layerwise.train.evaluation import evaluate_loader
 
 TARGET = 1.886  # nanoGPT's README: "validation loss 1.88" for this command; the issue measured 1.886
@@ -142,7 +144,8 @@ def nanogpt_run(train: np.ndarray, val: np.ndarray, vocab: int, val_tokens: torc
         opt.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - start
     model.eval()
-    final = evaluate_loader(model, TokenLoader(val_tokens, 256, block), torch.device("cpu"))
+    lm = create_task(DatasetInfo("shakespeare", (block,), vocab, [], 1.0, [], [], task="lm"))
+    final = evaluate_loader(model, TokenLoader(val_tokens, 256, block), lm, torch.device("cpu"))
     return {"train_seconds": seconds, "val_loss": final["loss"], "curve": curve}
 
 

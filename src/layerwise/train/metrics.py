@@ -76,8 +76,16 @@ class Accumulator:
         return {"sums": self.sums, "count": self.count, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sums.copy_(torch.as_tensor(state["sums"], dtype=torch.float64))
-        self.count = int(state["count"])
+        """Restore :meth:`state_dict`. Sums of another layout (a checkpoint of an earlier layerwise,
+        which kept loss and correct only) start the interval afresh: they feed one log line, not
+        the training."""
+        sums = torch.as_tensor(state["sums"], dtype=torch.float64)
+        if sums.shape == self.sums.shape:
+            self.sums.copy_(sums)
+            self.count = int(state["count"])
+        else:
+            self.sums.zero_()
+            self.count = 0
         self.skipped = int(state.get("skipped", 0))
 
 
