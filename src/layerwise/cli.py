@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             from layerwise.train.progress import print_table
             result = cross_validate(args.recipe, *overrides, folds=args.folds, out=args.dir,
                                     show_progress=args.progress, echo=lambda line: print(line, flush=True))
-            print_table({k: v for k, v in result.items() if k != "per_fold"}, title=f"{args.folds}-fold cross-validation")
+            print_table({k: v for k, v in result.items() if k != "per_fold"},
+                        title=f"{args.folds}-fold cross-validation")
             return 0
         if args.command == "eval":
             from layerwise.train.inference import evaluate_run

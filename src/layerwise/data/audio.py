@@ -406,8 +406,9 @@ def _make(name: str, a: dict, w_tr: np.ndarray, y_tr: np.ndarray, w_te: np.ndarr
     x_tr, x_te = _features(w_tr, a), _features(w_te, a)
     std, mean = torch.std_mean(x_tr.double())  # one scalar for the single channel
     if not torch.isfinite(std) or not std > 1e-6:
-        raise DataError(f"dataset '{name}': the training features are {'not finite' if not torch.isfinite(std) else 'all the same (are all recordings silent?)'}, "
-                        f"so they cannot be standardized. Check the recordings.")
+        what = "not finite" if not torch.isfinite(std) else "all the same (are all recordings silent?)"
+        raise DataError(f"dataset '{name}': the training features are {what}, so they cannot be standardized. "
+                        f"Check the recordings.")
     info = DatasetInfo(name, tuple(x_tr.shape[1:]), len(classes), classes, 1.0, [float(mean)], [float(std)],
                        task="classify", extra={"audio": dict(a)})
     return Dataset(info, x_tr, torch.from_numpy(y_tr).long(), x_te, torch.from_numpy(y_te).long(),

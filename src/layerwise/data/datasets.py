@@ -209,7 +209,8 @@ def holdout_split(y: np.ndarray | None, opts: Any, n: int | None = None) -> tupl
         raise DataError(f"data.val_fraction must be in (0, 1) to split off a test set, got {opts.val_fraction}.")
     perm = np.random.default_rng(SPLIT_SEED).permutation(n)
     n_te = min(max(int(round(n * opts.val_fraction)), 1), n - 1)
-    return np.sort(perm[n_te:]), np.sort(perm[:n_te]), f"random split val_fraction={opts.val_fraction} seed={SPLIT_SEED}"
+    how = f"random split val_fraction={opts.val_fraction} seed={SPLIT_SEED}"
+    return np.sort(perm[n_te:]), np.sort(perm[:n_te]), how
 
 
 def _npz(root: Path, rel: str, dataset: str) -> dict[str, np.ndarray]:

@@ -442,8 +442,9 @@ def _choose_task(df: Any, targets: list[str], opts: Any, path: str) -> tuple[str
     if asked not in TASK_CHOICES:
         raise DataError(f"data.task={asked!r}; use one of {', '.join(TASK_CHOICES)}.")
     if getattr(opts, "label_sep", ""):
-        return ("multilabel", f"data.label_sep={opts.label_sep!r} splits the labels") if asked in ("auto", "multilabel") \
-            else (asked, "data.task")
+        if asked in ("auto", "multilabel"):
+            return "multilabel", f"data.label_sep={opts.label_sep!r} splits the labels"
+        return asked, "data.task"
     import pandas as pd
 
     cells = {c: pd.Series(_text_cells(df[c])) for c in targets}
@@ -628,8 +629,9 @@ def _sklearn_table(name: str, loader: str, task: str, opts: Any, reference: str)
         ytr, yte = torch.from_numpy(y[tr]), torch.from_numpy(y[te])
     mean, std = x[tr].mean(0), x[tr].std(0)
     std = np.where(std > 0, std, 1.0)
-    enc = {"columns": columns, "numeric": columns, "medians": {c: float(np.median(x[tr, j])) for j, c in enumerate(columns)},
-           "indicators": [], "categories": {}, "features": columns, "missing": "error"}
+    medians = {c: float(np.median(x[tr, j])) for j, c in enumerate(columns)}
+    enc = {"columns": columns, "numeric": columns, "medians": medians, "indicators": [], "categories": {},
+           "features": columns, "missing": "error"}
     info = DatasetInfo(name, (x.shape[1],), len(classes), classes, 1.0, mean.tolist(), std.tolist(), task=task,
                        extra={"table": enc, "targets": classes if task == "regress" else ["target"]})
     source = {"source": f"sklearn.datasets.{loader}", "split": how, "train": len(tr), "test": len(te),

@@ -280,7 +280,8 @@ def _text_classes(root: Path, opts: Any) -> Dataset:
                                                                    "vocab_size": tok.vocab_size + 1}})
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
     source = {"path": str(path), "layout": layout, "split": how, "train": len(tr), "test": len(te),
-              "tokenizer": opts.tokenizer, "vocab_size": tok.vocab_size + 1, "mean_tokens": round(float(lengths.mean()), 2),
+              "tokenizer": opts.tokenizer, "vocab_size": tok.vocab_size + 1,
+              "mean_tokens": round(float(lengths.mean()), 2),
               "max_tokens": int(lengths.max()), "cut_to_block_size": cut_tr + cut_te, "sha256_texts": digest}
     warnings = []
     if cut_tr + cut_te:

@@ -142,7 +142,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ScalingError(f"sweep spec '{path}' is not valid YAML ({yaml_error(e)}). Fix the syntax and run again.") from None
+        raise ScalingError(f"sweep spec '{path}' is not valid YAML ({yaml_error(e)}). Fix the syntax and run "
+                           f"again.") from None
     if not isinstance(raw, dict):
         raise ScalingError(f"sweep spec '{path}' must be a mapping with the keys {', '.join(SPEC_KEYS)}; "
                            f"got {type(raw).__name__}.")

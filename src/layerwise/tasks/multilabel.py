@@ -38,7 +38,8 @@ class MultiLabel(Task):
         return 2 + 3 * self.info.num_classes  # loss, exact matches, then TP, FP, FN per label
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        per = F.binary_cross_entropy_with_logits(self._full(out), y.to(self._full(out).dtype), reduction="none").mean(1)  # (B,)
+        out = self._full(out)
+        per = F.binary_cross_entropy_with_logits(out, y.to(out.dtype), reduction="none").mean(1)  # (B,)
         return per.sum() if keep is None else (per * self._weights(keep, per)).sum()
 
     def stats(self, out: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor,

@@ -28,8 +28,10 @@ def summarize_folds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample std (ddof 1) over the folds of every numeric ``test_<name>`` key, as
     ``cv_<name>_mean`` / ``cv_<name>_std``; the headline first."""
     headline = summaries[0].get("headline", "test_loss")
-    keys = [k for k in summaries[0] if k.startswith("test_") and all(isinstance(s.get(k), (int, float))
-                                                                  and not isinstance(s.get(k), bool) for s in summaries)]
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    keys = [k for k in summaries[0] if k.startswith("test_") and all(number(s.get(k)) for s in summaries)]
     keys.sort(key=lambda k: (k != headline, k != "test_loss"))
     out: dict[str, Any] = {"folds": len(summaries), "headline": "cv_" + headline[5:] + "_mean"}
     for k in keys:
@@ -64,7 +66,10 @@ def cross_validate(recipe: str | Path | Config | None, *overrides: str, folds: i
 
     if folds < 2:
         raise ConfigError(f"cross-validation needs --folds >= 2, got {folds}.")
-    base = apply_overrides(recipe, list(overrides)) if isinstance(recipe, Config) else load_config(recipe, list(overrides))
+    if isinstance(recipe, Config):
+        base = apply_overrides(recipe, list(overrides))
+    else:
+        base = load_config(recipe, list(overrides))
     name = base.run.name or base.data.name
     out = Path(out) if out else Path(base.run.root) / f"{name}-cv{folds}"
     configs = [_fold_config(base, folds, i, out / f"fold{i}") for i in range(folds)]  # every fold checked first
