@@ -160,3 +160,18 @@ def test_predict_presents_each_task():
     task = create_task(reg, state={"mean": [100.0], "std": [10.0]})
     r = task.present(torch.tensor([[1.5]]))[0]
     assert r == {"values": {"price": 115.0}} and task.describe(r) == "price = 115"
+
+
+def test_label_smoothing_applies_to_classes_and_tokens_and_is_refused_elsewhere():
+    from layerwise.config import ConfigError, load_config
+
+    cfg = load_config(None, ["--train.label_smoothing=0.1"])
+    g = torch.Generator().manual_seed(6)
+    out, y = torch.randn(2, 5, 9, generator=g), torch.randint(0, 9, (2, 5), generator=g)
+    lm = create_task(DatasetInfo("t", (5,), 9, [], 1.0, [], [], task="lm"), cfg)
+    want = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="sum", label_smoothing=0.1)
+    assert lm.loss(out, y).item() == pytest.approx(want.item(), rel=1e-6)
+    for kind in ("regress", "multilabel"):
+        info = DatasetInfo("t", (2,), 2, ["a", "b"], 1.0, [0.0] * 2, [1.0] * 2, task=kind)
+        with pytest.raises(ConfigError, match=f"the task '{kind}' has none"):
+            create_task(info, cfg)

@@ -41,9 +41,14 @@ def create_task(info: Any, cfg: Any = None, state: dict[str, Any] | None = None)
         raise unknown_choice_error("task", kind, list(TASKS))
     t = getattr(cfg, "task", None)
     loss = getattr(t, "loss", "auto")
+    smoothing = getattr(getattr(cfg, "train", None), "label_smoothing", 0.0)
+    if smoothing and kind in ("multilabel", "regress"):
+        from layerwise.config import ConfigError
+        raise ConfigError(f"train.label_smoothing={smoothing} softens class targets; the task '{kind}' has none. "
+                          f"Set --train.label_smoothing=0.")
     if kind == "classify":
         _only_auto(loss, kind, ("cross_entropy",))
-        task: Task = Classify(info, t, label_smoothing=getattr(getattr(cfg, "train", None), "label_smoothing", 0.0))
+        task: Task = Classify(info, t, label_smoothing=smoothing)
     elif kind == "multilabel":
         _only_auto(loss, kind, ("bce",))
         task = MultiLabel(info, t, threshold=getattr(t, "threshold", 0.5))
@@ -52,7 +57,7 @@ def create_task(info: Any, cfg: Any = None, state: dict[str, Any] | None = None)
                        transform=getattr(t, "target_transform", "none"), clip=getattr(t, "clip_predictions", False))
     else:
         _only_auto(loss, kind, ("cross_entropy",))
-        task = LanguageModel(info, t)
+        task = LanguageModel(info, t, label_smoothing=smoothing)
     if state:
         task.load_state(state)
     return task

@@ -12,7 +12,8 @@ from layerwise.tasks.base import Task
 
 
 class LanguageModel(Task):
-    """Cross-entropy of the next token, summed over the batch's token positions.
+    """Cross-entropy of the next token (train.label_smoothing applies), summed over the batch's
+    token positions.
 
     Outputs (B, T, V) logits for targets (B, T) token ids. Metrics per token: loss (nats),
     accuracy (the most likely next token is the right one), perplexity exp(loss), bits per
@@ -24,6 +25,10 @@ class LanguageModel(Task):
     headline = "loss"
     higher_is_better = False
 
+    def __init__(self, info: Any, options: Any = None, label_smoothing: float = 0.0):
+        super().__init__(info, options)
+        self.label_smoothing = float(label_smoothing)
+
     @property
     def stats_size(self) -> int:
         return 2  # loss, correct
@@ -34,8 +39,8 @@ class LanguageModel(Task):
     def loss(self, out: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         logits, target = self._full(out).flatten(0, 1), y.flatten()  # (B*T, V), (B*T,)
         if keep is None:
-            return F.cross_entropy(logits, target, reduction="sum")
-        per = F.cross_entropy(logits, target, reduction="none").view_as(y)  # (B, T)
+            return F.cross_entropy(logits, target, reduction="sum", label_smoothing=self.label_smoothing)
+        per = F.cross_entropy(logits, target, reduction="none", label_smoothing=self.label_smoothing).view_as(y)
         return (per * self._weights(keep, per)[:, None]).sum()
 
     def stats(self, out: torch.Tensor, y: torch.Tensor, loss_sum: torch.Tensor,
