@@ -175,3 +175,13 @@ def test_label_smoothing_applies_to_classes_and_tokens_and_is_refused_elsewhere(
         info = DatasetInfo("t", (2,), 2, ["a", "b"], 1.0, [0.0] * 2, [1.0] * 2, task=kind)
         with pytest.raises(ConfigError, match=f"the task '{kind}' has none"):
             create_task(info, cfg)
+
+
+@pytest.mark.parametrize("arg, kind", [("--task.target_transform=log", "classify"), ("--task.threshold=0.3", "regress"),
+                                       ("--task.clip_predictions=true", "multilabel"), ("--task.huber_delta=2", "regress")])
+def test_task_options_for_another_task_are_refused(arg, kind):
+    from layerwise.config import ConfigError, load_config
+
+    info = DatasetInfo("t", (2,), 2, ["a", "b"], 1.0, [0.0] * 2, [1.0] * 2, task=kind)
+    with pytest.raises(ConfigError, match=f"does nothing for the task '{kind}'"):
+        create_task(info, load_config(None, [arg]))

@@ -46,6 +46,7 @@ def create_task(info: Any, cfg: Any = None, state: dict[str, Any] | None = None)
         from layerwise.config import ConfigError
         raise ConfigError(f"train.label_smoothing={smoothing} softens class targets; the task '{kind}' has none. "
                           f"Set --train.label_smoothing=0.")
+    _unused_options(t, kind, loss)
     if kind == "classify":
         _only_auto(loss, kind, ("cross_entropy",))
         task: Task = Classify(info, t, label_smoothing=smoothing)
@@ -74,6 +75,26 @@ def describe_prediction(result: dict[str, Any]) -> str:
             return f"(no label over the threshold; most likely {best} {probs[best]:.3f})"
         return ", ".join(f"{name} ({probs[name]:.3f})" for name in result["labels"])
     return ", ".join(f"{c} = {v:.6g}" for c, v in result["values"].items())
+
+
+def _unused_options(t: Any, kind: str, loss: str) -> None:
+    """Task options that do nothing for this task are refused, not ignored."""
+    if t is None:
+        return
+    from layerwise.config import ConfigError
+
+    unused = []
+    if kind != "regress" and getattr(t, "target_transform", "none") != "none":
+        unused.append(f"task.target_transform={t.target_transform} (regression)")
+    if kind != "regress" and getattr(t, "clip_predictions", False):
+        unused.append("task.clip_predictions=true (regression)")
+    if kind != "multilabel" and getattr(t, "threshold", 0.5) != 0.5:
+        unused.append(f"task.threshold={t.threshold} (multilabel)")
+    if getattr(t, "huber_delta", 1.0) != 1.0 and not (kind == "regress" and loss == "huber"):
+        unused.append(f"task.huber_delta={t.huber_delta} (regression with task.loss=huber)")
+    if unused:
+        raise ConfigError(f"{', '.join(unused)}: does nothing for the task '{kind}' of this data; remove it, or "
+                          f"choose the data or data.task it is for.")
 
 
 def _only_auto(loss: str, kind: str, allowed: tuple[str, ...]) -> None:
