@@ -345,3 +345,17 @@ def test_hung_rank_times_out_with_its_rank_named(tmp_path):
     # failed without naming a rank, and the error says that, with the check's own message
     assert "rank(s) 1 failed" in err or "a check of every rank failed too (" in err, err[-3000:]
     assert "Traceback" not in err
+
+
+def test_ddp_regression_with_accumulation_matches_one_process(tmp_path):
+    """The task's summed loss divided once per step: regression on 2 ranks x 2 micro-batches of
+    8 equals one process with batches of 32, and the test RMSE is evaluated over every example once."""
+    args = [*COMMON, *MLP, "--data.name=diabetes"]
+    torch.set_num_threads(1)
+    single(args, tmp_path / "one")
+    run = tmp_path / "ddp"
+    ok(launch([*args, "--train.grad_accum=2", "--dist.strategy=ddp", f"--run.dir={run}"], 2))
+    wa, wb = weights(run), weights(tmp_path / "one")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (run, tmp_path / "one"))
+    assert sa["task"] == "regress" and abs(sa["test_rmse"] - sb["test_rmse"]) < 1e-3 * sb["test_rmse"]
