@@ -50,8 +50,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = _f("digits", "dataset: digits (built in), mnist, cifar10, image-folder, csv, text, "
-                   "shakespeare, fsdd, wav-folder (README: Data)")
+    name: str = _f("digits", "dataset: digits, breast-cancer, diabetes (built in), mnist, cifar10, image-folder, csv, "
+                   "text, text-classes, shakespeare, fsdd, wav-folder (README: Data)")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
     path: str = _f("", "file or folder read by image-folder, csv, text and wav-folder "
@@ -88,6 +88,8 @@ class DataConfig:
                            "regression or multilabel; text-classes CSV: the label column")
     label_sep: str = _f("", "split a label cell into several labels at this character (multilabel), e.g. '|'")
     delimiter: str = _f("", "csv: the field delimiter, one of , ; | tab (empty: sniffed from the file)")
+    decimal: str = _f(".", "csv: the decimal mark of numbers, . or , (0,5 with data.delimiter=;)")
+    thousands: str = _f("", "csv: the thousands separator of numbers, e.g. , for 1,234 (empty: none)")
     missing: str = _f("error", "csv: a missing value is an error (naming column and line) or impute (median plus "
                       "a 0/1 indicator; its own category for text), fitted on the training split")
     text_column: str = _f("", "text-classes CSV: the column holding the text (default: the longest values)")
@@ -512,6 +514,11 @@ def validate(cfg: Config) -> None:
         (cfg.data.task in ("auto", "classify", "multilabel", "regress"),
          f"data.task must be auto, classify, multilabel or regress, got '{cfg.data.task}'"),
         (cfg.data.missing in ("error", "impute"), f"data.missing must be error or impute, got '{cfg.data.missing}'"),
+        (len(cfg.data.label_sep) <= 1, f"data.label_sep must be one character (e.g. '|'), got {cfg.data.label_sep!r}"),
+        (cfg.data.decimal in (".", ","), f"data.decimal must be . or , got {cfg.data.decimal!r}"),
+        (cfg.data.thousands in ("", ",", ".", " ", "'", "_") and cfg.data.thousands != cfg.data.decimal,
+         f"data.thousands must be empty or one of , . ' _ (space), and not the decimal mark; got {cfg.data.thousands!r}"),
+        (cfg.data.folds > 0 or cfg.data.fold == 0, "data.fold picks a fold of data.folds; set data.folds=K (>= 2) too"),
         (cfg.data.delimiter in ("", ",", ";", "\t", "tab", "|"),
          f"data.delimiter must be one of , ; | tab (or empty to sniff it), got {cfg.data.delimiter!r}"),
         (cfg.data.folds == 0 or (cfg.data.folds >= 2 and 0 <= cfg.data.fold < cfg.data.folds),

@@ -39,6 +39,7 @@ the label names, or the target columns for regression).
 from __future__ import annotations
 
 import csv
+import re
 import warnings as _warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -171,9 +172,11 @@ def read_table(path: Path, opts: Any, text_columns: Sequence[str] = ()) -> Table
     notes = []
     if bad and not skip:
         line, n = bad[0]
+        skip_hint = ", or set data.on_error=skip to drop such rows with a warning" if getattr(opts, "skip_hint", True) \
+            else ""
         raise DataError(f"'{path}' line {line} has {n} fields where the header has {len(header)} "
-                        f"({len(bad)} such row(s)). Fix that row (a field with the delimiter inside needs quotes), "
-                        f"or set data.on_error=skip to drop such rows with a warning.")
+                        f"({len(bad)} such row(s)). Fix that row (a field with the delimiter inside needs "
+                        f"quotes){skip_hint}.")
     if bad:
         notes.append(f"skipped {len(bad)} rows of '{path}' whose field count is not the header's "
                      f"(first: line {bad[0][0]}, {bad[0][1]} fields)")
@@ -181,6 +184,7 @@ def read_table(path: Path, opts: Any, text_columns: Sequence[str] = ()) -> Table
         df = pd.read_csv(path, sep=sep, encoding="utf-8-sig", skip_blank_lines=False, keep_default_na=False,
                          na_values={c: [""] for c in header if c not in text},
                          dtype={c: str for c in text}, skipinitialspace=True,
+                         decimal=getattr(opts, "decimal", ".") or ".", thousands=getattr(opts, "thousands", "") or None,
                          skiprows=[line - 1 for line, _ in bad] or None)
     except (pd.errors.ParserError, ValueError) as e:
         msg = " ".join(str(e).split())
@@ -295,9 +299,16 @@ def _is_number(values: Any) -> np.ndarray:
     return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").notna().to_numpy()
 
 
+# numbers as people write them that a plain parser reads as text: 1,234  1.234,5  0,5  8%  0x1f
+_WRITTEN_NUMBER = re.compile(r"^[+-]?(\d{1,3}([,.' _]\d{3})+([.,]\d+)?|\d+,\d+|\d+(\.\d+)?%|0x[0-9a-fA-F]+)$")
+
+
 def _numeric_columns(df: Any, columns: list[str], warnings: list[str], path: str) -> list[str]:
     """The columns that are numeric: a parsed numeric dtype, or text whose non-missing values are
-    at least half numbers (its text cells are then errors, reported by the caller)."""
+    at least half numbers (its text cells are then errors, reported by the caller). A text column
+    whose values look like numbers written with separators, percent signs or in hex is named in
+    a warning (with data.decimal / data.thousands as the fix), since one-hot encoding them loses
+    their order."""
     import pandas as pd
 
     numeric = []
@@ -311,8 +322,16 @@ def _numeric_columns(df: Any, columns: list[str], warnings: list[str], path: str
         vals = counts.index
         n_num = int(counts[_is_number(vals)].sum()) if len(vals) else 0
         n_all = int(counts.sum())
+        n_written = int(counts[np.array([bool(_WRITTEN_NUMBER.match(str(v))) for v in vals], bool)].sum()) \
+            if len(vals) else 0
         if n_all and 2 * n_num >= n_all:
             numeric.append(c)
+        elif n_all and 2 * (n_num + n_written) >= n_all:
+            example = next(str(v) for v in vals if _WRITTEN_NUMBER.match(str(v)))
+            warnings.append(f"'{path}': column '{c}' holds numbers written with separators, a percent sign or in hex "
+                            f"(e.g. {example!r}), which are read as text, one category per value. Set "
+                            f"data.decimal=, and/or data.thousands=, (or .) to read them as numbers, or clean the "
+                            f"column")
         elif n_num:
             warnings.append(f"'{path}': column '{c}' is read as categories (one-hot), though {n_num} of its "
                             f"{n_all} values are numbers; a column counts as numeric when at least half of "
@@ -320,7 +339,8 @@ def _numeric_columns(df: Any, columns: list[str], warnings: list[str], path: str
     return numeric
 
 
-def _numbers(df: Any, c: str, at: Callable[[int], str], skip: bool, bad: np.ndarray) -> np.ndarray:
+def _numbers(df: Any, c: str, at: Callable[[int], str], skip: bool, bad: np.ndarray,
+             fix: str = "Fix the value, or set data.on_error=skip to drop such rows with a warning.") -> np.ndarray:
     """Column ``c`` as float64 (NaN = missing); a text cell, an infinity or a value beyond float32
     is an error naming the place (``at(row)``: the file and line) or, under skip, marks the row in
     ``bad``."""
@@ -339,8 +359,7 @@ def _numbers(df: Any, c: str, at: Callable[[int], str], skip: bool, bad: np.ndar
             cell = s.iloc[i]
             why = ("an infinite value" if np.isinf(x[i]) else "a value beyond float32 range"
                    if np.isfinite(x[i]) else "a text cell")
-            raise DataError(f"{at(i)}, column '{c}': {why} {str(cell)!r} in a numeric column. "
-                            f"Fix the value, or set data.on_error=skip to drop such rows with a warning.")
+            raise DataError(f"{at(i)}, column '{c}': {why} {str(cell)!r} in a numeric column. {fix}")
         bad |= problem
     return x
 
@@ -395,7 +414,7 @@ def _encode(table: Mapping[str, np.ndarray], enc: Mapping[str, Any], where: str,
 
             cats = enc["categories"][c]
             v = np.where(v == "", MISSING_CATEGORY, v)
-            codes = pd.Categorical(v, categories=cats).codes.astype(np.int64)  # -1: not a training category
+            codes = pd.Index(cats).get_indexer(v).astype(np.int64)  # -1: not a training category
             unseen = codes < 0
             if unseen.any():
                 warn(f"{where}: column '{c}' has {int(unseen.sum())} value(s) never seen in training (e.g. "
@@ -408,31 +427,36 @@ def _encode(table: Mapping[str, np.ndarray], enc: Mapping[str, Any], where: str,
     return np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)
 
 
-def encode_rows(rows: Any, extra: Mapping[str, Any]) -> np.ndarray:
+def encode_rows(rows: Any, extra: Mapping[str, Any], where: str = "the rows to encode",
+                lines: Sequence[int] | None = None) -> np.ndarray:
     """Encode new rows with a trained table's ``DatasetInfo.extra`` -> (N, F) float32 raw features,
     exactly as training did (normalization is the model's job). ``rows`` is a DataFrame or a list
-    of {column: value} mappings. A missing column is a DataError naming it; a category the
-    training split never had encodes as zeros, with a warning."""
+    of {column: value} mappings; ``where`` names them in messages (a file), ``lines`` their lines
+    there. A missing column is a DataError naming it; a category the training split never had
+    encodes as zeros, with a warning."""
     import pandas as pd
 
     enc = extra.get("table", extra)
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame([dict(r) for r in rows])
     missing = [c for c in enc["columns"] if c not in df.columns]
     if missing:
-        raise DataError(f"the rows lack the column(s) {', '.join(missing)}; the model needs the columns "
+        raise DataError(f"{where} lack(s) the column(s) {', '.join(missing)}; the model needs the columns "
                         f"{', '.join(enc['columns'])}.")
     table, bad = {}, np.zeros(len(df), bool)
+
+    def at(i: int) -> str:
+        return f"{where}, line {lines[i]}" if lines is not None else f"{where}, row {i + 1}"
     for c in enc["columns"]:
         if c in enc["numeric"]:
-            table[c] = _numbers(df, c, lambda i: f"row {i + 1} of the rows to encode", False, bad)
+            table[c] = _numbers(df, c, at, False, bad, fix="Fix the value.")
             if c in enc.get("log", []):
                 if (table[c] <= -1).any():
-                    raise DataError(f"the rows to encode: column '{c}' holds a value <= -1, which has no log(1 + x) "
-                                    f"(the model was trained on log(1 + {c})).")
+                    raise DataError(f"{where}: column '{c}' holds a value <= -1, which has no log(1 + x) "
+                                    f"(the model was trained on log(1 + {c})). Fix the value.")
                 table[c] = np.log1p(table[c])
         else:
             table[c] = _text_cells(df[c])
-    return _encode(table, enc, "the rows to encode", lambda m: _warnings.warn(m, stacklevel=3))
+    return _encode(table, enc, where, lambda m: _warnings.warn(m, stacklevel=3))
 
 
 # ---------------------------------------------------------------------------------------- the dataset
@@ -441,15 +465,29 @@ def _choose_task(df: Any, targets: list[str], opts: Any, path: str) -> tuple[str
     asked = getattr(opts, "task", "auto")
     if asked not in TASK_CHOICES:
         raise DataError(f"data.task={asked!r}; use one of {', '.join(TASK_CHOICES)}.")
-    if getattr(opts, "label_sep", ""):
-        if asked in ("auto", "multilabel"):
-            return "multilabel", f"data.label_sep={opts.label_sep!r} splits the labels"
-        return asked, "data.task"
+    dup = sorted({t for t in targets if targets.count(t) > 1})
+    if dup:
+        from layerwise.config import ConfigError
+        raise ConfigError(f"data.target names the column(s) {', '.join(dup)} twice; name each target column once.")
     import pandas as pd
 
+    sep = getattr(opts, "label_sep", "") or ""
+    if sep:
+        if asked not in ("auto", "multilabel"):
+            return asked, "data.task"
+        cells = pd.Series(_text_cells(df[targets[0]]))
+        if not cells.str.contains(sep, regex=False).any():
+            raise DataError(f"data.label_sep={sep!r} occurs in no cell of the target column '{targets[0]}' of "
+                            f"'{path}', so every example would have one label. Check the separator, or leave "
+                            f"data.label_sep empty for one class per example.")
+        return "multilabel", f"data.label_sep={sep!r} splits the labels"
     cells = {c: pd.Series(_text_cells(df[c])) for c in targets}
     uniq = {c: pd.unique(cells[c][cells[c] != ""]) for c in targets}  # decide on the distinct values
     all_numeric = all(_is_number(uniq[c]).all() for c in targets)
+    if asked == "multilabel" and not all(set(uniq[c]) <= {"0", "1", "0.0", "1.0"} for c in targets):
+        raise DataError(f"data.task=multilabel reads target columns of 0 and 1 (one per label), or one label column "
+                        f"split by data.label_sep; the target column(s) {', '.join(targets)} of '{path}' hold other "
+                        f"values. Set data.label_sep, or another data.task.")
     if asked != "auto":
         return asked, "data.task"
     if len(targets) > 1:
@@ -464,7 +502,7 @@ def _choose_task(df: Any, targets: list[str], opts: Any, path: str) -> tuple[str
     if not all_numeric:
         return "classify", f"target '{c}' holds text"
     values = np.array([float(v) for v in uniq[c]])
-    distinct = len(np.unique(values))
+    distinct = len(uniq[c])  # distinct as written: 2**60 + i are 40 values, not one float
     if (values != np.round(values)).any():
         return "regress", f"target '{c}' holds fractional numbers"
     if distinct > 20:
@@ -511,6 +549,9 @@ def _csv(root: Path, opts: Any) -> Dataset:
     if not columns:
         raise DataError(f"'{files[0]}' has only the target column(s) {', '.join(targets)}; add input columns.")
     task, why = _choose_task(df, targets, opts, str(files[0]))
+    if task == "classify" and len(targets) > 1:
+        raise DataError(f"data.task=classify reads one label column; data.target names {len(targets)} "
+                        f"({', '.join(targets)}). Name one, or use data.task=multilabel (0/1 columns) or regress.")
 
     # rows: a bad numeric cell or a missing target is an error, or drops the row under skip
     bad = np.zeros(len(df), bool)
@@ -535,6 +576,13 @@ def _csv(root: Path, opts: Any) -> Dataset:
                 i = int(np.flatnonzero(~num)[0])
                 raise DataError(f"{at(i)}, column '{t}' (the target): {cells[t][i]!r} is not "
                                 f"a number, and data.task=regress. Fix the value or use data.task=classify.")
+            y = np.where(cells[t] == "", "nan", cells[t]).astype(np.float64)
+            wild = ~np.isnan(y) & ~(np.abs(y) <= _F32_MAX)  # an infinity, or beyond float32
+            if wild.any() and not skip:
+                i = int(np.flatnonzero(wild)[0])
+                raise DataError(f"{at(i)}, column '{t}' (the target): {cells[t][i]!r} is not a finite float32 number. "
+                                f"Fix the value, or set data.on_error=skip to drop such rows with a warning.")
+            bad |= wild
     if missing == "error":  # missing inputs: an error naming the first, or rows dropped under skip
         for c, v in values.items():
             gap = np.isnan(v) if c in numeric else v == ""
@@ -560,8 +608,14 @@ def _csv(root: Path, opts: Any) -> Dataset:
             raise DataError(f"'{path}' has {len(lines)} usable rows; splitting off a test set needs at least two.")
         tr, te, how = holdout_split(strata, opts, len(lines))
     if not len(tr) or not len(te):
-        raise DataError(f"csv: no usable rows left in the {'train' if not len(tr) else 'test'} part of '{path}'. "
-                        f"Fix the rows reported above.")
+        if len(files) == 1 and task == "classify":  # the stratified split keeps a class of one example in train
+            n_cls = len(set(cells[targets[0]].tolist()))
+            raise DataError(f"'{path}': the target column '{targets[0]}' holds {n_cls} classes in {len(lines)} rows, "
+                            f"too few examples per class to hold any out for testing. If it holds numbers (a "
+                            f"price, a measurement), use data.task=regress (and data.decimal / data.thousands for "
+                            f"numbers written like 0,5 or 1,234); else give each class more examples.")
+        raise DataError(f"csv: no usable rows left in the {'train' if not len(tr) else 'test'} part of '{path}' "
+                        f"(rows dropped: see the warnings above). Fix those rows.")
 
     # targets
     if task == "regress":
@@ -579,6 +633,9 @@ def _csv(root: Path, opts: Any) -> Dataset:
         (ytr, yte), classes, task = targets_from_labels(labels[tr].tolist(), labels[te].tolist(), opts,
                                                         f"the target column '{targets[0]}' of '{path}'",
                                                         strict=len(files) == 2)
+        if len(classes) < 2:
+            raise DataError(f"'{path}': the target column '{targets[0]}' holds one class ({classes[0]!r}) in every "
+                            f"row: there is nothing to tell apart. Check data.target.")
 
     logs = list(getattr(opts, "log_columns", []) or [])
     for c in logs:
@@ -593,6 +650,12 @@ def _csv(root: Path, opts: Any) -> Dataset:
                             f"> -1 (counts, sizes, prices). Remove '{c}' from data.log_columns.")
         values[c] = np.log1p(v)
     enc = _fit_encoding({c: v[tr] for c, v in values.items()}, columns, numeric, missing)
+    enc |= {"decimal": getattr(opts, "decimal", "."), "thousands": getattr(opts, "thousands", "")}
+    for c in columns:  # a column with no value in the training part carries nothing
+        v = values[c][tr]
+        if (np.isnan(v).all() if c in numeric else (v == "").all()):
+            warnings.append(f"'{path}': column '{c}' is empty in every training row; it carries no information "
+                            f"(imputed as {enc['medians'].get(c, MISSING_CATEGORY)!r}). Remove the column")
     enc["log"] = logs
     warn = warnings.append
     xtr = _encode({c: v[tr] for c, v in values.items()}, enc, f"the training part of '{path}'", warn)
@@ -659,10 +722,11 @@ def read_rows(path: Path, info: DatasetInfo) -> np.ndarray:
     """A CSV of new rows (the training columns; a target column may be there and is ignored) ->
     (N, F) float32 raw features, encoded as training did."""
     class _Opts:
-        delimiter, on_error = "", "refuse"
+        delimiter, on_error, skip_hint, decimal, thousands = "", "refuse", False, ".", ""
     enc = info.extra.get("table")
     if enc is None:
         raise DataError(f"this model was trained on '{info.name}' without a table encoding; it cannot read '{path}'.")
+    _Opts.decimal, _Opts.thousands = enc.get("decimal", "."), enc.get("thousands", "")
     table = read_table(path, _Opts(), text_columns=[c for c in enc["columns"] if c not in enc["numeric"]])
-    return encode_rows(table.df, info.extra)
+    return encode_rows(table.df, info.extra, where=f"'{path}'", lines=table.lines)
 
