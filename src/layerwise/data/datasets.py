@@ -106,6 +106,11 @@ def load_dataset(name: str, root: str | Path, opts: Any = None) -> Dataset:
         from layerwise.data.download import ensure_dataset  # imports this module: import late
         ensure_dataset(name, root)
     ds = _REGISTRY[name](root, opts)
+    if getattr(opts, "folds", 0) and not str(ds.source.get("split", "")).startswith("fold"):
+        from layerwise.config import ConfigError
+        raise ConfigError(f"data.folds={opts.folds} splits a source without a test split into folds, but dataset "
+                          f"'{name}' has its own test split ({ds.source.get('split', 'fixed')}), so every fold "
+                          f"would be the same run. Set data.folds=0, or use the data without its test part.")
     _check(ds)
     return ds
 
@@ -142,6 +147,33 @@ def _check(ds: Dataset) -> None:
         elif int(y.min()) < 0 or int(y.max()) >= ds.info.num_classes:
             raise DataError(f"dataset '{ds.info.name}' {split} split has labels outside "
                             f"[0, {ds.info.num_classes - 1}]. Fix the labels.")
+
+
+def fingerprint(ds: Dataset) -> str:
+    """sha256 of a dataset's splits (targets, and inputs; a source that lists its files in
+    ``source["files_sha256"]`` by that, so the device and stream loaders agree): a resumed run
+    checks that it continues on the data it started with."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def add(x: Any) -> None:
+        if x is None:
+            h.update(b"none")
+        elif isinstance(x, torch.Tensor):
+            h.update(str((tuple(x.shape), str(x.dtype))).encode())
+            h.update(x.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        elif hasattr(x, "ids") and hasattr(x, "offsets"):  # token sequences
+            add(x.ids)
+            add(x.offsets)
+        else:
+            h.update(repr(type(x)).encode() + str(len(x)).encode())
+    files = ds.source.get("files_sha256")
+    for part in ((ds.y_train, ds.y_test) if files else (ds.x_train, ds.y_train, ds.x_test, ds.y_test)):
+        add(part)
+    if files:
+        h.update(files.encode())
+    return h.hexdigest()
 
 
 def user_path(root: Path, opts: Any, dataset: str, what: str) -> Path:

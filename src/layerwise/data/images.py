@@ -234,7 +234,16 @@ def _image_folder(root: Path, opts: Any) -> Dataset:
     info = DatasetInfo("image-folder", (C, H, W), len(classes), classes, scale, mean, std,
                        extra={"image_size": size, "resample": "bilinear (antialiased when shrinking)",
                               "bit_depth": 16 if deep else 8, "orientation": "exif"})
-    source = {"path": str(folder), "layout": layout, "train": len(y["train"]), "test": len(y["test"]),
+    import hashlib
+
+    listing = hashlib.sha256()
+    for split in ("train", "test"):  # the files as listed, sized and dated: the same for both loaders
+        for p in kept[split][0]:
+            st = p.stat()
+            listing.update(f"{split}|{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    source = {"path": str(folder), "layout": layout, "split": layout.split(", ", 1)[-1],
+              "files_sha256": listing.hexdigest(),
+              "train": len(y["train"]), "test": len(y["test"]),
               "skipped": len(warnings), "loader": opts.loader}
     return Dataset(info, x["train"], y["train"], x["test"], y["test"], source, warnings=warnings)
 

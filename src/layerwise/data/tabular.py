@@ -678,6 +678,15 @@ def _sklearn_table(name: str, loader: str, task: str, opts: Any, reference: str)
     """A table bundled with scikit-learn (no download), split by holdout_split."""
     import sklearn.datasets as skd
 
+    from layerwise.config import ConfigError
+
+    asked = [f"data.{k}={getattr(opts, k)!r}" for k, default in (("target", []), ("label_sep", ""))
+             if getattr(opts, k, default) not in (default, None)]
+    if getattr(opts, "task", "auto") not in ("auto", task):
+        asked.append(f"data.task={opts.task}")
+    if asked:
+        raise ConfigError(f"{', '.join(asked)}: dataset '{name}' has a fixed target ({task}); these apply to csv files. "
+                          f"Remove them, or export the table to a CSV.")
     d = getattr(skd, loader)()
     x = d.data.astype(np.float64)
     columns = [str(c) for c in d.feature_names]

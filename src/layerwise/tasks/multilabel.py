@@ -37,6 +37,13 @@ class MultiLabel(Task):
     def stats_size(self) -> int:
         return 2 + 3 * self.info.num_classes  # loss, exact matches, then TP, FP, FN per label
 
+    def state(self) -> dict[str, Any]:
+        return {"threshold": self.threshold}  # saved with the model: predict decides as the metrics did
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.threshold = float(state.get("threshold", self.threshold))
+        self._logit = math.log(self.threshold / (1 - self.threshold))
+
     def loss(self, out: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         out = self._full(out)
         per = F.binary_cross_entropy_with_logits(out, y.to(out.dtype), reduction="none").mean(1)  # (B,)

@@ -24,6 +24,7 @@ import torch
 
 from layerwise.config import Config, default_data_root, save_config
 from layerwise.data import load_dataset
+from layerwise.data.datasets import fingerprint
 from layerwise.data.loader import gather
 from layerwise.data.loaders import build_loaders
 from layerwise.distributed.parallel import DistributedError, Parallel, is_collective_failure
@@ -128,6 +129,7 @@ class Trainer:
                               f"'{self.info.name}' is not images. Set --train.eval_tta=none.")
         self._build_model(resume)
         check_training_batches(self.train_loader, self.model, cfg, self.par.dp_size)  # before any file exists
+        self._check_model_takes_data()
 
         self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
@@ -211,6 +213,7 @@ class Trainer:
         for w in ds.warnings:  # e.g. files skipped under data.on_error=skip
             warnings.warn(w, stacklevel=2)
         self.info, self.tokenizer = ds.info, ds.tokenizer
+        self.data_sha256 = fingerprint(ds)  # a resumed run must continue on the same data
         loaders = build_loaders(ds, d, self.device, self._micro_batch(), seed=t.seed, rank=self.par.dp_rank,
                                 world_size=self.par.dp_size)
         self.train_loader, self.test_loader = loaders.train, loaders.test
@@ -253,6 +256,39 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # torch.compile wraps the module; state is always read from and written to self.model
         self.forward = torch.compile(forward) if t.compile else forward
+
+    def _check_model_takes_data(self) -> None:
+        """One forward pass of two training examples, before any file is written: a model that
+        cannot take the data (an MLP on token ids, a ViT on a table) is a ConfigError naming both,
+        not a traceback in the first step. Skipped under several processes (the pass would be a
+        collective); the same config fails here in one."""
+        if self.par.enabled:
+            return
+        from layerwise.config import ConfigError
+
+        if self._x_train is None:  # a token stream
+            x = self.train_loader.tokens[:self.train_loader.block_size][None]
+        elif self._transform is None:  # token sequences
+            from layerwise.data.textclass import pad_batch
+            x = pad_batch([self._x_train[i] for i in range(min(2, len(self._x_train)))], self.device)
+        else:
+            x = self._x_train[:2] if isinstance(self._x_train, torch.Tensor) else gather(self._x_train, [0, 1])
+            x = self._transform(x.to(self.device), None)[0]
+        was = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad(), autocast(self.device.type, self.cfg.train.precision):
+                self.model(x)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            kind = "token ids" if not x.is_floating_point() else "values"
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(
+                f"model '{self.cfg.model.name}' cannot take the inputs of dataset '{self.info.name}' ({kind}, "
+                f"shaped {tuple(self.info.in_shape)} per example): {detail}. Choose a model for this data (token ids: "
+                f"gpt, text-transformer, ngram-bag; images: convnet, resnet, vit, mlp; tables: mlp; see "
+                f"`layerwise models`).") from None
+        finally:
+            self.model.train(was)
 
     def _data_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training inputs as the model takes them, with their targets, for models that set
@@ -489,6 +525,7 @@ class Trainer:
             "task": self.task.name,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "config": self.cfg.to_dict(),  # what the run was trained with up to here (checked on resume)
+            "data_sha256": self.data_sha256,  # and on which data
         }
 
     def _rng_state(self) -> dict[str, Any]:
@@ -536,9 +573,14 @@ class Trainer:
         a ``.dcp`` folder of shards (resharded to this run's ranks and strategy)."""
         from layerwise.distributed import checkpoint as dcp_ckpt
 
-        def check_config(saved: dict[str, Any] | None, path: Path) -> None:
+        def check_config(saved: dict[str, Any] | None, path: Path, data_sha256: str | None = None) -> None:
             """Before any weight is loaded: a config.yaml edited since this checkpoint was written
-            must not change what the run learns (an error, not a damaged checkpoint)."""
+            must not change what the run learns, nor may the data (an error, not a damaged checkpoint)."""
+            if data_sha256 and data_sha256 != self.data_sha256:
+                from layerwise.config import ConfigError
+                raise ConfigError(f"the data changed since checkpoint {path.name} was written (its files differ, or "
+                                  f"data.root points elsewhere): the run in '{self.run_dir}' cannot continue on other "
+                                  f"data. Restore the data it was trained on, or start a new run.")
             if saved:
                 from layerwise.config import config_changes, refuse_trajectory_changes
                 refuse_trajectory_changes(config_changes(saved, self.cfg.to_dict()),
@@ -548,7 +590,8 @@ class Trainer:
 
         def load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
             if path.suffix == dcp_ckpt.SUFFIX:
-                check_config(dcp_ckpt.read_trainer_state(path).get("config"), path)
+                extra = dcp_ckpt.read_trainer_state(path)
+                check_config(extra.get("config"), path, extra.get("data_sha256"))
                 ema = self._ema_tensors()
                 extra, rng = dcp_ckpt.load(path, self.model, self.optimizer, self.par.rank, ema)
                 if "ema" in ema:
@@ -557,7 +600,7 @@ class Trainer:
                     self.lookahead.started = bool(ema["lookahead"]["started"])
                 return extra, rng
             state = ckpt.read_checkpoint(path, map_location=self.device)
-            check_config(state.get("config"), path)
+            check_config(state.get("config"), path, state.get("data_sha256"))
             if self.par.enabled:
                 if "param_names" not in state:
                     raise ckpt.CheckpointError(f"{path.name} was written by an earlier layerwise without parameter "
