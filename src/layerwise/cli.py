@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--folds", type=int, default=10, help="K, the number of folds (default 10)")
     c.add_argument("--dir", help="output folder (default: <run.root>/<name>-cv<K>)")
     c.add_argument("--progress", action="store_true", help="show each fold's progress bar")
+    c.add_argument("--quiet", action="store_true", help="no line per fold, only the results table")
 
     e = sub.add_parser("eval", help="evaluate a finished run's model on its test split")
     e.add_argument("run_dir")
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in rest if a not in overrides]
     if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv"))):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
-                     f"(config overrides --section.key=value go with `layerwise train`)")
+                     f"(config overrides --section.key=value go with `layerwise train` and `layerwise cv`)")
     if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
         # fitting and reporting read a table and never train: answer without importing torch (~3 s)
         try:
@@ -308,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             from layerwise.train.crossval import cross_validate
             from layerwise.train.progress import print_table
             result = cross_validate(args.recipe, *overrides, folds=args.folds, out=args.dir,
-                                    show_progress=args.progress, echo=lambda line: print(line, flush=True))
+                                    show_progress=args.progress and not args.quiet,
+                                    echo=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)))
             print_table({k: v for k, v in result.items() if k != "per_fold"},
                         title=f"{args.folds}-fold cross-validation")
             return 0

@@ -8,7 +8,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import wave
 import zlib
 from pathlib import Path
 

@@ -33,7 +33,9 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
     DataError naming the file for a missing, unreadable or oversized file."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"input '{path}' does not exist. Give the path of an image file or a .npy array.")
+        raise DataError(f"input '{path}' does not exist. Give the path of an input file: an image or a .npy "
+                        f"array, a .wav recording, a CSV of rows for a table model, or a text file of one example "
+                        f"per line for a text classifier.")
     if "audio" in info.extra:  # a speech model: a .wav recording -> the training log-mel features
         if path.suffix.lower() != ".wav":
             raise DataError(f"'{path}' is not a .wav file; this model classifies recordings. Give a "
@@ -42,16 +44,17 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
         return features_from_wav(path, info.extra["audio"])[None]  # (1, 1, n_mels, frames)
     if "text" in info.extra:  # a text classifier: one example per line of a text file
         from layerwise.data.textclass import encode_texts
-        from layerwise.data.text import normalize_newlines
 
-        try:
-            lines = [ln.strip() for ln in normalize_newlines(path.read_bytes().decode("utf-8-sig"))[0].split("\n")]
-        except UnicodeDecodeError as e:
-            raise DataError(f"'{path}' is not UTF-8 text ({e}); save it as UTF-8.") from None
-        lines = [ln for ln in lines if ln]
-        if not lines:
-            raise DataError(f"'{path}' holds no text; give one example per line.")
-        return encode_texts(lines, info)  # (N, T) token ids
+        lines = text_lines(path)
+        x = encode_texts([t for _, t in lines], info)  # (N, T) token ids
+        T = info.extra["text"]["max_length"]
+        long = [n for (n, t), row in zip(lines, encode_texts([t for _, t in lines], info, cut=False), strict=True)
+                if int((row != 0).sum()) > T]
+        if long:
+            import warnings
+            warnings.warn(f"'{path}': {len(long)} line(s) (first: line {long[0]}) are longer than the {T} tokens the "
+                          f"model was trained on; they keep their first {T}", stacklevel=2)
+        return x
     if "table" in info.extra:  # a table model: the rows of a CSV file with the training columns
         if path.suffix.lower() not in (".csv", ".tsv", ".txt"):
             raise DataError(f"'{path}' is not a CSV file; this model reads table rows. Give a CSV with the "
@@ -103,6 +106,22 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
     if C == 1 and (invert == "yes" or (invert == "auto" and info.name in LIGHT_ON_DARK and x.mean() > 0.5)):
         x = 1.0 - x
     return torch.from_numpy(x * info.scale)[None]
+
+
+def text_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, text) of the non-blank lines of a UTF-8 text file (CR LF and CR made line
+    ends; a BOM dropped): the examples `predict` reads for a text classifier."""
+    from layerwise.data.text import normalize_newlines
+
+    path = Path(path)
+    try:
+        text = normalize_newlines(path.read_bytes().decode("utf-8-sig"))[0]
+    except UnicodeDecodeError as e:
+        raise DataError(f"'{path}' is not UTF-8 text ({e}); save it as UTF-8.") from None
+    lines = [(i, ln.strip()) for i, ln in enumerate(text.split("\n"), 1) if ln.strip()]
+    if not lines:
+        raise DataError(f"'{path}' holds no text; give one example per line.")
+    return lines
 
 
 def prepare_inputs(x: torch.Tensor, info: DatasetInfo, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -256,29 +256,43 @@ def targets_from_labels(train: Sequence[str], test: Sequence[str], opts: Any, wh
     return (ytr, yte), classes, "classify"
 
 
-def read_text_table(path: Path, opts: Any) -> tuple[list[str], list[str], None]:
-    """A CSV of texts with labels -> (texts, labels, None) for ``text-classes``: the text column
-    is ``data.text_column`` or the one with the longest values; the label column the first of
-    ``data.target`` or the first other column."""
+def read_text_table(path: Path, opts: Any, warnings: list[str] | None = None
+                    ) -> tuple[list[str], list[str], str]:
+    """A CSV of texts with labels -> (texts, labels, which columns were read) for
+    ``text-classes``: the text column is ``data.text_column`` or the one with the longest values;
+    the label column ``data.target`` (one column) or the last other column, as for csv files. An
+    empty text, or an empty label (unless data.label_sep makes it an example with no label), is
+    an error naming its line, or the row is dropped with a warning under data.on_error=skip."""
     sep = _delimiter(path, opts)
     header = _header(path, sep)
     table = read_table(path, opts, text_columns=header)
     df = table.df
     col = getattr(opts, "text_column", "") or max(header, key=lambda c: df[c].astype(str).str.len().mean())
     targets = list(getattr(opts, "target", []) or [])
-    label = targets[0] if targets else next((c for c in header if c != col), None)
+    if len(targets) > 1:
+        raise DataError(f"text-classes reads one label column; data.target names {len(targets)} "
+                        f"({', '.join(targets)}). Name one (a cell may hold several labels with data.label_sep).")
+    label = targets[0] if targets else next((c for c in reversed(header) if c != col), None)
     for name, key in ((col, "data.text_column"), (label, "data.target")):
         if name not in header:
             raise DataError(f"{unknown_choice_error(f'{key} column', name, header)} in '{path}'.")
     if label == col:
         raise DataError(f"'{path}': the text and the label are the same column '{col}'. Set data.text_column and "
                         f"data.target to two different columns.")
-    labels = df[label].fillna("").astype(str).str.strip()
-    empty = np.flatnonzero(labels.eq("").to_numpy())
-    if len(empty):
-        raise DataError(f"'{path}' line {table.lines[empty[0]]}: column '{label}' (the label) is empty. "
-                        f"Give every example a label, or remove the row.")
-    return df[col].fillna("").astype(str).tolist(), labels.tolist(), None
+    texts, labels = _text_cells(df[col]), _text_cells(df[label])
+    label_sets = bool(getattr(opts, "label_sep", ""))
+    bad = (texts == "") | ((labels == "") & (not label_sets))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        what = f"column '{col}' (the text)" if texts[i] == "" else f"column '{label}' (the label)"
+        if getattr(opts, "on_error", "refuse") != "skip":
+            raise DataError(f"'{path}' line {table.lines[i]}: {what} is empty. Give every example a text and a "
+                            f"label, or set data.on_error=skip to drop such rows with a warning.")
+        if warnings is not None:
+            warnings.append(f"skipped {int(bad.sum())} rows of '{path}' with an empty text or label (first: line "
+                            f"{table.lines[i]})")
+    keep = ~bad
+    return texts[keep].tolist(), labels[keep].tolist(), f"text from column '{col}', labels from column '{label}'"
 
 
 # ---------------------------------------------------------------------------------------- columns

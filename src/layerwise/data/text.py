@@ -244,7 +244,7 @@ class TokenLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the rest of the current epoch (all of it unless resumed mid-epoch)."""
-        starts, B, T = self._starts(), self.batch_size, self.block_size
+        starts, B = self._starts(), self.batch_size
         while self.position < len(self):
             s = starts[self.position * B:(self.position + 1) * B]  # (B,)
             # x and y in one gather: (2, B, T), each half contiguous, so y.view(-1) works

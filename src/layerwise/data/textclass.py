@@ -175,11 +175,21 @@ def _files(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _class_folders(d: Path) -> dict[str, list[str]]:
-    """{class: its examples} from <d>/<class>/<file>, one example per file."""
+def _class_folders(d: Path, skip: bool, warnings: list[str]) -> dict[str, list[str]]:
+    """{class: its examples} from <d>/<class>/<file>, one example per file; an empty file is an
+    error naming it (dropped with a warning under data.on_error=skip)."""
     out = {}
     for sub in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        texts = [t for t in (_read_text(f).strip() for f in _files(sub)) if t]
+        texts = []
+        for f in _files(sub):
+            t = _read_text(f).strip()
+            if t:
+                texts.append(t)
+            elif not skip:
+                raise DataError(f"text file '{f}' is empty (an example of class '{sub.name}'). Remove it or add "
+                                f"text, or set data.on_error=skip to drop empty files with a warning.")
+            else:
+                warnings.append(f"skipped the empty text file '{f}'")
         if not texts:
             raise DataError(f"class folder '{sub}' holds no non-empty text files. Add examples or remove it.")
         out[sub.name] = texts
@@ -206,9 +216,9 @@ def _line_files(d: Path) -> dict[str, list[str]]:
     return out
 
 
-def _pool(d: Path) -> dict[str, list[str]]:
+def _pool(d: Path, skip: bool = False, warnings: list[str] | None = None) -> dict[str, list[str]]:
     if any(p.is_dir() and not p.name.startswith(".") for p in d.iterdir()):
-        return _class_folders(d)
+        return _class_folders(d, skip, [] if warnings is None else warnings)
     return _line_files(d)
 
 
@@ -216,24 +226,27 @@ def _texts_and_labels(groups: dict[str, list[str]]) -> tuple[list[str], list[str
     return [t for c in groups for t in groups[c]], [c for c in groups for _ in groups[c]]
 
 
-def read_text_classes(path: Path, opts: Any) -> tuple[list[str], list[str], int | None, str]:
+def read_text_classes(path: Path, opts: Any, warnings: list[str] | None = None
+                      ) -> tuple[list[str], list[str], int | None, str]:
     """(texts, labels, the number of training examples when the source gives a train/test split
-    (they come first) else None, the layout read) for any layout of the module docstring."""
+    (they come first) else None, the layout read) for any layout of the module docstring;
+    ``warnings`` receives what was skipped under data.on_error=skip."""
     from layerwise.data.tabular import read_text_table
 
+    skip = getattr(opts, "on_error", "refuse") == "skip"
     if path.is_file():
-        texts, labels, _ = read_text_table(path, opts)
-        return texts, labels, None, f"CSV '{path.name}'"
+        texts, labels, columns = read_text_table(path, opts, warnings)
+        return texts, labels, None, f"CSV '{path.name}', {columns}"
     held = next((path / n for n in ("val", "test") if (path / n).is_dir()), None)
     if (path / "train").is_dir() and held is not None:
-        tr_t, tr_l = _texts_and_labels(_pool(path / "train"))
-        te_t, te_l = _texts_and_labels(_pool(held))
+        tr_t, tr_l = _texts_and_labels(_pool(path / "train", skip, warnings))
+        te_t, te_l = _texts_and_labels(_pool(held, skip, warnings))
         extra = sorted(set(te_l) - set(tr_l))
         if extra:
             raise DataError(f"'{held}' has classes that train/ lacks: {', '.join(extra)}. A class needs "
                             f"training examples; add them to train/ or remove those.")
         return tr_t + te_t, tr_l + te_l, len(tr_t), f"train/ and {held.name}/"
-    texts, labels = _texts_and_labels(_pool(path))
+    texts, labels = _texts_and_labels(_pool(path, skip, warnings))
     return texts, labels, None, "class folders" if any(p.is_dir() for p in path.iterdir()) else "one file per class"
 
 
@@ -255,7 +268,8 @@ def _text_classes(root: Path, opts: Any) -> Dataset:
     path = user_path(root, opts, "text-classes", "a folder of <class>/<file>.txt, a folder of files with one "
                      "example per line (one file per class), or a CSV with a text and a label column")
     check_kind(opts.tokenizer)
-    texts, labels, n_train, layout = read_text_classes(path, opts)
+    warnings: list[str] = []
+    texts, labels, n_train, layout = read_text_classes(path, opts, warnings)
     tr, te, how = split_text_classes(labels, n_train, opts)
     y, classes, task = targets_from_labels([labels[i] for i in tr], [labels[i] for i in te], opts,
                                            what=f"the labels of '{path}'", strict=n_train is not None)
@@ -283,7 +297,8 @@ def _text_classes(root: Path, opts: Any) -> Dataset:
               "tokenizer": opts.tokenizer, "vocab_size": tok.vocab_size + 1,
               "mean_tokens": round(float(lengths.mean()), 2),
               "max_tokens": int(lengths.max()), "cut_to_block_size": cut_tr + cut_te, "sha256_texts": digest}
-    warnings = []
+    if path.is_file():  # a CSV: say which columns were read (the Trainer prints it)
+        source["task_reason"] = layout.split(", ", 1)[-1]
     if cut_tr + cut_te:
         warnings.append(f"{cut_tr + cut_te} of {len(texts)} examples are longer than data.block_size={T} tokens "
                         f"and keep their first {T}; raise data.block_size if their ends matter.")
@@ -291,12 +306,13 @@ def _text_classes(root: Path, opts: Any) -> Dataset:
     return Dataset(info, x_tr, ytr, x_te, yte, source, tokenizer=tok, warnings=warnings)
 
 
-def encode_texts(texts: Sequence[str], info: DatasetInfo) -> torch.Tensor:
-    """New texts -> (N, T) padded token ids, exactly as a trained text-classes dataset encodes."""
+def encode_texts(texts: Sequence[str], info: DatasetInfo, cut: bool = True) -> torch.Tensor:
+    """New texts -> (N, T) padded token ids, exactly as a trained text-classes dataset encodes
+    (``cut``: at its max_length tokens, as training did)."""
     from layerwise.data.tokenizers import tokenizer_from_dict
 
     tok = tokenizer_from_dict(info.extra["tokenizer"])
-    T = info.extra["text"]["max_length"]
+    T = info.extra["text"]["max_length"] if cut else None
     seqs = [torch.tensor(([t + 1 for t in tok.encode(normalize_newlines(s)[0])] or [1])[:T]) for s in texts]
     return pad_batch(seqs)
 

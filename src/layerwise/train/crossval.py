@@ -47,13 +47,19 @@ def _fold_config(base: Config, folds: int, fold: int, run_dir: Path) -> Config:
     return apply_overrides(base, [f"--data.folds={folds}", f"--data.fold={fold}", f"--run.dir={run_dir}"])
 
 
-def _same_run(cfg: Config, run_dir: Path) -> bool:
-    """Whether the run saved in ``run_dir`` has ``cfg`` (up to settings that do not change what it learns)."""
+def _differences(cfg: Config, run_dir: Path) -> list[str]:
+    """How the run saved in ``run_dir`` differs from ``cfg`` in what it learns ("key: saved ->
+    new"; ["config.yaml unreadable"] when it cannot be read)."""
     try:
         saved = load_config(run_dir / "config.yaml").to_dict()
     except ConfigError:
-        return False
-    return not [k for k in config_changes(saved, cfg.to_dict()) if not is_resumable(k)]
+        return ["its config.yaml cannot be read"]
+    return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in config_changes(saved, cfg.to_dict()).items() if not is_resumable(k)]
+
+
+def _same_run(cfg: Config, run_dir: Path) -> bool:
+    """Whether the run saved in ``run_dir`` has ``cfg`` (up to settings that do not change what it learns)."""
+    return not _differences(cfg, run_dir)
 
 
 def cross_validate(recipe: str | Path | Config | None, *overrides: str, folds: int = 10, out: str | Path | None = None,
@@ -62,8 +68,6 @@ def cross_validate(recipe: str | Path | Config | None, *overrides: str, folds: i
     ``out/cv_summary.json``). ``recipe`` is a YAML path, a Config or None (the default job);
     ``overrides`` are ``--section.key=value`` strings applied to every fold. Raises ConfigError
     for a bad config or K < 2, before any fold trains."""
-    from layerwise.train.trainer import Trainer, resume
-
     if folds < 2:
         raise ConfigError(f"cross-validation needs --folds >= 2, got {folds}.")
     if isinstance(recipe, Config):
@@ -73,7 +77,19 @@ def cross_validate(recipe: str | Path | Config | None, *overrides: str, folds: i
     name = base.run.name or base.data.name
     out = Path(out) if out else Path(base.run.root) / f"{name}-cv{folds}"
     configs = [_fold_config(base, folds, i, out / f"fold{i}") for i in range(folds)]  # every fold checked first
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_folds(configs, out, folds, show_progress, echo)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):  # refused before anything was written
+            out.rmdir()
+        raise
+
+
+def _run_folds(configs: list[Config], out: Path, folds: int, show_progress: bool, echo) -> dict[str, Any]:
+    from layerwise.train.trainer import Trainer, resume
+
     summaries = []
     for i, cfg in enumerate(configs):
         run_dir = out / f"fold{i}"
@@ -85,8 +101,10 @@ def cross_validate(recipe: str | Path | Config | None, *overrides: str, folds: i
             checkpoints = list((run_dir / "checkpoints").glob("step_*")) if run_dir.is_dir() else []
             if run_dir.exists() and not (checkpoints and _same_run(cfg, run_dir)):
                 if (run_dir / "summary.json").is_file():
+                    diff = _differences(cfg, run_dir)
                     raise ConfigError(f"'{run_dir}' holds a finished run with another config than this "
-                                      f"cross-validation's; choose another --dir or delete it.")
+                                      f"cross-validation's ({'; '.join(diff[:5])}); choose another --dir or "
+                                      f"delete it.")
                 shutil.rmtree(run_dir)  # cut off before a checkpoint, or another config: start over
             if run_dir.exists():
                 summary = resume(run_dir, show_progress=show_progress)

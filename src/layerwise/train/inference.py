@@ -11,7 +11,7 @@ import torch
 
 from layerwise.config import DataConfig, default_data_root, load_config
 from layerwise.data import DatasetInfo, load_dataset
-from layerwise.data.inputs import load_inputs, prepare_inputs
+from layerwise.data.inputs import load_inputs, prepare_inputs, text_lines
 from layerwise.data.loaders import build_eval_loader
 from layerwise.data.text import normalize_newlines
 from layerwise.tasks import create_task
@@ -95,8 +95,11 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
     for path in inputs:
         x = load_inputs(path, info, invert, max_image_pixels).to(dev)
         out = model(prepare_inputs(x, info, dev))
-        for i, r in enumerate(task.present(out, top_k)):
-            results.append({"input": path if len(x) == 1 else f"{path}[{i}]", **r})
+        # several examples in a file: a text file's by line number, a table's and an array's by index
+        names = ([f"{path}:{n}" for n, _ in text_lines(path)] if "text" in info.extra else
+                 [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))])
+        for name, r in zip(names, task.present(out, top_k), strict=True):
+            results.append({"input": name, **r})
     return results
 
 
