@@ -53,6 +53,11 @@ class Task:
     def fit(self, y_train: torch.Tensor | None) -> None:
         """Prepare the targets from the training split (nothing by default)."""
 
+    def check_eval(self, y_eval: torch.Tensor | None) -> list[str]:
+        """Warnings about the evaluated split's targets that make a metric or the loss misleading
+        (none by default)."""
+        return []
+
     def state(self) -> dict[str, Any]:
         """JSON-serializable state that :meth:`load_state` restores (saved with the model)."""
         return {}

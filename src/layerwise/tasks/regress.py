@@ -72,6 +72,18 @@ class Regress(Task):
         std = y.std(0, unbiased=False)
         self.std = torch.where(std > 0, std, torch.ones_like(std))
 
+    def check_eval(self, y_eval: torch.Tensor | None) -> list[str]:
+        """With the log transform, test targets <= 0 have no log: the loss on them (the log clamped
+        at 1e-30) is meaningless, while RMSE, MAE and R^2 in units stay right."""
+        if self.transform != "log" or y_eval is None or not len(y_eval):
+            return []
+        bad = int((y_eval.double().reshape(len(y_eval), -1) <= 0).any(1).sum())
+        if not bad:
+            return []
+        return [f"task.target_transform=log: {bad} of {len(y_eval)} evaluated examples have a target <= 0, "
+                f"which has no log; the test loss counts them as log 1e-30 and is meaningless (RMSE, MAE and R^2 "
+                f"in the target's units are not affected). Use task.target_transform=none to compare losses."]
+
     def state(self) -> dict[str, Any]:
         return {"columns": self.columns, "mean": self.mean.tolist(), "std": self.std.tolist(), "loss": self.kind,
                 "transform": self.transform, "clip": self.clip,

@@ -123,6 +123,8 @@ class Trainer:
         # the objective: loss, target preparation (fitted on the training split), metrics
         self.task = create_task(self.info, cfg)
         self.task.fit(self._y_train)
+        for w in self.task.check_eval(self._y_test):  # e.g. a log target transform with test targets <= 0
+            warnings.warn(w, stacklevel=2)
         if t.eval_tta != "none" and not is_image(self.info):
             from layerwise.config import ConfigError
             raise ConfigError(f"train.eval_tta={t.eval_tta} flips and shifts images, but dataset "
@@ -219,6 +221,7 @@ class Trainer:
         self.train_loader, self.test_loader = loaders.train, loaders.test
         # for models that initialize from data, and for the task's target preparation
         self._x_train, self._y_train, self._transform = loaders.x_train, loaders.y_train, loaders.transform
+        self._y_test = ds.y_test
         return ds.source | ({"warnings": ds.warnings} if ds.warnings else {})
 
     def _build_model(self, resume: bool = False) -> None:
@@ -243,8 +246,9 @@ class Trainer:
         forward = self.model
         if self.par.enabled or self.cfg.dist.activation_checkpointing:
             from layerwise.distributed.parallelize import parallelize
+            seq_len = getattr(self.model, "block_size", None) or getattr(self.model, "seq_len", None)
             forward = parallelize(self.model, self.par, self.cfg.dist, t.precision, self.cfg.model.name,
-                                  seq_len=getattr(self.model, "block_size", None) or getattr(self.model, "seq_len", None))
+                                  seq_len=seq_len)
         if self.par.dp_rank:  # dropout masks differ per data-parallel rank, agree within a tp group
             torch.manual_seed(t.seed + 1_000_003 * self.par.dp_rank)
         self.optimizer = build_optimizer(
