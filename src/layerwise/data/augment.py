@@ -24,10 +24,17 @@ class Normalize:
     ``info.mean`` / ``info.std`` hold one value per entry of the first input dimension:
     per channel for x (N, C, ...) (images (N, C, H, W), audio (N, 1, F, T)), broadcast over the
     trailing dimensions; per feature for tabular x (N, F).
+
+    Integer index inputs (``info.extra["inputs"] == "indices"``: a ratings source's (user, item,
+    ...) columns) pass through unchanged as int64: an index is a name, not a quantity, and
+    normalizing it would scramble it.
     """
 
     def __init__(self, info: DatasetInfo, device: torch.device | str = "cpu"):
         K = info.in_shape[0] if info.in_shape else 0
+        self.indices = info.extra.get("inputs") == "indices"
+        if self.indices:
+            return
         if not info.mean or not info.std:
             raise ValueError(f"dataset '{info.name}' (task {info.task}) has no mean/std to normalize with; "
                              f"token ids are not normalized and do not go through this loader.")
@@ -41,6 +48,10 @@ class Normalize:
         self.std = torch.tensor(info.std, dtype=torch.float32, device=device).view(shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.indices:
+            if x.is_floating_point():
+                raise TypeError(f"integer index inputs were expected, got {x.dtype}")
+            return x.long()
         return (x.float() / self.scale - self.mean) / self.std
 
 

@@ -8,6 +8,7 @@
 from .base import Model
 from .convnet import ConvNet, convnet_cost
 from .mlp import MLP, mlp_cost
+from .recsys import MatrixFactorization, NeuMF
 from .registry import create_model, list_models, model_arg_types, model_args, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet_cost
 from .text import NGramBag, TextTransformer
@@ -15,6 +16,8 @@ from .transformer import GPT, ViT
 
 __all__ = [
     "GPT",
+    "MatrixFactorization",
+    "NeuMF",
     "MLP",
     "NGramBag",
     "TextTransformer",

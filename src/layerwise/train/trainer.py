@@ -230,6 +230,12 @@ class Trainer:
         text = self.info.extra.get("text")
         if text and "vocab_size" in model_args(self.cfg.model.name) and not args.get("vocab_size"):
             args["vocab_size"] = text["vocab_size"]  # the data's vocabulary (plus padding) sizes the embedding
+        accepted = model_args(self.cfg.model.name)
+        for key, value in self.info.extra.get("model_args", {}).items():
+            # what the data sizes (a ratings source's num_users, num_items, feature_sizes): passed to
+            # any model that takes the argument, unless the config sets it
+            if key in accepted and not args.get(key):
+                args[key] = tuple(value) if isinstance(accepted[key], tuple) else value
         self.model = build_model(self.cfg.model.name, self.info.in_shape, self.task.num_outputs, args, self.device)
         if hasattr(self.model, "init_from_data") and self._x_train is not None and not resume:
             # e.g. convnet's patch-whitening layer (airbench), ngram-bag's naive-Bayes weights; a
@@ -284,12 +290,13 @@ class Trainer:
             with torch.no_grad(), autocast(self.device.type, self.cfg.train.precision):
                 self.model(x)
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            kind = "token ids" if not x.is_floating_point() else "values"
+            kind = ("user and item indices" if self.info.extra.get("inputs") == "indices" else
+                    "token ids" if not x.is_floating_point() else "values")
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ConfigError(
                 f"model '{self.cfg.model.name}' cannot take the inputs of dataset '{self.info.name}' ({kind}, "
                 f"shaped {tuple(self.info.in_shape)} per example): {detail}. Choose a model for this data (token ids: "
-                f"gpt, text-transformer, ngram-bag; images: convnet, resnet, vit, mlp; tables: mlp; see "
+                f"gpt, text-transformer, ngram-bag; images: convnet, resnet, vit, mlp; tables: mlp; ratings: mf, neumf; see "
                 f"`layerwise models`).") from None
         finally:
             self.model.train(was)
