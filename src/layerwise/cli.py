@@ -5,6 +5,7 @@
     layerwise cv [RECIPE] --folds K [--dir OUT] [--section.key=value ...]
     layerwise eval RUN_DIR
     layerwise predict RUN_DIR INPUT... [--top-k K]
+    layerwise predict RUN_DIR --user ID [--top-k K] [--json]
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
     layerwise info RUN_DIR
     layerwise models [NAME]
@@ -87,8 +88,11 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="predictions for images, .npy arrays, .wav files, CSV rows or lines of text")
     pr.add_argument("run_dir")
-    pr.add_argument("inputs", nargs="+", metavar="INPUT")
-    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("inputs", nargs="*", metavar="INPUT")
+    pr.add_argument("--user", metavar="ID", help="a ratings run: the top-k items this user (id as in the ratings "
+                                                 "files) has not rated, with titles and predicted ratings")
+    pr.add_argument("--top-k", type=int, default=None, help="classes shown (default 3), or items for --user (10)")
+    pr.add_argument("--data-root", default="", help="--user: override the data root saved in the run's config")
     pr.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                     help="invert grayscale images drawn dark on light (auto: when mean brightness > 0.5)")
     pr.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -321,7 +325,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "predict":
             from layerwise.tasks import describe_prediction
             from layerwise.train.inference import predict
-            results = predict(args.run_dir, args.inputs, args.top_k, args.invert, args.device,
+            if bool(args.user) == bool(args.inputs):
+                raise ConfigError("`layerwise predict RUN_DIR` needs either input files or --user ID (for a ratings "
+                                  "run such as recipes/movielens.yaml), not both and not neither.")
+            if args.user:
+                from layerwise.train.inference import recommend
+                items = recommend(args.run_dir, args.user, args.top_k or 10, args.device, args.data_root)
+                if args.json:
+                    print(json.dumps({"user": args.user, "items": items}, indent=2))
+                for it in [] if args.json else items:
+                    print(f"{it['rank']:>3}. {it['title']} (item {it['item']}): {it['rating']:.2f}")
+                return 0
+            results = predict(args.run_dir, args.inputs, args.top_k or 3, args.invert, args.device,
                               args.max_image_pixels)
             if args.json:
                 print(json.dumps(results, indent=2))

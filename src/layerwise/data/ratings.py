@@ -277,3 +277,21 @@ def _movielens(root: Path, opts: Any) -> Dataset:
     train, test, files = _fold(folder, fold, warnings)
     how = (f"fold {fold} of {FOLDS} official folds ({files})" if folds else f"official fold u1 ({files})")
     return build_ratings_dataset("movielens", folder, train, test, how, warnings)
+
+
+@register_dataset("movielens-loo")
+def _movielens_loo(root: Path, opts: Any) -> Dataset:
+    """MovieLens 100K split for top-k evaluation with implicit feedback (He et al. 2017): each
+    user's latest rating >= 4 (by timestamp) is the test split, every other rating of u.data
+    trains. Train on the ratings (regression), then rank with layerwise.tasks.ranking."""
+    from layerwise.tasks.ranking import leave_one_out
+
+    if int(getattr(opts, "folds", 0) or 0):
+        from layerwise.config import ConfigError
+        raise ConfigError("dataset 'movielens-loo' holds out each user's latest positive rating; it has no folds. "
+                          "Set data.folds=0 (or use dataset 'movielens' for the five official folds).")
+    folder = movielens_folder(root)
+    everything = read_ratings(folder / "u.data")
+    tr, te = leave_one_out(everything.user, everything.item, everything.rating, everything.time)
+    return build_ratings_dataset("movielens-loo", folder, everything.take(tr), everything.take(te),
+                                 "leave-one-out: each user's latest rating >= 4 held out", [])

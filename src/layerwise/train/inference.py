@@ -104,6 +104,60 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
 
 
 @torch.no_grad()
+def recommend(run_dir: str | Path, user: str | int, top_k: int = 10, device: str = "auto",
+              data_root: str = "") -> list[dict[str, Any]]:
+    """The ``top_k`` items a ratings model (e.g. ``mf`` on movielens) predicts the user ``user``
+    (the id as written in the ratings files) rates highest, among the items the user did not rate
+    in the run's training split; each ``{"rank", "item", "title", "rating"}`` (predicted stars,
+    after the run's clipping), best first. The training ratings are read from the run's data
+    (``data_root`` overrides its data.root). Raises DataError for a user id the training split does
+    not hold (naming the valid range) and RunDirError for a run that is not a ratings model."""
+    from layerwise.data import DataError
+
+    run_dir = Path(run_dir)
+    dev = resolve_device(device, "--device")
+    model, meta = load_model(run_dir, dev)
+    info = _info(meta)
+    r = info.extra.get("ratings")
+    if r is None:
+        raise RunDirError(f"the run in '{run_dir}' trained a {info.task} model on '{info.name}', not a recommender; "
+                          f"--user needs a ratings run (e.g. recipes/movielens.yaml). Give input files instead.")
+    if top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {top_k}.")
+    try:
+        uid = int(str(user).strip())
+    except ValueError:
+        uid = None
+    users = r["user_ids"]
+    if uid is None or uid not in set(users):
+        raise DataError(f"user {user!r} is not one of the {len(users)} users of the run's training split (ids "
+                        f"{users[0]} .. {users[-1]}, as written in the ratings files). Give one of those ids.")
+    u = users.index(uid) + 1
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"'{run_dir}' has no config.yaml; --user reads the run's training ratings to leave out "
+                          f"what the user already rated. Give the run directory, not only its model file.")
+    cfg = load_config(run_dir / "config.yaml")
+    ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root(), cfg.data)
+    mine = ds.x_train[ds.x_train[:, 0] == u]  # (R, C) the user's training rows
+    n_items = len(r["item_ids"]) + 1
+    genres = torch.zeros(n_items, ds.x_train.shape[1] - 5, dtype=torch.int64)
+    genres[ds.x_train[:, 1]] = ds.x_train[:, 5:]  # each item's genre flags
+    cand = torch.ones(n_items, dtype=torch.bool)
+    cand[0] = False
+    cand[mine[:, 1]] = False
+    items = cand.nonzero()[:, 0]  # (M,) unrated item indices
+    rows = mine[:1].repeat(len(items), 1)  # (M, C): the user's own columns
+    rows[:, 1], rows[:, 5:] = items, genres[items]
+    task = model_task(meta, info)
+    model.eval()
+    pred = task.to_units(model(rows.to(dev)))[:, 0].cpu()  # (M,) stars
+    k = min(top_k, len(items))
+    best = torch.topk(pred, k)
+    return [{"rank": n + 1, "item": r["item_ids"][int(items[j]) - 1], "title": r["titles"][int(items[j]) - 1],
+             "rating": round(float(pred[j]), 4)} for n, j in enumerate(best.indices.tolist())]
+
+
+@torch.no_grad()
 def generate(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperature: float = 0.8,
              top_k: int | None = 200, seed: int = 0, device: str = "auto") -> str:
     """Continue ``prompt`` with ``tokens`` sampled tokens from a language-model run; returns the
