@@ -51,12 +51,12 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = _f("digits", "dataset: digits, breast-cancer, diabetes (built in), mnist, cifar10, image-folder, csv, "
-                   "text, text-classes, shakespeare, fsdd, wav-folder (README: Data)")
+                   "text, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo (README: Data)")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
     path: str = _f("", "file or folder read by image-folder, csv, text and wav-folder "
                    "(relative to data.root, or absolute)")
-    download: bool = _f(False, "download a missing dataset into data.root (checksummed; mnist, cifar10, shakespeare)")
+    download: bool = _f(False, "download a missing dataset into data.root (checksummed; mnist, cifar10, shakespeare, movielens)")
     on_error: str = _f("refuse", "an unreadable or corrupt file: refuse (stop before training) or skip (warn, drop it)")
     loader: str = _f("device", "device (whole set on the device, airbench style) or stream "
                      "(DataLoader worker processes, for data that does not fit)")

@@ -1,5 +1,6 @@
 """Checksummed, resumable downloads of the public datasets, for users with internet access
-(``data.download=true``; nothing here runs otherwise). Only urllib is used.
+(``data.download=true``; nothing here runs otherwise). Only urllib is used. Archives are tar
+(cifar10) or zip (MovieLens' ml-100k.zip, which has no published checksum: its u.data is checked).
 
 A file is written to ``<name>.part`` and renamed into place only after its checksum matches, so
 the final path never holds a partial or corrupt file. An interrupted download keeps its ``.part``
@@ -20,6 +21,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -45,6 +47,9 @@ class Remote:
     dest: str = ""  # path under data.root; empty for an archive, which is kept in the cache
     unpack: str = ""  # archive: the folder under data.root that receives its members
     provides: tuple[str, ...] = ()  # archive: files (under data.root) it gives; all there = no download
+    # archive without a published checksum: sha256 of members (path inside the archive -> hex),
+    # checked before anything is moved into data.root
+    verify: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,16 @@ _MNIST_MD5 = {  # torchvision's checksums
 _CIFAR_BATCHES = tuple(f"cifar10/cifar-10-batches-bin/{n}" for n in
                        [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"])
 
+_ML100K = Known((Remote("https://files.grouplens.org/datasets/movielens/ml-100k.zip", unpack="movielens",
+                        provides=tuple(f"movielens/ml-100k/{n}" for n in
+                                       ["u.data", "u.item", "u.user"] + [f"u{i}.{s}" for i in range(1, 6)
+                                                                         for s in ("base", "test")]),
+                        # GroupLens publishes no checksum of the zip: its ratings file is checked instead
+                        verify=(("ml-100k/u.data", "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"),)),))
+
 KNOWN: dict[str, Known] = {
+    "movielens": _ML100K,
+    "movielens-loo": _ML100K,
     "mnist": Known(tuple(Remote(_MNIST_URL + n, md5=m, dest=f"mnist/{n}") for n, m in _MNIST_MD5.items()),
                    ready=("mnist/mnist_train.npz", "mnist/mnist_test.npz")),
     "cifar10": Known((Remote("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
@@ -198,6 +212,63 @@ def extract_tar(archive: Path, into: Path) -> list[Path]:
                         f"it afresh.") from None
 
 
+def _unsafe_zip(m: zipfile.ZipInfo) -> str | None:
+    parts = PurePosixPath(m.filename.replace("\\", "/")).parts
+    if m.filename.startswith(("/", "\\")) or (parts and parts[0].endswith(":")):
+        return "an absolute path"
+    if ".." in parts:
+        return "a '..' component"
+    kind = (m.external_attr >> 16) & 0o170000  # unix mode bits, when the archive was made on unix
+    if kind and kind not in (0o100000, 0o040000):  # not a regular file or folder: a link or device
+        return "a link or special file"
+    return None
+
+
+def extract_zip(archive: Path, into: Path, verify: tuple[tuple[str, str], ...] = ()) -> list[Path]:
+    """Unpack a zip under ``into`` with :func:`extract_tar`'s safety (every member checked first:
+    no absolute paths, no ``..``, no links; files written to a temporary folder and moved into
+    place only when all are there) and return the files written. ``verify`` pairs member paths
+    with their sha256: a member that is missing or differs is refused, and nothing is left under
+    ``into``. Raises DataError naming the archive and the member."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+            for m in members:
+                why = _unsafe_zip(m)
+                if why:
+                    raise DataError(f"archive '{archive}' holds the member '{m.filename}' with {why}; nothing was "
+                                    f"unpacked. Delete the archive and download it again from the official address.")
+            files = [m for m in members if not m.is_dir()]
+            into.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=into))
+            try:
+                for m in files:
+                    out = tmp / m.filename
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(m) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst, _CHUNK)
+                for name, want in verify:
+                    if not (tmp / name).is_file():
+                        raise DataError(f"archive '{archive}' does not hold '{name}'; nothing was unpacked. Delete "
+                                        f"it and download it again from the official address.")
+                    bad = _mismatch(tmp / name, want, None)
+                    if bad:
+                        raise DataError(f"archive '{archive}': '{name}' is not the published file: its {bad}. "
+                                        f"Nothing was unpacked and the archive was deleted; run again to download "
+                                        f"it afresh, or check the address.")
+                done = []
+                for m in files:
+                    (into / m.filename).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp / m.filename, into / m.filename)
+                    done.append(into / m.filename)
+                return done
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as e:
+        raise DataError(f"archive '{archive}' cannot be unpacked ({e}). Delete it and run again to download "
+                        f"it afresh.") from None
+
+
 def ensure_dataset(name: str, root: str | Path) -> list[Path]:
     """Make the known files of dataset ``name`` present under ``root``, downloading what is missing,
     and return their paths. Names without downloads, and datasets already present in another
@@ -217,7 +288,14 @@ def ensure_dataset(name: str, root: str | Path) -> list[Path]:
                     archive = fetch(r.url, r.sha256, r.md5)
                 except DataError as e:
                     raise DataError(f"{e} (Or unpack the archive yourself under '{root / r.unpack}'.)") from None
-                extract_tar(archive, root / r.unpack)
+                if archive.suffix == ".zip":
+                    try:
+                        extract_zip(archive, root / r.unpack, r.verify)
+                    except DataError:
+                        archive.unlink(missing_ok=True)  # a bad download: the next try fetches it afresh
+                        raise
+                else:
+                    extract_tar(archive, root / r.unpack)
                 missing = [str(p.relative_to(root)) for p in wanted if not p.is_file()]
                 if missing:
                     raise DataError(f"archive '{archive}' from {r.url} did not hold {', '.join(missing)}. "
