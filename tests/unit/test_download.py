@@ -192,3 +192,42 @@ def test_known_downloads_carry_checksums():
             assert r.url.startswith("https://") and len(r.md5 or "") == 32
             assert bool(r.dest) != bool(r.unpack)
     assert D.KNOWN["shakespeare"].files[0].dest == "tinyshakespeare/input.txt"
+
+
+# ------------------------------------------------------------------ ml-100k.zip (synthetic, local)
+def _ml_zip(members: dict[str, bytes]) -> bytes:
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, body in members.items():
+            zf.writestr(name, body)
+    return buf.getvalue()
+
+
+def _ml_known(monkeypatch, url, sha):
+    files = ("movielens/ml-100k/u.data",)
+    known = D.Known((D.Remote(url + "ml-100k.zip", unpack="movielens", provides=files,
+                              verify=(("ml-100k/u.data", sha),)),))
+    monkeypatch.setitem(D.KNOWN, "movielens", known)
+
+
+def test_movielens_zip_download_verified(server, tmp_path, monkeypatch):
+    data = b"1\t1\t5\t1\n"
+    server.files["ml-100k.zip"] = _ml_zip({"ml-100k/u.data": data, "ml-100k/u.item": b"1|A|||x|" + b"0|" * 18 + b"0\n"})
+    _ml_known(monkeypatch, server.url, hashlib.sha256(data).hexdigest())
+    out = D.ensure_dataset("movielens", tmp_path / "root")
+    assert (tmp_path / "root/movielens/ml-100k/u.data").read_bytes() == data
+    assert out == [tmp_path / "root/movielens/ml-100k/u.data"]
+
+
+def test_movielens_zip_wrong_hash_and_slip_refused(server, tmp_path, monkeypatch):
+    server.files["ml-100k.zip"] = _ml_zip({"ml-100k/u.data": b"1\t1\t5\t1\n"})
+    _ml_known(monkeypatch, server.url, "0" * 64)
+    with pytest.raises(DataError, match="not the published file"):
+        D.ensure_dataset("movielens", tmp_path / "root")
+    assert not any((tmp_path / "root").rglob("u.data"))  # nothing half-written
+    assert not (tmp_path / "cache" / "ml-100k.zip").exists()  # the bad archive is not kept
+    server.files["ml-100k.zip"] = _ml_zip({"../evil.txt": b"x", "ml-100k/u.data": b"1\t1\t5\t1\n"})
+    with pytest.raises(DataError, match=r"'\.\.' component"):
+        D.ensure_dataset("movielens", tmp_path / "root")
+    assert not (tmp_path / "root" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
