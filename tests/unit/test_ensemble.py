@@ -13,7 +13,7 @@ from layerwise.tasks import create_task
 
 def test_members_train_apart_and_evaluate_as_their_mean():
     torch.manual_seed(0)
-    m = create_model("mlp", in_shape=(5,), num_classes=2, depth=2, width=8, ensemble=3)
+    m = create_model("mlp", in_shape=(5,), num_classes=2, depth=2, width=8, ensemble=3)  # any family takes it
     torch.manual_seed(0)
     single = create_model("mlp", in_shape=(5,), num_classes=2, depth=2, width=8)
     x = torch.randn(4, 5)
@@ -29,7 +29,7 @@ def test_members_train_apart_and_evaluate_as_their_mean():
     assert m.num_params() == sum(p.numel() for p in m.parameters()) == 3 * single.num_params()
     assert m.flops_per_example() == 3 * single.flops_per_example()
     assert create_model(**m.config).num_members == 3  # the saved config rebuilds an ensemble
-    with pytest.raises(ValueError, match="ensemble must be an int >= 1"):
+    with pytest.raises(ValueError, match="must be an int >= 1"):
         create_model("mlp", in_shape=(5,), num_classes=2, ensemble=0)
 
 
@@ -51,3 +51,16 @@ def test_member_loss_is_the_mean_of_each_members_loss(kind):
     if kind == "classify":
         ce = sum(F.cross_entropy(out[:, i], y, reduction="sum") for i in range(2)) / 2
         assert task.member_loss(out, y).item() == pytest.approx(ce.item(), rel=1e-6)
+
+
+def test_any_family_is_an_ensemble_and_data_initialization_reaches_every_member():
+    torch.manual_seed(0)
+    m = create_model("convnet", in_shape=(3, 16, 16), num_classes=4, ensemble=2)
+    assert m.num_members == 2 and hasattr(m, "init_from_data")
+    x = torch.randn(64, 3, 16, 16)
+    before = m.members[1].stem.weight.clone()
+    m.init_from_data(x)
+    assert torch.equal(m.members[0].stem.weight, m.members[1].stem.weight)  # the data's whitening in both
+    assert not torch.equal(before, m.members[1].stem.weight)
+    m.eval()
+    assert m(x[:3]).shape == (3, 4)

@@ -1,4 +1,5 @@
-"""An ensemble of M independently initialized copies of one model, trained side by side.
+"""An ensemble of M independently initialized copies of one model, trained side by side
+(``model.ensemble=M``, an argument of every family: ``create_model`` builds the members).
 
     training:   out = model(x)   (B, M, K)   one output per member; each member learns from its
                                              own loss (Task.member_loss), so members stay diverse
@@ -35,6 +36,18 @@ class Ensemble(Model):
         self.num_members = len(members)
         self.num_classes, self.num_features = members[0].num_classes, members[0].num_features
         self.in_shape = getattr(members[0], "in_shape", None)
+        if hasattr(members[0], "init_from_data"):  # e.g. convnet's whitening, ngram-bag's NB ratios
+            self.init_from_data = self._init_members_from_data
+
+    def _init_members_from_data(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+        """Each member's ``init_from_data`` on the same training sample."""
+        import inspect
+
+        for m in self.members:
+            if "targets" in inspect.signature(m.init_from_data).parameters:
+                m.init_from_data(x, targets=targets)
+            else:
+                m.init_from_data(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.forward_features(x) for m in self.members], 1)  # (B, M, num_features)

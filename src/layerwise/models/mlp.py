@@ -16,7 +16,6 @@ from torch import nn
 
 from ..nn import ACTIVATIONS, NORMS, Dense, Residual, dense_cost, unknown_choice_error
 from .base import Model
-from .ensemble import Ensemble
 from .registry import register_model
 
 __all__ = ["MLP", "mlp", "mlp_cost"]
@@ -107,8 +106,7 @@ def mlp(
     norm: str = "none",
     dropout: float = 0.0,
     residual: bool = False,
-    ensemble: int = 1,
-) -> MLP | Ensemble:
+) -> MLP:
     """MLP on inputs of any shape (flattened to prod(in_shape) features).
 
     Args:
@@ -118,15 +116,6 @@ def mlp(
         norm: norm of each pre-activation, one of `NORMS` ("none", "batch", "layer", "rms").
         dropout: inverted-dropout probability after each hidden activation.
         residual: wrap every hidden layer after the first as h + Dense(h).
-        ensemble: M > 1 trains M independently initialized MLPs side by side, each on its own
-            loss, and predicts their mean (`layerwise.models.ensemble`): M times the cost, and on
-            tables the strongest single lever (California housing: RMSE 48,337 -> see README).
     """
-    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
-        raise ValueError(f"mlp: ensemble must be an int >= 1 (members), got {ensemble!r}")
-
-    def member() -> MLP:
-        return MLP(in_shape=in_shape, num_classes=num_classes, depth=depth, width=width, activation=activation,
-                   norm=norm, dropout=dropout, residual=residual)
-
-    return member() if ensemble == 1 else Ensemble([member() for _ in range(ensemble)])
+    return MLP(in_shape=in_shape, num_classes=num_classes, depth=depth, width=width, activation=activation,
+               norm=norm, dropout=dropout, residual=residual)

@@ -232,6 +232,10 @@ class Trainer:
             args["vocab_size"] = text["vocab_size"]  # the data's vocabulary (plus padding) sizes the embedding
         self.model = build_model(self.cfg.model.name, self.info.in_shape, self.task.num_outputs, args, self.device)
         self.members = getattr(self.model, "num_members", 1)  # an ensemble returns (B, M, K) in training
+        if self.members > 1 and self.info.task == "lm":
+            from layerwise.config import ConfigError
+            raise ConfigError(f"model.ensemble={self.members}: an ensemble of language models cannot generate text "
+                              f"(sampling needs one model's next-token distribution). Set model.ensemble=1.")
         if hasattr(self.model, "init_from_data") and self._x_train is not None and not resume:
             # e.g. convnet's patch-whitening layer (airbench), ngram-bag's naive-Bayes weights; a
             # resumed run loads them instead
