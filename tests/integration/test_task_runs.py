@@ -246,3 +246,17 @@ def test_task_settings_that_do_not_fit_are_refused(tmp_path):
     out = lw("train", "--data.name=diabetes", "--data.mixup=0.2", "--train.max_steps=1", *Q, f"--run.dir={tmp_path / 'c'}")
     assert out.returncode == 2 and "Traceback" not in out.stderr and not (tmp_path / "c").exists()
     assert math.isfinite(1.0)
+
+
+def test_an_ensemble_trains_each_member_and_its_model_file_predicts_their_mean(tmp_path):
+    args = ("--data.name=diabetes", "--model.name=mlp", "--model.width=32", "--train.epochs=20")
+    t = _trainer(tmp_path, *args, "--model.ensemble=4")
+    s = t.fit()
+    assert t.model.num_members == 4 and s["params"] == 4 * _trainer(tmp_path, *args).model.num_params()
+    y = torch.cat([t.train_loader.y, t.test_loader.y]).double()
+    assert s["test_rmse"] < 0.85 * float(y.std())
+    members = [m for m in t.model.members]  # no two members alike: each learned from its own loss
+    assert not torch.allclose(members[0].fc.weight, members[1].fc.weight)
+    from layerwise.train.inference import evaluate_run
+
+    assert evaluate_run(s["run_dir"])["test_rmse"] == pytest.approx(s["test_rmse"], rel=1e-6)

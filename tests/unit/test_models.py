@@ -269,6 +269,7 @@ def test_model_args() -> None:
         "norm": "none",
         "dropout": 0.0,
         "residual": False,
+        "ensemble": 1,  # every family's (models/ensemble.py)
     }
     assert model_args("resnet") == model_args("resnet8")
     assert model_args("resnet110")["layers"] == (18, 18, 18)

@@ -32,11 +32,11 @@ from layerwise.nn.transformer import TransformerBlock
 
 def blocks_of(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks of a model: its TransformerBlocks, else the entries of ``model.blocks``
-    (or ``model.layers``) when it has such a list, else none."""
+    (or ``model.layers``, or an ensemble's ``members``) when it has such a list, else none."""
     found = [m for m in model.modules() if isinstance(m, TransformerBlock)]
     if found:
         return found
-    for name in ("blocks", "layers"):
+    for name in ("blocks", "layers", "members"):  # an ensemble: one shard unit per member
         seq = getattr(model, name, None)
         if isinstance(seq, (nn.ModuleList, nn.Sequential)):
             return [m for m in seq if any(p.requires_grad for p in m.parameters())]

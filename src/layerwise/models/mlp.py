@@ -117,13 +117,5 @@ def mlp(
         dropout: inverted-dropout probability after each hidden activation.
         residual: wrap every hidden layer after the first as h + Dense(h).
     """
-    return MLP(
-        in_shape=in_shape,
-        num_classes=num_classes,
-        depth=depth,
-        width=width,
-        activation=activation,
-        norm=norm,
-        dropout=dropout,
-        residual=residual,
-    )
+    return MLP(in_shape=in_shape, num_classes=num_classes, depth=depth, width=width, activation=activation,
+               norm=norm, dropout=dropout, residual=residual)

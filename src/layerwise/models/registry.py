@@ -8,7 +8,8 @@
 A factory's keyword-only arguments with their defaults are the model's whole configuration
 surface: `model_args(name)` lists them, `create_model` rejects any other key (naming the closest
 valid one) and any value whose type does not match the default's, so a mistyped option is never
-silently ignored.
+silently ignored. Every family also takes ``ensemble=M``: M independently initialized members
+trained side by side, evaluated as their mean (`layerwise.models.ensemble.Ensemble`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 from ..nn import unknown_choice_error
 from .base import Model
+from .ensemble import Ensemble
 
 __all__ = ["create_model", "list_models", "model_arg_types", "model_args", "register_model"]
 
@@ -28,6 +30,7 @@ Factory = TypeVar("Factory", bound=Callable[..., Model])
 
 _MODELS: dict[str, Callable[..., Model]] = {}
 _REQUIRED = ("in_shape", "num_classes")
+ENSEMBLE = "ensemble"  # an argument of every family: the number of members (models/ensemble.py)
 
 
 def register_model(name: str) -> Callable[[Factory], Factory]:
@@ -70,9 +73,10 @@ def _factory(name: str) -> Callable[..., Model]:
 
 def model_args(name: str) -> dict[str, Any]:
     """Valid override keys of model `name` -> their default values (in_shape and num_classes
-    excluded). Tuple-valued arguments also accept lists."""
+    excluded). Tuple-valued arguments also accept lists. Every family also takes ``ensemble``
+    (default 1): M > 1 builds M independently initialized members (`layerwise.models.ensemble`)."""
     params = inspect.signature(_factory(name)).parameters
-    return {k: p.default for k, p in params.items() if k not in _REQUIRED}
+    return {**{k: p.default for k, p in params.items() if k not in _REQUIRED}, ENSEMBLE: 1}
 
 
 def model_arg_types(name: str) -> dict[str, Any]:
@@ -124,9 +128,17 @@ def create_model(name: str, *, in_shape: Sequence[int], num_classes: int, **over
     """
     factory = _factory(name)
     defaults = model_args(name)
-    args = dict(defaults)
+    members = overrides.pop(ENSEMBLE, 1)
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"model {name!r}: argument 'ensemble' (members) must be an int >= 1, got {members!r}")
+    if members > 1:  # M members of the family, each built (and initialized) as the model alone would be
+        model = Ensemble([create_model(name, in_shape=in_shape, num_classes=num_classes, **overrides)
+                          for _ in range(members)])
+        model.config = {**model.members[0].config, ENSEMBLE: members}
+        return model
+    args = {k: v for k, v in defaults.items() if k != ENSEMBLE}
     for key, value in overrides.items():
-        if key not in defaults:
+        if key not in args:
             raise unknown_choice_error(f"{name} argument", key, defaults)
         args[key] = _check_value(name, key, value, defaults[key])
     shape = tuple(in_shape)

@@ -53,6 +53,14 @@ class Task:
     def fit(self, y_train: torch.Tensor | None) -> None:
         """Prepare the targets from the training split (nothing by default)."""
 
+    def member_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """An ensemble's training outputs (B, M, ...) with targets (B, ...) -> the mean over its M
+        members of each member's :meth:`loss` (summed over the batch's targets, like
+        :meth:`loss`): every member learns as if it were alone (Lakshminarayanan et al. 2017),
+        rather than the mean of their outputs fitting the targets, which would tie them together."""
+        M = out.shape[1]
+        return self.loss(out.flatten(0, 1), y.repeat_interleave(M, 0)) / M  # (B*M, ...) member-minor
+
     def check_eval(self, y_eval: torch.Tensor | None) -> list[str]:
         """Warnings about the evaluated split's targets that make a metric or the loss misleading
         (none by default)."""

@@ -237,6 +237,11 @@ class Trainer:
             if key in accepted and not args.get(key):
                 args[key] = tuple(value) if isinstance(accepted[key], tuple) else value
         self.model = build_model(self.cfg.model.name, self.info.in_shape, self.task.num_outputs, args, self.device)
+        self.members = getattr(self.model, "num_members", 1)  # an ensemble returns (B, M, K) in training
+        if self.members > 1 and self.info.task == "lm":
+            from layerwise.config import ConfigError
+            raise ConfigError(f"model.ensemble={self.members}: an ensemble of language models cannot generate text "
+                              f"(sampling needs one model's next-token distribution). Set model.ensemble=1.")
         if hasattr(self.model, "init_from_data") and self._x_train is not None and not resume:
             # e.g. convnet's patch-whitening layer (airbench), ngram-bag's naive-Bayes weights; a
             # resumed run loads them instead
@@ -346,7 +351,10 @@ class Trainer:
                             out = self.forward(x)
                         # the task's loss summed over the micro-batch's targets, divided by all of the
                         # step's: exact gradient accumulation for any split (and equal splits per rank)
-                        loss_sum = self.task.loss(out, y)
+                        if self.members > 1:  # an ensemble: each member on its own loss, metrics of their mean
+                            loss_sum, out = self.task.member_loss(out, y), out.mean(1)
+                        else:
+                            loss_sum = self.task.loss(out, y)
                         loss = loss_sum / n
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                     step_loss += loss_sum.detach()
