@@ -33,6 +33,11 @@ class Ensemble(Model):
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         self.members = nn.ModuleList(members)
+        for m in members:
+            # a member that applies a penalty in backward (mf, neumf) scales it by its share of the
+            # training loss, which Task.member_loss makes 1/M: penalty and data term keep their ratio
+            if hasattr(m, "loss_share"):
+                m.loss_share = 1.0 / len(members)
         self.num_members = len(members)
         self.num_classes, self.num_features = members[0].num_classes, members[0].num_features
         self.in_shape = getattr(members[0], "in_shape", None)

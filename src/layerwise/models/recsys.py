@@ -17,6 +17,13 @@ adds ``l2 * row / B`` to each looked-up row's gradient, exactly the gradient of
 ``l2 * mean_b(|row_b|^2) / 2`` added to a per-example mean loss. Index 0 ("unknown") is
 ``padding_idx``: zero and never updated, so an unseen user or item predicts from the biases of the
 other side (the "prior").
+
+In an ensemble (``model.ensemble=M``) each member's data term reaches it scaled by 1/M
+(Task.member_loss is the mean of the members' losses), so :class:`~layerwise.models.ensemble.Ensemble`
+sets each member's ``loss_share`` to 1/M and the in-backward penalty is scaled by it: a member
+then trains exactly as it would alone, up to a common factor that Adam removes. Without that, the
+penalty would weigh M times more in each member (measured: ensemble=5 of the recipe's mf fell from
+0.922 to 0.955 test RMSE on fold u1, the biases-only level).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class MatrixFactorization(Model):
                              f"{bias_l2}")
         self.num_users, self.num_items, self.dim = num_users, num_items, dim
         self.l2, self.bias_l2 = float(l2), float(bias_l2)
+        self.loss_share = 1.0  # this model's weight in the training loss; 1/M in an ensemble of M
         nu, ni = max(num_users, 1), max(num_items, 1)
         self.user_factors = nn.Embedding(nu, dim, padding_idx=0)  # P (U, D)
         self.item_factors = nn.Embedding(ni, dim, padding_idx=0)  # Q (I, D)
@@ -92,8 +100,9 @@ class MatrixFactorization(Model):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_ids("mf", x, self.num_users, self.num_items)
         u, i = x[:, 0], x[:, 1]  # (B,), (B,)
-        p, q = _lookup(self.user_factors, u, self.l2), _lookup(self.item_factors, i, self.l2)  # (B, D)
-        b = _lookup(self.user_bias, u, self.bias_l2) + _lookup(self.item_bias, i, self.bias_l2)  # (B, 1)
+        l2, bias_l2 = self.l2 * self.loss_share, self.bias_l2 * self.loss_share
+        p, q = _lookup(self.user_factors, u, l2), _lookup(self.item_factors, i, l2)  # (B, D)
+        b = _lookup(self.user_bias, u, bias_l2) + _lookup(self.item_bias, i, bias_l2)  # (B, 1)
         return self.global_bias + b + (p * q).sum(1, keepdim=True)  # (B, 1)
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -144,6 +153,7 @@ class NeuMF(Model):
         super().__init__()
         self.num_users, self.num_items, self.dim, self.l2 = num_users, num_items, dim, float(l2)
         self.n_user_features, self.feature_sizes = n_user_features, tuple(feature_sizes)
+        self.loss_share = 1.0  # as MatrixFactorization's
         nu, ni = max(num_users, 1), max(num_items, 1)
         self.user_factors = nn.Embedding(nu, dim, padding_idx=0)  # GMF P (U, D)
         self.item_factors = nn.Embedding(ni, dim, padding_idx=0)  # GMF Q (I, D)
@@ -175,12 +185,12 @@ class NeuMF(Model):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_ids("neumf", x, self.num_users, self.num_items, 2 + len(self.feature_sizes))
-        u, i = x[:, 0], x[:, 1]
-        gmf = _lookup(self.user_factors, u, self.l2) * _lookup(self.item_factors, i, self.l2)  # (B, D)
-        side = [_lookup(t, x[:, 2 + k], self.l2) for k, t in enumerate(self.features)]  # F x (B, D)
+        u, i, l2 = x[:, 0], x[:, 1], self.l2 * self.loss_share
+        gmf = _lookup(self.user_factors, u, l2) * _lookup(self.item_factors, i, l2)  # (B, D)
+        side = [_lookup(t, x[:, 2 + k], l2) for k, t in enumerate(self.features)]  # F x (B, D)
         k = self.n_user_features
-        hu = _lookup(self.user_tower, u, self.l2) + sum(side[:k])  # (B, D) user tower
-        hi = _lookup(self.item_tower, i, self.l2) + sum(side[k:])  # (B, D) item tower (genre flags summed)
+        hu = _lookup(self.user_tower, u, l2) + sum(side[:k])  # (B, D) user tower
+        hi = _lookup(self.item_tower, i, l2) + sum(side[k:])  # (B, D) item tower (genre flags summed)
         h = torch.cat([hu, hi], 1)  # (B, 2D)
         for block in self.blocks:
             h = block(h)  # (B, width)
