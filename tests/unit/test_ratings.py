@@ -135,3 +135,46 @@ def test_leave_one_out_and_negatives():
     assert not set(neg[0]) & {0, 1, 2} and not set(neg[1]) & {0, 5}
     assert all(len(set(r)) == 5 for r in neg)
     assert (neg == sample_negatives(np.array([1, 2]), {1: {1, 2}, 2: {5}}, 10, 5, seed=3)).all()
+
+
+def test_autorec_forward_by_hand_and_its_ratings_travel_with_the_weights():
+    torch.manual_seed(0)
+    m = create_model("autorec", in_shape=(24,), num_classes=1, num_users=4, num_items=5, hidden=3, l2=10.0)
+    x_train = torch.tensor([[1, 2], [3, 2], [2, 4], [0, 1]])  # the last row: an unknown user, left out of R
+    m.init_from_data(x_train, targets=torch.tensor([[4.0], [2.0], [5.0], [3.0]]))
+    R = torch.zeros(5, 4)
+    R[2, 1], R[2, 3], R[4, 2] = 4.0, 2.0, 5.0
+    assert torch.equal(m.ratings, R) and m.train_ratings == 3
+    with torch.no_grad():
+        m.global_bias.fill_(0.5)
+        m.decoder_bias.normal_()
+        x = torch.tensor([[3, 2], [1, 4], [0, 4], [2, 0]])
+        out = m(x)
+    W, b, V, c = m.encoder.weight, m.encoder.bias, m.decoder, m.decoder_bias
+    for row, (u, i) in enumerate([(3, 2), (1, 4)]):
+        want = 0.5 + V[u] @ torch.sigmoid(W @ R[i] + b) + c[u]
+        assert float(out[row, 0]) == pytest.approx(float(want), abs=1e-6)
+    assert out[2:, 0].tolist() == [0.5, 0.5]  # an unknown user or item: mu
+    # lambda / 2 |W|^2 per training rating: the gradient lambda / N * W beside the data term
+    m.zero_grad()
+    m(x).sum().mul(0).backward()
+    assert torch.allclose(m.encoder.weight.grad, 10.0 / 3 * W.detach())
+    # the rating vectors are a buffer: a model rebuilt from its config and state predicts the same
+    again = create_model(**m.config)
+    again.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(x), out)
+    with pytest.raises(ValueError, match="needs targets"):
+        m.init_from_data(x_train)
+
+
+def test_ensemble_members_scale_their_penalty_by_their_loss_share():
+    x = torch.tensor([[1, 1], [1, 2]])
+    for name, kw in [("mf", {"dim": 2, "l2": 0.5}), ("autorec", {"hidden": 2, "l2": 3.0})]:
+        one = create_model(name, in_shape=(2,), num_classes=1, num_users=3, num_items=3, **kw)
+        ens = create_model(name, in_shape=(2,), num_classes=1, num_users=3, num_items=3, ensemble=4, **kw)
+        assert one.loss_share == 1.0 and all(m.loss_share == 0.25 for m in ens.members)
+    m = ens.members[0] if name == "mf" else create_model("mf", in_shape=(2,), num_classes=1, num_users=3,
+                                                           num_items=3, dim=2, l2=0.5, ensemble=4).members[0]
+    m(x).sum().mul(0).backward()  # Task.member_loss weighs each member 1/M: so does its penalty
+    assert torch.allclose(m.user_factors.weight.grad[1], 0.25 * 0.5 * 2 * m.user_factors.weight[1].detach() / 2)

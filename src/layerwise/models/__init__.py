@@ -8,13 +8,14 @@
 from .base import Model
 from .convnet import ConvNet, convnet_cost
 from .mlp import MLP, mlp_cost
-from .recsys import MatrixFactorization, NeuMF
+from .recsys import AutoRec, MatrixFactorization, NeuMF
 from .registry import create_model, list_models, model_arg_types, model_args, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet_cost
 from .text import NGramBag, TextTransformer
 from .transformer import GPT, ViT
 
 __all__ = [
+    "AutoRec",
     "GPT",
     "MatrixFactorization",
     "NeuMF",

@@ -1,4 +1,4 @@
-"""Recommenders over (user, item) index pairs: biased matrix factorization and a neural two-tower model.
+"""Recommenders over (user, item) index pairs: biased matrix factorization, a neural two-tower model, an autoencoder.
 
 Inputs are the rows of a ratings source (layerwise.data.ratings), int64 (B, C): column 0 the user
 index, 1 the item index (0 = a user or item the training split did not hold), then categorical side
@@ -7,6 +7,7 @@ features (age bucket, gender, occupation, the genre flags). The output is (B, 1)
 
     mf     r_hat = mu + b_u + b_i + p_u . q_i                  (Koren, Bell & Volinsky 2009)
     neumf  r_hat = mu + b_u + b_i + h(GMF(p_u, q_i) ++ MLP(u_tower, i_tower))   (He et al. 2017)
+    autorec r_hat = V_u . sigmoid(W r_i + b) + c_u, r_i item i's training ratings  (Sedhain et al. 2015)
 
 Regularization: the classical L2 penalty of matrix factorization is per rating,
 lambda * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2) for every (u, i) in the batch (Koren et al. 2009,
@@ -34,7 +35,7 @@ from torch import nn
 from .base import Model
 from .registry import register_model
 
-__all__ = ["MatrixFactorization", "NeuMF", "mf", "neumf"]
+__all__ = ["AutoRec", "MatrixFactorization", "NeuMF", "autorec", "mf", "neumf"]
 
 
 class _RowL2(torch.autograd.Function):
@@ -233,3 +234,106 @@ def neumf(*, in_shape: tuple[int, ...], num_classes: int, num_users: int = 0, nu
                          f"{num_classes}")
     return NeuMF(num_users=num_users, num_items=num_items, feature_sizes=feature_sizes, dim=dim, width=width,
                  depth=depth, dropout=dropout, init_std=init_std, l2=l2, n_user_features=n_user_features)
+
+
+class _FullL2(torch.autograd.Function):
+    """Identity in forward; backward adds ``c * w``: the gradient of ``c |w|^2 / 2`` for a weight
+    that every example uses (AutoRec's lambda / 2 |W|^2, per rating of the training set)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, c: float) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        ctx.c = c
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (w,) = ctx.saved_tensors
+        return g + ctx.c * w, None
+
+
+class AutoRec(Model):
+    """Item-based autoencoder (I-AutoRec); see :func:`autorec`.
+
+    forward: x (B, >= 2) int64 -> (B, 1). Item i's vector of training ratings r_i (U,) (stars,
+    0 = not rated; buffer ``ratings`` (I, U) set by :meth:`init_from_data`) is encoded,
+    h = sigmoid(W r_i + b) (B, H), and decoded at user u only: out = mu + V_u . h + c_u. An
+    unknown user or item (index 0) predicts mu, the training mean.
+    """
+
+    def __init__(self, *, num_users: int, num_items: int, hidden: int, l2: float) -> None:
+        super().__init__()
+        if hidden < 1 or l2 < 0:
+            raise ValueError(f"autorec needs hidden >= 1 and l2 >= 0; got {hidden}, {l2}")
+        self.num_users, self.num_items, self.hidden, self.l2 = num_users, num_items, hidden, float(l2)
+        nu, ni = max(num_users, 1), max(num_items, 1)
+        self.encoder = nn.Linear(nu, hidden)  # W (H, U), b (H,)
+        self.decoder = nn.Parameter(torch.empty(nu, hidden))  # V (U, H): user u's output row
+        self.decoder_bias = nn.Parameter(torch.zeros(nu))  # c (U,)
+        self.global_bias = nn.Parameter(torch.zeros(1))  # mu
+        nn.init.uniform_(self.decoder, -hidden ** -0.5, hidden ** -0.5)  # nn.Linear(H, U)'s init
+        self.register_buffer("ratings", torch.zeros(ni, nu))  # R (I, U) stars, 0 = unrated
+        self.train_ratings = 1  # N, the training ratings: lambda / N per rating (set from the data)
+        self.loss_share = 1.0  # this model's weight in the training loss; 1/M in an ensemble of M
+        self.num_classes, self.num_features = 1, hidden
+        self.fc = nn.Identity()
+
+    def init_from_data(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> None:
+        """R from the training rows x (N, >= 2) and their ratings ``targets`` (N, 1) in stars."""
+        _check_ids("autorec", x, self.num_users, self.num_items)
+        if targets is None or len(targets) != len(x):
+            raise ValueError("autorec builds each item's rating vector from the training ratings: init_from_data "
+                             "needs targets (N, 1) in stars beside the rows x (N, >= 2)")
+        u, i = x[:, 0].long().cpu(), x[:, 1].long().cpu()
+        ok = (u > 0) & (i > 0) & (u < self.num_users) & (i < self.num_items)
+        r = torch.zeros_like(self.ratings, device="cpu")
+        r[i[ok], u[ok]] = targets.reshape(-1).float().cpu()[ok]
+        self.ratings.copy_(r)
+        self.train_ratings = max(int(ok.sum()), 1)
+        with torch.no_grad():  # start the output at the mean rating of the training split (standardized: ~0)
+            self.global_bias.zero_()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        _check_ids("autorec", x, self.num_users, self.num_items)
+        u, i = x[:, 0], x[:, 1]  # (B,), (B,)
+        c = self.l2 * self.loss_share / self.train_ratings
+        w, v = self.encoder.weight, self.decoder
+        if c and torch.is_grad_enabled():
+            w, v = _FullL2.apply(w, c), _FullL2.apply(v, c)
+        items, where = torch.unique(i, return_inverse=True)  # encode each distinct item once
+        h = torch.sigmoid(nn.functional.linear(self.ratings[items], w, self.encoder.bias))[where]  # (B, H)
+        out = (h * v[u]).sum(1) + self.decoder_bias[u]  # (B,)
+        known = ((u > 0) & (i > 0)).to(out.dtype)
+        return self.global_bias + (known * out)[:, None]  # (B, 1)
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return feats
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_example(self) -> int:
+        return 2 * self.hidden * (self.num_users + 1)  # encoder matvec and the decoder row
+
+
+@register_model("autorec")
+def autorec(*, in_shape: tuple[int, ...], num_classes: int, num_users: int = 0, num_items: int = 0,
+            hidden: int = 500, l2: float = 100.0) -> AutoRec:
+    """I-AutoRec (Sedhain, Menon, Sanner & Xie 2015, "AutoRec: Autoencoders Meet Collaborative
+    Filtering", WWW): each item's vector of observed ratings r_i (one entry per user) through a
+    one-hidden-layer autoencoder, h(r_i) = V sigmoid(W r_i + b) + c, trained on the observed
+    entries only; the rating of (u, i) is entry u of h(r_i). Trained here one rating at a time:
+    a batch of (u, i) rows encodes each item's row and decodes only column u, which is the
+    paper's masked loss sampled by rating. Regression output (num_classes must be 1); the
+    encoder reads stars, the output is in the task's (standardized) units.
+
+    Args:
+        num_users, num_items: table sizes including the reserved index 0; from the dataset.
+        hidden: H, the hidden units (the paper's 500).
+        l2: lambda of the paper's lambda / 2 (|W|^2 + |V|^2) added to the sum of squared errors
+            over the training ratings; applied per rating as lambda / N (N training ratings).
+    """
+    if num_classes != 1:
+        raise ValueError(f"autorec predicts one rating per (user, item) pair (task regress); got num_classes="
+                         f"{num_classes}")
+    return AutoRec(num_users=num_users, num_items=num_items, hidden=hidden, l2=l2)

@@ -311,6 +311,9 @@ class Trainer:
         weights from the data: up to 5000 tensors spread evenly over the split (every class), or
         every training sequence of a text dataset (padded)."""
         x, y = self._x_train, self._y_train
+        if self.info.extra.get("inputs") == "indices" and isinstance(x, torch.Tensor):
+            # rows of indices (a ratings source): every row, e.g. autorec's rating vector of each item
+            return x.to(self.device), y.to(self.device)
         if self._transform is None:  # token sequences
             from layerwise.data.textclass import pad_batch
             return pad_batch([x[i] for i in range(len(x))], self.device), y.to(self.device)
