@@ -12,8 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from layerwise.models import GPT, MLP, ResNet, create_model, list_models, model_args, register_model
 from layerwise.nn import NORMS, TRANSFORMER_NORMS, Dense, Residual, SelfAttention
 
-# recommenders take (user, item) index rows and predict one rating: tested in test_recsys.py
-RECSYS = {"mf", "neumf"}
+# recommenders take (user, item) index rows and predict one rating: tested in test_ratings.py
+RECSYS = {"mf", "neumf", "autorec"}
 ALL_MODELS = [m for m in list_models() if m not in RECSYS]
 TEXT = {"text-transformer", "ngram-bag"}  # text classifiers: padded token ids, a vocabulary from the data
 
