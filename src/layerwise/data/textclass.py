@@ -129,7 +129,7 @@ class SequenceLoader:
     def batches(self) -> list[torch.Tensor]:
         """This epoch's batches of example indices, in the order they are yielded."""
         order, B = self._rank_order(), self.batch_size
-        if not self.shuffle:
+        if not self.shuffle or not self.bucket_by_length:
             cut = [order[i:i + B] for i in range(0, len(order), B)]
         else:
             cut = []
@@ -148,11 +148,15 @@ class SequenceLoader:
         batches = self.batches()
         while self.position < len(batches):
             idx = batches[self.position]
-            x = pad_batch([self.x[int(i)] for i in idx], self.device)
+            x = self.collate(idx)
             y = self.y[idx].to(self.device, non_blocking=True)
             self.position += 1
             yield x, y
         self.epoch, self.position = self.epoch + 1, 0
+
+    def collate(self, idx: torch.Tensor) -> torch.Tensor:
+        """Examples ``idx`` as one batch on the device: (B, T) token ids padded to the longest."""
+        return pad_batch([self.x[int(i)] for i in idx], self.device)
 
     def evaluation_view(self, batch_size: int) -> SequenceLoader:
         """The same examples in order, whole on every rank, at epoch 0 (for evaluation)."""

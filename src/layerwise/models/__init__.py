@@ -8,6 +8,7 @@
 from .base import Model
 from .convnet import ConvNet, convnet_cost
 from .mlp import MLP, mlp_cost
+from .mpnn import MPNN, mpnn_cost
 from .registry import create_model, list_models, model_arg_types, model_args, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet_cost
 from .text import NGramBag, TextTransformer
@@ -16,6 +17,7 @@ from .transformer import GPT, ViT
 __all__ = [
     "GPT",
     "MLP",
+    "MPNN",
     "NGramBag",
     "TextTransformer",
     "BasicBlock",
@@ -28,6 +30,7 @@ __all__ = [
     "create_model",
     "list_models",
     "mlp_cost",
+    "mpnn_cost",
     "model_arg_types",
     "model_args",
     "register_model",
