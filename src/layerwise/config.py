@@ -54,7 +54,7 @@ class DataConfig:
                    "text, text-classes, shakespeare, fsdd, wav-folder, molecules (README: Data)")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
-    path: str = _f("", "file or folder read by image-folder, csv, text and wav-folder "
+    path: str = _f("", "file or folder read by image-folder, csv, text, wav-folder and molecules "
                    "(relative to data.root, or absolute)")
     download: bool = _f(False, "download a missing dataset into data.root (checksummed; mnist, cifar10, shakespeare)")
     on_error: str = _f("refuse", "an unreadable or corrupt file: refuse (stop before training) or skip (warn, drop it)")
