@@ -86,8 +86,12 @@ class SequenceLoader:
     epoch, split over ranks as DistributedSampler does). Training (``shuffle``) sorts runs of
     ``_BUCKET`` batches' examples by length before cutting them into batches, then shuffles the
     batches (seeded by seed and epoch): similar lengths pad less, and a resumed loader rebuilds
-    the same batches from (epoch, position). Evaluation keeps the order and cuts it in turn.
+    the same batches from (epoch, position). Evaluation keeps the order and cuts it in turn. A
+    subclass for other variable-size examples (molecular graphs: layerwise.data.molecules.GraphLoader)
+    overrides :meth:`collate` and may turn the length bucketing off (``bucket_by_length``).
     """
+
+    bucket_by_length = True  # sort runs of examples by length before batching (less padding)
 
     def __init__(self, x: SequenceSet, y: torch.Tensor, batch_size: int, device: torch.device | str = "cpu", *,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
