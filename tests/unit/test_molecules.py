@@ -203,3 +203,13 @@ def test_predict_encoding_matches_training_and_refuses_bad_smiles(tmp_path):
         encode_smiles(["CCO", "C1CC"], ds.info)
     with pytest.raises(DataError, match="is empty"):
         encode_smiles([" "], ds.info)
+
+
+def test_folds_partition_the_molecules_and_scaffold_refuses_them(tmp_path):
+    tests = [_load(tmp_path, folds=4, fold=k).y_test.flatten().tolist() for k in range(4)]
+    assert [len(t) for t in tests] == [5] * 4  # no validation part is held out with folds
+    y_all = sorted(float(r.split(",")[2]) for r in open(_csv(tmp_path)).read().split()[1:])
+    assert sorted(v for t in tests for v in t) == pytest.approx(y_all)  # the folds partition all 20
+    assert _load(tmp_path, folds=4, fold=1).source["split"].startswith("fold 1 of 4")
+    with pytest.raises(ConfigError, match="scaffold"):
+        _load(tmp_path, folds=4, split="scaffold")
