@@ -59,7 +59,7 @@ def forest(root: str, split: str, seed: int) -> dict:
     rmse = float(np.sqrt(np.mean((rf.predict(xte) - yte) ** 2)))
     return {"rf_rmse": rmse, "rf_seconds": round(time.perf_counter() - t0, 1),
             "train_mean_rmse": float(np.sqrt(np.mean((ytr.mean() - yte) ** 2))),
-            "train": len(ytr), "test": len(yte), "split": ds.source["split"]}
+            "train": len(ytr), "test": len(yte), "split_how": ds.source["split"]}
 
 
 def main() -> None:
@@ -69,10 +69,19 @@ def main() -> None:
     ap.add_argument("--splits", nargs="+", default=["random", "scaffold"])
     ap.add_argument("--mpnn", nargs="*", default=[], help="overrides for the recipe")
     ap.add_argument("--out", default="")
+    ap.add_argument("--summarize", default="", metavar="LOG",
+                    help="only summarize the JSON rows a run printed (one per line) into the table and --out")
     args = ap.parse_args()
     import layerwise
 
     rows, t_all = [], time.perf_counter()
+    if args.summarize:
+        rows = [json.loads(line) for line in open(args.summarize) if line.startswith("{")]
+        for r in rows:  # rows printed before the split's name and its description had separate keys
+            how = r.pop("split_how", None) or r["split"]
+            r["split"], r["split_how"] = ("scaffold" if "scaffold" in how else "random"), how
+        args.splits = [s for s in args.splits if any(r["split"] == s for r in rows)]
+        return report(args, rows, sum(r["mpnn_seconds"] + r["mlp_seconds"] + r["rf_seconds"] for r in rows))
     with tempfile.TemporaryDirectory() as tmp:
         for split in args.splits:
             for seed in range(args.seeds):
@@ -90,6 +99,11 @@ def main() -> None:
                        "mlp_seconds": round(t2 - t1, 1), **forest(args.data_root, split, seed)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    report(args, rows, time.perf_counter() - t_all)
+
+
+def report(args: argparse.Namespace, rows: list[dict], wall_seconds: float) -> None:
+    """Print the table of means and standard deviations over the seeds; write the JSON."""
     summary = {}
     for split in args.splits:
         for k in ("mpnn_rmse", "mlp_rmse", "rf_rmse", "train_mean_rmse"):
@@ -105,7 +119,7 @@ def main() -> None:
     res = {"benchmark": "esol", "protocol": "MoleculeNet: 80/10/10, test RMSE at the end of a fixed schedule, "
            "validation part unused; random: seed = data.split_seed = train.seed; scaffold: deterministic split",
            "mpnn_overrides": args.mpnn, "mlp_overrides": MLP, "rows": rows, "summary": summary,
-           "wall_seconds": round(time.perf_counter() - t_all, 1),
+           "wall_seconds": round(wall_seconds, 1),
            "reference": "MoleculeNet (Wu et al. 2018), random split: MPNN 0.58, GC 0.97, RF 1.07",
            "env": environment()}
     if args.out:
