@@ -62,7 +62,7 @@ def test_models_learn_a_structural_target(tmp_path, model, featurize):
         ["--model.width=128"]
     t = _trainer(tmp_path, f"--data.path={_tiny_csv(tmp_path)}", f"--data.featurize={featurize}", f"--model.name={model}",
                  *args, "--data.batch_size=16", "--train.epochs=25", "--optim.lr=0.003", "--optim.schedule=cosine",
-                 "--train.log_every=6", "--data.val_fraction=0.2", "--data.valid_fraction=0.0")
+                 "--train.log_every=4", "--data.val_fraction=0.2", "--data.valid_fraction=0.0")
     s = t.fit()
     losses = _losses(s["run_dir"])
     assert losses[-1] < 0.3 * losses[0]
@@ -80,8 +80,8 @@ def test_esol_slice_beats_the_training_mean_and_predicts_smiles(tmp_path):
     root = require_data(ESOL)
     t = _trainer(tmp_path, f"--data.root={root}", f"--data.path={ESOL}", f"--data.target=[{TARGET}]",
                  "--data.descriptors=true", "--model.name=mpnn", "--model.hidden=64", "--model.ffn_width=64",
-                 "--data.train_subset=400", "--data.batch_size=50", "--train.epochs=12", "--optim.lr=0.002",
-                 "--optim.schedule=cosine", "--train.log_every=4")
+                 "--data.train_subset=300", "--data.batch_size=50", "--train.epochs=8", "--optim.lr=0.002",
+                 "--optim.schedule=cosine", "--train.log_every=3")
     s = t.fit()
     losses = _losses(s["run_dir"])
     assert losses[-1] < 0.5 * losses[0]
