@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--data-root", default="", help="override the data root saved in the run's config")
 
-    pr = sub.add_parser("predict", help="predictions for images, .npy arrays, .wav files, CSV rows or lines of text")
+    pr = sub.add_parser("predict", help="predictions for images, .npy arrays, .wav files, CSV rows, lines of text, or "
+                                              "SMILES strings for a molecules model")
     pr.add_argument("run_dir")
     pr.add_argument("inputs", nargs="*", metavar="INPUT")
     pr.add_argument("--user", metavar="ID", help="a ratings run: the top-k items this user (id as in the ratings "

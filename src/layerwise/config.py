@@ -51,10 +51,10 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = _f("digits", "dataset: digits, breast-cancer, diabetes (built in), mnist, cifar10, image-folder, csv, "
-                   "text, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo (README: Data)")
+                   "text, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo, molecules (README: Data)")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
-    path: str = _f("", "file or folder read by image-folder, csv, text and wav-folder "
+    path: str = _f("", "file or folder read by image-folder, csv, text, wav-folder and molecules "
                    "(relative to data.root, or absolute)")
     download: bool = _f(False, "download a missing dataset into data.root (checksummed; mnist, cifar10, shakespeare, movielens)")
     on_error: str = _f("refuse", "an unreadable or corrupt file: refuse (stop before training) or skip (warn, drop it)")
@@ -98,6 +98,19 @@ class DataConfig:
     folds: int = _f(0, "K-fold cross-validation for sources without a test split: hold out fold data.fold of K "
                     "(stratified for classes, seed 0); 0 = a held-out data.val_fraction")
     fold: int = _f(0, "which fold is the test part, 0 .. data.folds - 1 (layerwise cv runs them all)")
+    # molecules (SMILES; needs RDKit: pip install 'layerwise[molecules]')
+    smiles_column: str = _f("", "molecules: the column of SMILES strings (default: the one whose name contains "
+                            "'smiles')")
+    featurize: str = _f("graph", "molecules: graph (atoms and bonds, for model mpnn) or ecfp (Morgan radius-2 "
+                        "fingerprints, 2048 bits, for mlp)")
+    descriptors: bool = _f(False, "molecules: add RDKit 2D descriptors computed from the SMILES (logP, molecular "
+                           "weight, TPSA, ...), standardized on the training split")
+    split: str = _f("random", "molecules: random (seeded by data.split_seed) or scaffold (Bemis-Murcko "
+                    "scaffold groups, largest to train first; deterministic)")
+    split_seed: int = _f(0, "molecules: seed of the random split (MoleculeNet varies it with the run's seed)")
+    valid_fraction: float = _f(0.1, "molecules: a validation part held out besides the test part "
+                               "(data.val_fraction), not trained on (80/10/10 as MoleculeNet); nothing selects "
+                               "on it: a run trains a fixed schedule")
     # text
     tokenizer: str = _f("byte", "text: byte (256 ids, no training), char (the text's characters), bpe, or word "
                         "(lower-cased words; for text classes)")

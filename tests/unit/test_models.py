@@ -23,6 +23,23 @@ def _text_kwargs(name: str) -> dict:
 CIFAR_DEPTHS = (8, 14, 20, 32, 44, 56, 110)
 
 
+def _graph_batch(batch: int):
+    """``batch`` copies of a molecule-sized graph (REF_ATOMS atoms in a chain closed into two rings:
+    REF_EDGES directed bonds), random features: what mpnn's analytic FLOPs are counted for."""
+    from layerwise.data.molecules import GraphSet
+    from layerwise.models.mpnn import REF_ATOMS, REF_EDGES
+
+    g = torch.Generator().manual_seed(0)
+    bonds = [(i, i + 1) for i in range(REF_ATOMS - 1)] + [(0, 5), (6, 12)]
+    assert 2 * len(bonds) == REF_EDGES
+    edges = torch.tensor([p for i, j in bonds for p in ((i, j), (j, i))])
+    one = GraphSet(torch.rand(REF_ATOMS, 45, generator=g), torch.rand(REF_EDGES, 13, generator=g), edges,
+                   torch.tensor([0, REF_ATOMS]), torch.tensor([0, REF_EDGES]), torch.zeros(1, 0))
+    many = GraphSet(one.atom_x.repeat(batch, 1), one.bond_x.repeat(batch, 1), edges.repeat(batch, 1),
+                    torch.arange(batch + 1) * REF_ATOMS, torch.arange(batch + 1) * REF_EDGES, torch.zeros(batch, 0))
+    return many.collate(range(batch))
+
+
 def _in_shape(name: str) -> tuple[int, ...]:
     """Small inputs that keep the suite fast: ImageNet-style nets at 64x64, digits at 8x8,
     language models on 16-token contexts, the audio transformer on 16 mel bands x 20 frames."""
@@ -34,6 +51,8 @@ def _in_shape(name: str) -> tuple[int, ...]:
         return (16,)
     if name == "audio-transformer":
         return (1, 16, 20)
+    if name == "mpnn":  # (atom features, bond features) of layerwise.data.molecules
+        return (45, 13)
     if model_args(name).get("stem") == "imagenet":
         return (3, 64, 64)
     return (3, 32, 32)
@@ -44,6 +63,8 @@ def _example_input(name: str, batch: int) -> torch.Tensor:
     otherwise."""
     if name.startswith("gpt") or name in TEXT:
         return torch.randint(1 if name in TEXT else 0, 10, (batch, *_in_shape(name)))
+    if name == "mpnn":
+        return _graph_batch(batch)
     return torch.randn(batch, *_in_shape(name))
 
 
@@ -63,7 +84,7 @@ def test_registered_names() -> None:
     expected = {"mlp", "resnet", "resnet-digits", "resnet18", "resnet34", "resnet50"}
     expected |= {f"resnet{d}" for d in CIFAR_DEPTHS}
     expected |= {"convnet", "convnet-half", "gpt", "gpt-tiny", "gpt-small", "vit", "vit-tiny", "audio-transformer"}
-    expected |= TEXT
+    expected |= TEXT | {"mpnn"}
     expected |= RECSYS
     assert set(list_models()) == expected
 

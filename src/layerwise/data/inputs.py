@@ -126,7 +126,10 @@ def text_lines(path: str | Path) -> list[tuple[int, str]]:
 
 def prepare_inputs(x: torch.Tensor, info: DatasetInfo, device: torch.device | str = "cpu") -> torch.Tensor:
     """Raw inputs from :func:`load_inputs` -> what the model takes: normalized as the training
-    loader normalized them (images, audio features, tables); token ids as they are."""
+    loader normalized them (images, audio features, tables); token ids and molecular graphs
+    (a GraphBatch, already featurized as training did) as they are."""
+    if not isinstance(x, torch.Tensor):  # a molecular graph batch
+        return x.to(device)
     if x.dtype == torch.int64:  # token ids (text classes): no normalization
         return x.to(device)
     from layerwise.data.augment import Normalize

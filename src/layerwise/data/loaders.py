@@ -9,7 +9,9 @@ One function for the Trainer (:func:`build_loaders`) and one for re-evaluating a
 - a token stream (language modelling): random windows of ``data.block_size`` tokens
   (:class:`~layerwise.data.text.TokenLoader`);
 - token sequences of different lengths (text classification): padded batches of similar
-  lengths (:class:`~layerwise.data.textclass.SequenceLoader`).
+  lengths (:class:`~layerwise.data.textclass.SequenceLoader`);
+- molecular graphs (molecules, data.featurize=graph): batches of concatenated graphs
+  (:class:`~layerwise.data.molecules.GraphLoader`, the same order and resume as sequences).
 
 Every loader has the same face: ``len``, ``state_dict()`` for exact resume, ``examples_per_rank``,
 ``batch_size``, ``drop_last``, sharding by rank, and ``evaluation_view``.
@@ -49,9 +51,18 @@ class Loaders:
 
 
 def _sequences(ds: Dataset) -> bool:
+    """Variable-size examples with their own loader: token sequences or molecular graphs."""
+    from layerwise.data.molecules import GraphSet
     from layerwise.data.textclass import SequenceSet
 
-    return isinstance(ds.x_train, SequenceSet)
+    return isinstance(ds.x_train, (SequenceSet, GraphSet))
+
+
+def _sequence_loader(ds: Dataset) -> type:
+    from layerwise.data.molecules import GraphLoader, GraphSet
+    from layerwise.data.textclass import SequenceLoader
+
+    return GraphLoader if isinstance(ds.x_train, GraphSet) else SequenceLoader
 
 
 def build_loaders(ds: Dataset, d: Any, device: torch.device, micro: int, *, seed: int = 0, rank: int = 0,
@@ -75,11 +86,10 @@ def build_loaders(ds: Dataset, d: Any, device: torch.device, micro: int, *, seed
         x_train = x_train.head(d.train_subset) if _sequences(ds) else head(x_train, d.train_subset)
         y_train = y_train[:d.train_subset]
     if _sequences(ds):
-        from layerwise.data.textclass import SequenceLoader
-
-        train = SequenceLoader(x_train, y_train, micro, device, shuffle=True, seed=seed, drop_last=d.drop_last,
-                               rank=rank, world_size=world_size)
-        test = SequenceLoader(ds.x_test, ds.y_test, d.eval_batch_size, device, rank=rank, world_size=world_size)
+        loader = _sequence_loader(ds)
+        train = loader(x_train, y_train, micro, device, shuffle=True, seed=seed, drop_last=d.drop_last,
+                       rank=rank, world_size=world_size)
+        test = loader(ds.x_test, ds.y_test, d.eval_batch_size, device, rank=rank, world_size=world_size)
         return Loaders(train, test, None, x_train, y_train)
     # one transform normalizes both splits on the device; only the train loader augments
     transform = BatchTransform.from_config(d, ds.info, device)
@@ -98,7 +108,6 @@ def build_eval_loader(ds: Dataset, d: Any, info: DatasetInfo, device: torch.devi
         from layerwise.data.text import TokenLoader
         return TokenLoader(ds.x_test.to(device), lm_eval_batch(d), d.block_size)
     if _sequences(ds):
-        from layerwise.data.textclass import SequenceLoader
-        return SequenceLoader(ds.x_test, ds.y_test, d.eval_batch_size, device)
+        return _sequence_loader(ds)(ds.x_test, ds.y_test, d.eval_batch_size, device)
     return build_loader(d.loader, ds.x_test, ds.y_test, d.eval_batch_size, BatchTransform(info, device), device,
                         workers=d.workers)

@@ -86,8 +86,12 @@ class SequenceLoader:
     epoch, split over ranks as DistributedSampler does). Training (``shuffle``) sorts runs of
     ``_BUCKET`` batches' examples by length before cutting them into batches, then shuffles the
     batches (seeded by seed and epoch): similar lengths pad less, and a resumed loader rebuilds
-    the same batches from (epoch, position). Evaluation keeps the order and cuts it in turn.
+    the same batches from (epoch, position). Evaluation keeps the order and cuts it in turn. A
+    subclass for other variable-size examples (molecular graphs: layerwise.data.molecules.GraphLoader)
+    overrides :meth:`collate` and may turn the length bucketing off (``bucket_by_length``).
     """
+
+    bucket_by_length = True  # sort runs of examples by length before batching (less padding)
 
     def __init__(self, x: SequenceSet, y: torch.Tensor, batch_size: int, device: torch.device | str = "cpu", *,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False, rank: int = 0, world_size: int = 1):
@@ -129,7 +133,7 @@ class SequenceLoader:
     def batches(self) -> list[torch.Tensor]:
         """This epoch's batches of example indices, in the order they are yielded."""
         order, B = self._rank_order(), self.batch_size
-        if not self.shuffle:
+        if not self.shuffle or not self.bucket_by_length:
             cut = [order[i:i + B] for i in range(0, len(order), B)]
         else:
             cut = []
@@ -148,11 +152,15 @@ class SequenceLoader:
         batches = self.batches()
         while self.position < len(batches):
             idx = batches[self.position]
-            x = pad_batch([self.x[int(i)] for i in idx], self.device)
+            x = self.collate(idx)
             y = self.y[idx].to(self.device, non_blocking=True)
             self.position += 1
             yield x, y
         self.epoch, self.position = self.epoch + 1, 0
+
+    def collate(self, idx: torch.Tensor) -> torch.Tensor:
+        """Examples ``idx`` as one batch on the device: (B, T) token ids padded to the longest."""
+        return pad_batch([self.x[int(i)] for i in idx], self.device)
 
     def evaluation_view(self, batch_size: int) -> SequenceLoader:
         """The same examples in order, whole on every rank, at epoch 0 (for evaluation)."""

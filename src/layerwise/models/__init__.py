@@ -9,6 +9,7 @@ from .base import Model
 from .convnet import ConvNet, convnet_cost
 from .mlp import MLP, mlp_cost
 from .recsys import AutoRec, MatrixFactorization, NeuMF
+from .mpnn import MPNN, mpnn_cost
 from .registry import create_model, list_models, model_arg_types, model_args, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet_cost
 from .text import NGramBag, TextTransformer
@@ -20,6 +21,7 @@ __all__ = [
     "MatrixFactorization",
     "NeuMF",
     "MLP",
+    "MPNN",
     "NGramBag",
     "TextTransformer",
     "BasicBlock",
@@ -32,6 +34,7 @@ __all__ = [
     "create_model",
     "list_models",
     "mlp_cost",
+    "mpnn_cost",
     "model_arg_types",
     "model_args",
     "register_model",

@@ -78,7 +78,9 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
     [i] for the i-th example of a file that holds several).
 
     Inputs are read as training read its data (layerwise.data.inputs): images, .npy arrays,
-    .wav recordings, CSV rows for a table model, lines of text for a text classifier.
+    .wav recordings, CSV rows for a table model, lines of text for a text classifier; for a
+    molecules model, SMILES strings (or .csv / .txt / .smi files of them; each result is named
+    by its SMILES, or file:line).
     ``max_image_pixels`` refuses larger images (0 = no limit; default: the run's
     data.max_image_pixels). Raises DataError or RunDirError naming the file for a bad input or
     model file."""
@@ -92,6 +94,12 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
     if max_image_pixels is None:
         max_image_pixels = _run_setting(run_dir, "max_image_pixels", DataConfig().max_image_pixels)
     results = []
+    if "molecules" in info.extra:  # SMILES strings (or files of them), each result named by its SMILES
+        from layerwise.data.molecules import encode_smiles
+
+        names, x = encode_smiles(inputs, info)
+        out = model(prepare_inputs(x, info, dev))
+        return [{"input": name, **r} for name, r in zip(names, task.present(out, top_k), strict=True)]
     for path in inputs:
         x = load_inputs(path, info, invert, max_image_pixels).to(dev)
         out = model(prepare_inputs(x, info, dev))

@@ -283,9 +283,8 @@ class Trainer:
 
         if self._x_train is None:  # a token stream
             x = self.train_loader.tokens[:self.train_loader.block_size][None]
-        elif self._transform is None:  # token sequences
-            from layerwise.data.textclass import pad_batch
-            x = pad_batch([self._x_train[i] for i in range(min(2, len(self._x_train)))], self.device)
+        elif self._transform is None:  # variable-size examples (token sequences, molecular graphs): the loader's batch
+            x = self.train_loader.collate(torch.arange(min(2, len(self._x_train))))
         else:
             x = self._x_train[:2] if isinstance(self._x_train, torch.Tensor) else gather(self._x_train, [0, 1])
             x = self._transform(x.to(self.device), None)[0]
@@ -294,15 +293,17 @@ class Trainer:
             self.model.eval()
             with torch.no_grad(), autocast(self.device.type, self.cfg.train.precision):
                 self.model(x)
-        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
             kind = ("user and item indices" if self.info.extra.get("inputs") == "indices" else
+                    "molecular graphs" if not isinstance(x, torch.Tensor) else
                     "token ids" if not x.is_floating_point() else "values")
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ConfigError(
                 f"model '{self.cfg.model.name}' cannot take the inputs of dataset '{self.info.name}' ({kind}, "
                 f"shaped {tuple(self.info.in_shape)} per example): {detail}. Choose a model for this data (token ids: "
-                f"gpt, text-transformer, ngram-bag; images: convnet, resnet, vit, mlp; tables: mlp; ratings: mf, neumf; see "
-                f"`layerwise models`).") from None
+                f"gpt, text-transformer, ngram-bag; images: convnet, resnet, vit, mlp; tables and molecular fingerprints "
+                f"(data.featurize=ecfp): mlp; molecular graphs (data.featurize=graph): mpnn; ratings: mf, neumf, autorec; "
+                f"see `layerwise models`).") from None
         finally:
             self.model.train(was)
 
@@ -314,9 +315,8 @@ class Trainer:
         if self.info.extra.get("inputs") == "indices" and isinstance(x, torch.Tensor):
             # rows of indices (a ratings source): every row, e.g. autorec's rating vector of each item
             return x.to(self.device), y.to(self.device)
-        if self._transform is None:  # token sequences
-            from layerwise.data.textclass import pad_batch
-            return pad_batch([x[i] for i in range(len(x))], self.device), y.to(self.device)
+        if self._transform is None:  # variable-size examples: every one, as the loader batches them
+            return self.train_loader.collate(torch.arange(len(x))), y.to(self.device)
         idx = torch.linspace(0, len(x) - 1, min(len(x), 5000)).long()  # spread over every class
         sample = x[idx] if isinstance(x, torch.Tensor) else gather(x, idx.tolist())
         return self._transform(sample.to(self.device), None)[0], y[idx].to(self.device)
