@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from layerwise.config import load_config
 from layerwise.train.trainer import fit
