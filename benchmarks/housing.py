@@ -3,7 +3,7 @@
 and the training mean, on exactly the same 80/20 split, in the same run. Tabular data is where
 gradient-boosted trees usually beat neural networks; the gap is printed as a ratio.
 
-    python benchmarks/housing.py --data-root DIR [--extra --key=value ...] [--seeds 1] [--out FILE.json]
+    python benchmarks/housing.py --data-root DIR [--extra=--key=value ...] [--seeds 1] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def baselines(root: str, cfg) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", required=True)
-    ap.add_argument("--extra", nargs="*", default=[], help="overrides for the layerwise recipe")
+    ap.add_argument("--extra", nargs="*", action="extend", default=[],
+                    help="overrides for the layerwise recipe, one per --extra=--section.key=value (repeatable)")
     ap.add_argument("--seeds", type=int, default=1, help="train the recipe with seeds 0..K-1")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
