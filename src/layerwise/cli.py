@@ -331,13 +331,13 @@ def main(argv: list[str] | None = None) -> int:
                                   "run such as recipes/movielens.yaml), not both and not neither.")
             if args.user:
                 from layerwise.train.inference import recommend
-                items = recommend(args.run_dir, args.user, args.top_k or 10, args.device, args.data_root)
+                items = recommend(args.run_dir, args.user, 10 if args.top_k is None else args.top_k, args.device, args.data_root)
                 if args.json:
                     print(json.dumps({"user": args.user, "items": items}, indent=2))
                 for it in [] if args.json else items:
                     print(f"{it['rank']:>3}. {it['title']} (item {it['item']}): {it['rating']:.2f}")
                 return 0
-            results = predict(args.run_dir, args.inputs, args.top_k or 3, args.invert, args.device,
+            results = predict(args.run_dir, args.inputs, 3 if args.top_k is None else args.top_k, args.invert, args.device,
                               args.max_image_pixels)
             if args.json:
                 print(json.dumps(results, indent=2))

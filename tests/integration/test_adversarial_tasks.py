@@ -46,6 +46,10 @@ def test_a_model_that_cannot_take_the_data_is_refused_before_a_run_dir_exists(tm
     assert "model 'mlp' cannot take the inputs of dataset 'text-classes' (token ids" in out.stderr
     assert "ngram-bag" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "runs").exists()
+    # a model whose data initialization fails on this data (autorec reads a ratings matrix): the same error
+    with pytest.raises(ConfigError, match="model 'autorec' cannot take the inputs of dataset 'diabetes'"):
+        Trainer(_cfg(tmp_path, "--data.name=diabetes", "--model.name=autorec"), show_progress=False)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_predict_keeps_the_multilabel_threshold_of_training(tmp_path):
@@ -116,6 +120,8 @@ def test_predict_on_a_text_file_names_lines_and_warns_of_cut_lines(tmp_path):
     names = [x["input"] for x in json.loads(r.stdout)]
     assert names == [f"{tmp_path / 'new.txt'}:1", f"{tmp_path / 'new.txt'}:3"]  # the blank line 2 is no example
     assert "1 line(s) (first: line 3) are longer than the 8 tokens" in r.stderr
+    r = lw("predict", s["run_dir"], str(tmp_path / "new.txt"), "--top-k", "0")
+    assert r.returncode == 2 and "--top-k must be >= 1, got 0" in r.stderr  # not silently the default
     r = lw("predict", s["run_dir"], str(tmp_path / "missing.txt"))
     assert r.returncode != 0 and "does not exist" in r.stderr and "text file of one example per line" in r.stderr
 

@@ -73,6 +73,12 @@ def test_mf_learns_and_predicts(tmp_path):
     bad = subprocess.run(cmd[:6] + ["9999"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 1 and "user '9999' is not one of the 60 users" in bad.stderr
     assert "Traceback" not in bad.stderr
+    zero = subprocess.run(cmd[:8] + ["0"], capture_output=True, text=True, env=env, timeout=120)
+    assert zero.returncode == 2 and "--top-k must be >= 1, got 0" in zero.stderr  # not silently 10
+    (tmp_path / "rows.csv").write_text("user,item\n7,1\n")
+    files = subprocess.run(cmd[:5] + [str(tmp_path / "rows.csv")], capture_output=True, text=True, env=env,
+                           timeout=120)
+    assert files.returncode == 1 and "--user ID" in files.stderr and "Traceback" not in files.stderr
 
 
 def test_autorec_recipe_learns_and_predicts_from_its_saved_ratings(tmp_path):

@@ -209,5 +209,6 @@ def test_presets() -> None:
         "whiten_kernel": 2,
         "activation": "gelu",
         "logit_scale": 1 / 9,
+        "ensemble": 1,  # every family's (models/ensemble.py)
     }
     assert model_args("convnet-half")["widths"] == (32, 128, 128)

@@ -61,6 +61,9 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
                             f"columns {', '.join(info.extra['table']['columns'])}.")
         from layerwise.data.tabular import read_rows
         return torch.from_numpy(read_rows(path, info))  # (N, F)
+    if info.extra.get("inputs") == "indices":  # a ratings model recommends for a user, not for a file
+        raise DataError(f"this model was trained on the ratings of '{info.name}': it recommends items for a user. "
+                        f"Use `layerwise predict RUN_DIR --user ID [--top-k K]` instead of input files.")
     if info.task == "lm" or len(info.in_shape) != 3:
         raise DataError(f"`predict` reads images, .npy arrays, .wav recordings, CSV rows and lines of text; this "
                         f"model was trained on '{info.name}' ({info.task}, inputs {tuple(info.in_shape)}). "

@@ -134,7 +134,8 @@ def mf(*, in_shape: tuple[int, ...], num_classes: int, num_users: int = 0, num_i
     """
     if num_classes != 1:
         raise ValueError(f"mf predicts one rating per (user, item) pair (task regress); got num_classes="
-                         f"{num_classes}")
+                         f"{num_classes}: it is a recommender for a ratings dataset (data.name=movielens); for classes "
+                         f"choose a classifier (see `layerwise models`)")
     return MatrixFactorization(num_users=num_users, num_items=num_items, dim=dim, init_std=init_std, l2=l2,
                                bias_l2=bias_l2)
 
@@ -231,7 +232,8 @@ def neumf(*, in_shape: tuple[int, ...], num_classes: int, num_users: int = 0, nu
     """
     if num_classes != 1:
         raise ValueError(f"neumf predicts one rating per (user, item) pair (task regress); got num_classes="
-                         f"{num_classes}")
+                         f"{num_classes}: it is a recommender for a ratings dataset (data.name=movielens); for classes "
+                         f"choose a classifier (see `layerwise models`)")
     return NeuMF(num_users=num_users, num_items=num_items, feature_sizes=feature_sizes, dim=dim, width=width,
                  depth=depth, dropout=dropout, init_std=init_std, l2=l2, n_user_features=n_user_features)
 
@@ -335,5 +337,6 @@ def autorec(*, in_shape: tuple[int, ...], num_classes: int, num_users: int = 0, 
     """
     if num_classes != 1:
         raise ValueError(f"autorec predicts one rating per (user, item) pair (task regress); got num_classes="
-                         f"{num_classes}")
+                         f"{num_classes}: it is a recommender for a ratings dataset (data.name=movielens); for classes "
+                         f"choose a classifier (see `layerwise models`)")
     return AutoRec(num_users=num_users, num_items=num_items, hidden=hidden, l2=l2)

@@ -91,6 +91,8 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
         raise RunDirError(f"the run in '{run_dir}' trained a language model on '{info.name}'; use "
                           f"`layerwise generate {run_dir}` to sample text from it.")
     task = model_task(meta, info)
+    if top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {top_k}.")
     if max_image_pixels is None:
         max_image_pixels = _run_setting(run_dir, "max_image_pixels", DataConfig().max_image_pixels)
     results = []

@@ -246,10 +246,13 @@ class Trainer:
             # e.g. convnet's patch-whitening layer (airbench), ngram-bag's naive-Bayes weights; a
             # resumed run loads them instead
             x, y = self._data_sample()
-            if "targets" in inspect.signature(self.model.init_from_data).parameters:
-                self.model.init_from_data(x, targets=y)
-            else:
-                self.model.init_from_data(x)
+            try:
+                if "targets" in inspect.signature(self.model.init_from_data).parameters:
+                    self.model.init_from_data(x, targets=y)
+                else:
+                    self.model.init_from_data(x)
+            except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
+                raise self._cannot_take(e, x) from None  # e.g. autorec's ratings matrix from a table
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # parallelism is applied from outside the model (distributed.parallelize): tensor parallel,
@@ -279,7 +282,6 @@ class Trainer:
         collective); the same config fails here in one."""
         if self.par.enabled:
             return
-        from layerwise.config import ConfigError
 
         if self._x_train is None:  # a token stream
             x = self.train_loader.tokens[:self.train_loader.block_size][None]
@@ -294,18 +296,25 @@ class Trainer:
             with torch.no_grad(), autocast(self.device.type, self.cfg.train.precision):
                 self.model(x)
         except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
-            kind = ("user and item indices" if self.info.extra.get("inputs") == "indices" else
-                    "molecular graphs" if not isinstance(x, torch.Tensor) else
-                    "token ids" if not x.is_floating_point() else "values")
-            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ConfigError(
-                f"model '{self.cfg.model.name}' cannot take the inputs of dataset '{self.info.name}' ({kind}, "
-                f"shaped {tuple(self.info.in_shape)} per example): {detail}. Choose a model for this data (token ids: "
-                f"gpt, text-transformer, ngram-bag; images: convnet, resnet, vit, mlp; tables and molecular fingerprints "
-                f"(data.featurize=ecfp): mlp; molecular graphs (data.featurize=graph): mpnn; ratings: mf, neumf, autorec; "
-                f"see `layerwise models`).") from None
+            raise self._cannot_take(e, x) from None
         finally:
             self.model.train(was)
+
+    def _cannot_take(self, e: Exception, x: Any) -> Exception:
+        """The ConfigError for a model whose forward pass (or data initialization) failed on
+        this dataset's inputs ``x``: names both and the models that fit each kind of data."""
+        from layerwise.config import ConfigError
+
+        kind = ("user and item indices" if self.info.extra.get("inputs") == "indices" else
+                "molecular graphs" if not isinstance(x, torch.Tensor) else
+                "token ids" if not x.is_floating_point() else "values")
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return ConfigError(
+            f"model '{self.cfg.model.name}' cannot take the inputs of dataset '{self.info.name}' ({kind}, "
+            f"shaped {tuple(self.info.in_shape)} per example): {detail}. Choose a model for this data (token ids: "
+            f"gpt, text-transformer, ngram-bag; images: convnet, resnet, vit, mlp; tables and molecular fingerprints "
+            f"(data.featurize=ecfp): mlp; molecular graphs (data.featurize=graph): mpnn; ratings: mf, neumf, autorec; "
+            f"see `layerwise models`).")
 
     def _data_sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training inputs as the model takes them, with their targets, for models that set
