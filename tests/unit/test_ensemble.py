@@ -64,3 +64,15 @@ def test_any_family_is_an_ensemble_and_data_initialization_reaches_every_member(
     assert not torch.equal(before, m.members[1].stem.weight)
     m.eval()
     assert m(x[:3]).shape == (3, 4)
+
+
+def test_an_ensemble_of_text_models_takes_padded_token_ids():
+    torch.manual_seed(0)
+    m = create_model("text-transformer", in_shape=(16,), num_classes=2, vocab_size=50, n_layer=1, n_embd=16,
+                     n_head=2, ensemble=2)
+    x = torch.randint(1, 50, (3, 16))
+    x[0, 10:] = 0  # padding
+    m.train()
+    assert m(x).shape == (3, 2, 2)
+    m.eval()
+    assert torch.allclose(m(x), torch.stack([mm(x) for mm in m.members], 1).mean(1), atol=1e-6)

@@ -17,6 +17,8 @@ standardized log targets (task.target_transform=log) is the geometric mean of th
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -53,6 +55,11 @@ class Ensemble(Model):
                 m.init_from_data(x, targets=targets)
             else:
                 m.init_from_data(x)
+
+    def forward(self, x: Any) -> torch.Tensor:
+        # each member's own forward (whatever its features are: tensors, (tokens, mask) pairs, graphs)
+        out = torch.stack([m(x) for m in self.members], 1)  # (B, M, K)
+        return out if self.training else out.mean(1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.forward_features(x) for m in self.members], 1)  # (B, M, num_features)
