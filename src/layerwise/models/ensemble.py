@@ -57,7 +57,9 @@ class Ensemble(Model):
                 m.init_from_data(x)
 
     def forward(self, x: Any) -> torch.Tensor:
-        # each member's own forward (whatever its features are: tensors, (tokens, mask) pairs, graphs)
+        # each member's own forward (whatever its features are: tensors, (tokens, mask) pairs, graphs).
+        # Not forward_head over slices of one stacked feature tensor: backward would then build a full
+        # (B, M, F) gradient per member, memory ~ M^2 (4.8 GB instead of 0.9 GB at M=250, width 256)
         out = torch.stack([m(x) for m in self.members], 1)  # (B, M, K)
         return out if self.training else out.mean(1)
 
