@@ -13,7 +13,7 @@ Regularization: the classical L2 penalty of matrix factorization is per rating,
 lambda * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2) for every (u, i) in the batch (Koren et al. 2009,
 eq. 5): frequent users are pulled toward zero as often as they appear. Optimizer weight decay
 cannot express that (it shrinks every row every step, and layerwise's param groups never decay
-embeddings), so the models apply it to the rows a batch looks up, in backward: :class:`_RowL2`
+embeddings), so the models apply it to the rows a batch looks up, in backward: :class:`_L2InBackward`
 adds ``l2 * row / B`` to each looked-up row's gradient, exactly the gradient of
 ``l2 * mean_b(|row_b|^2) / 2`` added to a per-example mean loss. Index 0 ("unknown") is
 ``padding_idx``: zero and never updated, so an unseen user or item predicts from the biases of the
@@ -38,25 +38,26 @@ from .registry import register_model
 __all__ = ["AutoRec", "MatrixFactorization", "NeuMF", "autorec", "mf", "neumf"]
 
 
-class _RowL2(torch.autograd.Function):
-    """Identity in forward; backward adds ``l2 * x / B`` (B = rows in the batch): the per-example
-    L2 penalty of the looked-up embedding rows x (B, D), applied where the rows are used."""
+class _L2InBackward(torch.autograd.Function):
+    """Identity in forward; backward adds ``c * x``: the gradient of ``c |x|^2 / 2``, an L2
+    penalty applied where the tensor is used (per looked-up embedding row, or a whole weight)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, l2: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, c: float) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.l2 = l2
+        ctx.c = c
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (x,) = ctx.saved_tensors
-        return g + ctx.l2 * x / max(len(x), 1), None
+        return g + ctx.c * x, None
 
 
 def _lookup(table: nn.Embedding, idx: torch.Tensor, l2: float) -> torch.Tensor:
     out = table(idx)  # (B, D)
-    return _RowL2.apply(out, l2) if (l2 and torch.is_grad_enabled()) else out
+    # the per-example penalty of the rows x (B, D): l2 * x / B, B = rows in the batch
+    return _L2InBackward.apply(out, l2 / max(len(out), 1)) if (l2 and torch.is_grad_enabled()) else out
 
 
 def _check_ids(name: str, x: torch.Tensor, num_users: int, num_items: int, min_cols: int = 2) -> None:
@@ -238,22 +239,6 @@ def neumf(*, in_shape: tuple[int, ...], num_classes: int, num_users: int = 0, nu
                  depth=depth, dropout=dropout, init_std=init_std, l2=l2, n_user_features=n_user_features)
 
 
-class _FullL2(torch.autograd.Function):
-    """Identity in forward; backward adds ``c * w``: the gradient of ``c |w|^2 / 2`` for a weight
-    that every example uses (AutoRec's lambda / 2 |W|^2, per rating of the training set)."""
-
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, c: float) -> torch.Tensor:
-        ctx.save_for_backward(w)
-        ctx.c = c
-        return w.view_as(w)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        (w,) = ctx.saved_tensors
-        return g + ctx.c * w, None
-
-
 class AutoRec(Model):
     """Item-based autoencoder (I-AutoRec); see :func:`autorec`.
 
@@ -301,7 +286,7 @@ class AutoRec(Model):
         c = self.l2 * self.loss_share / self.train_ratings
         w, v = self.encoder.weight, self.decoder
         if c and torch.is_grad_enabled():
-            w, v = _FullL2.apply(w, c), _FullL2.apply(v, c)
+            w, v = _L2InBackward.apply(w, c), _L2InBackward.apply(v, c)
         items, where = torch.unique(i, return_inverse=True)  # encode each distinct item once
         h = torch.sigmoid(nn.functional.linear(self.ratings[items], w, self.encoder.bias))[where]  # (B, H)
         out = (h * v[u]).sum(1) + self.decoder_bias[u]  # (B,)
