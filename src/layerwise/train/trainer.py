@@ -387,15 +387,23 @@ class Trainer:
                 if self.lookahead is not None and (epoch_end or self.step == self.total_steps):
                     self.lookahead.sync()  # airbench: the live weights end each epoch at the slow ones
                 if self._eval_due(epoch_end):
-                    self.train_seconds = time.perf_counter() - start
+                    self.train_seconds = self._elapsed(start)
                     self._log_test()
                 if self._checkpoint_due(epoch_end):
-                    self.train_seconds = time.perf_counter() - start
+                    self.train_seconds = self._elapsed(start)
                     self._save_checkpoint()
         finally:
             self.display.close()
-        self.train_seconds = time.perf_counter() - start
+        self.train_seconds = self._elapsed(start)
         return self._finish()
+
+    def _elapsed(self, start: float) -> float:
+        """Seconds since ``start`` (perf_counter) once the device has run what was queued: CUDA
+        kernels run asynchronously, so without the sync the last step's optimizer update (queued
+        after the step's one host sync) would fall outside train_seconds."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
 
     def _next_micro_batches(self, batches):
         """The grad_accum micro-batches of one optimizer step; fewer at the end of an epoch."""
