@@ -10,14 +10,14 @@ what it measured):
             epochs, fp16 as the reference) on the same GPU, eager and compiled. Final TTA accuracy,
             training time, time to --target (94%: the mean accuracy of the runs must reach it),
             and the ratio layerwise / baseline.
-  overhead  one epoch of the recipe's convnet: the Trainer (`layerwise.fit`, --train.epochs=1)
-            against a plain loop over the same model, optimizer, loader and precision (forward,
-            loss, backward, step; nothing else), and the plain loop with the Trainer's one
-            per-step host sync added (the finiteness check of loss and gradient norm).
   gpt       the GPT language model at GPT-2 124M shape (12 layers, 12 heads, 768 wide, context
             1024, vocabulary 50304, no biases, tied head) on uniform random tokens, bf16 autocast,
             torch.compile, fused AdamW, clip 1.0: tokens/s and model FLOPs utilization through the
             Trainer (`layerwise.fit` on a random-token dataset registered here) and in a plain loop.
+  overhead  one epoch of the recipe's convnet: the Trainer (`layerwise.fit`, --train.epochs=1)
+            against a plain loop over the same model, optimizer, loader and precision (forward,
+            loss, backward, step; nothing else), and the plain loop with the Trainer's one
+            per-step host sync added (the finiteness check of loss and gradient norm).
 
 Timing. Every timed region starts and ends with a device synchronization. "train_seconds" is the
 training loop only: for layerwise the summary's train_seconds (first step to last, the data
@@ -27,13 +27,14 @@ reference times it; whitening init and evaluation reported apart). Warm-up is ex
 way for both: before the timed runs each side makes one untimed warm-up run in this process (the
 reference's own habit: it compiles and tunes on a run with random labels), so cuDNN/cuBLAS
 initialization and compilation fall there. cudnn.benchmark is on for the baseline only, as the
-reference sets it; layerwise runs as users get it (the `cudnn-benchmark` row shows what the flag
-would give it).
+reference sets it; layerwise runs as users get it, per-epoch checkpoints included (two one-run
+probes show what the flag would give it and what the checkpoints cost; --no-probes skips them).
 
 MFU = training FLOPs per token x tokens/s / the GPU's dense bf16 peak (PEAK_BF16_TFLOPS, by
 device name; --peak-tflops overrides). FLOPs per token: `GPT.flops_per_token()`, 6 N + 12 L T d
-with N the matmul weights (the tied head included, the embeddings' lookups not): nanoGPT's
-estimate_mfu and PaLM's convention, attention counted in full (not halved for causality). The
+with N the matmul weights (the tied head included, the embeddings' lookups not), attention
+counted in full (not halved for causality): the convention of PaLM's appendix B and of nanoGPT's
+estimate_mfu (whose N also holds the LayerNorm gains, 0.01% here). The
 JSON also gives the 6 N figure with N all parameters, for comparison with reports that leave
 attention out.
 
@@ -42,7 +43,7 @@ Energy: NVML's cumulative energy counter (benchmarks/_energy.py) read around eac
 loop; per whole run (setup and final evaluation included) for layerwise's fits, which give no
 hook inside their loop.
 
-    PYTHONPATH=src python benchmarks/gpu.py --data-root DIR [--only cifar overhead gpt] [--out FILE.json]
+    PYTHONPATH=src python benchmarks/gpu.py --data-root DIR [--only cifar gpt overhead] [--out FILE.json]
     PYTHONPATH=src python benchmarks/gpu.py --smoke --data-root DIR   # tiny sizes on the CPU, every code path
 
 DIR holds cifar10/cifar10_{train,test}_jpeg.npz (default: $LAYERWISE_DATA or .gpu-data). The JSON
@@ -77,7 +78,7 @@ from _energy import EnergyMeter, EnergyWindow, driver_version
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = str(REPO / "recipes" / "cifar10-gpu.yaml")
-PARTS = ("cifar", "overhead", "gpt")
+PARTS = ("cifar", "gpt", "overhead")  # the order they run: the cheap overhead part last
 # dense bf16 tensor-core peak (TFLOP/s, no sparsity) by device name; the first key found in the name wins
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
@@ -225,21 +226,28 @@ def part_cifar(b: Bench) -> None:
     b.log(f"cifar: {len(train[1])} + {len(test[1])} images decoded in {out['decode_seconds']} s")
 
     lw = [f"--data.root={b.data_root}", *QUIET, *(SMOKE_CIFAR if b.smoke else [])]
-    variants = [("layerwise", False)] + ([("layerwise_cudnn_benchmark", True)] if a.cudnn_row else [])
-    for key, bench in variants:
+    # (key, extra overrides, cudnn.benchmark, runs): the recipe as users run it, then one-run probes of
+    # what its per-epoch checkpoints cost and what cudnn.benchmark would give
+    variants = [("layerwise", [], False, a.runs)]
+    if a.probes:
+        variants += [("layerwise_no_checkpoints", ["--run.checkpoint_every=1000000"], False, 1),
+                     ("layerwise_cudnn_benchmark", [], True, 1)]
+    for key, extra, bench, n_runs in variants:
         with cudnn_benchmark(bench):
             t = time.perf_counter()
-            b.fit(RECIPE, *lw, "--train.epochs=2", "--train.freeze_stem_after=1", name="cifar-warmup")
+            if key != "layerwise_no_checkpoints":  # that one runs in the state the first variant left
+                b.fit(RECIPE, *lw, "--train.epochs=2", "--train.freeze_stem_after=1", name="cifar-warmup")
             warm = time.perf_counter() - t
             runs = []
-            for seed in range(a.runs if not bench else 1):  # the cudnn.benchmark row: a probe of speed
+            for seed in range(n_runs):
                 t = time.perf_counter()
-                s, joules = b.fit(RECIPE, *lw, f"--train.seed={seed}", name=f"cifar-{seed}")
+                s, joules = b.fit(RECIPE, *lw, *extra, f"--train.seed={seed}", name=f"cifar-{seed}")
                 runs.append({"seed": seed, "accuracy": s["test_accuracy"], "train_seconds": s["train_seconds"],
                              "steps": s["steps"], "epochs": s["epochs"], "fit_wall_seconds": time.perf_counter() - t,
                              "fit_joules": joules})
                 b.log(f"cifar {key} seed {seed}: {s['test_accuracy']:.4f} in {s['train_seconds']:.2f} s")
-        out[key] = summarize_runs(runs, a.target) | {"warmup_seconds": round(warm, 2), "cudnn_benchmark": bench}
+        out[key] = summarize_runs(runs, a.target) | {"warmup_seconds": round(warm, 2), "cudnn_benchmark": bench,
+                                                     "extra_overrides": extra}
         b.save("cifar", out)
 
     hp = _airbench.Hyper(**(SMOKE_HYPER if b.smoke else {}))
@@ -565,6 +573,9 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
                 rows.append((f"GPT-124M {k}: tokens/s", f"{gp[k]['tokens_per_second']:,.0f}", "", ""))
                 rows.append((f"GPT-124M {k}: MFU (6N + 12LTd)", _fmt(mfu and 100 * mfu, ".1f", "%"), ">= 45%",
                              "-" if mfu is None else ("yes" if mfu >= 0.45 else "no")))
+        if gp.get("ratio_layerwise_over_plain_tokens_per_second"):
+            rows.append(("GPT-124M tokens/s: layerwise / plain", f"{gp['ratio_layerwise_over_plain_tokens_per_second']:.3f}x",
+                         "", ""))
         if gp.get("plain", {}).get("joules_per_step") is not None:
             rows.append(("GPT-124M plain: energy per step", f"{gp['plain']['joules_per_step']:.1f} J", "", ""))
     for part, r in p.items():
@@ -598,8 +609,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="airbench94_muon variants: eager, compiled (torch.compile's default mode), or a "
                          "torch.compile mode such as max-autotune (the reference's; minutes of tuning). "
                          "Default: eager compiled (smoke: eager)")
-    ap.add_argument("--no-cudnn-row", dest="cudnn_row", action="store_false",
-                    help="skip layerwise with cudnn.benchmark on")
+    ap.add_argument("--no-probes", dest="probes", action="store_false",
+                    help="skip the one-run layerwise probes (no per-epoch checkpoints; cudnn.benchmark on)")
     ap.add_argument("--repeats", type=int, default=None, help="overhead: timed epochs per side (default 5; smoke 1)")
     ap.add_argument("--gpt-batch", type=int, default=32, help="sequences of 1024 tokens per step")
     ap.add_argument("--gpt-warmup", type=int, default=20, help="untimed steps (compilation) before timing")
