@@ -176,6 +176,19 @@ class Bench:
         print(f"[{time.perf_counter() - self.t0:6.1f} s] {msg}", flush=True)
 
 
+@contextlib.contextmanager
+def guarded(b: Bench, part: str, out: dict, key: str):
+    """Run one side of a part; if it fails, print the error, record it as out[key] and go on, so
+    that one broken side does not hide the others."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001  reported in the JSON and the table
+        traceback.print_exc()
+        out[key] = {"error": f"{type(e).__name__}: {e}"}
+        b.save(part, out)
+        free_memory()
+
+
 def _stats(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "n": len(values)}
@@ -233,7 +246,7 @@ def part_cifar(b: Bench) -> None:
         variants += [("layerwise_no_checkpoints", ["--run.checkpoint_every=1000000"], False, 1),
                      ("layerwise_cudnn_benchmark", [], True, 1)]
     for key, extra, bench, n_runs in variants:
-        with cudnn_benchmark(bench):
+        with guarded(b, "cifar", out, key), cudnn_benchmark(bench):
             t = time.perf_counter()
             if key != "layerwise_no_checkpoints":  # that one runs in the state the first variant left
                 b.fit(RECIPE, *lw, "--train.epochs=2", "--train.freeze_stem_after=1", name="cifar-warmup")
@@ -246,9 +259,9 @@ def part_cifar(b: Bench) -> None:
                              "steps": s["steps"], "epochs": s["epochs"], "fit_wall_seconds": time.perf_counter() - t,
                              "fit_joules": joules})
                 b.log(f"cifar {key} seed {seed}: {s['test_accuracy']:.4f} in {s['train_seconds']:.2f} s")
-        out[key] = summarize_runs(runs, a.target) | {"warmup_seconds": round(warm, 2), "cudnn_benchmark": bench,
-                                                     "extra_overrides": extra}
-        b.save("cifar", out)
+            out[key] = summarize_runs(runs, a.target) | {"warmup_seconds": round(warm, 2), "cudnn_benchmark": bench,
+                                                         "extra_overrides": extra}
+            b.save("cifar", out)
 
     hp = _airbench.Hyper(**(SMOKE_HYPER if b.smoke else {}))
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
@@ -258,7 +271,7 @@ def part_cifar(b: Bench) -> None:
         if mode != "eager":  # the reference compiles the network and the Newton-Schulz function
             net = torch.compile(net, mode=None if mode == "compiled" else mode)
             orth = torch.compile(_airbench.orthogonalize)
-        with cudnn_benchmark(True):  # the reference sets it
+        with guarded(b, "cifar", out, f"airbench_{mode}"), cudnn_benchmark(True):  # the reference sets it
             t = time.perf_counter()
             warm_hp = dataclasses.replace(hp, epochs=2, whiten_bias_epochs=1)
             _airbench.train_run(net, train, test, warm_hp, dtype, seed=1000, orth=orth, random_labels=True)
@@ -273,11 +286,11 @@ def part_cifar(b: Bench) -> None:
                       "joules_per_step": r["train_joules"] / r["steps"] if r["train_joules"] is not None else None}
                 runs.append(r)
                 b.log(f"cifar airbench94_muon {mode} seed {seed}: {r['accuracy']:.4f} in {r['train_seconds']:.2f} s")
-        out[f"airbench_{mode}"] = summarize_runs(runs, a.target) | {
-            "warmup_seconds": round(warm, 2), "compile_mode": None if mode == "eager" else mode,
-            "precision": str(dtype).replace("torch.", ""), "epochs": hp.epochs, "batch_size": hp.batch_size}
-        out["ratios"] = cifar_ratios(out)
-        b.save("cifar", out)
+            out[f"airbench_{mode}"] = summarize_runs(runs, a.target) | {
+                "warmup_seconds": round(warm, 2), "compile_mode": None if mode == "eager" else mode,
+                "precision": str(dtype).replace("torch.", ""), "epochs": hp.epochs, "batch_size": hp.batch_size}
+            out["ratios"] = cifar_ratios(out)
+            b.save("cifar", out)
         del net
         free_memory()
 
@@ -285,8 +298,8 @@ def part_cifar(b: Bench) -> None:
 def cifar_ratios(out: dict) -> dict:
     """layerwise / baseline: training time, and time to target where both reached it."""
     lw = out.get("layerwise")
-    ratios = {}
-    for key in [k for k in out if k.startswith("airbench_")]:
+    ratios: dict = {}
+    for key in [k for k in out if k.startswith("airbench_") and lw and "error" not in out[k]]:
         base = out[key]
         ratios[f"train_seconds_layerwise_over_{key}"] = lw["train_seconds"]["mean"] / base["train_seconds"]["mean"]
         both = lw["time_to_target_seconds"] and base["time_to_target_seconds"]
@@ -532,6 +545,9 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
         tgt = f">= {100 * c['target']:.0f}%"
         for key in [k for k in c if k.startswith(("layerwise", "airbench_"))]:
             r = c[key]
+            if "error" in r:
+                rows.append((f"CIFAR-10 {key}: FAILED", r["error"][:60], "", ""))
+                continue
             ttt = r["time_to_target_seconds"]
             rows.append((f"CIFAR-10 {key}: TTA accuracy (mean of {r['accuracy']['n']})",
                          f"{100 * r['accuracy']['mean']:.2f}% (+-{100 * r['accuracy']['std']:.2f})", tgt,
@@ -540,7 +556,7 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
                          f"{r['train_seconds']['mean']:.2f} ({_fmt(ttt, '.2f', ' s') if ttt else 'not reached'})",
                          "", ""))
         lw = c.get("layerwise")
-        for key in [k for k in c if k.startswith("airbench_")]:
+        for key in [k for k in c if f"train_seconds_layerwise_over_{k}" in c.get("ratios", {})]:
             ratio = c["ratios"][f"train_seconds_layerwise_over_{key}"]
             rows.append((f"CIFAR-10 train time: layerwise / {key}", f"{ratio:.3f}x", "", ""))
             ttt = c["ratios"][f"time_to_target_layerwise_over_{key}"]
@@ -549,7 +565,7 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
             met = "-" if ttt is None and lw["time_to_target_seconds"] else "yes" if ttt is not None and ttt <= 1 else "no"
             rows.append((f"CIFAR-10 time to {100 * c['target']:.0f}%: layerwise / {key}", value, "<= 1.00x", met))
         for key in [k for k in c if k.startswith("airbench_")]:
-            j = [r["joules_per_step"] for r in c[key]["runs"] if r.get("joules_per_step") is not None]
+            j = [r["joules_per_step"] for r in c[key].get("runs", []) if r.get("joules_per_step") is not None]
             if j:
                 rows.append((f"CIFAR-10 {key}: energy per training step", f"{statistics.fmean(j):.1f} J", "", ""))
         j = [r["fit_joules"] for r in c.get("layerwise", {}).get("runs", []) if r.get("fit_joules") is not None]
@@ -585,7 +601,12 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
 
 
 def print_table(results: dict) -> None:
-    rows = [("measurement", "value", "target", "met"), *table(results)]
+    try:
+        body = table(results)
+    except Exception as e:  # noqa: BLE001  the JSON holds every figure; the table must not hide it
+        traceback.print_exc()
+        body = [("table", f"cannot be built ({type(e).__name__}: {e}); see the JSON", "", "")]
+    rows = [("measurement", "value", "target", "met"), *body]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     env = results["env"]
     print(f"\n{env.get('gpu', 'cpu')}, torch {env['torch']}, CUDA {env.get('cuda')}, driver "
