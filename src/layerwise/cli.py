@@ -3,6 +3,8 @@
     layerwise train [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
                     [--nproc N [--nnodes M --node-rank I --rdzv-endpoint HOST:PORT] [--max-restarts K]]
     layerwise cv [RECIPE] --folds K [--dir OUT] [--section.key=value ...]
+    layerwise rl [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
+    layerwise play RUN_DIR [--episodes N] [--seed S] [--gif PATH] [--policy greedy|sample]
     layerwise eval RUN_DIR
     layerwise predict RUN_DIR INPUT... [--top-k K]
     layerwise predict RUN_DIR --user ID [--top-k K] [--json]
@@ -80,6 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dir", help="output folder (default: <run.root>/<name>-cv<K>)")
     c.add_argument("--progress", action="store_true", help="show each fold's progress bar")
     c.add_argument("--quiet", action="store_true", help="no line per fold, only the results table")
+
+    from layerwise.rl.config import RLConfig  # the config's dataclasses only: gymnasium is imported on use
+
+    r = sub.add_parser("rl", help="train a game-playing agent with PPO on a Gymnasium environment",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Reinforcement learning with PPO (default: CartPole-v1, CleanRL's settings). "
+                                   "Override any key with --section.key=value. Needs gymnasium: "
+                                   "pip install 'layerwise[rl]'.",
+                       epilog="config keys (--section.key=value):\n" + help_text(RLConfig))
+    r.add_argument("recipe", nargs="?", help="YAML recipe (recipes/cartpole.yaml, recipes/acrobot.yaml)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest valid checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress output, only the results table")
+
+    pl = sub.add_parser("play", help="let a trained agent (a `layerwise rl` run) play episodes; report returns")
+    pl.add_argument("run_dir")
+    pl.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
+    pl.add_argument("--seed", type=int, default=0, help="episode i is reset with seed S + i (default 0)")
+    pl.add_argument("--policy", choices=("greedy", "sample"), default="greedy",
+                    help="greedy: the most likely action (default); sample: draw from the policy")
+    pl.add_argument("--gif", metavar="PATH", help="also render the first episode to this animated GIF")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pl.add_argument("--device", default="cpu")
 
     e = sub.add_parser("eval", help="evaluate a finished run's model on its test split")
     e.add_argument("run_dir")
@@ -260,6 +284,43 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _rl(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`layerwise rl [RECIPE] [--resume RUN_DIR]`: PPO training, then the results table."""
+    from layerwise.rl.config import RLConfig
+    from layerwise.train.progress import print_table
+
+    if args.resume and args.recipe:
+        raise ConfigError("give either a recipe or --resume RUN_DIR, not both: a resumed run keeps "
+                          "the config saved in its directory.")
+    from layerwise.rl.trainer import resume_rl, train_rl
+
+    if args.resume:
+        summary = resume_rl(args.resume, show_progress=not args.quiet, overrides=overrides)
+    else:
+        summary = train_rl(load_config(args.recipe, overrides, cls=RLConfig), show_progress=not args.quiet)
+    print_table(summary, title=f"layerwise rl: {summary['model']} on {summary['env']}")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    """`layerwise play RUN_DIR`: the agent's returns per episode (and a GIF)."""
+    from layerwise.rl.play import play
+
+    out = play(args.run_dir, args.episodes, args.seed, args.policy, args.gif, args.device)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for i, r in enumerate(out["returns"]):
+        print(f"episode {i} (seed {args.seed + i}): return {r:g}")
+    print(f"{out['env']}, {out['policy']} policy: mean return {out['mean']:.2f} +- {out['std']:.2f} over "
+          f"{out['episodes']} episodes (mean length {out['length']:.1f})")
+    if out["gif"]:
+        print(f"wrote {out['gif']}")
+    elif out["gif_note"]:
+        print(f"layerwise: warning: {out['gif_note']}", file=sys.stderr)
+    return 0
+
+
 def _elastic_restart(cfg) -> tuple[Path, bool] | None:
     """Under torchrun --max-restarts, after a restart: (the earlier attempt's run directory,
     whether it holds a checkpoint to resume). Without one, rank 0 clears it for a fresh start."""
@@ -285,9 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         rest = args.scale_args + rest
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
-    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv"))):
+    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv", "rl"))):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
-                     f"(config overrides --section.key=value go with `layerwise train` and `layerwise cv`)")
+                     f"(config overrides --section.key=value go with `layerwise train`, `layerwise cv` and "
+                     f"`layerwise rl`)")
     if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
         # fitting and reporting read a table and never train: answer without importing torch (~3 s)
         try:
@@ -310,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, overrides)
         if args.command == "scale":
             return _scale(rest)
+        if args.command == "rl":
+            return _rl(args, overrides)
+        if args.command == "play":
+            return _play(args)
         if args.command == "cv":
             from layerwise.train.crossval import cross_validate
             from layerwise.train.progress import print_table
