@@ -268,6 +268,12 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.resume and args.recipe:
         raise ConfigError("give either a recipe or --resume RUN_DIR, not both: a resumed run keeps "
                           "the config saved in its directory.")
+    if args.resume:
+        from layerwise.rl.config import is_rl_run
+        from layerwise.train.run import RunDirError
+        if is_rl_run(args.resume):
+            raise RunDirError(f"'{args.resume}' is a reinforcement-learning run; resume it with "
+                              f"`layerwise rl --resume {args.resume}`.")
     if args.nproc is not None:
         return _launch(args, overrides)
     if args.resume:

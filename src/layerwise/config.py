@@ -451,7 +451,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw or {}
 
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] = (), cls: type = None) -> Any:
+def load_config(recipe: str | Path | None = None, overrides: list[str] = (), cls: type | None = None) -> Any:
     """Defaults, then the recipe file, then ``--section.key=value`` overrides, in that order.
     ``cls`` is the config class (default :class:`Config`; see :func:`sections_of`)."""
     cfg = (cls or Config)()
@@ -656,7 +656,7 @@ def refuse_trajectory_changes(changes: dict[str, tuple[Any, Any]], what: str, ru
         f"(train.epochs, train.max_steps) under a schedule that does not depend on it (constant).")
 
 
-def help_text(config_cls: type = None) -> str:
+def help_text(config_cls: type | None = None) -> str:
     """Every config key with its type, default and meaning (for ``layerwise train --help``; another
     config class's keys with ``config_cls``)."""
     lines = []

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from layerwise.config import ModelConfig, OptimConfig, RunConfig, _f, optim_checks
+from layerwise.config import ConfigError, ModelConfig, OptimConfig, RunConfig, _f, load_yaml, optim_checks
 
 
 @dataclass
@@ -108,14 +109,14 @@ class RLConfig:
             (e.max_episode_steps >= 0, "env.max_episode_steps must be >= 0 (0 = the environment's own limit)"),
             (p.num_steps >= 1, f"ppo.num_steps must be >= 1, got {p.num_steps}"),
             (p.total_steps >= self.batch_size,
-             f"ppo.total_steps={p.total_steps} is less than one rollout of env.num_envs x ppo.num_steps = "
-             f"{self.batch_size} steps; raise it or shorten the rollout"),
+             (f"ppo.total_steps={p.total_steps} is less than one rollout of env.num_envs x ppo.num_steps = "
+              f"{self.batch_size} steps; raise it or shorten the rollout")),
             (0 <= p.gamma <= 1, f"ppo.gamma must be in [0, 1], got {p.gamma}"),
             (0 <= p.gae_lambda <= 1, f"ppo.gae_lambda must be in [0, 1], got {p.gae_lambda}"),
             (p.update_epochs >= 1, "ppo.update_epochs must be >= 1"),
             (p.num_minibatches >= 1 and self.batch_size % p.num_minibatches == 0,
-             f"ppo.num_minibatches={p.num_minibatches} must be >= 1 and divide the rollout of env.num_envs x "
-             f"ppo.num_steps = {self.batch_size} samples into equal minibatches"),
+             (f"ppo.num_minibatches={p.num_minibatches} must be >= 1 and divide the rollout of env.num_envs x "
+              f"ppo.num_steps = {self.batch_size} samples into equal minibatches")),
             (p.clip_coef > 0, f"ppo.clip_coef must be > 0, got {p.clip_coef}"),
             (p.vf_coef >= 0 and p.ent_coef >= 0, "ppo.vf_coef and ppo.ent_coef must be >= 0"),
             (p.target_kl >= 0, "ppo.target_kl must be >= 0 (0 = off)"),
@@ -132,3 +133,12 @@ class RLConfig:
 
 # Keys that do not change what a run learns: a resumed run may change them (the rest are refused).
 RL_RESUMABLE_KEYS = ("run.*", "train.device", "train.threads", "train.log_every", "eval.*")
+
+
+def is_rl_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir``'s config.yaml is a reinforcement-learning run's (it has env and ppo sections)."""
+    try:
+        raw = load_yaml(Path(run_dir) / "config.yaml")
+    except ConfigError:
+        return False
+    return isinstance(raw, dict) and "env" in raw and "ppo" in raw

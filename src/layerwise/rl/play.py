@@ -67,13 +67,14 @@ def write_gif(model: torch.nn.Module, env_id: str, path: Path, seed: int, max_ep
               device: str | torch.device = "cpu", max_frames: int = 1000) -> tuple[str | None, str | None]:
     """Render one greedy episode (reset with ``seed``) to ``path``; (path, None), or (None, why not)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # no display needed
-    from layerwise.rl.envs import check_finite, make_env
+    from layerwise.rl.envs import check_finite, gymnasium, make_env
 
+    gym = gymnasium()
     try:
         env = make_env(env_id, max_episode_steps, render_mode="rgb_array")
         obs, _ = env.reset(seed=seed)
         frames = [env.render()]
-    except Exception as e:  # gymnasium raises DependencyNotInstalled (pygame missing) or SDL errors
+    except (gym.error.Error, ImportError, OSError, RuntimeError) as e:  # no pygame; an SDL error (RuntimeError)
         return None, (f"no GIF: rendering {env_id} failed ({type(e).__name__}: {e}). Install pygame "
                       f"(`pip install 'layerwise[rl]'`) to render classic-control environments.")
     from PIL import Image

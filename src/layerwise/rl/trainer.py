@@ -23,9 +23,16 @@ import numpy as np
 import torch
 
 from layerwise.config import ConfigError, config_changes, load_config, save_config
-from layerwise.rl.config import RL_RESUMABLE_KEYS, RLConfig
-from layerwise.rl.envs import (check_finite, env_state, load_env_state, make_vector_env, random_actions,
-                               run_episodes, spaces_of)
+from layerwise.rl.config import RL_RESUMABLE_KEYS, RLConfig, is_rl_run
+from layerwise.rl.envs import (
+    check_finite,
+    env_state,
+    load_env_state,
+    make_vector_env,
+    random_actions,
+    run_episodes,
+    spaces_of,
+)
 from layerwise.rl.ppo import explained_variance, gae, ppo_loss
 from layerwise.train import checkpoint as ckpt
 from layerwise.train.metrics import MetricsLog, plot_metrics
@@ -52,7 +59,7 @@ class PPOTrainer:
         if not cfg.run.name:
             cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=cfg.env.id.split("/")[-1].lower()))
         self.cfg = cfg
-        e, p, t = cfg.env, cfg.ppo, cfg.train
+        e, t = cfg.env, cfg.train
         if resume:
             self._resume_changes = check_rl_resume(run_dir, cfg)
         if t.threads:
@@ -72,8 +79,8 @@ class PPOTrainer:
             no_decay_lr_scale=o.no_decay_lr_scale, device_type=self.device.type)
         self.num_updates = cfg.num_updates
         warm = o.warmup_steps or int(o.warmup_fraction * self.num_updates)
-        self.schedule = dict(total_steps=self.num_updates, schedule=o.schedule, warmup_steps=warm,
-                             min_ratio=o.min_lr_ratio, start_ratio=o.start_lr_ratio)
+        self.schedule = {"total_steps": self.num_updates, "schedule": o.schedule, "warmup_steps": warm,
+                         "min_ratio": o.min_lr_ratio, "start_ratio": o.start_lr_ratio}
         try:
             lr_multiplier(0, **self.schedule)  # before any file is written
         except ValueError as err:
@@ -409,17 +416,6 @@ def check_rl_resume(run_dir: str | Path, cfg: RLConfig) -> dict[str, tuple[Any, 
     changes = config_changes(saved, cfg.to_dict())
     refuse_rl_changes(changes, "the settings given on resume differ from the run's", run_dir)
     return changes
-
-
-def is_rl_run(run_dir: Path) -> bool:
-    """Whether ``run_dir``'s config.yaml is a reinforcement-learning run's (it has an env section)."""
-    from layerwise.config import load_yaml
-
-    try:
-        raw = load_yaml(run_dir / "config.yaml")
-    except ConfigError:
-        return False
-    return isinstance(raw, dict) and "env" in raw and "ppo" in raw
 
 
 def train_rl(cfg: RLConfig, run_dir: str | Path | None = None, show_progress: bool = True) -> dict[str, Any]:

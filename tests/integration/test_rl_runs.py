@@ -1,0 +1,116 @@
+"""End-to-end PPO runs: learning beats a random policy, exact resume, `layerwise play`, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from layerwise.cli import main
+from layerwise.config import load_config
+from layerwise.rl import RLConfig, train_rl
+from layerwise.rl.trainer import TIMING_KEYS, PPOTrainer
+
+pytest.importorskip("gymnasium", reason="reinforcement learning needs gymnasium: pip install 'layerwise[rl]'")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _overrides(tmp_path: Path, *extra: str) -> list[str]:
+    return [f"--run.root={tmp_path / 'runs'}", "--run.tensorboard=false", "--run.plots=false", *extra]
+
+
+def _records(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows if r["kind"] != "resume"]
+
+
+def test_brief_cartpole_run_beats_random(tmp_path: Path) -> None:
+    # the recipe's settings, shortened to 16 updates (8192 steps, a few seconds): ~90 vs ~22
+    cfg = load_config(REPO / "recipes" / "cartpole.yaml",
+                      _overrides(tmp_path, "--ppo.total_steps=8192", "--eval.episodes=10", "--run.plots=true"),
+                      cls=RLConfig)
+    s = train_rl(cfg, show_progress=False)
+    assert s["env_steps"] == 8192 and s["updates"] == 8192 // cfg.batch_size == 16
+    assert 15 < s["random_return_mean"] < 30  # CartPole's random policy: ~22
+    assert s["eval_return_mean"] > 2.5 * s["random_return_mean"]
+    run = Path(s["run_dir"])
+    assert {p.name for p in (run / "plots").iterdir()} >= {"episodic_return.png", "loss.png", "lr.png"}
+    rows = [r for r in _records(run) if r["kind"] == "train"]
+    assert len(rows) == s["updates"] and rows[-1]["step"] == 8192
+    assert rows[-1]["episodic_return"] > rows[0]["episodic_return"]  # it learned while training
+    assert all(0 <= r["clip_fraction"] <= 1 and r["approx_kl"] >= 0 for r in rows)
+    assert rows[-1]["lr"] < rows[0]["lr"]  # annealed
+
+
+def test_resume_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
+    common = _overrides(tmp_path, "--ppo.total_steps=2048", "--ppo.num_steps=64", "--env.num_envs=4",
+                        "--env.max_episode_steps=40", "--run.checkpoint_every=3", "--eval.episodes=3")
+    straight = train_rl(load_config(None, common + ["--run.name=straight"], cls=RLConfig), show_progress=False)
+
+    class Stop(Exception):
+        pass
+
+    save = PPOTrainer._save_checkpoint
+
+    def save_then_stop(self):  # the process dies right after its first checkpoint (update 3 of 8)
+        save(self)
+        raise Stop
+
+    monkeypatch.setattr(PPOTrainer, "_save_checkpoint", save_then_stop)
+    cfg = load_config(None, common + ["--run.name=stopped"], cls=RLConfig)
+    with pytest.raises(Stop):
+        train_rl(cfg, show_progress=False)
+    monkeypatch.setattr(PPOTrainer, "_save_checkpoint", save)
+    run = next((tmp_path / "runs").glob("stopped-*"))
+    torch.manual_seed(12345)  # the process's RNGs are not the stopped run's: the checkpoint restores them
+    assert main(["rl", "--resume", str(run), "--quiet"]) == 0
+    a, b = load_file(Path(straight["run_dir"]) / "model.safetensors"), load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _records(Path(straight["run_dir"])) == _records(run)
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["eval_return_mean"] == straight["eval_return_mean"]
+    assert [r["kind"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())].count("resume") == 1
+
+
+def test_play_cli_reports_returns_and_gif(tmp_path: Path, capsys) -> None:
+    s = train_rl(load_config(None, _overrides(tmp_path, "--ppo.total_steps=512", "--eval.episodes=2"), cls=RLConfig),
+                 show_progress=False)
+    gif = tmp_path / "episode.gif"
+    assert main(["play", s["run_dir"], "--episodes", "3", "--seed", "5", "--json", "--gif", str(gif)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["env"] == "CartPole-v1" and len(out["returns"]) == 3 and all(r >= 8 for r in out["returns"])
+    assert out["mean"] == pytest.approx(sum(out["returns"]) / 3)
+    if out["gif"]:  # pygame installed: an animated GIF of the first episode
+        from PIL import Image
+        with Image.open(gif) as im:
+            assert im.n_frames >= 4 and im.size == (600, 400)
+    else:
+        assert "pygame" in out["gif_note"]
+    assert main(["play", s["run_dir"], "--episodes", "3", "--seed", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["returns"] == out["returns"]  # the same seeds, the same games
+
+
+def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    def error(argv: list[str], code: int) -> str:
+        assert main(argv) == code
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err
+
+    assert "Did you mean 'gamma'" in error(["rl", "--ppo.gama=0.9"], 2)
+    assert "'CartPole-v1'" in error(["rl", *_overrides(tmp_path), "--env.id=CartPol-v1"], 2)
+    assert "discrete actions only" in error(["rl", *_overrides(tmp_path), "--env.id=Pendulum-v1"], 2)
+    assert not (tmp_path / "runs").exists()  # nothing written before the config was found good
+    assert "no saved model" in error(["play", str(tmp_path)], 1)
+    # a supervised run's model is not an agent
+    sup = tmp_path / "sup"
+    assert main(["train", "--run.dir", str(sup), "--train.max_steps=1", "--run.plots=false",
+                 "--run.tensorboard=false", "--quiet"]) == 0
+    capsys.readouterr()
+    assert "not a reinforcement-learning agent" in error(["play", str(sup)], 1)
+    assert "layerwise train --resume" in error(["rl", "--resume", str(sup)], 1)
+    assert "--episodes must be >= 1" in error(["play", str(sup), "--episodes", "0"], 2)
