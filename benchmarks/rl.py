@@ -6,7 +6,11 @@ CartPole-v1 eval_return_mean >= 475 for each of seeds 0, 1, 2, each run <= 5 min
 (CleanRL's PPO: 492.4 +- 13.1 after 500k steps); Acrobot-v1 >= -100 (CleanRL: -89.9).
 
     python benchmarks/rl.py [--cartpole-seeds 0 1 2] [--acrobot-seeds 0] [--out benchmarks/results/rl_<date>.json]
-        [--key=value ...]  (overrides for every run, e.g. --ppo.total_steps=100000 for a quick look)
+        [--figure benchmarks/rl/return_curve.png] [--key=value ...]
+        (--key=value: overrides for every run, e.g. --ppo.total_steps=100000 for a quick look)
+
+The figure shows each run's training return (mean of the episodes finished in each update) against
+environment steps, its final 100-episode evaluation, and the random policy's mean.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import environment  # noqa: E402
+from _env import environment
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"CartPole-v1": 475.0, "Acrobot-v1": -100.0}
@@ -41,7 +45,43 @@ def run(recipe: str, seed: int, root: str, extra: list[str]) -> dict:
             "eval_return_std": s["eval_return_std"], "random_return_mean": s["random_return_mean"],
             "random_return_std": s["random_return_std"], "env_steps": s["env_steps"],
             "train_seconds": s["train_seconds"], "wall_seconds": round(wall, 1), "sps": s["sps"],
-            "eval_episodes": s["eval_episodes"], "eval_policy": s["eval_policy"], "run_dir": s["run_dir"]}
+            "eval_episodes": s["eval_episodes"], "eval_policy": s["eval_policy"], "run_dir": s["run_dir"],
+            "curve": _curve(Path(s["run_dir"]))}
+
+
+def _curve(run_dir: Path) -> list[list[float]]:
+    """[env step, training episodic return] per logged update."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [[r["step"], r["episodic_return"]] for r in rows if r["kind"] == "train" and "episodic_return" in r]
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    """One panel per environment: training return curves of every seed, final evaluations, random policy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(dict.fromkeys(r["env"] for r in rows))
+    fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 3.8), squeeze=False)
+    for ax, env in zip(axes[0], envs, strict=True):
+        for i, r in enumerate(x for x in rows if x["env"] == env):
+            c = f"C{i}"
+            steps, rets = zip(*r["curve"], strict=True) if r["curve"] else ((), ())
+            ax.plot(steps, rets, color=c, lw=1, alpha=0.8, label=f"seed {r['seed']} (training episodes)")
+            ax.plot([r["env_steps"]], [r["eval_return_mean"]], "o", color=c, ms=7,
+                    label=f"seed {r['seed']}: eval {r['eval_return_mean']:.1f} ({r['wall_seconds']:.0f} s)")
+        rand = next(x for x in rows if x["env"] == env)["random_return_mean"]
+        ax.axhline(rand, color="gray", ls=":", label=f"random policy {rand:.1f}")
+        ax.axhline(TARGETS[env], color="k", ls="--", lw=0.8, label=f"target {TARGETS[env]:g}")
+        ax.set_title(f"PPO on {env}")
+        ax.set_xlabel("environment step")
+        ax.set_ylabel("episodic return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right" if env == "CartPole-v1" else "center right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -50,6 +90,7 @@ def main() -> int:
     ap.add_argument("--acrobot-seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--runs", default="", help="folder for the run directories (default: a temporary one)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / f"rl_{time.strftime('%Y-%m-%d')}.json"))
+    ap.add_argument("--figure", default=str(REPO / "benchmarks" / "rl" / "return_curve.png"))
     args, extra = ap.parse_known_args()
     import torch
 
@@ -62,7 +103,7 @@ def main() -> int:
             row = run(recipe, seed, root, extra)
             rows.append(row)
             print(f"{row['env']:<12} seed {seed}: eval return {row['eval_return_mean']:8.2f} +- "
-                  f"{row['eval_return_std']:6.2f} (100-episode greedy)  random {row['random_return_mean']:8.2f}  "
+                  f"{row['eval_return_std']:6.2f} ({row['eval_episodes']}-episode {row['eval_policy']})  random {row['random_return_mean']:8.2f}  "
                   f"{row['env_steps']} steps in {row['wall_seconds']:.1f} s ({row['sps']} steps/s)", flush=True)
     summary = {}
     for env in dict.fromkeys(r["env"] for r in rows):
@@ -80,8 +121,11 @@ def main() -> int:
               f"{'meets' if ok else 'MISSES'} the target")
     result = {"benchmark": "rl", "environment": environment() | {"gymnasium": _gym()}, "overrides": extra,
               "command": " ".join(["python", "benchmarks/rl.py", *sys.argv[1:]]), "runs": rows, "summary": summary}
+    figure(rows, Path(args.figure))
+    print(f"wrote {args.figure}")
     for r in result["runs"]:
         r.pop("run_dir")
+        r.pop("curve")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -268,12 +268,14 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.resume and args.recipe:
         raise ConfigError("give either a recipe or --resume RUN_DIR, not both: a resumed run keeps "
                           "the config saved in its directory.")
-    if args.resume:
-        from layerwise.rl.config import is_rl_run
+    from layerwise.rl.config import is_rl_recipe, is_rl_run
+    if args.resume and is_rl_run(args.resume):
         from layerwise.train.run import RunDirError
-        if is_rl_run(args.resume):
-            raise RunDirError(f"'{args.resume}' is a reinforcement-learning run; resume it with "
-                              f"`layerwise rl --resume {args.resume}`.")
+        raise RunDirError(f"'{args.resume}' is a reinforcement-learning run; resume it with "
+                          f"`layerwise rl --resume {args.resume}`.")
+    if args.recipe and is_rl_recipe(args.recipe):
+        raise ConfigError(f"'{args.recipe}' is a reinforcement-learning recipe (it has env/ppo sections); train "
+                          f"it with `layerwise rl {args.recipe}`.")
     if args.nproc is not None:
         return _launch(args, overrides)
     if args.resume:

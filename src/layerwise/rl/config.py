@@ -135,10 +135,16 @@ class RLConfig:
 RL_RESUMABLE_KEYS = ("run.*", "train.device", "train.threads", "train.log_every", "eval.*")
 
 
-def is_rl_run(run_dir: str | Path) -> bool:
-    """Whether ``run_dir``'s config.yaml is a reinforcement-learning run's (it has env and ppo sections)."""
+def is_rl_recipe(path: str | Path) -> bool:
+    """Whether a recipe (or a run's config.yaml) is a reinforcement-learning one: it has an env or a ppo
+    section, which supervised configs lack. False for a file that cannot be read."""
     try:
-        raw = load_yaml(Path(run_dir) / "config.yaml")
+        raw = load_yaml(path)
     except ConfigError:
         return False
-    return isinstance(raw, dict) and "env" in raw and "ppo" in raw
+    return isinstance(raw, dict) and ("env" in raw or "ppo" in raw)
+
+
+def is_rl_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a reinforcement-learning run (see :func:`is_rl_recipe`)."""
+    return is_rl_recipe(Path(run_dir) / "config.yaml")
