@@ -87,7 +87,7 @@ def test_play_cli_reports_returns_and_gif(tmp_path: Path, capsys) -> None:
     if out["gif"]:  # pygame installed: an animated GIF of the first episode
         from PIL import Image
         with Image.open(gif) as im:
-            assert im.n_frames >= 4 and im.size == (600, 400)
+            assert im.n_frames >= 4 and im.size == (300, 200)  # CartPole's 600x400 halved
     else:
         assert "pygame" in out["gif_note"]
     assert main(["play", s["run_dir"], "--episodes", "3", "--seed", "5", "--json"]) == 0
@@ -114,3 +114,41 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "not a reinforcement-learning agent" in error(["play", str(sup)], 1)
     assert "layerwise train --resume" in error(["rl", "--resume", str(sup)], 1)
     assert "--episodes must be >= 1" in error(["play", str(sup), "--episodes", "0"], 2)
+    assert "`layerwise rl " in error(["train", str(REPO / "recipes" / "cartpole.yaml")], 2)
+
+
+class _NaNAfterThree:
+    """A tiny environment whose fourth observation is NaN (a diverged simulator)."""
+
+    def __new__(cls, **kwargs):
+        import gymnasium as gym
+        import numpy as np
+
+        class Env(gym.Env):
+            observation_space = gym.spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
+            action_space = gym.spaces.Discrete(2)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                self.t = 0
+                return np.zeros(3, dtype=np.float32), {}
+
+            def step(self, action):
+                self.t += 1
+                obs = np.full(3, np.nan if self.t > 3 else 0.1, dtype=np.float32)
+                return obs, 1.0, False, False, {}
+
+        return Env()
+
+
+def test_nan_observation_stops_with_a_clear_error(tmp_path: Path, capsys) -> None:
+    import gymnasium as gym
+
+    if "LayerwiseNaN-v0" not in gym.envs.registry:
+        gym.register(id="LayerwiseNaN-v0", entry_point=_NaNAfterThree, max_episode_steps=50)
+    assert main(["rl", *_overrides(tmp_path), "--env.id=LayerwiseNaN-v0", "--ppo.total_steps=64",
+                 "--ppo.num_steps=16", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite observation" in err and "LayerwiseNaN-v0" in err and "Traceback" not in err
+    run = next((tmp_path / "runs").iterdir())
+    assert (run / "config.yaml").is_file() and not (run / "model.safetensors").exists()

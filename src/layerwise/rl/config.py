@@ -47,7 +47,7 @@ class PPOConfig:
 class RLTrainConfig:
     seed: int = _f(0, "seed for weights, environments, action sampling and minibatch order")
     device: str = _f("cpu", "cpu (fastest for small policies: acting is one step at a time), auto, cuda, cuda:N")
-    threads: int = _f(1, "CPU threads for torch (0 = torch's default; 1 is fastest for 64-wide networks)")
+    threads: int = _f(1, "CPU threads for torch (0 = torch's default); tiny networks, so 1 by default")
     log_every: int = _f(1, "log metrics every N PPO updates")
 
 
