@@ -393,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             print_table({k: v for k, v in result.items() if k != "per_fold"},
                         title=f"{args.folds}-fold cross-validation")
             return 0
+        if args.command in ("eval", "predict", "generate"):
+            from layerwise.rl.config import is_rl_run
+            if is_rl_run(args.run_dir):
+                raise RunDirError(f"'{args.run_dir}' is a reinforcement-learning run (`layerwise rl`); `layerwise "
+                                  f"{args.command}` works on runs trained on data. Let the agent play with "
+                                  f"`layerwise play {args.run_dir} --episodes 10`.")
         if args.command == "eval":
             from layerwise.train.inference import evaluate_run
             from layerwise.train.progress import print_table
@@ -454,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return RUN_ERROR
     except KeyboardInterrupt:
-        print("layerwise: interrupted; resume with `layerwise train --resume RUN_DIR` from the last "
-              "checkpoint.", file=sys.stderr)
+        command = "rl" if args.command == "rl" else "train"
+        print(f"layerwise: interrupted; resume with `layerwise {command} --resume RUN_DIR` from the last "
+              f"checkpoint.", file=sys.stderr)
         return 130
 
 

@@ -77,8 +77,9 @@ def test_resume_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_play_cli_reports_returns_and_gif(tmp_path: Path, capsys) -> None:
-    s = train_rl(load_config(None, _overrides(tmp_path, "--ppo.total_steps=512", "--eval.episodes=2"), cls=RLConfig),
-                 show_progress=False)
+    import layerwise
+
+    s = layerwise.fit_rl(None, *_overrides(tmp_path, "--ppo.total_steps=512", "--eval.episodes=2"), show_progress=False)
     gif = tmp_path / "episode.gif"
     assert main(["play", s["run_dir"], "--episodes", "3", "--seed", "5", "--json", "--gif", str(gif)]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -92,6 +93,15 @@ def test_play_cli_reports_returns_and_gif(tmp_path: Path, capsys) -> None:
         assert "pygame" in out["gif_note"]
     assert main(["play", s["run_dir"], "--episodes", "3", "--seed", "5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["returns"] == out["returns"]  # the same seeds, the same games
+    for command in (["eval", s["run_dir"]], ["predict", s["run_dir"], str(gif)], ["generate", s["run_dir"]]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert "layerwise play" in err and "Traceback" not in err
+    from layerwise.train.inference import predict
+    from layerwise.train.run import RunDirError
+
+    with pytest.raises(RunDirError, match="reinforcement-learning agent"):  # the Python API says it too
+        predict(s["run_dir"], [str(gif)])
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:

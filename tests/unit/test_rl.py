@@ -14,7 +14,7 @@ from layerwise.models import create_model
 from layerwise.rl.config import RLConfig
 from layerwise.rl.ppo import explained_variance, gae, ppo_loss
 
-gym = pytest.importorskip("gymnasium", reason="reinforcement learning needs gymnasium: pip install 'layerwise[rl]'")
+NEEDS_GYM = "these tests make environments: pip install 'layerwise[rl]'"
 
 
 # --- generalized advantage estimation ------------------------------------------------------------
@@ -155,6 +155,7 @@ def test_rl_config_overrides_and_errors(tmp_path) -> None:
 
 # --- environments -------------------------------------------------------------------------------
 def test_env_state_round_trip_is_exact() -> None:
+    pytest.importorskip("gymnasium", reason=NEEDS_GYM)
     from layerwise.rl.envs import env_state, load_env_state, make_vector_env
 
     def steps(vec, n, rng):
@@ -180,9 +181,20 @@ def test_env_state_round_trip_is_exact() -> None:
 
 
 def test_env_errors_name_the_fix() -> None:
+    pytest.importorskip("gymnasium", reason=NEEDS_GYM)
     from layerwise.rl.envs import make_env
 
     with pytest.raises(ConfigError, match="'CartPole-v2' is not a registered.*'CartPole-v1'"):
         make_env("CartPole-v2")
     with pytest.raises(ConfigError, match="discrete actions only"):
         make_env("Pendulum-v1")
+
+
+def test_missing_gymnasium_says_how_to_install(monkeypatch) -> None:
+    import sys
+
+    from layerwise.rl.envs import make_env
+
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # import gymnasium now raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'layerwise\[rl\]'"):
+        make_env("CartPole-v1")
