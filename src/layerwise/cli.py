@@ -430,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "info":
             from layerwise.train.inference import run_info
             from layerwise.train.progress import print_table
-            print_table(run_info(args.run_dir), title=f"run {args.run_dir}")
+            from layerwise.rl.config import is_rl_run
+            info = run_info(args.run_dir)
+            if "resume_with" in info and is_rl_run(args.run_dir):
+                info["resume_with"] = f"layerwise rl --resume {args.run_dir}"
+            print_table(info, title=f"run {args.run_dir}")
         elif args.command == "models":
             from layerwise.models import list_models, model_args
             if args.name:

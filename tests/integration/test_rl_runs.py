@@ -46,7 +46,7 @@ def test_brief_cartpole_run_beats_random(tmp_path: Path) -> None:
     assert rows[-1]["lr"] < rows[0]["lr"]  # annealed
 
 
-def test_resume_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
+def test_resume_is_bit_identical(tmp_path: Path, monkeypatch, capsys) -> None:
     common = _overrides(tmp_path, "--ppo.total_steps=2048", "--ppo.num_steps=64", "--env.num_envs=4",
                         "--env.max_episode_steps=40", "--run.checkpoint_every=3", "--eval.episodes=3")
     straight = train_rl(load_config(None, common + ["--run.name=straight"], cls=RLConfig), show_progress=False)
@@ -66,6 +66,8 @@ def test_resume_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
         train_rl(cfg, show_progress=False)
     monkeypatch.setattr(PPOTrainer, "_save_checkpoint", save)
     run = next((tmp_path / "runs").glob("stopped-*"))
+    assert main(["info", str(run)]) == 0  # an unfinished run says how to continue it
+    assert "layerwise rl --resume" in capsys.readouterr().out
     torch.manual_seed(12345)  # the process's RNGs are not the stopped run's: the checkpoint restores them
     assert main(["rl", "--resume", str(run), "--quiet"]) == 0
     a, b = load_file(Path(straight["run_dir"]) / "model.safetensors"), load_file(run / "model.safetensors")
