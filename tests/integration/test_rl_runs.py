@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,11 @@ def test_brief_cartpole_run_beats_random(tmp_path: Path) -> None:
     assert rows[-1]["lr"] < rows[0]["lr"]  # annealed
 
 
-def test_resume_is_bit_identical(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("env", ["CartPole-v1", "Pendulum-v1"])  # a categorical and a Gaussian policy
+def test_resume_is_bit_identical(env: str, tmp_path: Path, monkeypatch, capsys) -> None:
     common = _overrides(tmp_path, "--ppo.total_steps=2048", "--ppo.num_steps=64", "--env.num_envs=4",
-                        "--env.max_episode_steps=40", "--run.checkpoint_every=3", "--eval.episodes=3")
+                        "--env.max_episode_steps=40", "--run.checkpoint_every=3", "--eval.episodes=3",
+                        f"--env.id={env}")
     straight = train_rl(load_config(None, common + ["--run.name=straight"], cls=RLConfig), show_progress=False)
 
     class Stop(Exception):
@@ -76,6 +79,10 @@ def test_resume_is_bit_identical(tmp_path: Path, monkeypatch, capsys) -> None:
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["eval_return_mean"] == straight["eval_return_mean"]
     assert [r["kind"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())].count("resume") == 1
+    capsys.readouterr()
+    assert main(["play", str(run), "--episodes", "2", "--json", "--gif", str(tmp_path / "a.gif")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["env"] == env and len(out["returns"]) == 2 and all(math.isfinite(r) for r in out["returns"])
 
 
 def test_play_cli_reports_returns_and_gif(tmp_path: Path, capsys) -> None:
@@ -115,7 +122,9 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
     assert "Did you mean 'gamma'" in error(["rl", "--ppo.gama=0.9"], 2)
     assert "'CartPole-v1'" in error(["rl", *_overrides(tmp_path), "--env.id=CartPol-v1"], 2)
-    assert "discrete actions only" in error(["rl", *_overrides(tmp_path), "--env.id=Pendulum-v1"], 2)
+    assert "flat Box" in error(["rl", *_overrides(tmp_path), "--env.id=FrozenLake-v1"], 2)
+    assert "model.policy=gaussian" in error(["rl", *_overrides(tmp_path), "--env.id=Pendulum-v1",
+                                             "--model.policy=categorical"], 2)
     assert not (tmp_path / "runs").exists()  # nothing written before the config was found good
     assert "no saved model" in error(["play", str(tmp_path)], 1)
     # a supervised run's model is not an agent

@@ -129,6 +129,27 @@ def test_actor_critic_shapes_init_and_counts() -> None:
         create_model("actor-critic", in_shape=(1, 4, 4), num_classes=2)
 
 
+def test_gaussian_policy_matches_torch_distributions() -> None:
+    from layerwise.rl.policy import greedy, log_prob_entropy, sample
+
+    torch.manual_seed(0)
+    m = create_model("actor-critic", in_shape=(3,), num_classes=2, policy="gaussian")
+    assert m.num_params() == sum(p.numel() for p in m.parameters())  # log_std counted
+    with torch.no_grad():
+        m.log_std.copy_(torch.tensor([-0.5, 0.3]))
+    mean = m(torch.randn(6, 3))
+    actions, logp = sample(m, mean)
+    assert actions.shape == (6, 2) and logp.shape == (6,)
+    normal = torch.distributions.Normal(mean, m.log_std.exp())
+    lp, ent = log_prob_entropy(m, mean, actions)
+    torch.testing.assert_close(lp, normal.log_prob(actions).sum(-1))
+    torch.testing.assert_close(logp, lp)
+    torch.testing.assert_close(ent, normal.entropy().sum(-1))
+    torch.testing.assert_close(greedy(m, mean), mean)
+    c = create_model("actor-critic", in_shape=(3,), num_classes=4)  # categorical: argmax, no log_std
+    assert not hasattr(c, "log_std") and greedy(c, torch.eye(4)[[2, 0]]).tolist() == [2, 0]
+
+
 # --- config -------------------------------------------------------------------------------------
 def test_rl_config_overrides_and_errors(tmp_path) -> None:
     cfg = load_config(None, ["--ppo.gamma=0.98", "--model.width=32", "--env.num_envs=8"], cls=RLConfig)
@@ -186,8 +207,8 @@ def test_env_errors_name_the_fix() -> None:
 
     with pytest.raises(ConfigError, match="'CartPole-v2' is not a registered.*'CartPole-v1'"):
         make_env("CartPole-v2")
-    with pytest.raises(ConfigError, match="discrete actions only"):
-        make_env("Pendulum-v1")
+    with pytest.raises(ConfigError, match="flat Box of numbers"):
+        make_env("FrozenLake-v1")  # observations are cell indices (Discrete), not a vector
 
 
 def test_missing_gymnasium_says_how_to_install(monkeypatch) -> None:

@@ -1,5 +1,9 @@
 """Gymnasium environments: checked creation, a vectorized set whose state can be saved, evaluation episodes.
 
+Actions are discrete (``Discrete(n)``: a categorical policy) or a bounded vector (a 1-D ``Box``: a
+Gaussian policy, its draws clipped to the bounds before they reach the environment, as CleanRL's
+``ClipAction``; the log-probability is of the unclipped draw).
+
 gymnasium is an optional dependency (``pip install 'layerwise[rl]'``), imported on first use. The
 vector environment is gymnasium's ``SyncVectorEnv`` in same-step autoreset mode: the step that ends an
 episode returns the next episode's first observation, and the last observation of the ended one in
@@ -48,7 +52,8 @@ def check_env_id(env_id: str) -> None:
 
 
 def make_env(env_id: str, max_episode_steps: int = 0, render_mode: str | None = None):
-    """One environment (TimeLimit-wrapped), checked to have discrete actions and flat observations."""
+    """One environment (TimeLimit-wrapped), checked to have discrete or bounded 1-D continuous actions
+    and flat observations."""
     gym = gymnasium()
     check_env_id(env_id)
     kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
@@ -57,12 +62,12 @@ def make_env(env_id: str, max_episode_steps: int = 0, render_mode: str | None = 
     except gym.error.DependencyNotInstalled as e:
         raise ConfigError(f"env.id '{env_id}' needs a package that is not installed ({e}).") from None
     act, obs = env.action_space, env.observation_space
-    if not isinstance(act, gym.spaces.Discrete):
+    box = isinstance(act, gym.spaces.Box) and len(act.shape) == 1
+    if not (isinstance(act, gym.spaces.Discrete) or (box and np.isfinite(act.low).all() and np.isfinite(act.high).all())):
         env.close()
-        raise ConfigError(f"env.id '{env_id}' has {type(act).__name__} actions {act}; PPO here supports discrete "
-                          f"actions only (a categorical policy). Choose an environment with Discrete actions, "
-                          f"e.g. CartPole-v1, Acrobot-v1 or MountainCar-v0 instead of Pendulum-v1 or "
-                          f"MountainCarContinuous-v0.")
+        raise ConfigError(f"env.id '{env_id}' has {type(act).__name__} actions {act}; PPO here supports Discrete "
+                          f"actions (a categorical policy) and a bounded 1-D Box of continuous actions (a Gaussian "
+                          f"policy). Choose such an environment, e.g. CartPole-v1, Acrobot-v1 or Pendulum-v1.")
     if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1):
         env.close()
         raise ConfigError(f"env.id '{env_id}' has observations {obs}; the actor-critic MLP takes a flat Box "
@@ -70,13 +75,21 @@ def make_env(env_id: str, max_episode_steps: int = 0, render_mode: str | None = 
     return env
 
 
-def spaces_of(env_id: str, max_episode_steps: int = 0) -> tuple[int, int]:
-    """(observation size, number of actions) of a checked environment."""
+def spaces_of(env_id: str, max_episode_steps: int = 0) -> tuple[int, int, bool]:
+    """(observation size, number of actions or the action vector's size, whether actions are continuous)
+    of a checked environment."""
     env = make_env(env_id, max_episode_steps)
     try:
-        return int(env.observation_space.shape[0]), int(env.action_space.n)
+        act = env.action_space
+        continuous = not hasattr(act, "n")
+        return int(env.observation_space.shape[0]), int(act.shape[0] if continuous else act.n), continuous
     finally:
         env.close()
+
+
+def to_env(actions: np.ndarray, space) -> np.ndarray:
+    """Policy actions as the environment takes them: continuous ones clipped to the Box's bounds."""
+    return np.clip(actions, space.low, space.high) if hasattr(space, "low") else actions
 
 
 def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int = 0):
@@ -189,9 +202,9 @@ def run_episodes(env_id: str, act: Callable[[np.ndarray, list[int]], np.ndarray]
                 return results
             x = np.stack([obs[i] for i in live]).astype(np.float32)
             check_finite(x, env_id, "observation")
-            actions = act(x, [slots[i] for i in live])
+            actions = to_env(np.asarray(act(x, [slots[i] for i in live])), envs[0].action_space)
             for i, a in zip(live, actions, strict=True):
-                obs[i], r, term, trunc, _ = envs[i].step(int(a))
+                obs[i], r, term, trunc, _ = envs[i].step(a if a.ndim else int(a))
                 ret[i] += float(r)
                 length[i] += 1
                 if term or trunc:
@@ -202,14 +215,18 @@ def run_episodes(env_id: str, act: Callable[[np.ndarray, list[int]], np.ndarray]
             env.close()
 
 
-def random_actions(num_actions: int, seed: int) -> Callable[[np.ndarray, list[int]], np.ndarray]:
-    """A uniformly random policy whose draws in episode i come from a generator seeded (seed, i)."""
+def random_actions(space, seed: int) -> Callable[[np.ndarray, list[int]], np.ndarray]:
+    """A uniformly random policy (over the actions of a Discrete space, or within a Box's bounds) whose
+    draws in episode i come from a generator seeded (seed, i)."""
     rngs: dict[int, np.random.Generator] = {}
+
+    def draw(rng: np.random.Generator):
+        return rng.uniform(space.low, space.high) if hasattr(space, "low") else rng.integers(space.n)
 
     def act(obs: np.ndarray, episodes: list[int]) -> np.ndarray:
         for e in episodes:
             if e not in rngs:
                 rngs[e] = np.random.default_rng([seed, e])
-        return np.array([rngs[e].integers(num_actions) for e in episodes])
+        return np.array([draw(rngs[e]) for e in episodes])
 
     return act

@@ -68,7 +68,8 @@ def write_gif(model: torch.nn.Module, env_id: str, path: Path, seed: int, max_ep
     """Render one greedy episode (reset with ``seed``) to ``path`` (every other frame, at half the
     environment's resolution, played at its real speed); (path, None), or (None, why not)."""
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # no display needed
-    from layerwise.rl.envs import check_finite, gymnasium, make_env
+    from layerwise.rl.envs import check_finite, gymnasium, make_env, to_env
+    from layerwise.rl.policy import greedy
 
     gym = gymnasium()
     try:
@@ -87,8 +88,9 @@ def write_gif(model: torch.nn.Module, env_id: str, path: Path, seed: int, max_ep
             while not done and len(frames) < max_frames:
                 x = np.asarray(obs, dtype=np.float32)[None]
                 check_finite(x, env_id, "observation")
-                action = int(model(torch.from_numpy(x).to(device)).argmax(-1).item())
-                obs, _r, term, trunc, _ = env.step(action)
+                action = to_env(greedy(model, model(torch.from_numpy(x).to(device)))[0].cpu().numpy(),
+                                env.action_space)
+                obs, _r, term, trunc, _ = env.step(action if action.ndim else int(action))
                 done = term or trunc
                 frames.append(env.render())
     finally:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from layerwise.config import ConfigError, config_changes, load_config, save_config
+from layerwise.models import model_args
 from layerwise.rl.config import RL_RESUMABLE_KEYS, RLConfig, is_rl_run
 from layerwise.rl.envs import (
     check_finite,
@@ -32,7 +33,9 @@ from layerwise.rl.envs import (
     random_actions,
     run_episodes,
     spaces_of,
+    to_env,
 )
+from layerwise.rl.policy import greedy, log_prob_entropy, sample
 from layerwise.rl.ppo import explained_variance, gae, ppo_loss
 from layerwise.train import checkpoint as ckpt
 from layerwise.train.metrics import MetricsLog, plot_metrics
@@ -66,8 +69,15 @@ class PPOTrainer:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
         seed_everything(t.seed)
-        self.obs_dim, self.num_actions = spaces_of(e.id, e.max_episode_steps)
-        self.model = build_model(cfg.model.name, (self.obs_dim,), self.num_actions, cfg.model.args, self.device)
+        self.obs_dim, self.num_actions, self.continuous = spaces_of(e.id, e.max_episode_steps)
+        args = dict(cfg.model.args)
+        if "policy" in model_args(cfg.model.name):  # the action space decides the policy's distribution
+            want = "gaussian" if self.continuous else "categorical"
+            if args.setdefault("policy", want) != want:
+                raise ConfigError(f"model.policy={args['policy']} does not fit env.id '{e.id}', whose actions are "
+                                  f"{'continuous' if self.continuous else 'discrete'}: use model.policy={want} or "
+                                  f"leave it out (it follows the environment).")
+        self.model = build_model(cfg.model.name, (self.obs_dim,), self.num_actions, args, self.device)
         if not hasattr(self.model, "policy_and_value"):
             raise ConfigError(f"model.name={cfg.model.name!r} has no value head; PPO needs a policy and a value "
                               f"function: use model.name=actor-critic.")
@@ -130,7 +140,9 @@ class PPOTrainer:
         n, steps = cfg.env.num_envs, p.num_steps
         # rollout storage, (T, N, ...)
         obs_buf = torch.zeros(steps, n, self.obs_dim)
-        actions = torch.zeros(steps, n, dtype=torch.long)
+        actions = (torch.zeros(steps, n, self.num_actions) if self.continuous else
+                   torch.zeros(steps, n, dtype=torch.long))
+        space = self.envs.single_action_space
         logprobs, values, rewards = torch.zeros(steps, n), torch.zeros(steps, n), torch.zeros(steps, n)
         terminated, dones = torch.zeros(steps, n, dtype=torch.bool), torch.zeros(steps, n, dtype=torch.bool)
         next_values = torch.zeros(steps, n)
@@ -143,12 +155,10 @@ class PPOTrainer:
                 trunc_values: list[tuple[int, np.ndarray, torch.Tensor]] = []
                 for step in range(steps):
                     obs_buf[step] = self.next_obs
-                    logits, value = self.model.policy_and_value(self.next_obs.to(self.device))
-                    logp_all = torch.log_softmax(logits, -1)
-                    action = torch.multinomial(logp_all.exp(), 1).squeeze(-1)  # (N,)
-                    actions[step], values[step] = action, value
-                    logprobs[step] = logp_all.gather(-1, action[:, None]).squeeze(-1)
-                    obs, reward, term, trunc, info = self.envs.step(action.cpu().numpy())
+                    head, value = self.model.policy_and_value(self.next_obs.to(self.device))
+                    action, logprob = sample(self.model, head)  # (N,) or (N, A)
+                    actions[step], values[step], logprobs[step] = action, value, logprob
+                    obs, reward, term, trunc, info = self.envs.step(to_env(action.cpu().numpy(), space))
                     check_finite(obs, cfg.env.id, "observation")
                     check_finite(reward, cfg.env.id, "reward")
                     rewards[step] = torch.from_numpy(reward)
@@ -182,7 +192,7 @@ class PPOTrainer:
     def _learn(self, obs_buf, actions, logprobs, values, advantages, returns) -> dict[str, float]:
         """``update_epochs`` passes of minibatch steps of the clipped objective over one rollout."""
         p, dev = self.cfg.ppo, self.device
-        b_obs, b_actions = obs_buf.reshape(-1, self.obs_dim).to(dev), actions.reshape(-1).to(dev)
+        b_obs, b_actions = obs_buf.reshape(-1, self.obs_dim).to(dev), actions.flatten(0, 1).to(dev)
         b_logprobs, b_values = logprobs.reshape(-1).to(dev), values.reshape(-1).to(dev)
         b_adv, b_returns = advantages.reshape(-1).to(dev), returns.reshape(-1).to(dev)
         batch = b_obs.shape[0]
@@ -196,10 +206,8 @@ class PPOTrainer:
             kl_sum = torch.zeros(())
             for k in range(p.num_minibatches):
                 idx = order[k * mb:(k + 1) * mb].to(dev)
-                logits, new_value = self.model.policy_and_value(b_obs[idx])
-                logp_all = torch.log_softmax(logits, -1)
-                new_logprob = logp_all.gather(-1, b_actions[idx, None]).squeeze(-1)
-                entropy = -(logp_all.exp() * logp_all).sum(-1)
+                head, new_value = self.model.policy_and_value(b_obs[idx])
+                new_logprob, entropy = log_prob_entropy(self.model, head, b_actions[idx])
                 loss, stats = ppo_loss(new_logprob, b_logprobs[idx], b_adv[idx], new_value, b_values[idx],
                                        b_returns[idx], entropy, clip_coef=p.clip_coef, vf_coef=p.vf_coef,
                                        ent_coef=p.ent_coef, clip_vloss=p.clip_vloss, norm_adv=p.norm_adv)
@@ -318,7 +326,8 @@ class PPOTrainer:
         cfg, ev = self.cfg, self.cfg.eval
         final = evaluate_policy(self.model, cfg.env.id, ev.episodes, ev.seed, ev.policy, cfg.env.max_episode_steps,
                                 self.device, cfg.train.seed)
-        rand = (random_policy(cfg.env.id, self.num_actions, ev.episodes, ev.seed, cfg.env.max_episode_steps)
+        rand = (random_policy(cfg.env.id, self.envs.single_action_space, ev.episodes, ev.seed,
+                              cfg.env.max_episode_steps)
                 if ev.random_baseline and ev.episodes else {})
         tests = {"eval_return_mean": final.get("mean"), "eval_return_std": final.get("std"),
                  "eval_episode_length": final.get("length"),
@@ -328,7 +337,7 @@ class PPOTrainer:
                         **({"episodic_return": final["mean"]} if final else {}), **tests})
         meta = {"model": self.model.config, "metrics": tests,
                 "task": {"name": "rl", "env_id": cfg.env.id, "max_episode_steps": cfg.env.max_episode_steps,
-                         "obs_dim": self.obs_dim, "num_actions": self.num_actions}}
+                         "obs_dim": self.obs_dim, "num_actions": self.num_actions, "continuous": self.continuous}}
         save_model(self.run_dir / "model.safetensors", self.model, meta)
         summary = {
             **tests, "headline": "eval_return_mean", "eval_episodes": ev.episodes, "eval_policy": ev.policy,
@@ -350,8 +359,9 @@ def evaluate_policy(model: torch.nn.Module, env_id: str, episodes: int, seed: in
                     max_episode_steps: int = 0, device: torch.device | str = "cpu", sample_seed: int = 0
                     ) -> dict[str, Any]:
     """{mean, std, length, returns} of ``episodes`` episodes (episode i reset with seed + i) played by
-    ``model``'s policy: greedy (argmax of the logits) or sample (draws from a generator seeded by
-    ``sample_seed``). std is the population standard deviation over episodes. {} for 0 episodes."""
+    ``model``'s policy: greedy (argmax of the logits, or a Gaussian's mean) or sample (draws from a
+    generator seeded by ``sample_seed``). std is the population standard deviation over episodes. {}
+    for 0 episodes."""
     if episodes <= 0:
         return {}
     gen = torch.Generator().manual_seed(sample_seed)
@@ -359,20 +369,22 @@ def evaluate_policy(model: torch.nn.Module, env_id: str, episodes: int, seed: in
 
     @torch.no_grad()
     def act(obs: np.ndarray, _episodes: list[int]) -> np.ndarray:
-        logits = model(torch.from_numpy(obs).to(device)).float().cpu()
+        head = model(torch.from_numpy(obs).to(device)).float().cpu()
         if policy == "greedy":
-            return logits.argmax(-1).numpy()
-        return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1).numpy()
+            return greedy(model, head).numpy()
+        return sample(model, head, gen)[0].numpy()
 
     return _episode_stats(run_episodes(env_id, act, episodes, seed, max_episode_steps))
 
 
-def random_policy(env_id: str, num_actions: int, episodes: int, seed: int, max_episode_steps: int = 0
+def random_policy(env_id: str, action_space, episodes: int, seed: int, max_episode_steps: int = 0
                   ) -> dict[str, Any]:
-    """:func:`evaluate_policy`'s figures for uniformly random actions on the same episodes."""
+    """:func:`evaluate_policy`'s figures for uniformly random actions (of ``action_space``) on the same
+    episodes."""
     if episodes <= 0:
         return {}
-    return _episode_stats(run_episodes(env_id, random_actions(num_actions, seed), episodes, seed, max_episode_steps))
+    return _episode_stats(run_episodes(env_id, random_actions(action_space, seed), episodes, seed,
+                                       max_episode_steps))
 
 
 def _episode_stats(results: list[tuple[float, int]]) -> dict[str, Any]:
