@@ -3,6 +3,7 @@
     import layerwise
     summary = layerwise.fit("recipes/digits.yaml", "--train.epochs=5")
     summary["test_accuracy"], summary["run_dir"]
+    summary = layerwise.fit_rl("recipes/cartpole.yaml", "--train.seed=1")   # PPO (needs layerwise[rl])
 """
 
 from __future__ import annotations
@@ -37,3 +38,20 @@ def fit(recipe: str | Path | Config | None = None, *overrides: str, run_dir: str
     else:
         cfg = load_config(recipe, list(overrides))
     return _fit(cfg, run_dir, show_progress=show_progress)
+
+
+def fit_rl(recipe: Any = None, *overrides: str, run_dir: str | Path | None = None,
+           show_progress: bool = True) -> dict[str, Any]:
+    """Train an agent with PPO (``layerwise rl``): a YAML recipe path, an
+    :class:`~layerwise.rl.config.RLConfig`, or None for CartPole with CleanRL's settings, with
+    ``--section.key=value`` overrides; returns the run's summary (eval_return_mean, ...).
+    Raises ConfigError for bad settings or when gymnasium is missing (pip install 'layerwise[rl]')."""
+    from layerwise.config import apply_overrides, load_config
+    from layerwise.rl.config import RLConfig
+    from layerwise.rl.trainer import train_rl
+
+    if isinstance(recipe, RLConfig):
+        cfg = apply_overrides(recipe, overrides)
+    else:
+        cfg = load_config(recipe, list(overrides), cls=RLConfig)
+    return train_rl(cfg, run_dir, show_progress=show_progress)

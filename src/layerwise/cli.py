@@ -3,6 +3,8 @@
     layerwise train [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
                     [--nproc N [--nnodes M --node-rank I --rdzv-endpoint HOST:PORT] [--max-restarts K]]
     layerwise cv [RECIPE] --folds K [--dir OUT] [--section.key=value ...]
+    layerwise rl [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
+    layerwise play RUN_DIR [--episodes N] [--seed S] [--gif PATH] [--policy greedy|sample]
     layerwise eval RUN_DIR
     layerwise predict RUN_DIR INPUT... [--top-k K]
     layerwise predict RUN_DIR --user ID [--top-k K] [--json]
@@ -80,6 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dir", help="output folder (default: <run.root>/<name>-cv<K>)")
     c.add_argument("--progress", action="store_true", help="show each fold's progress bar")
     c.add_argument("--quiet", action="store_true", help="no line per fold, only the results table")
+
+    from layerwise.rl.config import RLConfig  # the config's dataclasses only: gymnasium is imported on use
+
+    r = sub.add_parser("rl", help="train a game-playing agent with PPO on a Gymnasium environment",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Reinforcement learning with PPO (default: CartPole-v1, CleanRL's settings). "
+                                   "Override any key with --section.key=value. Needs gymnasium: "
+                                   "pip install 'layerwise[rl]'.",
+                       epilog="config keys (--section.key=value):\n" + help_text(RLConfig))
+    r.add_argument("recipe", nargs="?", help="YAML recipe (recipes/cartpole.yaml, recipes/acrobot.yaml)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest valid checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress output, only the results table")
+
+    pl = sub.add_parser("play", help="let a trained agent (a `layerwise rl` run) play episodes; report returns")
+    pl.add_argument("run_dir")
+    pl.add_argument("--episodes", type=int, default=10, help="episodes to play (default 10)")
+    pl.add_argument("--seed", type=int, default=0, help="episode i is reset with seed S + i (default 0)")
+    pl.add_argument("--policy", choices=("greedy", "sample"), default="greedy",
+                    help="greedy: the most likely action (default); sample: draw from the policy")
+    pl.add_argument("--gif", metavar="PATH", help="also render the first episode to this animated GIF")
+    pl.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pl.add_argument("--device", default="cpu")
 
     e = sub.add_parser("eval", help="evaluate a finished run's model on its test split")
     e.add_argument("run_dir")
@@ -244,6 +268,14 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.resume and args.recipe:
         raise ConfigError("give either a recipe or --resume RUN_DIR, not both: a resumed run keeps "
                           "the config saved in its directory.")
+    from layerwise.rl.config import is_rl_recipe, is_rl_run
+    if args.resume and is_rl_run(args.resume):
+        from layerwise.train.run import RunDirError
+        raise RunDirError(f"'{args.resume}' is a reinforcement-learning run; resume it with "
+                          f"`layerwise rl --resume {args.resume}`.")
+    if args.recipe and is_rl_recipe(args.recipe):
+        raise ConfigError(f"'{args.recipe}' is a reinforcement-learning recipe (it has env/ppo sections); train "
+                          f"it with `layerwise rl {args.recipe}`.")
     if args.nproc is not None:
         return _launch(args, overrides)
     if args.resume:
@@ -257,6 +289,43 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
             summary = fit(cfg, run_dir=restarted[0] if restarted else None, show_progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print_table(summary, title=f"layerwise: {summary['model']} on {summary['dataset']}")
+    return 0
+
+
+def _rl(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`layerwise rl [RECIPE] [--resume RUN_DIR]`: PPO training, then the results table."""
+    from layerwise.rl.config import RLConfig
+    from layerwise.train.progress import print_table
+
+    if args.resume and args.recipe:
+        raise ConfigError("give either a recipe or --resume RUN_DIR, not both: a resumed run keeps "
+                          "the config saved in its directory.")
+    from layerwise.rl.trainer import resume_rl, train_rl
+
+    if args.resume:
+        summary = resume_rl(args.resume, show_progress=not args.quiet, overrides=overrides)
+    else:
+        summary = train_rl(load_config(args.recipe, overrides, cls=RLConfig), show_progress=not args.quiet)
+    print_table(summary, title=f"layerwise rl: {summary['model']} on {summary['env']}")
+    return 0
+
+
+def _play(args: argparse.Namespace) -> int:
+    """`layerwise play RUN_DIR`: the agent's returns per episode (and a GIF)."""
+    from layerwise.rl.play import play
+
+    out = play(args.run_dir, args.episodes, args.seed, args.policy, args.gif, args.device)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for i, r in enumerate(out["returns"]):
+        print(f"episode {i} (seed {args.seed + i}): return {r:g}")
+    print(f"{out['env']}, {out['policy']} policy: mean return {out['mean']:.2f} +- {out['std']:.2f} over "
+          f"{out['episodes']} episodes (mean length {out['length']:.1f})")
+    if out["gif"]:
+        print(f"wrote {out['gif']}")
+    elif out["gif_note"]:
+        print(f"layerwise: warning: {out['gif_note']}", file=sys.stderr)
     return 0
 
 
@@ -285,9 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         rest = args.scale_args + rest
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
-    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv"))):
+    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv", "rl"))):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
-                     f"(config overrides --section.key=value go with `layerwise train` and `layerwise cv`)")
+                     f"(config overrides --section.key=value go with `layerwise train`, `layerwise cv` and "
+                     f"`layerwise rl`)")
     if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
         # fitting and reporting read a table and never train: answer without importing torch (~3 s)
         try:
@@ -310,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, overrides)
         if args.command == "scale":
             return _scale(rest)
+        if args.command == "rl":
+            return _rl(args, overrides)
+        if args.command == "play":
+            return _play(args)
         if args.command == "cv":
             from layerwise.train.crossval import cross_validate
             from layerwise.train.progress import print_table
@@ -319,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             print_table({k: v for k, v in result.items() if k != "per_fold"},
                         title=f"{args.folds}-fold cross-validation")
             return 0
+        if args.command in ("eval", "predict", "generate"):
+            from layerwise.rl.config import is_rl_run
+            if is_rl_run(args.run_dir):
+                raise RunDirError(f"'{args.run_dir}' is a reinforcement-learning run (`layerwise rl`); `layerwise "
+                                  f"{args.command}` works on runs trained on data. Let the agent play with "
+                                  f"`layerwise play {args.run_dir} --episodes 10`.")
         if args.command == "eval":
             from layerwise.train.inference import evaluate_run
             from layerwise.train.progress import print_table
@@ -350,7 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "info":
             from layerwise.train.inference import run_info
             from layerwise.train.progress import print_table
-            print_table(run_info(args.run_dir), title=f"run {args.run_dir}")
+            from layerwise.rl.config import is_rl_run
+            info = run_info(args.run_dir)
+            if "resume_with" in info and is_rl_run(args.run_dir):
+                info["resume_with"] = f"layerwise rl --resume {args.run_dir}"
+            print_table(info, title=f"run {args.run_dir}")
         elif args.command == "models":
             from layerwise.models import list_models, model_args
             if args.name:
@@ -380,8 +464,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return RUN_ERROR
     except KeyboardInterrupt:
-        print("layerwise: interrupted; resume with `layerwise train --resume RUN_DIR` from the last "
-              "checkpoint.", file=sys.stderr)
+        command = "rl" if args.command == "rl" else "train"
+        print(f"layerwise: interrupted; resume with `layerwise {command} --resume RUN_DIR` from the last "
+              f"checkpoint.", file=sys.stderr)
         return 130
 
 

@@ -241,6 +241,16 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "task": T
             "train": TrainConfig, "dist": DistConfig, "run": RunConfig}
 
 
+def sections_of(cls: type) -> dict[str, type]:
+    """{section name: its dataclass} of a config class: :class:`Config` (supervised runs) or another
+    dataclass of sections built the same way (``layerwise.rl.config.RLConfig``), which the loading,
+    override and help machinery below serve alike."""
+    if cls is Config:
+        return SECTIONS
+    hints = _field_types(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 def _closest(word: str, options: list[str]) -> str:
     match = closest(word, options)
     return f" Did you mean '{match}'?" if match else ""
@@ -360,19 +370,21 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def merge(cfg: Config, raw: dict[str, Any], where: str, texts: dict[str, dict[str, str]] | None = None) -> Config:
-    """Return ``cfg`` updated with the nested dict ``raw``; ``where`` names the source in errors.
-    ``texts`` holds command-line values as typed ({section: {key: text}}), which str keys take as
-    they are (see :func:`coerce`)."""
+def merge(cfg: Any, raw: dict[str, Any], where: str, texts: dict[str, dict[str, str]] | None = None) -> Any:
+    """Return ``cfg`` (a :class:`Config`, or another config of sections: see :func:`sections_of`)
+    updated with the nested dict ``raw``; ``where`` names the source in errors. ``texts`` holds
+    command-line values as typed ({section: {key: text}}), which str keys take as they are (see
+    :func:`coerce`)."""
+    sections = sections_of(type(cfg))
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a mapping of sections (model, data, task, optim, train, dist, run), "
+        raise ConfigError(f"{where} must be a mapping of sections ({', '.join(sections)}), "
                           f"got {type(raw).__name__}.")
     texts = texts or {}
-    out = {name: getattr(cfg, name) for name in SECTIONS}
+    out = {name: getattr(cfg, name) for name in sections}
     for section, values in raw.items():
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown config section '{section}' ({where}).{_closest(str(section), list(SECTIONS))} "
-                              f"Valid sections: {', '.join(SECTIONS)}.")
+        if section not in sections:
+            raise ConfigError(f"unknown config section '{section}' ({where}).{_closest(str(section), list(sections))} "
+                              f"Valid sections: {', '.join(sections)}.")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -381,7 +393,7 @@ def merge(cfg: Config, raw: dict[str, Any], where: str, texts: dict[str, dict[st
         if section == "model":
             out["model"] = _model_section(values, cfg.model, where, texts.get("model", {}))
             continue
-        cls = SECTIONS[section]
+        cls = sections[section]
         types = _field_types(cls)
         updates = {}
         for key, value in values.items():
@@ -391,7 +403,7 @@ def merge(cfg: Config, raw: dict[str, Any], where: str, texts: dict[str, dict[st
                     f"Valid keys in '{section}': {', '.join(f.name for f in dataclasses.fields(cls))}.")
             updates[key] = coerce(f"{section}.{key}", value, types[key], texts.get(section, {}).get(key))
         out[section] = dataclasses.replace(getattr(cfg, section), **updates)
-    return Config(**out)
+    return type(cfg)(**out)
 
 
 def parse_override(arg: str) -> tuple[str, str, Any]:
@@ -439,9 +451,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw or {}
 
 
-def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults, then the recipe file, then ``--section.key=value`` overrides, in that order."""
-    cfg = Config()
+def load_config(recipe: str | Path | None = None, overrides: list[str] = (), cls: type | None = None) -> Any:
+    """Defaults, then the recipe file, then ``--section.key=value`` overrides, in that order.
+    ``cls`` is the config class (default :class:`Config`; see :func:`sections_of`)."""
+    cfg = (cls or Config)()
     if recipe is not None:
         cfg = merge(cfg, load_yaml(recipe), where=f"recipe {Path(recipe).name}")
         if not cfg.run.name:
@@ -449,8 +462,9 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] = ()) -> 
     return apply_overrides(cfg, overrides)
 
 
-def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """``cfg`` with ``--section.key=value`` overrides applied in order, then validated."""
+def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """``cfg`` with ``--section.key=value`` overrides applied in order, then validated (a config
+    class other than :class:`Config` brings its own value checks as a ``checks()`` method)."""
     for arg in overrides:
         section, key, value, text = _split_override(arg)
         cfg = merge(cfg, {section: {key: value}}, where=f"override {arg}", texts={section: {key: text}})
@@ -458,10 +472,10 @@ def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...] = ()) ->
     return cfg
 
 
-def _non_finite(cfg: Config) -> list[str]:
+def _non_finite(cfg: Any) -> list[str]:
     """Keys holding NaN or an infinity (in lists and model arguments too): no setting means either."""
     bad = []
-    for section in SECTIONS:
+    for section in sections_of(type(cfg)):
         values = cfg.model.args if section == "model" else dataclasses.asdict(getattr(cfg, section))
         for key, v in values.items():
             items = v if isinstance(v, (list, tuple)) else [v]
@@ -470,13 +484,36 @@ def _non_finite(cfg: Config) -> list[str]:
     return bad
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Any) -> None:
     """Value checks that the types alone cannot express."""
     bad = _non_finite(cfg)
     if bad:
         raise ConfigError(f"{', '.join(bad)}: a setting must be a finite number, not NaN or an infinity. Fix the "
                           f"value in the recipe or on the command line.")
-    checks = [
+    for ok, msg in (cfg.checks() if hasattr(cfg, "checks") else _checks(cfg)):
+        if not ok:
+            raise ConfigError(msg + ".")
+
+
+def optim_checks(o: OptimConfig) -> list[tuple[bool, str]]:
+    """The optim section's value checks (shared by every config that has one)."""
+    return [
+        (o.lr > 0, "optim.lr must be > 0"),
+        (o.muon_rest in ("adamw", "sgd"), f"optim.muon_rest must be adamw or sgd, got '{o.muon_rest}'"),
+        (o.muon_ns_steps >= 1, "optim.muon_ns_steps must be >= 1"),
+        (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+         f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {o.betas}"),
+        (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}"),
+        (0 <= o.momentum < 1 and 0 <= o.muon_momentum < 1, "optim.momentum and optim.muon_momentum must be in [0, 1)"),
+        (o.eps > 0, "optim.eps must be > 0"),
+        (o.muon_lr > 0, "optim.muon_lr must be > 0"),
+        (o.clip_grad_norm >= 0, "optim.clip_grad_norm must be >= 0 (0 = off)"),
+    ]
+
+
+def _checks(cfg: Config) -> list[tuple[bool, str]]:
+    """(condition, message) pairs of a supervised config."""
+    return optim_checks(cfg.optim) + [
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (cfg.data.batch_size % cfg.train.grad_accum == 0,
@@ -487,9 +524,6 @@ def validate(cfg: Config) -> None:
         (cfg.train.precision in ("fp32", "bf16", "fp16"),
          f"train.precision must be fp32, bf16 or fp16, got '{cfg.train.precision}'"),
         (cfg.train.epochs > 0 or cfg.train.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0"),
-        (cfg.optim.lr > 0, "optim.lr must be > 0"),
-        (cfg.optim.muon_rest in ("adamw", "sgd"), f"optim.muon_rest must be adamw or sgd, got '{cfg.optim.muon_rest}'"),
-        (cfg.optim.muon_ns_steps >= 1, "optim.muon_ns_steps must be >= 1"),
         (0 <= cfg.train.label_smoothing < 1, "train.label_smoothing must be in [0, 1)"),
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (cfg.train.lookahead_every >= 0, "train.lookahead_every must be >= 0 (0 = off)"),
@@ -497,13 +531,6 @@ def validate(cfg: Config) -> None:
         (cfg.train.lookahead_start >= 0 and cfg.train.freeze_stem_after >= 0,
          "train.lookahead_start and train.freeze_stem_after are epochs and must be >= 0"),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
-        (len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
-         f"optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]; got {cfg.optim.betas}"),
-        (cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}"),
-        (0 <= cfg.optim.momentum < 1 and 0 <= cfg.optim.muon_momentum < 1,
-         "optim.momentum and optim.muon_momentum must be in [0, 1)"),
-        (cfg.optim.eps > 0, "optim.eps must be > 0"),
-        (cfg.optim.muon_lr > 0, "optim.muon_lr must be > 0"),
         (0 < cfg.data.sample_rate <= 768_000,
          f"data.sample_rate must be in 1 .. 768000 Hz, got {cfg.data.sample_rate}"),
         (cfg.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
@@ -550,9 +577,6 @@ def validate(cfg: Config) -> None:
         (cfg.dist.tp >= 0 and cfg.dist.dp_replicate >= 1, "dist.tp must be >= 0 and dist.dp_replicate >= 1"),
         (cfg.dist.timeout > 0, "dist.timeout must be > 0 seconds"),
     ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg + ".")
 
 
 DIST_STRATEGIES = ("auto", "none", "ddp", "fsdp", "tp", "fsdp+tp")
@@ -632,15 +656,18 @@ def refuse_trajectory_changes(changes: dict[str, tuple[Any, Any]], what: str, ru
         f"(train.epochs, train.max_steps) under a schedule that does not depend on it (constant).")
 
 
-def help_text() -> str:
-    """Every config key with its type, default and meaning (for ``layerwise train --help``)."""
+def help_text(config_cls: type | None = None) -> str:
+    """Every config key with its type, default and meaning (for ``layerwise train --help``; another
+    config class's keys with ``config_cls``)."""
     lines = []
-    for section, cls in SECTIONS.items():
+    defaults = (config_cls or Config)()
+    for section, cls in sections_of(config_cls or Config).items():
         lines.append(f"{section}:")
+        section_defaults = getattr(defaults, section)
         for f in dataclasses.fields(cls):
             if section == "model" and f.name == "args":
                 lines.append("  model.<arg>              the chosen model's arguments (layerwise models NAME)")
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = getattr(section_defaults, f.name)  # the section's default in this config
             lines.append(f"  {section}.{f.name:<20} {f.metadata['help']} [default: {default!r}]")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from layerwise.config import Config, ConfigError, help_text, load_config, parse_override
+from layerwise.rl.config import RLConfig, is_rl_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,8 +90,10 @@ def test_every_recipe_loads_and_validates():
     recipes = sorted((REPO / "recipes").glob("*.yaml"))
     assert len(recipes) >= 8
     for path in recipes:
-        cfg = load_config(path)  # unknown keys, wrong types and bad values raise ConfigError
+        rl = is_rl_recipe(path)  # layerwise rl's recipes (cartpole, acrobot) have their own sections
+        cfg = load_config(path, cls=RLConfig if rl else None)  # unknown keys, wrong types, bad values: ConfigError
         assert cfg.run.name == path.stem
+    assert sum(map(is_rl_recipe, recipes)) == 2
 
 
 # ------------------------------------------------------------------ values typed at every depth

@@ -15,6 +15,8 @@ from layerwise.nn import NORMS, TRANSFORMER_NORMS, Dense, Residual, SelfAttentio
 # recommenders take (user, item) index rows and predict one rating: tested in test_ratings.py
 RECSYS = {"mf", "neumf", "autorec"}
 ALL_MODELS = [m for m in list_models() if m not in RECSYS]
+# policy and value nets: forward gives the policy only, so the value trunk is checked in test_rl.py
+RL = {"actor-critic"}
 TEXT = {"text-transformer", "ngram-bag"}  # text classifiers: padded token ids, a vocabulary from the data
 
 
@@ -45,6 +47,8 @@ def _in_shape(name: str) -> tuple[int, ...]:
     language models on 16-token contexts, the audio transformer on 16 mel bands x 20 frames."""
     if name == "mlp":
         return (1, 28, 28)
+    if name in RL:  # flat observations (CartPole's 4 numbers)
+        return (4,)
     if name == "resnet-digits":
         return (1, 8, 8)
     if name.startswith("gpt") or name in TEXT:
@@ -85,7 +89,7 @@ def test_registered_names() -> None:
     expected |= {f"resnet{d}" for d in CIFAR_DEPTHS}
     expected |= {"convnet", "convnet-half", "gpt", "gpt-tiny", "gpt-small", "vit", "vit-tiny", "audio-transformer"}
     expected |= TEXT | {"mpnn"}
-    expected |= RECSYS
+    expected |= RECSYS | RL
     assert set(list_models()) == expected
 
 
@@ -149,7 +153,7 @@ def _counted_flops(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int
     return out, total
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", [m for m in ALL_MODELS if m not in RL])
 def test_forward_backward_flops(name: str) -> None:
     torch.manual_seed(0)
     in_shape = _in_shape(name)

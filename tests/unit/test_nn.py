@@ -40,11 +40,12 @@ ACT_FORMULAS = {
     "gelu_tanh": lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
     "silu": lambda x: x * torch.sigmoid(x),
     "identity": lambda x: x,
+    "tanh": lambda x: (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x)),
 }
 
 
 def test_activation_names() -> None:
-    assert ACTIVATIONS == ("relu", "gelu", "gelu_tanh", "silu", "identity")
+    assert ACTIVATIONS == ("relu", "gelu", "gelu_tanh", "silu", "identity", "tanh")
     assert set(ACT_FORMULAS) == set(ACTIVATIONS)
 
 

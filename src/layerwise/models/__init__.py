@@ -5,6 +5,7 @@
 """
 
 # Importing the family modules registers their models.
+from .actor_critic import ActorCritic, actor_critic_cost
 from .base import Model
 from .convnet import ConvNet, convnet_cost
 from .mlp import MLP, mlp_cost
@@ -16,6 +17,7 @@ from .text import NGramBag, TextTransformer
 from .transformer import GPT, ViT
 
 __all__ = [
+    "ActorCritic",
     "AutoRec",
     "GPT",
     "MatrixFactorization",
@@ -30,6 +32,7 @@ __all__ = [
     "Model",
     "ResNet",
     "ViT",
+    "actor_critic_cost",
     "convnet_cost",
     "create_model",
     "list_models",

@@ -26,6 +26,9 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "silu": nn.SiLU,  # x * sigmoid(x) (Elfwing et al. 2018; "swish" in Ramachandran et al. 2017)
     "identity": nn.Identity,  # f(x) = x: a purely linear layer
+    # (e^x - e^-x) / (e^x + e^-x): bounded, the policy/value networks of PPO (Schulman et al. 2017;
+    # Andrychowicz et al. 2021, "What Matters in On-Policy RL", found it better than ReLU there)
+    "tanh": nn.Tanh,
 }
 
 ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATIONS)

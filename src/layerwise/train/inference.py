@@ -21,6 +21,12 @@ from layerwise.train.trainer import resolve_device
 
 
 def _info(meta: dict[str, Any]) -> DatasetInfo:
+    if "data" not in meta:  # a model trained without a dataset: a reinforcement-learning agent
+        if (meta.get("task") or {}).get("name") == "rl":
+            raise RunDirError("this model is a reinforcement-learning agent (a `layerwise rl` run), which has no "
+                              "dataset to evaluate or predict on; let it play with `layerwise play RUN_DIR`.")
+        raise RunDirError("this model file has no description of the data it was trained on; use the "
+                          "model.safetensors of a `layerwise train` run.")
     d = dict(meta["data"])
     d["in_shape"] = tuple(d["in_shape"])
     return DatasetInfo(**d)

@@ -141,9 +141,11 @@ class MetricsLog:
             self.tb.close()
 
 
-def plot_metrics(records: list[dict[str, Any]], out_dir: Path, headline: str = "accuracy") -> list[Path]:
-    """loss.png, <headline>.png (the task's headline metric, e.g. accuracy or rmse) and lr.png
-    from the metric records (train and test curves)."""
+def plot_metrics(records: list[dict[str, Any]], out_dir: Path, headline: str = "accuracy",
+                 xlabel: str = "optimizer step", extra: tuple[str, ...] = ()) -> list[Path]:
+    """loss.png, <headline>.png (the task's headline metric, e.g. accuracy or rmse), lr.png and
+    <key>.png for each of ``extra`` from the metric records (train and test curves), against the
+    records' ``step`` (``xlabel`` names its unit)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,15 +155,16 @@ def plot_metrics(records: list[dict[str, Any]], out_dir: Path, headline: str = "
     test = [r for r in records if r.get("kind") == "test"]
     written = []
     keys = [("loss", "loss"), (headline, headline.replace("_", " ")), ("lr", "learning rate")]
+    keys += [(k, k.replace("_", " ")) for k in extra]
     for key, label in dict.fromkeys(keys):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for rows, style, label in ((train, "-", "train"), (test, "o-", "test")):
+        for rows, style, curve in ((train, "-", "train"), (test, "o-", "test")):
             rows = [r for r in rows if r.get(key) is not None]  # an interval of skipped steps has none
             if rows:
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], style, label=label)
-        ax.set_xlabel("optimizer step")
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], style, label=curve)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
-        if key == "loss":
+        if key == "loss" and all(r[key] > 0 for rows in (train, test) for r in rows if r.get(key) is not None):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -43,19 +43,22 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.update(self.task, completed=step)
 
-    def update(self, step: int, epoch: float, metrics: dict[str, Any], headline: str = "accuracy") -> None:
+    def update(self, step: int, epoch: float | None, metrics: dict[str, Any], headline: str = "accuracy",
+               unit: str = "ex/s") -> None:
         """New metrics at a log interval: refresh the bar's text, or print one plain line; the
-        loss and the task's headline metric are shown."""
+        loss and the task's headline metric are shown (``epoch`` None: a run without epochs, such
+        as reinforcement learning; ``unit`` names the rate ``metrics['examples_per_sec']``)."""
         shown = f"loss {_fmt(metrics.get('loss'))}"
         if headline != "loss":
             shown += f" {_SHORT.get(headline, headline)} {_fmt(metrics.get(headline))}"
         skipped = f" ({metrics['skipped']} skipped)" if metrics.get("skipped") else ""
         if self.bar is not None:
-            info = f"{shown} {metrics['examples_per_sec']:.0f} ex/s{skipped}"
+            info = f"{shown} {metrics['examples_per_sec']:.0f} {unit}{skipped}"
             self.bar.update(self.task, completed=step, info=info)
         elif self.enabled:
-            print(f"step {step}/{self.total} epoch {epoch:.2f} {shown} lr {metrics['lr']:.3g} "
-                  f"{metrics['examples_per_sec']:.0f} ex/s{skipped}", flush=True)
+            when = f" epoch {epoch:.2f}" if epoch is not None else ""
+            print(f"step {step}/{self.total}{when} {shown} lr {metrics['lr']:.3g} "
+                  f"{metrics['examples_per_sec']:.0f} {unit}{skipped}", flush=True)
 
     def message(self, text: str) -> None:
         if self.bar is not None:
