@@ -20,42 +20,72 @@ class Accumulator:
     The Trainer stages each micro-batch of a step (:meth:`stage`) and, once it knows whether the
     step was taken, commits them (:meth:`commit`) or drops them (:meth:`drop`): a skipped step
     (a non-finite loss or gradient, an fp16 overflow) never enters the averages; it is counted
-    apart (``skipped``).
+    apart (``skipped``). When the decision stays on the device (the Trainer's sync-free step),
+    :meth:`settle` does either with a device flag, and the taken steps' target count waits on the
+    device until the next :meth:`totals` (the skipped steps are counted by the caller, with
+    :meth:`count_skipped`, when it reads the flags).
     """
 
     def __init__(self, size: int, device: torch.device, reduce=None):
         self.sums = torch.zeros(size, dtype=torch.float64, device=device)
         self.count = 0
-        self.staged = torch.zeros(size, dtype=torch.float64, device=device)  # the step being decided
+        self.staged: torch.Tensor | None = None  # (size,) float64: the step being decided
         self.staged_count = 0
         self.skipped = 0  # steps dropped since the last read
         self.reduce = reduce  # e.g. Parallel.sum: totals over the data-parallel ranks
+        self._device_count: torch.Tensor | None = None  # int64 targets of steps settled on the device
 
     def stage(self, stats: torch.Tensor, count: int) -> None:
         """Hold one micro-batch's sums (``count`` targets) until :meth:`commit` or :meth:`drop`."""
-        self.staged += stats
+        stats = stats.to(torch.float64)  # the sums' dtype (a no-op for the tasks' float64 stats)
+        self.staged = stats if self.staged is None else self.staged + stats
         self.staged_count += count
 
     def commit(self) -> None:
         """Fold the staged micro-batches into the sums (the step was taken)."""
-        self.sums += self.staged
+        if self.staged is not None:
+            self.sums += self.staged
         self.count += self.staged_count
-        self.staged.zero_()
+        self.staged = None
         self.staged_count = 0
 
     def drop(self) -> None:
         """Forget the staged micro-batches (the step was skipped) and count the skipped step."""
-        self.staged.zero_()
+        self.staged = None
         self.staged_count = 0
         self.skipped += 1
+
+    def settle(self, taken: torch.Tensor) -> None:
+        """:meth:`commit` if the 0-d bool device tensor ``taken`` is true, else forget the staged
+        micro-batches, without a host sync (a skipped step's NaN never reaches the sums: it is
+        selected away, not multiplied by 0). The caller counts a skipped step with
+        :meth:`count_skipped` once it has read ``taken``."""
+        if self.staged is not None:
+            self.sums += torch.where(taken, self.staged, 0.0)
+        if self._device_count is None:
+            self._device_count = torch.zeros((), dtype=torch.int64, device=self.sums.device)
+        self._device_count.add_(taken.to(torch.int64), alpha=self.staged_count)
+        self.staged = None
+        self.staged_count = 0
+
+    def count_skipped(self, steps: int = 1) -> None:
+        """Count steps that :meth:`settle` left out (their flags were read on the host)."""
+        self.skipped += steps
 
     def add(self, stats: torch.Tensor, count: int) -> None:
         """:meth:`stage` and :meth:`commit` at once (evaluation, where nothing is skipped)."""
         self.stage(stats, count)
         self.commit()
 
+    def _fold_device_count(self) -> None:
+        """Move the target count of steps settled on the device to the host (one sync)."""
+        if self._device_count is not None:
+            self.count += int(self._device_count.item())
+            self._device_count.zero_()
+
     def totals(self) -> tuple[torch.Tensor, int]:
         """(sums, count) over every rank (a collective when ``reduce`` is set: all ranks call it)."""
+        self._fold_device_count()
         if self.reduce is None:
             return self.sums, self.count
         both = self.reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]))
@@ -73,6 +103,7 @@ class Accumulator:
         return out
 
     def state_dict(self) -> dict:
+        self._fold_device_count()
         return {"sums": self.sums, "count": self.count, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
@@ -80,6 +111,7 @@ class Accumulator:
         which kept loss and correct only) start the interval afresh: they feed one log line, not
         the training."""
         sums = torch.as_tensor(state["sums"], dtype=torch.float64)
+        self._device_count = None
         if sums.shape == self.sums.shape:
             self.sums.copy_(sums)
             self.count = int(state["count"])

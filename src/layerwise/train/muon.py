@@ -77,7 +77,17 @@ class Muon(torch.optim.Optimizer):
     Unlike the reference this never writes into p.grad (the reference's in-place lerp on the
     gradient would corrupt gradients a caller logs after step()), and a parameter with no
     gradient is skipped, as in torch.optim optimizers.
+
+    Like torch's fused Adam/AdamW/SGD it takes ``found_inf`` and ``grad_scale`` device tensors set
+    as attributes before ``step()`` (``_step_supports_amp_scaling``: torch.amp.GradScaler sets them,
+    and the Trainer's sync-free step sets ``found_inf``): the gradients are divided by
+    ``grad_scale``, and when ``found_inf`` is nonzero neither the weights nor the momentum buffers
+    change, decided on the device without a host sync. The update is then computed out of place
+    with the same kernels and selected with ``torch.where``, so a step taken this way is
+    bit-identical to one taken without the flag.
     """
+
+    _step_supports_amp_scaling = True  # reads self.found_inf / self.grad_scale in step()
 
     def __init__(
         self,
@@ -120,24 +130,31 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
+        keep = None if found_inf is None else found_inf == 0  # 0-d bool on the device: take the step
         for group in self.param_groups:
             lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad
+                g = p.grad if grad_scale is None else p.grad / grad_scale.to(p.grad.device)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buf = state["momentum_buffer"]
-                buf.lerp_(g, 1 - beta)
-                u = g.lerp(buf, beta) if group["nesterov"] else buf
+                # in place when the step is surely taken; else candidates, selected on the device
+                new_buf = buf.lerp_(g, 1 - beta) if keep is None else buf.lerp(g, 1 - beta)
+                u = g.lerp(new_buf, beta) if group["nesterov"] else new_buf
                 u_2d = u.reshape(u.size(0), -1)  # (out, in*k*k) for conv weights
                 O = zeropower_via_newtonschulz5(u_2d, group["ns_steps"], self.ns_dtype)
                 scale = max(1.0, u_2d.size(0) / u_2d.size(1)) ** 0.5
+                new_p = p if keep is None else p.clone()
                 if group.get("normalize", False):  # .get: groups saved before the option existed
-                    p.mul_(p.size(0) ** 0.5 / p.norm().clamp_min(1e-12))
+                    new_p.mul_(p.size(0) ** 0.5 / new_p.norm().clamp_min(1e-12))
                 if wd != 0:
-                    p.mul_(1 - lr * wd)
-                p.add_(O.reshape(p.shape).to(p.dtype), alpha=-lr * scale)
+                    new_p.mul_(1 - lr * wd)
+                new_p.add_(O.reshape(p.shape).to(p.dtype), alpha=-lr * scale)
+                if keep is not None:
+                    buf.copy_(torch.where(keep, new_buf, buf))
+                    p.copy_(torch.where(keep, new_p, p))
         return loss

@@ -178,6 +178,10 @@ class CombinedOptimizer:
     AdamW), so torch LR schedulers, which check isinstance(Optimizer), do not accept it: use
     `layerwise.train.schedule.apply_lr`. `torch.amp.GradScaler.step/unscale_` only need
     `param_groups` and `step` and work with it. For Distributed Checkpoint pass `.optimizers`.
+
+    Device-side skipping: when every child takes ``found_inf`` / ``grad_scale`` (torch's fused
+    kernels, Muon), so does the combination (``_step_supports_amp_scaling``); the attributes set
+    on it before ``step()`` are handed to every child for that step.
     """
 
     def __init__(self, optimizers: dict[str, torch.optim.Optimizer]) -> None:
@@ -203,6 +207,10 @@ class CombinedOptimizer:
         return [g for opt in self._optimizers.values() for g in opt.param_groups]
 
     @property
+    def _step_supports_amp_scaling(self) -> bool:
+        return all(getattr(opt, "_step_supports_amp_scaling", False) for opt in self._optimizers.values())
+
+    @property
     def state(self) -> dict[torch.Tensor, dict[str, Any]]:
         return {p: s for opt in self._optimizers.values() for p, s in opt.state.items()}
 
@@ -211,8 +219,16 @@ class CombinedOptimizer:
         if closure is not None:  # evaluate once, then let every child use the same gradients
             with torch.enable_grad():
                 loss = closure()
+        # torch.amp.GradScaler and the Trainer's sync-free step set these on the optimizer they step
+        skip = {k: getattr(self, k) for k in ("found_inf", "grad_scale") if getattr(self, k, None) is not None}
         for opt in self._optimizers.values():
-            opt.step()
+            for k, v in skip.items():
+                setattr(opt, k, v)
+            try:
+                opt.step()
+            finally:
+                for k in skip:
+                    delattr(opt, k)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -240,17 +256,22 @@ class CombinedOptimizer:
 # Factory
 
 
-def _impl_kwargs(cls: type[torch.optim.Optimizer], device_type: str, per_param: bool = False) -> dict[str, bool]:
+def _impl_kwargs(cls: type[torch.optim.Optimizer], device_type: str, per_param: bool = False,
+                 fused: bool | None = None) -> dict[str, bool]:
     """Pick the fastest torch implementation: fused kernels on CUDA, foreach on CPU.
 
     Fused (one kernel for all params) is checked against the installed torch's signature so
     older releases fall back to foreach instead of failing. Other device types keep torch's
-    own default.
+    own default. ``fused=True`` asks for the fused kernels on any device (torch >= 2.4 has them
+    for the CPU too; they can skip a step on the device, see the Trainer's sync-free step);
+    ``False`` never uses them.
     """
     params = inspect.signature(cls.__init__).parameters
     if per_param:  # parameters that mix plain tensors and DTensors on different meshes (tensor parallel)
         return {"foreach": False} if "foreach" in params else {}
-    if device_type == "cuda":
+    if fused and "fused" in params:
+        return {"fused": True}
+    if device_type == "cuda" and fused is not False:
         if "fused" in params:
             return {"fused": True}
         return {"foreach": True} if "foreach" in params else {}
@@ -296,6 +317,7 @@ def build_optimizer(
     no_decay_lr_scale: float = 1.0,
     device_type: str = "cpu",
     per_param: bool = False,
+    fused: bool | None = None,
 ) -> torch.optim.Optimizer | CombinedOptimizer:
     """Build optimizer `name` (one of OPTIMIZERS) over `model`'s trainable parameters.
 
@@ -315,7 +337,9 @@ def build_optimizer(
     "cuda" and foreach on "cpu"; the model must already be on that device. Every group has
     "base_lr" = its initial lr, which `schedule.apply_lr` scales. lr stays a python float.
     `per_param` turns the multi-tensor kernels off (for tensor-parallel models, whose parameters
-    mix plain tensors and DTensors that one kernel launch cannot take together).
+    mix plain tensors and DTensors that one kernel launch cannot take together). `fused` True
+    asks for torch's fused SGD/AdamW kernels on any device (the CPU's exist since torch 2.4), False
+    never uses them; None (the default) uses them on CUDA only.
     """
     if name not in OPTIMIZERS:
         raise unknown_choice_error("optimizer", name, OPTIMIZERS)
@@ -340,13 +364,13 @@ def build_optimizer(
             raise ValueError("nesterov=True needs momentum > 0")
         return torch.optim.SGD(
             _with_base_lr(groups, lr, no_decay_lr_scale), lr=lr, momentum=momentum, nesterov=nesterov,
-            **_impl_kwargs(torch.optim.SGD, device_type, per_param),
+            **_impl_kwargs(torch.optim.SGD, device_type, per_param, fused),
         )
 
     if name == "sgd":
         return sgd(groups)
 
-    adamw_kwargs = dict(lr=lr, betas=betas, eps=eps, **_impl_kwargs(torch.optim.AdamW, device_type, per_param))
+    adamw_kwargs = dict(lr=lr, betas=betas, eps=eps, **_impl_kwargs(torch.optim.AdamW, device_type, per_param, fused))
     if name == "adamw":
         return torch.optim.AdamW(_with_base_lr(groups, lr, no_decay_lr_scale), **adamw_kwargs)
 

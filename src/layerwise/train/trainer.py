@@ -2,8 +2,17 @@
 
 Read :meth:`Trainer.fit` top to bottom: take a step's micro-batches, forward, loss, backward,
 clip, optimizer step, schedule, metrics, evaluation, checkpoint. Everything else is a small named
-method. The loop never reads a device value per step except one finiteness flag, which has to
-reach the host before the optimizer decides to step (GradScaler syncs the same way on fp16).
+method.
+
+The loop reads no device value per step on a GPU. Whether a step is taken (its loss and gradient
+norm are finite) is decided on the device: torch's fused optimizers and Muon skip the update when
+given a ``found_inf`` flag (as torch.amp.GradScaler uses them), and the EMA, lookahead and metric
+sums select their update with the same flag. The host reads the flags, and with them the skip
+counters and the divergence guard, only where it reads anyway: at log intervals, evaluations,
+checkpoints and the end (:meth:`Trainer._read_guard`). On the CPU, where a read costs nothing,
+and with an optimizer that cannot skip on the device, the flag is read each step
+(:meth:`Trainer._optimizer_step`), as before. ``LAYERWISE_SYNC_FREE`` (``auto``, the default; ``1``
+on any device, with fused kernels on the CPU, for tests; ``0`` never) switches between them.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import random
 import time
 import warnings
@@ -45,6 +55,23 @@ from layerwise.train.schedule import EarlyEpochs, apply_lr, lr_multiplier
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a NaN/Inf loss or gradient."""
+
+
+SYNC_FREE_MODES = {"auto": "auto", "1": "on", "on": "on", "0": "off", "off": "off"}
+# the sync-free step reads its flags at least this often, whatever train.log_every says: each
+# pending step holds two 0-d device tensors until then
+MAX_PENDING_STEPS = 1000
+
+
+def sync_free_mode() -> str:
+    """``LAYERWISE_SYNC_FREE``: "auto" (the device-side skip on CUDA when the optimizer supports it),
+    "on" (on any device: the CPU gets fused SGD/AdamW kernels; for tests) or "off" (a host read
+    of the finiteness flag every step); ConfigError for anything else."""
+    value = os.environ.get("LAYERWISE_SYNC_FREE", "auto").strip().lower()
+    if value not in SYNC_FREE_MODES:
+        from layerwise.config import ConfigError
+        raise ConfigError(f"LAYERWISE_SYNC_FREE={value!r} is not a setting; use auto (the default), 1 or 0.")
+    return SYNC_FREE_MODES[value]
 
 
 def resolve_device(name: str, option: str = "--train.device") -> torch.device:
@@ -117,6 +144,7 @@ class Trainer:
             keep_freed_memory()  # ~10% faster conv steps on the CPU (train/cpu.py)
         self._check_parallel()
         self.scaler = grad_scaler(self.device.type, t.precision)  # refuses fp16 off CUDA, early
+        self._sync_free_mode = sync_free_mode()
         seed_everything(t.seed)  # the same on every rank: identical initial weights
         self.tokenizer = None  # a language model's, set by _build_data; saved into the run directory
         source = self._build_data()
@@ -151,11 +179,22 @@ class Trainer:
         # loop state (all of it goes into checkpoints)
         self.step = 0
         self.bad_steps = 0  # consecutive
+        self.first_bad_step = 0  # the first of the bad_steps (0-based), for the divergence message
         self.skipped_steps = 0  # total, of both kinds
         self.overflow_steps = 0  # of which fp16 loss-scale overflows
         self.examples_seen = 0
         self.train_seconds = 0.0
         self.acc = Accumulator(self.task.stats_size, self.device, reduce=self.par.sum if self.par.enabled else None)
+        # the sync-free step (module docstring): (step, loss, gradient norm) of the steps whose
+        # flags the host has not read yet; used once the optimizer's state exists (torch's fused
+        # SGD would keep uninitialized momentum buffers after a skipped first step)
+        self._device_guard = self._sync_free_mode == "on" or (
+            self._sync_free_mode == "auto" and self.device.type == "cuda")
+        self._device_guard &= (bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+                               and not self.par.dims.uses_fsdp and self.par.dims.tp == 1)  # DTensors: synced
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._state_ready = False
+        self._lr_factor: float | None = None  # the schedule's factor last written into the optimizer
 
         # the run directory comes last: bad input above fails before anything is written.
         # Only rank 0 writes it; the other ranks learn its path from rank 0.
@@ -270,7 +309,8 @@ class Trainer:
             nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
             muon_momentum=o.muon_momentum, muon_rest=o.muon_rest, muon_normalize=o.muon_normalize,
             muon_ns_steps=o.muon_ns_steps, no_decay_lr_scale=o.no_decay_lr_scale,
-            device_type=self.device.type, per_param=self.par.dims.tp > 1)
+            device_type=self.device.type, per_param=self.par.dims.tp > 1,
+            fused=True if self._sync_free_mode == "on" else None)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # torch.compile wraps the module; state is always read from and written to self.model
         self.forward = torch.compile(forward) if t.compile else forward
@@ -354,9 +394,10 @@ class Trainer:
             while self.step < self.total_steps:
                 micro, batches = self._next_micro_batches(batches)
                 micro = self.early.before_step(self.step, micro)  # low-res crops, stem freezing
-                n = sum(self.task.count(y) for _, y in micro)  # examples (tokens for an LM) in this step
-                lr = apply_lr(self.optimizer, lr_multiplier(self.step, **self.schedule))
-                step_loss = torch.zeros((), device=self.device)
+                counts = [self.task.count(y) for _, y in micro]
+                n = sum(counts)  # examples (tokens for an LM) in this step
+                lr = self._apply_lr()
+                step_loss = None  # (), float32: the step's summed loss
                 for i, (x, y) in enumerate(micro):
                     with self._grad_sync(last=i == len(micro) - 1):
                         with autocast(self.device.type, t.precision):
@@ -367,18 +408,25 @@ class Trainer:
                             loss_sum, out = self.task.member_loss(out, y), out.mean(1)
                         else:
                             loss_sum = self.task.loss(out, y)
+                        # the metric sums (counted once the step is taken) before backward, so that the
+                        # outputs (a language model's (B, T, V) logits) are not kept alive through it
+                        self.acc.stage(self.task.stats(out.detach(), y, loss_sum), counts[i])
+                        del out
                         loss = loss_sum / n
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
-                    step_loss += loss_sum.detach()
-                    # counted once the step is taken
-                    self.acc.stage(self.task.stats(out.detach(), y, loss_sum), self.task.count(y))
+                    part = loss_sum.detach().float()
+                    step_loss = part if step_loss is None else step_loss + part
                 grad_norm = self._clip(o.clip_grad_norm)
-                self._optimizer_step(step_loss, grad_norm)
+                if self._device_guard and self._state_ready:
+                    self._device_step(step_loss, grad_norm)
+                else:
+                    self._optimizer_step(step_loss, grad_norm)
                 self.step += 1
                 self.examples_seen += n * self.par.dp_size  # every data-parallel rank took as many
                 self.display.tick(self.step)
 
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    self._read_guard()  # the skip counters (and the divergence guard) are logged too
                     now = time.perf_counter()
                     rate = (self.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
                     self._log_train(lr, rate)
@@ -387,15 +435,27 @@ class Trainer:
                 if self.lookahead is not None and (epoch_end or self.step == self.total_steps):
                     self.lookahead.sync()  # airbench: the live weights end each epoch at the slow ones
                 if self._eval_due(epoch_end):
+                    self._read_guard()
                     self.train_seconds = self._elapsed(start)
                     self._log_test()
                 if self._checkpoint_due(epoch_end):
+                    self._read_guard()  # never a checkpoint after the guard would have stopped the run
                     self.train_seconds = self._elapsed(start)
                     self._save_checkpoint()
+            self._read_guard()
         finally:
             self.display.close()
         self.train_seconds = self._elapsed(start)
         return self._finish()
+
+    def _apply_lr(self) -> float:
+        """The schedule's learning rate for this step, written into the optimizer's groups only
+        when it changed (a constant schedule writes once). Returns the first group's lr."""
+        factor = lr_multiplier(self.step, **self.schedule)
+        if factor != self._lr_factor:
+            self._lr = apply_lr(self.optimizer, factor)
+            self._lr_factor = factor
+        return self._lr
 
     def _elapsed(self, start: float) -> float:
         """Seconds since ``start`` (perf_counter) once the device has run what was queued: CUDA
@@ -435,25 +495,28 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = max_norm if max_norm > 0 else float("inf")
         if self.par.dims.tp > 1:  # plain tensors and DTensors on several meshes
             from layerwise.distributed.parallelize import clip_grad_norm_
-            return clip_grad_norm_(params, max_norm)
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+            return clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        else:  # the norm only (for the finiteness check): clipping at inf would multiply every gradient by 1
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a replicated DTensor
 
     def _optimizer_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """Take the step, or skip it when its loss or gradient is not finite.
+        """Take the step, or skip it when its loss or gradient is not finite, deciding on the host.
 
-        The one host sync per step: the decision must be made before the update. A skipped step
-        leaves the weights, the weight averages (EMA, lookahead) and the metric averages alone and
-        is counted in ``skipped_steps``. Two kinds: with fp16 an overflowing *gradient* under a
-        finite loss is the loss scaler's business (it lowers the scale and the next step usually
-        fits), so it is counted but never stops the run; a non-finite *loss*, or a non-finite
-        gradient without a scaler, is a bad step, and ``train.max_bad_steps`` of them in a row
-        stop it. The learning-rate schedule and lookahead follow the attempted steps
-        (``self.step``), the EMA's warm-up its taken updates; both are saved, so a resumed run
-        agrees."""
+        One host sync: the decision is read before the update (the path on the CPU, and for an
+        optimizer that cannot skip on the device; :meth:`_device_step` is the GPU's). A skipped
+        step leaves the weights, the weight averages (EMA, lookahead) and the metric averages
+        alone and is counted in ``skipped_steps``. Two kinds: with fp16 an overflowing *gradient*
+        under a finite loss is the loss scaler's business (it lowers the scale and the next step
+        usually fits), so it is counted but never stops the run; a non-finite *loss*, or a
+        non-finite gradient without a scaler, is a bad step, and ``train.max_bad_steps`` of them
+        in a row stop it (:meth:`_count_step`). The learning-rate schedule and lookahead follow
+        the attempted steps (``self.step``), the EMA's warm-up its taken updates; both are saved,
+        so a resumed run agrees."""
         loss_ok = torch.isfinite(step_loss)
         taken = bool(loss_ok & torch.isfinite(grad_norm))
         if taken:
@@ -466,31 +529,90 @@ class Trainer:
                 self.ema.update()
             if self.lookahead is not None:
                 self.lookahead.after_step(self.step + 1)  # self.step counts the steps before this one
-            self.bad_steps = 0
             self.acc.commit()
             self.optimizer.zero_grad(set_to_none=True)
+            self._state_ready = True  # the optimizer's state exists: the device-side skip may take over
+            self._count_step(self.step, True, True, 0.0)
             return
         self.acc.drop()
-        self.skipped_steps += 1
-        if self.scaler and bool(loss_ok):  # fp16 overflow: update() halves the scale (unscale_ saw the inf)
+        if self.scaler:  # an fp16 overflow: update() halves the scale (unscale_ saw the inf)
             self.scaler.update()
-            self.overflow_steps += 1
-            self.display.message(f"step {self.step}: fp16 gradient overflow, step skipped and loss scale "
-                                 f"lowered to {self.scaler.get_scale():g} ({self.skipped_steps} skipped in all)")
-            self.optimizer.zero_grad(set_to_none=True)
-            return
+        self.optimizer.zero_grad(set_to_none=True)
+        self._count_step(self.step, False, bool(loss_ok), step_loss.item())
+
+    def _device_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """:meth:`_optimizer_step` without a host sync: the same decision, made on the device.
+
+        ``taken`` (a 0-d bool tensor) reaches the optimizer as ``found_inf`` (torch's fused
+        Adam/AdamW/SGD and Muon then leave weights and state exactly as they were, step counters
+        included), the EMA, lookahead and metric sums as a selection (each bit-identical to the
+        host path when taken). The gradients were unscaled by ``_clip`` under fp16, so the scaler
+        only updates its scale from what ``unscale_`` found, as ``scaler.step`` + ``update`` do.
+        The step's loss and gradient norm wait on the device; :meth:`_read_guard` counts them at
+        the next log interval, evaluation, checkpoint or the end (or after MAX_PENDING_STEPS)."""
+        taken = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
+        self.optimizer.found_inf = (~taken).float()  # what fused kernels and GradScaler use: 1.0 = skip
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
         if self.scaler:
             self.scaler.update()
-        self.bad_steps += 1
-        self.display.message(f"warning: step {self.step} has a non-finite loss or gradient "
-                             f"(loss {step_loss.item():.4g}); skipped ({self.bad_steps} in a row)")
+        if self.ema is not None:
+            self.ema.update(taken)
+        if self.lookahead is not None:
+            self.lookahead.after_step(self.step + 1, taken)
+        self.acc.settle(taken)
         self.optimizer.zero_grad(set_to_none=True)
+        self._pending.append((self.step, step_loss, grad_norm))
+        if len(self._pending) >= MAX_PENDING_STEPS:
+            self._read_guard()
+
+    def _read_guard(self) -> None:
+        """Read the flags of the steps :meth:`_device_step` decided since the last read (one host
+        sync) and count them in order, as :meth:`_optimizer_step` would have: skip counters,
+        messages and the divergence guard, which may stop the run here, up to ``train.log_every``
+        steps after the step that tripped it."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        values = torch.stack([torch.stack([loss for _, loss, _ in pending]),
+                              torch.stack([norm for _, _, norm in pending]).to(torch.float32)]).tolist()
+        for (step, _, _), loss, norm in zip(pending, *values):
+            loss_ok = math.isfinite(loss)
+            taken = loss_ok and math.isfinite(norm)
+            if not taken:
+                self.acc.count_skipped()
+            self._count_step(step, taken, loss_ok, loss)
+
+    def _count_step(self, step: int, taken: bool, loss_ok: bool, loss: float) -> None:
+        """The host's account of step ``step`` (0-based), once its flags are known: the counters,
+        a message for a skipped step, and TrainingDiverged after ``train.max_bad_steps`` bad steps
+        in a row, naming the first of them."""
+        if taken:
+            self.bad_steps = 0
+            return
+        self.skipped_steps += 1
+        if self.scaler and loss_ok:  # an fp16 overflow: counted, never a bad step
+            self.overflow_steps += 1
+            self.display.message(f"step {step}: fp16 gradient overflow, step skipped and loss scale lowered "
+                                 f"(now {self.scaler.get_scale():g}; {self.skipped_steps} skipped in all)")
+            return
+        if self.bad_steps == 0:
+            self.first_bad_step = step
+        self.bad_steps += 1
+        self.display.message(f"warning: step {step} has a non-finite loss or gradient "
+                             f"(loss {loss:.4g}); skipped ({self.bad_steps} in a row)")
         if self.bad_steps >= self.cfg.train.max_bad_steps:
+            late = (f" The run went on to step {self.step} before this was read: on a GPU the check is "
+                    f"read at log intervals (train.log_every), evaluations and checkpoints, never per step, "
+                    f"and no checkpoint was written after step {step}." if self.step > step + 1 else "")
             raise TrainingDiverged(
-                f"training stopped at step {self.step}: {self.bad_steps} consecutive steps had a NaN "
-                f"or Inf loss or gradient ({self.skipped_steps} skipped in all). Lower optim.lr, set "
-                f"optim.clip_grad_norm, check the data for NaN values, or use precision fp32. The "
-                f"last good checkpoint is in {self.ckpt_dir} (resume with --resume {self.run_dir}).")
+                f"training stopped at step {step}: {self.bad_steps} consecutive steps had a NaN or Inf loss "
+                f"or gradient (steps {self.first_bad_step} to {step}; {self.skipped_steps} skipped in all). "
+                f"Lower optim.lr, set optim.clip_grad_norm, check the data for NaN values, or use precision "
+                f"fp32. The last good checkpoint is in {self.ckpt_dir} (resume with --resume {self.run_dir})."
+                + late)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -554,9 +676,11 @@ class Trainer:
 
     def _trainer_state(self) -> dict[str, Any]:
         """The loop's plain values (JSON-able): the same on every rank, metric sums over all ranks."""
+        self._read_guard()  # the counters as of this step (and no state saved past a divergence)
         sums, count = self.acc.totals()
         return {
-            "step": self.step, "bad_steps": self.bad_steps, "skipped_steps": self.skipped_steps,
+            "step": self.step, "bad_steps": self.bad_steps, "first_bad_step": self.first_bad_step,
+            "skipped_steps": self.skipped_steps,
             "overflow_steps": self.overflow_steps,
             "examples_seen": self.examples_seen, "train_seconds": self.train_seconds,
             "loader": self.train_loader.state_dict(),
@@ -672,6 +796,8 @@ class Trainer:
         for k in ("step", "bad_steps", "skipped_steps", "examples_seen"):
             setattr(self, k, int(state[k]))
         self.overflow_steps = int(state.get("overflow_steps", 0))
+        self.first_bad_step = int(state.get("first_bad_step", self.step - self.bad_steps))
+        self._state_ready = bool(self.optimizer.state)  # a run whose steps were all skipped has none
         self.train_seconds = float(state["train_seconds"])
         if rng is not None:
             torch.set_rng_state(rng["torch"].cpu())
