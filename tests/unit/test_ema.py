@@ -128,3 +128,27 @@ def test_models_without_ties_average_every_parameter(name):
     ema = EMA(model, 0.9)
     n_params = len(list(model.parameters()))
     assert len(ema._avg[0]) == n_params
+
+
+def test_ema_update_on_the_device_is_the_host_update_bit_for_bit_and_skips_exactly():
+    # the Trainer's sync-free step: update(taken) with a device flag, the count kept on the device
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    host, dev = EMA(model, 0.95), EMA(model, 0.95)
+    flags = [True, True, False, True, False, False, True] + [True] * 30  # the ramp runs past 0.95
+    for taken in flags:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.add_(1.0)
+            model[1].num_batches_tracked.add_(1)
+        before = {k: v.clone() for k, v in dev.shadow.items()}
+        if taken:
+            host.update()
+        dev.update(torch.tensor(taken))
+        if not taken:  # a skipped step leaves every shadow tensor, buffers included, as it was
+            assert all(torch.equal(before[k], dev.shadow[k]) for k in before)
+    assert dev.updates == host.updates == sum(flags)
+    assert all(torch.equal(host.shadow[k], dev.shadow[k]) for k in host.shadow)
+    dev.updates = 3  # loading a checkpoint moves the count back to the host
+    assert dev.updates == 3 and dev._device_updates is None

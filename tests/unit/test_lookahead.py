@@ -73,3 +73,30 @@ def test_lookahead_refuses_bad_settings(kw):
     args = {"every": 5, "start_step": 0, "decay": 0.95, "total_steps": 10} | kw
     with pytest.raises(ValueError, match="Lookahead needs"):
         Lookahead(_model(), **args)
+
+
+def test_lookahead_on_the_device_matches_the_host_and_skips_exactly():
+    # the Trainer's sync-free step: after_step(step, taken) for every step, decided on the device
+    host_m, dev_m = _model(), _model()
+    host = Lookahead(host_m, every=2, start_step=2, decay=0.9, total_steps=12)
+    dev = Lookahead(dev_m, every=2, start_step=2, decay=0.9, total_steps=12)
+    flags = [True, True, False, True, True, False, True, True, True, True, False, True]
+    g = torch.Generator().manual_seed(3)
+    for step, taken in enumerate(flags, start=1):
+        if taken:  # a skipped step changes no weight
+            delta = [torch.randn(p.shape, generator=g) for p in host_m.parameters()]
+            with torch.no_grad():
+                for m in (host_m, dev_m):
+                    for p, d in zip(m.parameters(), delta):
+                        p.add_(d)
+        before = _float_state(dev_m), {k: v.clone() for k, v in dev.slow.items()}
+        if taken:
+            host.after_step(step)
+        dev.after_step(step, torch.tensor(taken))
+        if not taken:
+            assert all(torch.equal(before[0][k], v) for k, v in _float_state(dev_m).items())
+            assert all(torch.equal(before[1][k], v) for k, v in dev.slow.items())
+    assert dev.started and host.started  # step 2 (taken) started it; step 3's skip did not matter
+    host.sync(), dev.sync()
+    assert all(torch.equal(v, _float_state(dev_m)[k]) for k, v in _float_state(host_m).items())
+    assert all(torch.equal(host.slow[k], dev.slow[k]) for k in host.slow)

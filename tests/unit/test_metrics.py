@@ -56,3 +56,19 @@ def test_tensorboard_receives_the_scalars(tmp_path):
     ev = EventAccumulator(str(tmp_path / "tensorboard"))
     ev.Reload()
     assert [s.value for s in ev.Scalars("train/loss")] == [2.0]
+
+
+def test_settle_on_the_device_commits_or_drops_like_the_host():
+    # the Trainer's sync-free step: the decision is a device flag; the count waits on the device
+    acc = Accumulator(2, torch.device("cpu"))
+    acc.stage(torch.tensor([1.0, 1.0], dtype=torch.float64), 2)
+    acc.settle(torch.tensor(True))
+    acc.stage(torch.tensor([float("nan"), 1.0], dtype=torch.float64), 3)  # a NaN selected away, not times 0
+    acc.stage(torch.tensor([3.0, 0.0], dtype=torch.float64), 3)
+    acc.settle(torch.tensor(False))
+    acc.count_skipped()
+    acc.stage(torch.tensor([2.0, 2.0], dtype=torch.float64), 4)
+    acc.settle(torch.tensor(True))
+    assert acc.state_dict()["count"] == 6
+    assert acc.read() == ([3.0, 3.0], 6, 1)
+    assert acc.read() == ([0.0, 0.0], 0, 0)

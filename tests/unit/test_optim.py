@@ -349,3 +349,52 @@ def test_no_decay_lr_scale_speeds_up_only_biases_and_norms():
     assert lrs["no_decay"] == (pytest.approx(6.4), pytest.approx(6.4))
     with pytest.raises(ValueError, match="no_decay_lr_scale"):
         build_optimizer(model, "sgd", lr=0.1, no_decay_lr_scale=0.0)
+
+
+def _muon_step(found_inf: float | None, grad_scale: float | None = None, normalize: bool = True):
+    """One Muon step after two plain ones, with the flags set as GradScaler / the Trainer set them."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(6, 4))
+    opt = Muon([w], lr=0.05, momentum=0.9, weight_decay=0.1, ns_dtype=torch.float32, normalize=normalize)
+    for _ in range(2):
+        w.grad = torch.randn(6, 4)
+        opt.step()
+    w.grad = torch.randn(6, 4) * (grad_scale or 1.0)
+    if found_inf is not None:
+        opt.found_inf = torch.tensor(found_inf)
+    if grad_scale is not None:
+        opt.grad_scale = torch.tensor(grad_scale)
+    before = (w.detach().clone(), opt.state[w]["momentum_buffer"].clone())
+    opt.step()
+    return before, (w.detach().clone(), opt.state[w]["momentum_buffer"].clone())
+
+
+def test_muon_skips_on_the_device_when_found_inf_is_set():
+    before, after = _muon_step(1.0)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])  # weights and momentum untouched
+    # found_inf = 0 is the same step, bit for bit, as no flag at all (the update computed out of place)
+    _, plain = _muon_step(None)
+    _, flagged = _muon_step(0.0)
+    assert not torch.equal(plain[0], before[0])
+    assert torch.equal(plain[0], flagged[0]) and torch.equal(plain[1], flagged[1])
+    # grad_scale divides the gradients first (a power of two: exact)
+    _, scaled = _muon_step(0.0, grad_scale=1024.0)
+    assert torch.equal(plain[0], scaled[0]) and torch.equal(plain[1], scaled[1])
+
+
+def test_combined_optimizer_hands_found_inf_to_every_child():
+    m, x, y = _mlp_task()
+    cpu_fused = build_optimizer(m, "muon", lr=3e-3, fused=True)
+    assert cpu_fused._step_supports_amp_scaling  # Muon + fused AdamW (torch's CPU kernels) skip on the device
+    assert not build_optimizer(m, "muon", lr=3e-3)._step_supports_amp_scaling  # foreach AdamW cannot
+    before = [p.detach().clone() for p in m.parameters()]
+    nn.functional.mse_loss(m(x), y).backward()
+    cpu_fused.found_inf = torch.tensor(1.0)
+    cpu_fused.step()
+    del cpu_fused.found_inf
+    assert all(torch.equal(p, b) for p, b in zip(m.parameters(), before))
+    assert {int(s["step"]) for s in cpu_fused["adamw"].state.values()} == {0}  # Adam's step count unchanged
+    assert not any(hasattr(o, "found_inf") for o in cpu_fused.optimizers)  # nothing left behind
+    cpu_fused.step()
+    assert all(not torch.equal(p, b) for p, b in zip(m.parameters(), before))
+    assert {int(s["step"]) for s in cpu_fused["adamw"].state.values()} == {1}

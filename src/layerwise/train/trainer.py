@@ -314,6 +314,11 @@ class Trainer:
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # torch.compile wraps the module; state is always read from and written to self.model
         self.forward = torch.compile(forward) if t.compile else forward
+        # and the objective, apart: the loss's float32 upcast, log-softmax and the metric sums'
+        # argmax fuse into a pass or two over the outputs, and backward keeps the half-precision
+        # outputs instead of float32 log-probabilities (a language model's (B, T, V): the largest
+        # tensors of its step)
+        self.objective = torch.compile(self._objective) if t.compile else self._objective
 
     def _check_model_takes_data(self) -> None:
         """One forward pass of two training examples, before any file is written: a model that
@@ -403,15 +408,12 @@ class Trainer:
                         with autocast(self.device.type, t.precision):
                             out = self.forward(x)
                         # the task's loss summed over the micro-batch's targets, divided by all of the
-                        # step's: exact gradient accumulation for any split (and equal splits per rank)
-                        if self.members > 1:  # an ensemble: each member on its own loss, metrics of their mean
-                            loss_sum, out = self.task.member_loss(out, y), out.mean(1)
-                        else:
-                            loss_sum = self.task.loss(out, y)
+                        # step's: exact gradient accumulation for any split (and equal splits per rank);
                         # the metric sums (counted once the step is taken) before backward, so that the
                         # outputs (a language model's (B, T, V) logits) are not kept alive through it
-                        self.acc.stage(self.task.stats(out.detach(), y, loss_sum), counts[i])
+                        loss_sum, stats = self.objective(out, y)
                         del out
+                        self.acc.stage(stats, counts[i])
                         loss = loss_sum / n
                         (self.scaler.scale(loss) if self.scaler else loss).backward()
                     part = loss_sum.detach().float()
@@ -447,6 +449,16 @@ class Trainer:
             self.display.close()
         self.train_seconds = self._elapsed(start)
         return self._finish()
+
+    def _objective(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the task's loss summed over the batch's targets, () float32; its metric sums,
+        (stats_size,) float64) of one micro-batch's outputs. An ensemble (B, M, ...) trains each
+        member on its own loss and reports the metrics of their mean."""
+        if self.members > 1:
+            loss_sum, out = self.task.member_loss(out, y), out.mean(1)
+        else:
+            loss_sum = self.task.loss(out, y)
+        return loss_sum, self.task.stats(out.detach(), y, loss_sum)
 
     def _apply_lr(self) -> float:
         """The schedule's learning rate for this step, written into the optimizer's groups only
