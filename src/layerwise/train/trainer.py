@@ -427,8 +427,6 @@ class Trainer:
                 self.step += 1
                 self.examples_seen += n * self.par.dp_size  # every data-parallel rank took as many
                 self.display.tick(self.step)
-                if self._train_log_on_its_way is not None and self._train_log_arrived():
-                    self._finish_train_log()  # a step or two after it was sent: no wait
 
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     now = time.perf_counter()
@@ -589,10 +587,8 @@ class Trainer:
     def _read_guard(self) -> None:
         """Read the flags of the steps :meth:`_device_step` decided since the last read (one host
         sync) and count them in order, as :meth:`_optimizer_step` would have: skip counters,
-        messages and the divergence guard, which may stop the run here. A step's flags are read
-        at the latest when the train record of its log interval is written, so the guard stops
-        the run at most ``train.log_every`` steps (plus the step or two that record's numbers
-        take to reach the host) after the step that tripped it."""
+        messages and the divergence guard, which may stop the run here, up to two
+        ``train.log_every`` intervals after the step that tripped it."""
         self._finish_train_log()  # its steps come first
         if not self._pending:
             return
@@ -618,11 +614,10 @@ class Trainer:
 
     def _start_train_log(self, lr: float, rate: float) -> None:
         """The sync-free step's train log: its numbers (the metric sums and the steps' flags) leave
-        the device by a non-blocking copy, and the record is written once the copy has arrived
-        (:meth:`_finish_train_log`, asked after each step: usually a step or two later; at the
-        latest at the next log interval, evaluation, checkpoint or the end). A blocking read here
-        would stall the device's queue at every interval (on a GPU, about the time the host needs
-        to queue one step again)."""
+        the device by a non-blocking copy, and the record is written at the next read
+        (:meth:`_finish_train_log`: the next log interval, an evaluation, a checkpoint or the end),
+        by when the copy has long arrived. A blocking read here would stall the device's queue at
+        every interval (on a GPU, about the time the host needs to queue one step again)."""
         self._finish_train_log()
         pending, self._pending = self._pending, []
         sums, count, skipped = self.acc.take()
@@ -635,11 +630,6 @@ class Trainer:
         self._train_log_on_its_way = {"numbers": numbers, "arrived": arrived, "pending": pending, "count": count,
                                       "skipped": skipped, "skipped_steps": self.skipped_steps, "step": self.step,
                                       "epoch": self.epoch, "lr": lr, "rate": rate}
-
-    def _train_log_arrived(self) -> bool:
-        """Whether the numbers :meth:`_start_train_log` sent have reached the host (no wait)."""
-        arrived = self._train_log_on_its_way["arrived"]
-        return arrived is None or arrived.query()
 
     def _finish_train_log(self) -> None:
         """Write the train record :meth:`_start_train_log` sent on its way, after counting its steps
