@@ -72,14 +72,3 @@ def test_settle_on_the_device_commits_or_drops_like_the_host():
     assert acc.state_dict()["count"] == 6
     assert acc.read() == ([3.0, 3.0], 6, 1)
     assert acc.read() == ([0.0, 0.0], 0, 0)
-
-
-def test_take_hands_over_the_interval_without_a_read_and_resets():
-    acc = Accumulator(2, torch.device("cpu"))
-    acc.add(torch.tensor([1.0, 2.0], dtype=torch.float64), 3)  # a host-decided step
-    acc.stage(torch.tensor([4.0, 1.0], dtype=torch.float64), 5)
-    acc.settle(torch.tensor(True))  # a device-decided one: its count is on the device
-    acc.count_skipped()
-    numbers, count, skipped = acc.take()
-    assert numbers.tolist() == [5.0, 3.0, 5.0] and count == 3 and skipped == 1
-    assert acc.read() == ([0.0, 0.0], 0, 0)

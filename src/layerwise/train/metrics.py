@@ -91,22 +91,6 @@ class Accumulator:
         both = self.reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]))
         return both[:-1], int(round(both[-1].item()))
 
-    def take(self) -> tuple[torch.Tensor, int, int]:
-        """What :meth:`read` returns, without a host sync, and reset: (the sums followed by the
-        target count of steps settled on the device, (size + 1,) float64 on the device, a new
-        tensor; the host's target count; steps skipped since the last read). Single process only
-        (``reduce`` would be a collective)."""
-        if self.reduce is not None:
-            raise RuntimeError("Accumulator.take() sums one process; use read() under several")
-        device_count = (self._device_count if self._device_count is not None
-                        else torch.zeros((), dtype=torch.int64, device=self.sums.device))
-        out = (torch.cat([self.sums, device_count.to(torch.float64).reshape(1)]), self.count, self.skipped)
-        self.sums.zero_()
-        device_count.zero_()
-        self.count = 0
-        self.skipped = 0
-        return out
-
     def read(self, reset: bool = True) -> tuple[list[float], int, int]:
         """(sums over every rank, as floats; their target count; steps skipped since the last
         read), the task turns them into metrics."""

@@ -193,7 +193,6 @@ class Trainer:
         self._device_guard &= (bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
                                and not self.par.dims.uses_fsdp and self.par.dims.tp == 1)  # DTensors: synced
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        self._train_log_on_its_way: dict[str, Any] | None = None  # see _start_train_log
         self._state_ready = False
         self._lr_factor: float | None = None  # the schedule's factor last written into the optimizer
 
@@ -429,13 +428,10 @@ class Trainer:
                 self.display.tick(self.step)
 
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    self._read_guard()  # the skip counters (and the divergence guard) are logged too
                     now = time.perf_counter()
                     rate = (self.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
-                    if self._device_guard and self.acc.reduce is None:
-                        self._start_train_log(lr, rate)  # written at the next read: no stall here
-                    else:
-                        self._read_guard()  # the skip counters (and the divergence guard) are logged too
-                        self._log_train(lr, rate)
+                    self._log_train(lr, rate)
                     last_log_time, last_log_examples = now, self.examples_seen
                 epoch_end = self.step % self.steps_per_epoch == 0
                 if self.lookahead is not None and (epoch_end or self.step == self.total_steps):
@@ -587,68 +583,19 @@ class Trainer:
     def _read_guard(self) -> None:
         """Read the flags of the steps :meth:`_device_step` decided since the last read (one host
         sync) and count them in order, as :meth:`_optimizer_step` would have: skip counters,
-        messages and the divergence guard, which may stop the run here, up to two
-        ``train.log_every`` intervals after the step that tripped it."""
-        self._finish_train_log()  # its steps come first
+        messages and the divergence guard, which may stop the run here, up to ``train.log_every``
+        steps after the step that tripped it."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        for step, loss, taken, loss_ok in self._flags(pending, self._stack_flags(pending).tolist()):
+        values = torch.stack([torch.stack([loss for _, loss, _ in pending]),
+                              torch.stack([norm for _, _, norm in pending]).to(torch.float32)]).tolist()
+        for (step, _, _), loss, norm in zip(pending, *values):
+            loss_ok = math.isfinite(loss)
+            taken = loss_ok and math.isfinite(norm)
             if not taken:
                 self.acc.count_skipped()
             self._count_step(step, taken, loss_ok, loss)
-
-    @staticmethod
-    def _stack_flags(pending: list[tuple[int, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """(2 * len(pending),) float32 on the device: the steps' losses, then their gradient norms."""
-        return torch.cat([torch.stack([loss for _, loss, _ in pending]),
-                          torch.stack([norm for _, _, norm in pending]).to(torch.float32)])
-
-    @staticmethod
-    def _flags(pending: list, values: list[float]):
-        """(step, loss, taken, loss finite) of each pending step from :meth:`_stack_flags`' values."""
-        n = len(pending)
-        for (step, _, _), loss, norm in zip(pending, values[:n], values[n:]):
-            loss_ok = math.isfinite(loss)
-            yield step, loss, loss_ok and math.isfinite(norm), loss_ok
-
-    def _start_train_log(self, lr: float, rate: float) -> None:
-        """The sync-free step's train log: its numbers (the metric sums and the steps' flags) leave
-        the device by a non-blocking copy, and the record is written at the next read
-        (:meth:`_finish_train_log`: the next log interval, an evaluation, a checkpoint or the end),
-        by when the copy has long arrived. A blocking read here would stall the device's queue at
-        every interval (on a GPU, about the time the host needs to queue one step again)."""
-        self._finish_train_log()
-        pending, self._pending = self._pending, []
-        sums, count, skipped = self.acc.take()
-        numbers = torch.cat([sums, self._stack_flags(pending).to(torch.float64)]) if pending else sums
-        arrived = None
-        if numbers.device.type == "cuda":
-            numbers = numbers.to("cpu", non_blocking=True)  # into pinned memory; valid once `arrived` is
-            arrived = torch.cuda.Event()
-            arrived.record()
-        self._train_log_on_its_way = {"numbers": numbers, "arrived": arrived, "pending": pending, "count": count,
-                                      "skipped": skipped, "skipped_steps": self.skipped_steps, "step": self.step,
-                                      "epoch": self.epoch, "lr": lr, "rate": rate}
-
-    def _finish_train_log(self) -> None:
-        """Write the train record :meth:`_start_train_log` sent on its way, after counting its steps
-        (which may stop the run: TrainingDiverged)."""
-        if self._train_log_on_its_way is None:
-            return
-        r, self._train_log_on_its_way = self._train_log_on_its_way, None
-        if r["arrived"] is not None:
-            r["arrived"].synchronize()
-        values = r["numbers"].tolist()
-        size = self.acc.sums.numel()
-        sums, count, skipped = values[:size], r["count"] + round(values[size]), r["skipped"]
-        skipped_steps = r["skipped_steps"]  # before these steps (all that came before them are counted)
-        for step, loss, taken, loss_ok in self._flags(r["pending"], values[size + 1:]):
-            skipped += not taken
-            skipped_steps += not taken
-            self._count_step(step, taken, loss_ok, loss)
-        m = self.task.scalars(self.task.metrics(sums, count))
-        self._write_train_log(r["step"], r["epoch"], m, r["lr"], r["rate"], skipped, skipped_steps)
 
     def _count_step(self, step: int, taken: bool, loss_ok: bool, loss: float) -> None:
         """The host's account of step ``step`` (0-based), once its flags are known: the counters,
@@ -718,16 +665,10 @@ class Trainer:
         sums, count, skipped = self.acc.read()
         # the task's metrics over the steps taken in this interval ("skipped" were left out)
         m = self.task.scalars(self.task.metrics(sums, count))
-        self._write_train_log(self.step, self.epoch, m, lr, rate, skipped, self.skipped_steps)
-
-    def _write_train_log(self, step: int, epoch: float, metrics: dict[str, Any], lr: float, rate: float,
-                         skipped: int, skipped_steps: int) -> None:
-        """One train record: the task's metrics over the interval's taken steps, ``skipped`` of
-        its steps left out, ``skipped_steps`` in all up to ``step``."""
-        rec = {"kind": "train", "step": step, "epoch": round(epoch, 4), **metrics, "lr": lr,
-               "examples_per_sec": rate, "skipped": skipped, "skipped_steps": skipped_steps}
+        rec = {"kind": "train", "step": self.step, "epoch": round(self.epoch, 4), **m, "lr": lr,
+               "examples_per_sec": rate, "skipped": skipped, "skipped_steps": self.skipped_steps}
         self.log.write(rec)
-        self.display.update(step, epoch, rec, self.task.headline)
+        self.display.update(self.step, self.epoch, rec, self.task.headline)
 
     def _log_test(self) -> dict[str, Any]:
         m = self.evaluate()
