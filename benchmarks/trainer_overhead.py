@@ -16,7 +16,7 @@ Every side uses the same model, optimizer (AdamW, foreach, or fused for the sync
 order and batch. On the CPU a host read costs nothing, so this measures the Python and the
 kernels the Trainer adds, not the GPU's pipeline stall (benchmarks/gpu.py --only overhead does).
 
-    PYTHONPATH=src python benchmarks/trainer_overhead.py [--steps 400] [--repeats 5] [--out FILE.json]
+    PYTHONPATH=src python benchmarks/trainer_overhead.py [--steps 400] [--repeats 5] [--out FILE.json] [--no-fused]
 
 The JSON goes to --out, else benchmarks/results/trainer_overhead_cpu_<date>.json.
 """
@@ -102,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-fused", action="store_true",
+                    help="leave out the fused pair (for a checkout older than LAYERWISE_SYNC_FREE)")
     a = ap.parse_args(argv)
     sides = {"plain": ("plain", False), "plain_host_sync": ("plain_host_sync", False),
-             "layerwise": ("layerwise", False), "plain_fused": ("plain", True),
-             "layerwise_sync_free": ("layerwise", True)}
+             "layerwise": ("layerwise", False)}
+    if not a.no_fused:
+        sides |= {"plain_fused": ("plain", True), "layerwise_sync_free": ("layerwise", True)}
     rows: dict[str, list[float]] = {k: [] for k in sides}
     for _ in range(a.repeats):  # interleaved: drifts of a shared machine hit every side alike
         for name, (side, fused) in sides.items():
@@ -116,13 +119,15 @@ def main(argv: list[str] | None = None) -> int:
               "repeats": a.repeats, "model": MODEL, "ms_per_step": rows, "ms_per_step_median": med,
               "ratio_layerwise_over_plain": med["layerwise"] / med["plain"],
               "ratio_host_sync_over_plain": med["plain_host_sync"] / med["plain"],
-              "ratio_layerwise_sync_free_over_plain_fused": med["layerwise_sync_free"] / med["plain_fused"]}
+              "ratio_layerwise_sync_free_over_plain_fused": (med["layerwise_sync_free"] / med["plain_fused"]
+                                                             if "plain_fused" in med else None)}
     print(f"{'side':<22}{'ms/step (median)':>18}")
     for k, v in med.items():
         print(f"{k:<22}{v:>18.3f}")
-    print(f"layerwise / plain {result['ratio_layerwise_over_plain']:.3f}x; sync-free layerwise / plain (fused) "
-          f"{result['ratio_layerwise_sync_free_over_plain_fused']:.3f}x; plain + host sync / plain "
+    print(f"layerwise / plain {result['ratio_layerwise_over_plain']:.3f}x; plain + host sync / plain "
           f"{result['ratio_host_sync_over_plain']:.3f}x")
+    if result["ratio_layerwise_sync_free_over_plain_fused"]:
+        print(f"sync-free layerwise / plain (fused) {result['ratio_layerwise_sync_free_over_plain_fused']:.3f}x")
     path = Path(a.out) if a.out else REPO / "benchmarks" / "results" / f"trainer_overhead_cpu_{time.strftime('%Y-%m-%d')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
