@@ -1,7 +1,7 @@
 """The figure of README's "Per-step cost on a GPU" section, from the recorded H200 runs of
 benchmarks/gpu.py (main before the sync-free step, the branch after; one machine, one session).
 
-    python benchmarks/plot_sync_free.py   # writes docs/sync_free_h200.png
+    python benchmarks/plot_sync_free.py   # writes benchmarks/sync_free/h200_before_after.png
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main() -> None:
     b.set_title("GPT-124M, batch 32 x 1024, bf16, torch.compile")
     fig.suptitle("Trainer vs plain loop on an NVIDIA H200 (torch 2.11.0+cu130), before and after the sync-free step")
     fig.tight_layout()
-    out = REPO / "docs" / "sync_free_h200.png"
+    out = REPO / "benchmarks" / "sync_free" / "h200_before_after.png"
     out.parent.mkdir(exist_ok=True)
     fig.savefig(out, dpi=100)
     print(f"wrote {out}")
