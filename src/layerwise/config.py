@@ -51,7 +51,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = _f("digits", "dataset: digits, breast-cancer, diabetes (built in), mnist, cifar10, image-folder, csv, "
-                   "text, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo, molecules (README: Data)")
+                   "text, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo, molecules, burgers "
+                   "(generated; README: Data)")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
     path: str = _f("", "file or folder read by image-folder, csv, text, wav-folder and molecules "
@@ -111,6 +112,14 @@ class DataConfig:
     valid_fraction: float = _f(0.1, "molecules: a validation part held out besides the test part "
                                "(data.val_fraction), not trained on (80/10/10 as MoleculeNet); nothing selects "
                                "on it: a run trains a fixed schedule")
+    # generated PDE data (burgers: u0 -> u(t=1) of viscous Burgers' equation, Li et al. 2021)
+    resolution: int = _f(256, "burgers: grid points per example, every (grid/resolution)-th point of data.grid (must "
+                         "divide it); a model trained at one resolution can be evaluated at another")
+    grid: int = _f(1024, "burgers: points of the grid the data is generated on (and cached at)")
+    viscosity: float = _f(0.1, "burgers: the viscosity nu of u_t + (u^2/2)_x = nu u_xx")
+    num_train: int = _f(1000, "burgers: training pairs generated")
+    num_test: int = _f(200, "burgers: test pairs generated (from their own seeded stream)")
+    seed: int = _f(0, "burgers: seed of the generated initial conditions (not the run's train.seed)")
     # text
     tokenizer: str = _f("byte", "text: byte (256 ids, no training), char (the text's characters), bpe, or word "
                         "(lower-cased words; for text classes)")
