@@ -3,7 +3,7 @@
     layerwise train [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
                     [--nproc N [--nnodes M --node-rank I --rdzv-endpoint HOST:PORT] [--max-restarts K]]
     layerwise cv [RECIPE] --folds K [--dir OUT] [--section.key=value ...]
-    layerwise eval RUN_DIR
+    layerwise eval RUN_DIR [--data.key=value ...]
     layerwise predict RUN_DIR INPUT... [--top-k K]
     layerwise predict RUN_DIR --user ID [--top-k K] [--json]
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
@@ -81,13 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--progress", action="store_true", help="show each fold's progress bar")
     c.add_argument("--quiet", action="store_true", help="no line per fold, only the results table")
 
-    e = sub.add_parser("eval", help="evaluate a finished run's model on its test split")
+    e = sub.add_parser("eval", help="evaluate a finished run's model on its test split",
+                       description="Evaluate a finished run's model on its test split. --data.key=value overrides "
+                                   "evaluate the same weights on other data settings, e.g. --data.resolution=1024 "
+                                   "for an fno trained on burgers at 256 points.")
     e.add_argument("run_dir")
     e.add_argument("--device", default="auto")
     e.add_argument("--data-root", default="", help="override the data root saved in the run's config")
 
-    pr = sub.add_parser("predict", help="predictions for images, .npy arrays, .wav files, CSV rows, lines of text, or "
-                                              "SMILES strings for a molecules model")
+    pr = sub.add_parser("predict", help="predictions for images, .npy arrays, .wav files, CSV rows, lines of text, "
+                                              "SMILES strings for a molecules model, or .npy initial conditions for "
+                                              "a burgers model")
     pr.add_argument("run_dir")
     pr.add_argument("inputs", nargs="*", metavar="INPUT")
     pr.add_argument("--user", metavar="ID", help="a ratings run: the top-k items this user (id as in the ratings "
@@ -285,9 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         rest = args.scale_args + rest
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
-    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv"))):
+    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv", "eval"))):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
-                     f"(config overrides --section.key=value go with `layerwise train` and `layerwise cv`)")
+                     f"(config overrides --section.key=value go with `layerwise train` and `layerwise cv`, and "
+                     f"--data.key=value with `layerwise eval`)")
     if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
         # fitting and reporting read a table and never train: answer without importing torch (~3 s)
         try:
@@ -322,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from layerwise.train.inference import evaluate_run
             from layerwise.train.progress import print_table
-            print_table(evaluate_run(args.run_dir, args.device, args.data_root), title=f"eval {args.run_dir}")
+            print_table(evaluate_run(args.run_dir, args.device, args.data_root, overrides),
+                        title=f"eval {args.run_dir}")
         elif args.command == "predict":
             from layerwise.tasks import describe_prediction
             from layerwise.train.inference import predict

@@ -141,7 +141,8 @@ class DataConfig:
 @dataclass
 class TaskConfig:
     loss: str = _f("auto", "the objective: auto (cross-entropy for classes and tokens, binary cross-entropy for "
-                   "labels, mse for numbers), or for regression mse, huber, l1")
+                   "labels, mse for numbers), or for regression mse, huber, l1; for fields (burgers) also rel_l2, "
+                   "the relative L2 error per example")
     huber_delta: float = _f(1.0, "regression with task.loss=huber: where the loss turns linear, in standard "
                             "deviations of the target")
     threshold: float = _f(0.5, "multilabel: a label is predicted when its probability is at least this")
@@ -546,8 +547,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.folds == 0 or (cfg.data.folds >= 2 and 0 <= cfg.data.fold < cfg.data.folds),
          f"data.folds must be 0 or >= 2, and data.fold in 0 .. data.folds - 1 (got folds={cfg.data.folds}, "
          f"fold={cfg.data.fold})"),
-        (cfg.task.loss in ("auto", "mse", "huber", "l1", "cross_entropy", "bce"),
-         f"task.loss must be auto, mse, huber or l1 (regression), got '{cfg.task.loss}'"),
+        (cfg.task.loss in ("auto", "mse", "huber", "l1", "rel_l2", "cross_entropy", "bce"),
+         f"task.loss must be auto, mse, huber or l1 (regression), or rel_l2 (fields), got '{cfg.task.loss}'"),
         (0 < cfg.task.threshold < 1, "task.threshold must be in (0, 1)"),
         (cfg.task.huber_delta > 0, "task.huber_delta must be > 0"),
         (cfg.task.target_transform in ("none", "log"),

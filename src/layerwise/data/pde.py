@@ -51,7 +51,7 @@ __all__ = ["CACHE_VERSION", "SOLVER_DT", "SOLVER_MODES", "burgers_cache_path", "
            "grf_coefficients", "grf_variance", "sample_grf", "solve_burgers"]
 
 SOLVER_MODES = 128  # complex Fourier modes of the solver's state (wavenumbers 0 .. 127)
-SOLVER_DT = 2e-3  # ETDRK4 time step (time units); halving it changes u(1) by < 1e-8 relative (tests)
+SOLVER_DT = 2e-3  # ETDRK4 time step (time units); halving it changes u(1) by ~1e-8 of its size (tests)
 GRF_SCALE, GRF_TAU2 = 625.0, 25.0  # mu = N(0, 625 (-Delta + 25 I)^-2), Li et al. (2021)
 GRF_MAX_MODE = 4096  # coefficients drawn per example (8192-point grids): any data.grid gets the same functions
 CACHE_VERSION = 1  # bump when the generator or the solver changes what a cache file holds

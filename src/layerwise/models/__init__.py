@@ -7,6 +7,7 @@
 # Importing the family modules registers their models.
 from .base import Model
 from .convnet import ConvNet, convnet_cost
+from .fno import CNN1d, FNO, cnn1d_cost, fno_cost
 from .mlp import MLP, mlp_cost
 from .recsys import AutoRec, MatrixFactorization, NeuMF
 from .mpnn import MPNN, mpnn_cost
@@ -17,6 +18,8 @@ from .transformer import GPT, ViT
 
 __all__ = [
     "AutoRec",
+    "CNN1d",
+    "FNO",
     "GPT",
     "MatrixFactorization",
     "NeuMF",
@@ -30,9 +33,11 @@ __all__ = [
     "Model",
     "ResNet",
     "ViT",
+    "cnn1d_cost",
     "convnet_cost",
     "create_model",
     "list_models",
+    "fno_cost",
     "mlp_cost",
     "mpnn_cost",
     "model_arg_types",
