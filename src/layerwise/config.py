@@ -116,7 +116,15 @@ class DataConfig:
     resolution: int = _f(256, "burgers: grid points per example, every (grid/resolution)-th point of data.grid (must "
                          "divide it); a model trained at one resolution can be evaluated at another")
     grid: int = _f(1024, "burgers: points of the grid the data is generated on (and cached at)")
-    viscosity: float = _f(0.1, "burgers: the viscosity nu of u_t + (u^2/2)_x = nu u_xx")
+    viscosity: float = _f(0.1, "burgers: the viscosity nu of u_t + (u^2/2)_x = nu u_xx (Li et al.'s text: 0.1; their "
+                          "released generator: 0.001)")
+    grf_gamma: float = _f(2.0, "burgers: gamma of the initial conditions' Gaussian random field N(0, sigma^2 (-Delta + "
+                          "tau^2 I)^-gamma) (> 0.5; larger is smoother; Li et al.'s released generator: 2.5)")
+    grf_tau: float = _f(5.0, "burgers: tau of that field (>= 0; Li et al.'s released generator: 7)")
+    grf_sigma: float = _f(25.0, "burgers: sigma of that field, its scale (> 0; Li et al.'s released generator: 49)")
+    solver_modes: int = _f(0, "burgers: Fourier modes of the solver; 0 = chosen from the viscosity and the field's "
+                           "amplitude (a setting it cannot resolve is refused)")
+    solver_dt: float = _f(0.0, "burgers: time step of the solver; 0 = chosen from its modes and the field's amplitude")
     num_train: int = _f(1000, "burgers: training pairs generated")
     num_test: int = _f(200, "burgers: test pairs generated (from their own seeded stream)")
     seed: int = _f(0, "burgers: seed of the generated initial conditions (not the run's train.seed)")
