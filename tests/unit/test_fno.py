@@ -131,3 +131,21 @@ def test_field_task_refuses_what_it_cannot_do() -> None:
         task.loss(torch.zeros(2, 1), torch.ones(2, 4))
     r = task.present(torch.zeros(1, 1, 4))[0]
     assert r["points"] == 4 and r["field"] == [1.0] * 4 and r["quantity"] == "u"
+
+
+def test_cnn1d_receptive_field_plain_and_dilated() -> None:
+    torch.manual_seed(0)
+    plain = create_model("cnn1d", in_shape=(1, 256), num_classes=1, width=8, depth=4, kernel_size=5)
+    dilated = create_model("cnn1d", in_shape=(1, 256), num_classes=1, width=8, depth=8, kernel_size=5,
+                           dilation_growth=2)
+    assert plain.receptive_field == 33 and dilated.receptive_field == 2041
+    assert dilated.num_params() == sum(p.numel() for p in dilated.parameters())  # dilation adds no weights
+    x = torch.randn(1, 1, 256)
+    for model, reaches in ((plain, False), (dilated, True)):
+        y = x.clone()
+        y[0, 0, 128] += 1.0  # a change half the domain away from point 0
+        with torch.no_grad():
+            moved = (model(y) - model(x))[0, 0, 0].abs().item()
+        assert (moved > 1e-6) == reaches, (model.dilations, moved)
+    with pytest.raises(ValueError, match="dilation_growth"):
+        create_model("cnn1d", in_shape=(1, 32), num_classes=1, dilation_growth=0)

@@ -18,7 +18,10 @@ is evaluated at 512 or 1024 (`layerwise eval RUN --data.resolution=1024`).
 
 ``cnn1d``: the same lift and projection around `depth` residual blocks h + conv(act(conv(h))) of
 circularly padded 1-D convolutions (kernel `kernel_size`) at full resolution: a local operator
-whose receptive field, 1 + 2 depth (kernel_size - 1) points, is fixed in points, not in x.
+whose receptive field, 1 + 2 (kernel_size - 1) sum_i d_i points over the blocks' dilations d_i, is
+fixed in points, not in x. Plain (`dilation_growth` 1): d_i = 1, 33 points for depth 4, kernel 5.
+Dilated (`dilation_growth` 2, as WaveNet, van den Oord et al. 2016): d_i = 2^i, so 8 blocks of
+kernel 5 see 2,041 points, the whole periodic domain at 256 points, at the same cost.
 
 Cost: ``flops_per_example`` is counted at the resolution of ``in_shape`` (the training data's);
 pointwise layers scale with R, the spectral convs do not (the FFTs are not counted).
@@ -29,7 +32,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import ACTIVATIONS, SpectralConv1d, get_activation, spectral_conv_cost, unknown_choice_error
+from ..nn import (
+    ACTIVATIONS,
+    SpectralConv1d,
+    get_activation,
+    spectral_conv_cost,
+    unknown_choice_error,
+)
 from .base import Model
 from .registry import register_model
 
@@ -142,22 +151,27 @@ class CNN1d(_FieldModel):
     """Residual 1-D convnet at full resolution, circular padding; see the module docstring."""
 
     def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, width: int, depth: int, kernel_size: int,
-                 proj_width: int, activation: str) -> None:
+                 proj_width: int, activation: str, dilation_growth: int = 1) -> None:
         super().__init__()
         self.in_ch, self.R = _field_shape("cnn1d", in_shape)
         if width < 1 or depth < 0 or proj_width < 1 or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"cnn1d needs width, proj_width >= 1, depth >= 0 and an odd kernel_size; got {width}, "
                              f"{proj_width}, {depth}, {kernel_size}")
+        if dilation_growth < 1:
+            raise ValueError(f"cnn1d needs dilation_growth >= 1 (1: plain convolutions), got {dilation_growth}")
         if activation not in ACTIVATIONS:
             raise unknown_choice_error("activation", activation, ACTIVATIONS)
         self.in_shape = tuple(in_shape)
         self.width, self.depth, self.kernel_size, self.proj_width = width, depth, kernel_size, proj_width
+        self.dilations = [dilation_growth ** i for i in range(depth)]
         self.lift = nn.Conv1d(self.in_ch, width, 1)
 
-        def conv() -> nn.Conv1d:  # periodic domain: circular padding keeps the length
-            return nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2, padding_mode="circular")
+        def conv(d: int) -> nn.Conv1d:  # periodic domain: circular padding keeps the length
+            return nn.Conv1d(width, width, kernel_size, padding=d * (kernel_size // 2), dilation=d,
+                             padding_mode="circular")
 
-        self.blocks = nn.ModuleList(nn.Sequential(conv(), get_activation(activation), conv()) for _ in range(depth))
+        self.blocks = nn.ModuleList(nn.Sequential(conv(d), get_activation(activation), conv(d))
+                                    for d in self.dilations)
         self._build_head(width, proj_width, num_classes, activation)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,6 +181,11 @@ class CNN1d(_FieldModel):
         for block in self.blocks:
             h = self.act(h + block(h))
         return h
+
+    @property
+    def receptive_field(self) -> int:
+        """Grid points an output value depends on (on a line; the periodic domain wraps it)."""
+        return 1 + 2 * (self.kernel_size - 1) * sum(self.dilations)
 
     def num_params(self) -> int:
         return self._cost()[0]
@@ -199,7 +218,7 @@ def fno(*, in_shape: tuple[int, ...], num_classes: int, modes: int = 16, width: 
 
 @register_model("cnn1d")
 def cnn1d(*, in_shape: tuple[int, ...], num_classes: int, width: int = 64, depth: int = 4, kernel_size: int = 5,
-          proj_width: int = 128, activation: str = "gelu") -> CNN1d:
+          proj_width: int = 128, activation: str = "gelu", dilation_growth: int = 1) -> CNN1d:
     """Plain residual 1-D convnet on fields (B, C, R), circular padding: the local baseline of
     the FNO.
 
@@ -209,6 +228,9 @@ def cnn1d(*, in_shape: tuple[int, ...], num_classes: int, width: int = 64, depth
         kernel_size: odd kernel size in grid points (5).
         proj_width: channels of the pointwise projection before the output (128).
         activation: one of `ACTIVATIONS`.
+        dilation_growth: block i's convolutions are dilated by dilation_growth^i (1: plain, a
+            receptive field of 1 + 2 depth (kernel_size - 1) points; 2: it doubles per block and
+            spans 256 points after 7 blocks of kernel 5). The FLOPs do not change.
     """
     return CNN1d(in_shape=in_shape, num_classes=num_classes, width=width, depth=depth, kernel_size=kernel_size,
-                 proj_width=proj_width, activation=activation)
+                 proj_width=proj_width, activation=activation, dilation_growth=dilation_growth)
