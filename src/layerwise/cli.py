@@ -5,7 +5,7 @@
     layerwise cv [RECIPE] --folds K [--dir OUT] [--section.key=value ...]
     layerwise rl [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
     layerwise play RUN_DIR [--episodes N] [--seed S] [--gif PATH] [--policy greedy|sample]
-    layerwise eval RUN_DIR
+    layerwise eval RUN_DIR [--data.key=value ...]
     layerwise predict RUN_DIR INPUT... [--top-k K]
     layerwise predict RUN_DIR --user ID [--top-k K] [--json]
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
@@ -105,13 +105,17 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print JSON instead of text")
     pl.add_argument("--device", default="cpu")
 
-    e = sub.add_parser("eval", help="evaluate a finished run's model on its test split")
+    e = sub.add_parser("eval", help="evaluate a finished run's model on its test split",
+                       description="Evaluate a finished run's model on its test split. --data.key=value overrides "
+                                   "evaluate the same weights on other data settings, e.g. --data.resolution=1024 "
+                                   "for an fno trained on burgers at 256 points.")
     e.add_argument("run_dir")
     e.add_argument("--device", default="auto")
     e.add_argument("--data-root", default="", help="override the data root saved in the run's config")
 
-    pr = sub.add_parser("predict", help="predictions for images, .npy arrays, .wav files, CSV rows, lines of text, or "
-                                              "SMILES strings for a molecules model")
+    pr = sub.add_parser("predict", help="predictions for images, .npy arrays, .wav files, CSV rows, lines of text, "
+                                              "SMILES strings for a molecules model, or .npy initial conditions for "
+                                              "a burgers model")
     pr.add_argument("run_dir")
     pr.add_argument("inputs", nargs="*", metavar="INPUT")
     pr.add_argument("--user", metavar="ID", help="a ratings run: the top-k items this user (id as in the ratings "
@@ -354,10 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         rest = args.scale_args + rest
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
-    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv", "rl"))):
+    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv", "rl", "eval"))):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
                      f"(config overrides --section.key=value go with `layerwise train`, `layerwise cv` and "
-                     f"`layerwise rl`)")
+                     f"`layerwise rl`, and --data.key=value with `layerwise eval`)")
     if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
         # fitting and reporting read a table and never train: answer without importing torch (~3 s)
         try:
@@ -402,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from layerwise.train.inference import evaluate_run
             from layerwise.train.progress import print_table
-            print_table(evaluate_run(args.run_dir, args.device, args.data_root), title=f"eval {args.run_dir}")
+            print_table(evaluate_run(args.run_dir, args.device, args.data_root, overrides),
+                        title=f"eval {args.run_dir}")
         elif args.command == "predict":
             from layerwise.tasks import describe_prediction
             from layerwise.train.inference import predict

@@ -51,7 +51,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = _f("digits", "dataset: digits, breast-cancer, diabetes (built in), mnist, cifar10, image-folder, csv, "
-                   "text, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo, molecules (README: Data)")
+                   "text, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo, molecules, burgers "
+                   "(generated; README: Data)")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
     path: str = _f("", "file or folder read by image-folder, csv, text, wav-folder and molecules "
@@ -111,6 +112,22 @@ class DataConfig:
     valid_fraction: float = _f(0.1, "molecules: a validation part held out besides the test part "
                                "(data.val_fraction), not trained on (80/10/10 as MoleculeNet); nothing selects "
                                "on it: a run trains a fixed schedule")
+    # generated PDE data (burgers: u0 -> u(t=1) of viscous Burgers' equation, Li et al. 2021)
+    resolution: int = _f(256, "burgers: grid points per example, every (grid/resolution)-th point of data.grid (must "
+                         "divide it); a model trained at one resolution can be evaluated at another")
+    grid: int = _f(1024, "burgers: points of the grid the data is generated on (and cached at)")
+    viscosity: float = _f(0.1, "burgers: the viscosity nu of u_t + (u^2/2)_x = nu u_xx (Li et al.'s text: 0.1; their "
+                          "released generator: 0.001)")
+    grf_gamma: float = _f(2.0, "burgers: gamma of the initial conditions' Gaussian random field N(0, sigma^2 (-Delta + "
+                          "tau^2 I)^-gamma) (> 0.5; larger is smoother; Li et al.'s released generator: 2.5)")
+    grf_tau: float = _f(5.0, "burgers: tau of that field (>= 0; Li et al.'s released generator: 7)")
+    grf_sigma: float = _f(25.0, "burgers: sigma of that field, its scale (> 0; Li et al.'s released generator: 49)")
+    solver_modes: int = _f(0, "burgers: Fourier modes of the solver; 0 = chosen from the viscosity and the field's "
+                           "amplitude (a setting it cannot resolve is refused)")
+    solver_dt: float = _f(0.0, "burgers: time step of the solver; 0 = chosen from its modes and the field's amplitude")
+    num_train: int = _f(1000, "burgers: training pairs generated")
+    num_test: int = _f(200, "burgers: test pairs generated (from their own seeded stream)")
+    seed: int = _f(0, "burgers: seed of the generated initial conditions (not the run's train.seed)")
     # text
     tokenizer: str = _f("byte", "text: byte (256 ids, no training), char (the text's characters), bpe, or word "
                         "(lower-cased words; for text classes)")
@@ -132,7 +149,8 @@ class DataConfig:
 @dataclass
 class TaskConfig:
     loss: str = _f("auto", "the objective: auto (cross-entropy for classes and tokens, binary cross-entropy for "
-                   "labels, mse for numbers), or for regression mse, huber, l1")
+                   "labels, mse for numbers), or for regression mse, huber, l1; for fields (burgers) also rel_l2, "
+                   "the relative L2 error per example")
     huber_delta: float = _f(1.0, "regression with task.loss=huber: where the loss turns linear, in standard "
                             "deviations of the target")
     threshold: float = _f(0.5, "multilabel: a label is predicted when its probability is at least this")
@@ -564,8 +582,8 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
         (cfg.data.folds == 0 or (cfg.data.folds >= 2 and 0 <= cfg.data.fold < cfg.data.folds),
          f"data.folds must be 0 or >= 2, and data.fold in 0 .. data.folds - 1 (got folds={cfg.data.folds}, "
          f"fold={cfg.data.fold})"),
-        (cfg.task.loss in ("auto", "mse", "huber", "l1", "cross_entropy", "bce"),
-         f"task.loss must be auto, mse, huber or l1 (regression), got '{cfg.task.loss}'"),
+        (cfg.task.loss in ("auto", "mse", "huber", "l1", "rel_l2", "cross_entropy", "bce"),
+         f"task.loss must be auto, mse, huber or l1 (regression), or rel_l2 (fields), got '{cfg.task.loss}'"),
         (0 < cfg.task.threshold < 1, "task.threshold must be in (0, 1)"),
         (cfg.task.huber_delta > 0, "task.huber_delta must be > 0"),
         (cfg.task.target_transform in ("none", "log"),

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from layerwise.models import GPT, MLP, ResNet, create_model, list_models, model_args, register_model
-from layerwise.nn import NORMS, TRANSFORMER_NORMS, Dense, Residual, SelfAttention
+from layerwise.nn import NORMS, TRANSFORMER_NORMS, Dense, Residual, SelfAttention, SpectralConv1d
 
 # recommenders take (user, item) index rows and predict one rating: tested in test_ratings.py
 RECSYS = {"mf", "neumf", "autorec"}
@@ -18,6 +18,7 @@ ALL_MODELS = [m for m in list_models() if m not in RECSYS]
 # policy and value nets: forward gives the policy only, so the value trunk is checked in test_rl.py
 RL = {"actor-critic"}
 TEXT = {"text-transformer", "ngram-bag"}  # text classifiers: padded token ids, a vocabulary from the data
+FIELD = {"fno", "cnn1d"}  # fields on a 1-D grid: (B, C, R) in, (B, num_classes, R) out
 
 
 def _text_kwargs(name: str) -> dict:
@@ -57,6 +58,8 @@ def _in_shape(name: str) -> tuple[int, ...]:
         return (1, 16, 20)
     if name == "mpnn":  # (atom features, bond features) of layerwise.data.molecules
         return (45, 13)
+    if name in FIELD:  # one channel at 64 grid points
+        return (1, 64)
     if model_args(name).get("stem") == "imagenet":
         return (3, 64, 64)
     return (3, 32, 32)
@@ -88,7 +91,7 @@ def test_registered_names() -> None:
     expected = {"mlp", "resnet", "resnet-digits", "resnet18", "resnet34", "resnet50"}
     expected |= {f"resnet{d}" for d in CIFAR_DEPTHS}
     expected |= {"convnet", "convnet-half", "gpt", "gpt-tiny", "gpt-small", "vit", "vit-tiny", "audio-transformer"}
-    expected |= TEXT | {"mpnn"}
+    expected |= TEXT | {"mpnn"} | FIELD
     expected |= RECSYS | RL
     assert set(list_models()) == expected
 
@@ -139,11 +142,15 @@ def _counted_flops(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int
             b, t, d = inputs[0].shape
             total += 4 * b * t * t * d
             return
-        # positions: H_out * W_out for a conv, the T of (B, T, F) for a Linear on sequences
-        positions = out.shape[2:].numel() if isinstance(m, nn.Conv2d) else out.shape[1:-1].numel()
+        if isinstance(m, SpectralConv1d):  # a complex multiply-add per (in, out, mode): 4 real ones
+            total += 8 * m.in_ch * m.out_ch * m.modes * out.shape[0]
+            return
+        # positions: H_out * W_out (or R) for a conv, the T of (B, T, F) for a Linear on sequences
+        positions = out.shape[2:].numel() if isinstance(m, (nn.Conv1d, nn.Conv2d)) else out.shape[1:-1].numel()
         total += 2 * m.weight.numel() * out.shape[0] * positions
 
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, SelfAttention))]
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, SelfAttention,
+                                                           SpectralConv1d))]
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         out = model(x)
@@ -160,8 +167,9 @@ def test_forward_backward_flops(name: str) -> None:
     model = create_model(name, in_shape=in_shape, num_classes=10, **_text_kwargs(name))
     x = _example_input(name, 2)
     out, flops = _counted_flops(model, x)
-    # a language model predicts the next token at every position: (B, T, vocab)
-    assert out.shape == ((2, *in_shape, 10) if isinstance(model, GPT) else (2, 10))
+    # a language model predicts the next token at every position, a field model a value at every point
+    assert out.shape == ((2, *in_shape, 10) if isinstance(model, GPT) else (2, 10, in_shape[-1]) if name in FIELD
+                         else (2, 10))
     assert torch.isfinite(out).all()
     assert model.flops_per_example() > 0
     assert model.flops_per_example() == flops // 2

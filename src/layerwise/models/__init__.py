@@ -8,6 +8,7 @@
 from .actor_critic import ActorCritic, actor_critic_cost
 from .base import Model
 from .convnet import ConvNet, convnet_cost
+from .fno import CNN1d, FNO, cnn1d_cost, fno_cost
 from .mlp import MLP, mlp_cost
 from .recsys import AutoRec, MatrixFactorization, NeuMF
 from .mpnn import MPNN, mpnn_cost
@@ -19,6 +20,8 @@ from .transformer import GPT, ViT
 __all__ = [
     "ActorCritic",
     "AutoRec",
+    "CNN1d",
+    "FNO",
     "GPT",
     "MatrixFactorization",
     "NeuMF",
@@ -33,9 +36,11 @@ __all__ = [
     "ResNet",
     "ViT",
     "actor_critic_cost",
+    "cnn1d_cost",
     "convnet_cost",
     "create_model",
     "list_models",
+    "fno_cost",
     "mlp_cost",
     "mpnn_cost",
     "model_arg_types",

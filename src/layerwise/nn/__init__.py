@@ -1,9 +1,11 @@
 """Blocks that models are built from: activations, norms, Dense, ConvNormAct, Residual, Dropout,
-and the transformer's SelfAttention, FeedForward, RotaryEmbedding and TransformerBlock."""
+the transformer's SelfAttention, FeedForward, RotaryEmbedding and TransformerBlock, and the
+Fourier Neural Operator's SpectralConv1d."""
 
 from .activations import ACTIVATIONS, get_activation, unknown_choice_error
 from .layers import ConvNormAct, Dense, Dropout, Residual, conv_cost, dense_cost
 from .norms import NORM_EPS, NORMS, ChannelsLastNorm, get_norm, norm_num_params
+from .spectral import SpectralConv1d, spectral_conv_cost
 from .transformer import (
     FEEDFORWARDS,
     TRANSFORMER_NORMS,
@@ -31,6 +33,7 @@ __all__ = [
     "Residual",
     "RotaryEmbedding",
     "SelfAttention",
+    "SpectralConv1d",
     "TransformerBlock",
     "conv_cost",
     "dense_cost",
@@ -38,6 +41,7 @@ __all__ = [
     "get_activation",
     "get_norm",
     "make_transformer_norm",
+    "spectral_conv_cost",
     "norm_num_params",
     "transformer_block_cost",
     "transformer_norm_params",

@@ -6,7 +6,9 @@
     task.metrics(sums, count)              # {"loss": ..., "accuracy": ...}
 
 The Trainer names no loss: it asks the task. Kinds: ``classify``, ``multilabel``, ``regress``,
-``lm``; each in its own module, chosen by name from :data:`TASKS`.
+``lm``; each in its own module, chosen by name from :data:`TASKS`. Regression of a field (data
+whose ``info.extra`` has ``"field"``, e.g. burgers: one value per grid point) is
+:class:`FieldRegress`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from layerwise.choices import unknown_choice_error
 from layerwise.tasks.base import Task
 from layerwise.tasks.classify import Classify, macro_f1
+from layerwise.tasks.field import FieldRegress, describe_field
 from layerwise.tasks.lm import LanguageModel
 from layerwise.tasks.multilabel import MultiLabel
 from layerwise.tasks.regress import Regress
@@ -23,7 +26,7 @@ from layerwise.tasks.regress import Regress
 TASKS: dict[str, type[Task]] = {"classify": Classify, "multilabel": MultiLabel, "regress": Regress,
                                 "lm": LanguageModel}
 
-__all__ = ["TASKS", "Classify", "LanguageModel", "MultiLabel", "Regress", "Task", "create_task",
+__all__ = ["TASKS", "Classify", "FieldRegress", "LanguageModel", "MultiLabel", "Regress", "Task", "create_task",
            "describe_prediction", "list_tasks", "macro_f1"]
 
 
@@ -53,7 +56,14 @@ def create_task(info: Any, cfg: Any = None, state: dict[str, Any] | None = None)
     elif kind == "multilabel":
         _only_auto(loss, kind, ("bce",))
         task = MultiLabel(info, t, threshold=getattr(t, "threshold", 0.5))
+    elif kind == "regress" and "field" in getattr(info, "extra", {}):
+        _field_options(t)
+        task = FieldRegress(info, t, loss="mse" if loss == "auto" else loss, huber_delta=getattr(t, "huber_delta", 1.0))
     elif kind == "regress":
+        if loss == "rel_l2":
+            from layerwise.config import ConfigError
+            raise ConfigError("task.loss=rel_l2 (relative L2 error per example) is for fields, one value per grid "
+                              "point (e.g. data.name=burgers); for target columns use mse, huber or l1.")
         task = Regress(info, t, loss="mse" if loss == "auto" else loss, huber_delta=getattr(t, "huber_delta", 1.0),
                        transform=getattr(t, "target_transform", "none"), clip=getattr(t, "clip_predictions", False))
     else:
@@ -74,7 +84,19 @@ def describe_prediction(result: dict[str, Any]) -> str:
             best = max(probs, key=probs.get)
             return f"(no label over the threshold; most likely {best} {probs[best]:.3f})"
         return ", ".join(f"{name} ({probs[name]:.3f})" for name in result["labels"])
+    if "field" in result:
+        return describe_field(result)
     return ", ".join(f"{c} = {v:.6g}" for c, v in result["values"].items())
+
+
+def _field_options(t: Any) -> None:
+    """Regression options that a field does not take are refused, not ignored."""
+    bad = [] if t is None else [f"task.target_transform={t.target_transform}"] * (t.target_transform != "none") + \
+        ["task.clip_predictions=true"] * bool(t.clip_predictions)
+    if bad:
+        from layerwise.config import ConfigError
+        raise ConfigError(f"{', '.join(bad)}: not available for a field (one value per grid point, e.g. burgers), "
+                          f"whose targets are standardized with one global mean and std. Remove it.")
 
 
 def _unused_options(t: Any, kind: str, loss: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from layerwise.config import DataConfig, default_data_root, load_config
-from layerwise.data import DatasetInfo, load_dataset
+from layerwise.data import DataError, DatasetInfo, load_dataset
 from layerwise.data.inputs import load_inputs, prepare_inputs, text_lines
 from layerwise.data.loaders import build_eval_loader
 from layerwise.data.text import normalize_newlines
@@ -53,13 +53,30 @@ def model_task(meta: dict[str, Any], info: DatasetInfo, cfg: Any = None):
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "",
+                 overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The task's test metrics (test_<name>, the headline first) of the run's saved model on its
-    dataset's test split, recomputed from the data."""
+    dataset's test split, recomputed from the data.
+
+    ``overrides`` (``--data.key=value``; only the data section) evaluate the same weights on other
+    data settings: a resolution-independent model (fno) trained on burgers at 256 points answers
+    at ``--data.resolution=1024``. The result then lists the changed settings under
+    ``data_changed``. ConfigError for an override outside ``data.``; DataError when the model
+    cannot take the changed data (naming both shapes)."""
+    from layerwise.config import ConfigError, apply_overrides
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
+    bad = [o for o in overrides if not o.lstrip("-").startswith("data.")]
+    if bad:
+        raise ConfigError(f"`layerwise eval` takes only data overrides (--data.key=value: other data settings for the "
+                          f"same weights, e.g. --data.resolution=1024); got {' '.join(bad)}. Model, optimizer and "
+                          f"training settings belong to `layerwise train`.")
     cfg = load_config(run_dir / "config.yaml")
+    saved = cfg.data
+    cfg = apply_overrides(cfg, list(overrides))
+    changed = {k: v for k, v in vars(cfg.data).items() if getattr(saved, k) != v}
     dev = resolve_device(device, "--device")
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
@@ -67,11 +84,21 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "")
     ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root(), cfg.data)
     loader = build_eval_loader(ds, cfg.data, info, dev)
     tta = cfg.train.eval_tta if is_image(info) else "none"
-    m = task.scalars(evaluate_loader(model, loader, task, dev, tta=tta))
+    try:
+        m = task.scalars(evaluate_loader(model, loader, task, dev, tta=tta))
+    except (RuntimeError, ValueError) as e:
+        if tuple(ds.info.in_shape) == tuple(info.in_shape):
+            raise
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"the model of '{run_dir}' was trained on inputs shaped {tuple(info.in_shape)} and cannot "
+                        f"take the changed data's {tuple(ds.info.in_shape)} ({', '.join(f'data.{k}={v}' for k, v in changed.items())}): "
+                        f"{detail}. Evaluate without those overrides, or use a resolution-independent model "
+                        f"(fno).") from None
     h = task.headline
     return ({f"test_{h}": m.get(h), "test_loss": m.get("loss")}
             | {f"test_{k}": v for k, v in m.items() if k not in (h, "loss", "examples")}
-            | {"examples": m["examples"], "model": cfg.model.name, "dataset": cfg.data.name})
+            | {"examples": m["examples"], "model": cfg.model.name, "dataset": cfg.data.name}
+            | ({"data_changed": ", ".join(f"data.{k}={v}" for k, v in changed.items())} if changed else {}))
 
 
 @torch.no_grad()
@@ -86,7 +113,8 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
     Inputs are read as training read its data (layerwise.data.inputs): images, .npy arrays,
     .wav recordings, CSV rows for a table model, lines of text for a text classifier; for a
     molecules model, SMILES strings (or .csv / .txt / .smi files of them; each result is named
-    by its SMILES, or file:line).
+    by its SMILES, or file:line); for a field model (burgers), .npy files of u0 at any resolution
+    R, (R,) or (N, R), each giving {"quantity", "field": R values of u(t=1), "points"}.
     ``max_image_pixels`` refuses larger images (0 = no limit; default: the run's
     data.max_image_pixels). Raises DataError or RunDirError naming the file for a bad input or
     model file."""
@@ -102,6 +130,20 @@ def predict(run_dir: str | Path, inputs: list[str], top_k: int = 3, invert: str 
     if max_image_pixels is None:
         max_image_pixels = _run_setting(run_dir, "max_image_pixels", DataConfig().max_image_pixels)
     results = []
+    if "field" in info.extra:  # .npy files of initial conditions, at any resolution: one field per example
+        from layerwise.data.pde import read_field_inputs
+
+        for path in inputs:
+            x = read_field_inputs(path)
+            try:
+                out = model(prepare_inputs(x, info, dev))
+            except (RuntimeError, ValueError) as e:
+                detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise DataError(f"'{path}': the model (trained at {info.in_shape[-1]} points) cannot take "
+                                f"{x.shape[-1]} points: {detail}.") from None
+            names = [path] if len(x) == 1 else [f"{path}[{i}]" for i in range(len(x))]
+            results += [{"input": n, **r} for n, r in zip(names, task.present(out, top_k), strict=True)]
+        return results
     if "molecules" in info.extra:  # SMILES strings (or files of them), each result named by its SMILES
         from layerwise.data.molecules import encode_smiles
 
@@ -128,8 +170,6 @@ def recommend(run_dir: str | Path, user: str | int, top_k: int = 10, device: str
     after the run's clipping), best first. The training ratings are read from the run's data
     (``data_root`` overrides its data.root). Raises DataError for a user id the training split does
     not hold (naming the valid range) and RunDirError for a run that is not a ratings model."""
-    from layerwise.data import DataError
-
     run_dir = Path(run_dir)
     dev = resolve_device(device, "--device")
     model, meta = load_model(run_dir, dev)
