@@ -123,6 +123,10 @@ class RLConfig:
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.threads >= 0, "train.threads must be >= 0 (0 = torch's default)"),
             (self.eval.episodes >= 0, "eval.episodes must be >= 0"),
+            (self.train.seed >= 0, f"train.seed must be >= 0 (Gymnasium seeds its environments with it), got "
+                                   f"{self.train.seed}"),
+            (self.eval.seed >= 0, f"eval.seed must be >= 0 (Gymnasium resets episode i with eval.seed + i), got "
+                                  f"{self.eval.seed}"),
             (self.eval.policy in ("greedy", "sample"), f"eval.policy must be greedy or sample, got '{self.eval.policy}'"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
             (self.run.checkpoint_every >= 0, "run.checkpoint_every must be >= 0"),
