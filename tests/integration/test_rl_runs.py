@@ -137,6 +137,7 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "--episodes must be >= 1" in error(["play", str(sup), "--episodes", "0"], 2)
     assert "--seed must be >= 0" in error(["play", str(sup), "--seed", "-5"], 2)
     assert "`layerwise rl " in error(["train", str(REPO / "recipes" / "cartpole.yaml")], 2)
+    assert "`layerwise train " in error(["rl", str(REPO / "recipes" / "burgers.yaml")], 2)
 
 
 class _NaNAfterThree:

@@ -177,6 +177,15 @@ def test_rl_config_overrides_and_errors(tmp_path) -> None:
     recipe.write_text("data:\n  name: digits\n")
     with pytest.raises(ConfigError, match="unknown config section 'data'.*Valid sections: env, ppo"):
         load_config(recipe, cls=RLConfig)
+    # the wrong kind of recipe for the entry point names the right one (CLI: test_rl_runs)
+    import layerwise
+
+    with pytest.raises(ConfigError, match=r"supervised recipe.*layerwise train .*layerwise\.fit"):
+        layerwise.fit_rl(recipe)
+    rl_recipe = tmp_path / "agent.yaml"
+    rl_recipe.write_text("env:\n  id: CartPole-v1\n")
+    with pytest.raises(ConfigError, match=r"reinforcement-learning recipe.*layerwise\.fit_rl"):
+        layerwise.fit(rl_recipe)
 
 
 # --- environments -------------------------------------------------------------------------------

@@ -149,6 +149,21 @@ def is_rl_recipe(path: str | Path) -> bool:
     return isinstance(raw, dict) and ("env" in raw or "ppo" in raw)
 
 
+def refuse_supervised_recipe(path: str | Path | None) -> None:
+    """ConfigError pointing at `layerwise train` / layerwise.fit for a recipe with data or task sections
+    and no env or ppo section (a supervised one), instead of 'unknown config section data'."""
+    if path is None:
+        return
+    try:
+        raw = load_yaml(path)
+    except ConfigError:
+        return  # load_config says what is wrong with the file
+    if isinstance(raw, dict) and not ("env" in raw or "ppo" in raw) and ("data" in raw or "task" in raw):
+        raise ConfigError(f"'{path}' is a supervised recipe (it has a data/task section and no env/ppo): train it "
+                          f"with `layerwise train {path}` (Python: layerwise.fit); `layerwise rl` takes a "
+                          f"reinforcement-learning recipe such as recipes/cartpole.yaml.")
+
+
 def is_rl_run(run_dir: str | Path) -> bool:
     """Whether ``run_dir`` holds a reinforcement-learning run (see :func:`is_rl_recipe`)."""
     return is_rl_recipe(Path(run_dir) / "config.yaml")
