@@ -30,12 +30,17 @@ def fit(recipe: str | Path | Config | None = None, *overrides: str, run_dir: str
         show_progress: bool = True) -> dict[str, Any]:
     """Train a recipe (a YAML path, a :class:`~layerwise.config.Config`, or None for the default
     job) with ``--section.key=value`` overrides; returns the run's summary (see summary.json)."""
-    from layerwise.config import Config, apply_overrides, load_config
+    from layerwise.config import Config, ConfigError, apply_overrides, load_config
     from layerwise.train.trainer import fit as _fit
 
     if isinstance(recipe, Config):
         cfg = apply_overrides(recipe, overrides)
     else:
+        from layerwise.rl.config import is_rl_recipe
+
+        if recipe is not None and is_rl_recipe(recipe):
+            raise ConfigError(f"'{recipe}' is a reinforcement-learning recipe (it has env/ppo sections); train it "
+                              f"with layerwise.fit_rl('{recipe}') (command line: `layerwise rl {recipe}`).")
         cfg = load_config(recipe, list(overrides))
     return _fit(cfg, run_dir, show_progress=show_progress)
 
@@ -53,5 +58,8 @@ def fit_rl(recipe: Any = None, *overrides: str, run_dir: str | Path | None = Non
     if isinstance(recipe, RLConfig):
         cfg = apply_overrides(recipe, overrides)
     else:
+        from layerwise.rl.config import refuse_supervised_recipe
+
+        refuse_supervised_recipe(recipe)
         cfg = load_config(recipe, list(overrides), cls=RLConfig)
     return train_rl(cfg, run_dir, show_progress=show_progress)

@@ -298,7 +298,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _rl(args: argparse.Namespace, overrides: list[str]) -> int:
     """`layerwise rl [RECIPE] [--resume RUN_DIR]`: PPO training, then the results table."""
-    from layerwise.rl.config import RLConfig
+    from layerwise.rl.config import RLConfig, refuse_supervised_recipe
     from layerwise.train.progress import print_table
 
     if args.resume and args.recipe:
@@ -309,6 +309,7 @@ def _rl(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.resume:
         summary = resume_rl(args.resume, show_progress=not args.quiet, overrides=overrides)
     else:
+        refuse_supervised_recipe(args.recipe)
         summary = train_rl(load_config(args.recipe, overrides, cls=RLConfig), show_progress=not args.quiet)
     print_table(summary, title=f"layerwise rl: {summary['model']} on {summary['env']}")
     return 0

@@ -135,7 +135,9 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "not a reinforcement-learning agent" in error(["play", str(sup)], 1)
     assert "layerwise train --resume" in error(["rl", "--resume", str(sup)], 1)
     assert "--episodes must be >= 1" in error(["play", str(sup), "--episodes", "0"], 2)
+    assert "--seed must be >= 0" in error(["play", str(sup), "--seed", "-5"], 2)
     assert "`layerwise rl " in error(["train", str(REPO / "recipes" / "cartpole.yaml")], 2)
+    assert "`layerwise train " in error(["rl", str(REPO / "recipes" / "burgers.yaml")], 2)
 
 
 class _NaNAfterThree:
@@ -173,3 +175,21 @@ def test_nan_observation_stops_with_a_clear_error(tmp_path: Path, capsys) -> Non
     assert "non-finite observation" in err and "LayerwiseNaN-v0" in err and "Traceback" not in err
     run = next((tmp_path / "runs").iterdir())
     assert (run / "config.yaml").is_file() and not (run / "model.safetensors").exists()
+
+
+def test_reused_run_dir_names_the_right_command(tmp_path: Path) -> None:
+    # a new run into an RL run's directory: the fix is `layerwise rl --resume` while it is unfinished,
+    # a new --run.dir once it finished (there is nothing to continue); the earlier run is left alone
+    from layerwise.train.run import RunDirError
+
+    run = tmp_path / "agent"
+    cfg = load_config(REPO / "recipes" / "cartpole.yaml",
+                      _overrides(tmp_path, "--ppo.total_steps=512", "--eval.episodes=1"), cls=RLConfig)
+    train_rl(cfg, run, show_progress=False)
+    model = (run / "model.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match="that run finished") as e:
+        train_rl(cfg, run, show_progress=False)
+    assert "train --resume" not in str(e.value) and (run / "model.safetensors").read_bytes() == model
+    (run / "summary.json").unlink()  # as if it stopped before the end
+    with pytest.raises(RunDirError, match=f"`layerwise rl --resume {run}`"):
+        train_rl(cfg, run, show_progress=False)

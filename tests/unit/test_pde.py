@@ -199,7 +199,10 @@ def test_unwritable_root_keeps_the_data_in_memory(tmp_path) -> None:
     assert ds.x_train.shape == (6, 1, 64)
 
 
-@pytest.mark.parametrize(("kw", "match"), [({"resolution": 48}, "must divide data.grid"),
+@pytest.mark.parametrize(("kw", "match"), [({"resolution": 48}, "must be >= 4 and divide data.grid"),
+                                            # no "set data.grid to a multiple of 0 / -256" for a nonsense value
+                                            ({"resolution": 0}, r"divide data.grid=128 .*use one of \[64, 128\]\.$"),
+                                            ({"resolution": -256}, r"data.resolution=-256 must be >= 4.*\[64, 128\]\.$"),
                                             ({"viscosity": 0.0}, "viscosity"),
                                             ({"num_test": 0}, "at least one"),
                                             ({"grid": 100_000}, "data.grid"),

@@ -168,10 +168,24 @@ def test_rl_config_overrides_and_errors(tmp_path) -> None:
         load_config(None, ["--ppo.gamma=nan"], cls=RLConfig)
     with pytest.raises(ConfigError, match="expects a whole number"):
         load_config(None, ["--ppo.num_steps=1.5"], cls=RLConfig)
+    # gymnasium refuses negative seeds with a traceback (after training, for eval.seed): caught up front
+    with pytest.raises(ConfigError, match="train.seed must be >= 0.*got -1"):
+        load_config(None, ["--train.seed=-1"], cls=RLConfig)
+    with pytest.raises(ConfigError, match="eval.seed must be >= 0.*got -5"):
+        load_config(None, ["--eval.seed=-5"], cls=RLConfig)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  name: digits\n")
     with pytest.raises(ConfigError, match="unknown config section 'data'.*Valid sections: env, ppo"):
         load_config(recipe, cls=RLConfig)
+    # the wrong kind of recipe for the entry point names the right one (CLI: test_rl_runs)
+    import layerwise
+
+    with pytest.raises(ConfigError, match=r"supervised recipe.*layerwise train .*layerwise\.fit"):
+        layerwise.fit_rl(recipe)
+    rl_recipe = tmp_path / "agent.yaml"
+    rl_recipe.write_text("env:\n  id: CartPole-v1\n")
+    with pytest.raises(ConfigError, match=r"reinforcement-learning recipe.*layerwise\.fit_rl"):
+        layerwise.fit(rl_recipe)
 
 
 # --- environments -------------------------------------------------------------------------------

@@ -419,9 +419,9 @@ def _options(opts: Any) -> dict[str, Any]:
                           f"{2 * GRF_MAX_MODE} (default 1024).")
     if p["resolution"] < 4 or p["grid"] % p["resolution"]:
         divisors = [d for d in (64, 128, 256, 512, 1024, 2048, 4096, 8192) if p["grid"] % d == 0 and d <= p["grid"]]
-        raise ConfigError(f"data.resolution={p['resolution']} must divide data.grid={p['grid']} (every "
-                          f"{p['grid']}/resolution-th point is kept): use one of {divisors or [p['grid']]}, or set "
-                          f"data.grid to a multiple of {p['resolution']}.")
+        multiple = f", or set data.grid to a multiple of {p['resolution']}" if p["resolution"] >= 4 else ""
+        raise ConfigError(f"data.resolution={p['resolution']} must be >= 4 and divide data.grid={p['grid']} (every "
+                          f"{p['grid']}/resolution-th point is kept): use one of {divisors or [p['grid']]}{multiple}.")
     if not (np.isfinite(p["gamma"]) and p["gamma"] > 0.5):
         raise ConfigError(f"data.grf_gamma={p['gamma']}: the initial conditions' covariance sigma^2 (-Delta + tau^2 "
                           f"I)^-gamma needs gamma > 0.5 for a finite pointwise variance in 1-D (Li et al.'s text: 2; "

@@ -123,6 +123,10 @@ class RLConfig:
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.threads >= 0, "train.threads must be >= 0 (0 = torch's default)"),
             (self.eval.episodes >= 0, "eval.episodes must be >= 0"),
+            (self.train.seed >= 0, f"train.seed must be >= 0 (Gymnasium seeds its environments with it), got "
+                                   f"{self.train.seed}"),
+            (self.eval.seed >= 0, f"eval.seed must be >= 0 (Gymnasium resets episode i with eval.seed + i), got "
+                                  f"{self.eval.seed}"),
             (self.eval.policy in ("greedy", "sample"), f"eval.policy must be greedy or sample, got '{self.eval.policy}'"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
             (self.run.checkpoint_every >= 0, "run.checkpoint_every must be >= 0"),
@@ -143,6 +147,21 @@ def is_rl_recipe(path: str | Path) -> bool:
     except ConfigError:
         return False
     return isinstance(raw, dict) and ("env" in raw or "ppo" in raw)
+
+
+def refuse_supervised_recipe(path: str | Path | None) -> None:
+    """ConfigError pointing at `layerwise train` / layerwise.fit for a recipe with data or task sections
+    and no env or ppo section (a supervised one), instead of 'unknown config section data'."""
+    if path is None:
+        return
+    try:
+        raw = load_yaml(path)
+    except ConfigError:
+        return  # load_config says what is wrong with the file
+    if isinstance(raw, dict) and not ("env" in raw or "ppo" in raw) and ("data" in raw or "task" in raw):
+        raise ConfigError(f"'{path}' is a supervised recipe (it has a data/task section and no env/ppo): train it "
+                          f"with `layerwise train {path}` (Python: layerwise.fit); `layerwise rl` takes a "
+                          f"reinforcement-learning recipe such as recipes/cartpole.yaml.")
 
 
 def is_rl_run(run_dir: str | Path) -> bool:

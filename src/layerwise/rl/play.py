@@ -51,6 +51,8 @@ def play(run_dir: str | Path, episodes: int = 10, seed: int = 0, policy: str = "
 
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}.")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0 (Gymnasium resets episode i with seed + i), got {seed}.")
     if policy not in ("greedy", "sample"):
         raise ConfigError(f"--policy must be greedy or sample, got '{policy}'.")
     model, task = load_agent(run_dir, device)

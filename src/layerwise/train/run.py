@@ -41,9 +41,16 @@ def new_run_dir(root: str, name: str, explicit: str = "") -> Path:
     if explicit:
         path = Path(explicit)
         if path.exists() and any(path.iterdir()):
+            if (path / "summary.json").is_file():  # finished: there is nothing to continue
+                fix = "Choose a new --run.dir (that run finished; it is left as it is)."
+            else:
+                from layerwise.rl.config import is_rl_run  # an RL run resumes with `layerwise rl`
+
+                command = "rl" if is_rl_run(path) else "train"
+                fix = f"Continue it with `layerwise {command} --resume {path}`, or choose a new --run.dir."
             raise RunDirError(
                 f"run directory '{path}' already holds files of an earlier run, which a new run would "
-                f"overwrite. Continue it with `layerwise train --resume {path}`, or choose a new --run.dir.")
+                f"overwrite. {fix}")
     else:
         path = pick_run_dir(root, name)
     path.mkdir(parents=True, exist_ok=True)
