@@ -26,6 +26,23 @@ def cross_validate(recipe: str | Path | Config | None = None, *overrides: str, f
     return _cv(recipe, *overrides, folds=folds, out=out, show_progress=show_progress, echo=lambda line: None)
 
 
+def _check_call(fn: str, recipe: Any, overrides: tuple, config_cls: type) -> None:
+    """The arguments of :func:`fit` / :func:`fit_rl` have the right types; else ConfigError naming
+    the function and the right call (a list of overrides is the usual slip)."""
+    from layerwise.config import ConfigError
+
+    if recipe is not None and not isinstance(recipe, (str, Path, config_cls)):
+        other = "fit_rl" if fn == "fit" else "fit"
+        raise ConfigError(f"layerwise.{fn}(recipe=...) takes a YAML path, a {config_cls.__name__} or None, not "
+                          f"{type(recipe).__name__}. Pass the recipe's path (a "
+                          f"{'Config' if fn == 'fit_rl' else 'RLConfig'} goes to layerwise.{other}).")
+    bad = [o for o in overrides if not isinstance(o, str)]
+    if bad:
+        raise ConfigError(f"layerwise.{fn}: overrides are separate strings, e.g. layerwise.{fn}(recipe, "
+                          f"'--train.seed=1', '--train.epochs=2'); got a {type(bad[0]).__name__}. Unpack a list "
+                          f"with *overrides.")
+
+
 def fit(recipe: str | Path | Config | None = None, *overrides: str, run_dir: str | Path | None = None,
         show_progress: bool = True) -> dict[str, Any]:
     """Train a recipe (a YAML path, a :class:`~layerwise.config.Config`, or None for the default
@@ -33,6 +50,7 @@ def fit(recipe: str | Path | Config | None = None, *overrides: str, run_dir: str
     from layerwise.config import Config, ConfigError, apply_overrides, load_config
     from layerwise.train.trainer import fit as _fit
 
+    _check_call("fit", recipe, overrides, Config)
     if isinstance(recipe, Config):
         cfg = apply_overrides(recipe, overrides)
     else:
@@ -55,6 +73,7 @@ def fit_rl(recipe: Any = None, *overrides: str, run_dir: str | Path | None = Non
     from layerwise.rl.config import RLConfig
     from layerwise.rl.trainer import train_rl
 
+    _check_call("fit_rl", recipe, overrides, RLConfig)
     if isinstance(recipe, RLConfig):
         cfg = apply_overrides(recipe, overrides)
     else:

@@ -138,6 +138,11 @@ def test_bad_input_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "--seed must be >= 0" in error(["play", str(sup), "--seed", "-5"], 2)
     assert "`layerwise rl " in error(["train", str(REPO / "recipes" / "cartpole.yaml")], 2)
     assert "`layerwise train " in error(["rl", str(REPO / "recipes" / "burgers.yaml")], 2)
+    assert "ending in .gif" in error(["play", str(sup), "--gif", str(tmp_path / "x.png")], 2)
+    assert "does not exist" in error(["play", str(sup), "--gif", str(tmp_path / "no" / "x.gif")], 2)
+    assert not (tmp_path / "no").exists()
+    assert "model.name=actor-critic" in error(["rl", *_overrides(tmp_path), "--model.name=fno"], 2)
+    assert "eval.episodes must be >= 1" in error(["rl", *_overrides(tmp_path), "--eval.episodes=0"], 2)
 
 
 class _NaNAfterThree:

@@ -233,3 +233,19 @@ def test_missing_gymnasium_says_how_to_install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "gymnasium", None)  # import gymnasium now raises ImportError
     with pytest.raises(ConfigError, match=r"pip install 'layerwise\[rl\]'"):
         make_env("CartPole-v1")
+
+
+def test_python_api_refuses_wrong_argument_types() -> None:
+    import layerwise
+    from layerwise.config import Config
+
+    with pytest.raises(ConfigError, match="layerwise.fit_rl"):
+        layerwise.fit(RLConfig())
+    with pytest.raises(ConfigError, match="a Config goes to layerwise.fit"):
+        layerwise.fit_rl(Config())
+    with pytest.raises(ConfigError, match="not dict"):
+        layerwise.fit_rl({"env": {"id": "CartPole-v1"}})
+    with pytest.raises(ConfigError, match=r"separate strings.*got a list"):
+        layerwise.fit_rl(None, ["--ppo.total_steps=1024"])
+    with pytest.raises(ConfigError, match=r"separate strings.*got a int"):
+        layerwise.fit(None, 3)

@@ -20,8 +20,8 @@ from layerwise.config import ConfigError, ModelConfig, OptimConfig, RunConfig, _
 
 @dataclass
 class EnvConfig:
-    id: str = _f("CartPole-v1", "Gymnasium environment id with discrete actions and flat observations (classic "
-                 "control: CartPole-v1, Acrobot-v1, MountainCar-v0)")
+    id: str = _f("CartPole-v1", "Gymnasium environment id with flat observations and discrete actions (CartPole-v1, "
+                 "Acrobot-v1, MountainCar-v0) or bounded continuous ones (Pendulum-v1; a Gaussian policy)")
     num_envs: int = _f(4, "environments stepped side by side (gymnasium's SyncVectorEnv)")
     max_episode_steps: int = _f(0, "cut episodes at this many steps (truncation; 0 = the environment's own limit)")
 
@@ -122,7 +122,8 @@ class RLConfig:
             (p.target_kl >= 0, "ppo.target_kl must be >= 0 (0 = off)"),
             (self.train.log_every >= 1, "train.log_every must be >= 1"),
             (self.train.threads >= 0, "train.threads must be >= 0 (0 = torch's default)"),
-            (self.eval.episodes >= 0, "eval.episodes must be >= 0"),
+            (self.eval.episodes >= 1, f"eval.episodes must be >= 1 (the run's headline, eval_return_mean, is the "
+                                      f"mean return over them), got {self.eval.episodes}"),
             (self.train.seed >= 0, f"train.seed must be >= 0 (Gymnasium seeds its environments with it), got "
                                    f"{self.train.seed}"),
             (self.eval.seed >= 0, f"eval.seed must be >= 0 (Gymnasium resets episode i with eval.seed + i), got "

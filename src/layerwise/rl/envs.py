@@ -47,8 +47,8 @@ def check_env_id(env_id: str) -> None:
     close = difflib.get_close_matches(env_id, ids, n=3, cutoff=0.5)
     close = close or [i for i in ids if env_id.lower().split("-")[0] in i.lower()][:3]
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ConfigError(f"env.id '{env_id}' is not a registered Gymnasium environment.{hint} Classic control "
-                      f"with discrete actions: CartPole-v1, Acrobot-v1, MountainCar-v0.")
+    raise ConfigError(f"env.id '{env_id}' is not a registered Gymnasium environment.{hint} Classic control: "
+                      f"CartPole-v1, Acrobot-v1, MountainCar-v0 (discrete actions), Pendulum-v1 (continuous).")
 
 
 def make_env(env_id: str, max_episode_steps: int = 0, render_mode: str | None = None):

@@ -55,6 +55,11 @@ def play(run_dir: str | Path, episodes: int = 10, seed: int = 0, policy: str = "
         raise ConfigError(f"--seed must be >= 0 (Gymnasium resets episode i with seed + i), got {seed}.")
     if policy not in ("greedy", "sample"):
         raise ConfigError(f"--policy must be greedy or sample, got '{policy}'.")
+    if gif and Path(gif).suffix.lower() != ".gif":
+        raise ConfigError(f"--gif {gif}: the animation is written as a GIF; give a path ending in .gif.")
+    if gif and not Path(gif).expanduser().parent.is_dir():
+        raise ConfigError(f"--gif {gif}: the folder '{Path(gif).expanduser().parent}' does not exist; create it "
+                          f"or choose a path in an existing folder.")
     model, task = load_agent(run_dir, device)
     env_id, limit = task["env_id"], int(task.get("max_episode_steps") or 0)
     stats = evaluate_policy(model, env_id, episodes, seed, policy, limit, device, sample_seed=seed)

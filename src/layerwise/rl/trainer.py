@@ -77,7 +77,14 @@ class PPOTrainer:
                 raise ConfigError(f"model.policy={args['policy']} does not fit env.id '{e.id}', whose actions are "
                                   f"{'continuous' if self.continuous else 'discrete'}: use model.policy={want} or "
                                   f"leave it out (it follows the environment).")
-        self.model = build_model(cfg.model.name, (self.obs_dim,), self.num_actions, args, self.device)
+        try:
+            self.model = build_model(cfg.model.name, (self.obs_dim,), self.num_actions, args, self.device)
+        except (ValueError, TypeError) as err:  # a family that cannot take flat observations at all
+            if cfg.model.name == "actor-critic":
+                raise
+            raise ConfigError(f"model.name={cfg.model.name!r} cannot be a PPO agent for env.id '{e.id}' ({err}). "
+                              f"PPO needs a policy and a value function on flat observations: use "
+                              f"model.name=actor-critic.") from None
         if not hasattr(self.model, "policy_and_value"):
             raise ConfigError(f"model.name={cfg.model.name!r} has no value head; PPO needs a policy and a value "
                               f"function: use model.name=actor-critic.")
