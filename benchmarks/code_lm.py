@@ -20,7 +20,7 @@ Then ``--samples`` functions are sampled (prompt ``def ``, token healing, temper
 parsed with Python's ``ast``, and the fraction that parse is reported.
 
     python benchmarks/code_lm.py [--run RUN_DIR | --recipe recipes/python-code.yaml] [--key=value ...]
-        [--samples 100] [--tokens 256] [--out benchmarks/results/code_lm_2026-11-30.json]
+        [--samples 100] [--tokens 256] [--device cpu] [--out benchmarks/results/code_lm_2026-11-30.json]
 
 Without --run the recipe is trained first (``--key=value`` overrides go to it).
 """
@@ -75,7 +75,7 @@ def model_bits(model, tokens: torch.Tensor, block_size: int, batch: int = 32) ->
         group = starts[b:b + batch]
         full = [s for s in group if s + T + 1 <= N]
         if full:
-            idx = torch.tensor(full)[:, None] + torch.arange(T + 1)[None]  # (B, T+1)
+            idx = (torch.tensor(full)[:, None] + torch.arange(T + 1)[None]).to(tokens.device)  # (B, T+1)
             xy = tokens[idx]
             logp = torch.log_softmax(model(xy[:, :-1]).float(), -1)  # (B, T, V)
             bits -= float(logp.gather(-1, xy[:, 1:, None]).sum()) / math.log(2)
@@ -84,6 +84,41 @@ def model_bits(model, tokens: torch.Tensor, block_size: int, batch: int = 32) ->
             logp = torch.log_softmax(model(xy[:, :-1]).float(), -1)
             bits -= float(logp.gather(-1, xy[:, 1:, None]).sum()) / math.log(2)
     return bits, N - 1
+
+
+def plot(result: dict, run_dir: Path, path: Path) -> None:
+    """Two panels: held-out bits per byte of every row (lower is better), and the run's training
+    and held-out bits per byte by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["bits_per_byte"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(rows)[::-1]
+    a.barh(names, [rows[n] for n in names], color=["C3" if n == "model" else "C0" for n in names])
+    for i, n in enumerate(names):
+        a.text(rows[n], i, f" {rows[n]:.3f}", va="center")
+    a.set_xlabel("held-out bits per byte (lower is better)")
+    a.set_xlim(0, max(rows.values()) * 1.2)
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [(r["step"], r["bits_per_byte"]) for r in recs if r.get("kind") == "train" and "bits_per_byte" in r]
+    test = [(r["step"], r["bits_per_byte"]) for r in recs if r.get("kind") in ("eval", "test")
+            and "bits_per_byte" in r]
+    if train:
+        b.plot(*zip(*train), label="training batches")
+    if test:
+        b.plot(*zip(*test), "o-", label="held-out files")
+    b.axhline(rows["xz -9 (concatenated)"], color="k", ls="--", label="xz -9 on the held-out files")
+    b.set_xlabel("step")
+    b.set_ylabel("bits per byte")
+    b.legend()
+    fig.suptitle(f"{result['recipe']}: GPT on Python source vs compressors "
+                 f"({result['functions']['parsed']}/{result['functions']['samples']} sampled functions parse)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def train_or_load(args, overrides: list[str]) -> Path:
@@ -102,9 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--tokens", type=int, default=256, help="most tokens per sampled function")
     p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--device", default="cpu", help="where the model is evaluated and sampled (cpu, cuda, auto)")
     p.add_argument("--out", default=str(OUT))
     args, overrides = p.parse_known_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
     from layerwise.config import default_data_root, load_config
     from layerwise.data import load_dataset
@@ -122,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg = load_config(run_dir / "config.yaml")
     ds = load_dataset(cfg.data.name, cfg.data.root or default_data_root(), cfg.data)
-    model, tok, info, _ = load_language_model(run_dir, "cpu")
+    model, tok, info, dev = load_language_model(run_dir, args.device)
 
     val_text = tok.decode(ds.x_test.tolist())
     train_text = tok.decode(ds.x_train.tolist())
@@ -132,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     first = len(tok.decode(ds.x_test[:1].tolist()).encode("utf-8"))  # bytes of the unscored first token
 
     t = time.perf_counter()
-    bits, scored = model_bits(model, ds.x_test, cfg.data.block_size)
+    bits, scored = model_bits(model, ds.x_test.to(dev), cfg.data.block_size)
     eval_seconds = time.perf_counter() - t
     rows = {"model": bits / (len(val) - first)}
     rows["xz -9 (concatenated)"] = 8 * len(xz9(val)) / len(val)
@@ -147,11 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     t = time.perf_counter()
     samples = generate_samples(run_dir, "def ", args.samples, args.tokens, args.temperature, 200, seed=0,
-                               device="cpu", stop=[FILE_SEPARATOR], top_level=True)
+                               device=args.device, stop=[FILE_SEPARATOR], top_level=True)
     sample_seconds = time.perf_counter() - t
     report = syntax_report(samples, "python")
 
-    result = {"run_dir": str(run_dir), "recipe": Path(args.recipe).name, "overrides": overrides,
+    result = {"run_dir": str(run_dir), "recipe": Path(args.recipe).name if not args.run else cfg.run.name or run_dir.name,
+              "overrides": overrides,
               "bits_per_byte": rows, "model_vs_xz9": rows["model"] / rows["xz -9 (concatenated)"],
               "beats_xz9": rows["model"] < rows["xz -9 (concatenated)"],
               "run_test_bits_per_byte": summary.get("test_bits_per_byte"),
@@ -167,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
                             "stop": "first line after the prompt starting in column 0, or the file separator",
                             "seconds": round(sample_seconds, 1), "examples": samples[:5],
                             "errors": [e for e in report["errors"] if e][:10]},
-              "eval_seconds": round(eval_seconds, 1), "env": environment()}
+              "eval_seconds": round(eval_seconds, 1), "device": str(dev),
+              "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "env": environment()}
     print(f"held-out: {len(files)} files, {len(val):,} bytes, {len(ds.x_test):,} tokens "
           f"({ds.info.extra['bytes_per_token']:.3f} bytes/token)")
     print(f"{'bits per byte':<34} held-out")
@@ -179,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    plot(result, run_dir, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png').name}")
     return result
 
 
