@@ -20,7 +20,7 @@ Then ``--samples`` functions are sampled (prompt ``def ``, token healing, temper
 parsed with Python's ``ast``, and the fraction that parse is reported.
 
     python benchmarks/code_lm.py [--run RUN_DIR | --recipe recipes/python-code.yaml] [--key=value ...]
-        [--samples 100] [--tokens 256] [--device cpu] [--out benchmarks/results/code_lm_2026-11-30.json]
+        [--samples 100] [--tokens 512] [--device cpu] [--out benchmarks/results/code_lm_2026-11-30.json]
 
 Without --run the recipe is trained first (``--key=value`` overrides go to it).
 """
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--run", default="", help="a finished run of the recipe (default: train it now)")
     p.add_argument("--recipe", default=str(RECIPE))
     p.add_argument("--samples", type=int, default=100)
-    p.add_argument("--tokens", type=int, default=256, help="most tokens per sampled function")
+    p.add_argument("--tokens", type=int, default=512, help="most tokens per sampled function")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--device", default="cpu", help="where the model is evaluated and sampled (cpu, cuda, auto)")
     p.add_argument("--out", default=str(OUT))

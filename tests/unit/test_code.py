@@ -168,16 +168,27 @@ def test_kv_cache_gives_the_same_tokens_and_logits(rotary):
     torch.manual_seed(0)
     m = create_model("gpt", in_shape=(16,), num_classes=50, n_layer=2, n_head=2, n_embd=32, rotary=rotary)
     idx = torch.randint(0, 50, (3, 5))
-    # 30 new tokens run past block_size 16: the cache is dropped there and the window slides
-    assert torch.equal(m.generate(idx, 30, temperature=0), m.generate(idx, 30, temperature=0, use_cache=False))
+    cached, plain = m.generate(idx, 30, temperature=0), m.generate(idx, 30, temperature=0, use_cache=False)
+    assert torch.equal(cached[:, :17], plain[:, :17])  # within the context of 16 tokens (and the 17th)
+    if not rotary:  # learned positions: past the context the cache is dropped and the window recomputed
+        assert torch.equal(cached, plain)
     cache = [{} for _ in m.blocks]
     first = m.forward_features(idx[:, :4], cache=cache)
     step = m.forward_features(idx[:, 4:5], cache=cache)
     full = m.forward_features(idx)
     assert torch.allclose(first, full[:, :4], atol=1e-6) and torch.allclose(step[:, 0], full[:, 4], atol=1e-5)
-    assert cache[0]["k"].shape == (3, 2, 5, 16)
+    assert cache[0]["k"].shape == (3, 2, 5, 16) and cache[0]["pos"] == 5
     with pytest.raises(ValueError, match="one token per call"):
         m.forward_features(idx[:, :2], cache=cache)
+
+
+def test_sliding_kv_cache_keeps_rope_positions_relative():
+    # one layer: a cached key depends on its own token and position only, so the sliding window
+    # (keys kept at their true positions) equals recomputing the cropped window from position 0
+    torch.manual_seed(0)
+    m = create_model("gpt", in_shape=(16,), num_classes=50, n_layer=1, n_head=2, n_embd=32, rotary=True)
+    idx = torch.randint(0, 50, (3, 5))
+    assert torch.equal(m.generate(idx, 40, temperature=0), m.generate(idx, 40, temperature=0, use_cache=False))
 
 
 def test_generate_stops_early_and_honours_first_allowed():

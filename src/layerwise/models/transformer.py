@@ -231,9 +231,13 @@ class GPT(Model):
         previous mode. ``finished(idx)``, if given, is called after each new token with idx
         (B, T + i) and returns a (B,) bool tensor; sampling ends early once every row is finished
         (callers cut each row at its own end, e.g. a stop string). With ``use_cache`` the keys and
-        values of earlier positions are kept (a KV cache) while the sequence fits in block_size, so
-        a step costs one token's forward pass; past block_size every step recomputes the cropped
-        context, as without the cache. Both give the same tokens up to float rounding.
+        values of earlier positions are kept (a KV cache), so a step costs one token's forward
+        pass; while the sequence fits in block_size this gives the same tokens as recomputing
+        (up to float rounding). Past block_size, a RoPE model keeps the last block_size - 1
+        positions' keys and values (sliding-window attention, as Mistral 7B: each kept key was
+        computed with its own full context, where recomputation would re-read the cropped window
+        from its first token), and a model with learned positions recomputes the cropped context
+        every step, as ``use_cache=False`` does throughout.
         ``first_allowed`` (vocab,) bool: the only tokens the first new token may be (token healing:
         a caller that backed up a prompt's last token allows the tokens that extend it).
         """
@@ -248,11 +252,15 @@ class GPT(Model):
                              f"this model's head has {self.num_classes}")
         was_training = self.training
         self.eval()
-        cache = [{} for _ in self.blocks] if use_cache and idx.shape[1] < self.block_size else None
+        cache = [{} for _ in self.blocks] if use_cache and idx.shape[1] <= self.block_size else None
         try:
             for _ in range(max_new_tokens):
-                if cache is not None and idx.shape[1] > self.block_size:
-                    cache = None  # the window slides from here: positions shift, recompute each step
+                if cache is not None and "k" in cache[0] and cache[0]["k"].shape[2] >= self.block_size:
+                    if self.wpe is not None:  # learned positions cannot slide: recompute from here on
+                        cache = None
+                    else:  # RoPE: keep the last block_size - 1 positions (a sliding window)
+                        for c in cache:
+                            c["k"], c["v"] = c["k"][:, :, 1 - self.block_size:], c["v"][:, :, 1 - self.block_size:]
                 if cache is None:
                     feats = self.forward_features(idx[:, -self.block_size :])  # (B, <= block_size, C)
                 else:  # the prompt once, then only the newest token

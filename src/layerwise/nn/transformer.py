@@ -161,15 +161,18 @@ class SelfAttention(nn.Module):
         real tokens of padded sequences), or None for all of them.
 
         ``cache`` (causal attention, inference): a dict this layer keeps its keys and values in,
-        "k" and "v" (B, nh, T_past, hs). An empty dict takes a whole prompt (T tokens); after
-        that, one new token per call (T = 1) attends to the cached positions and itself, and its
-        key and value are appended: sampling costs one token's work per step instead of the
-        whole context's (the KV cache of Pope et al. 2022, "Efficiently Scaling Transformer
-        Inference")."""
+        "k" and "v" (B, nh, T_past, hs), and "pos", the position of the next token. An empty dict
+        takes a whole prompt (T tokens); after that, one new token per call (T = 1) attends to
+        the cached positions and itself, and its key and value are appended: sampling costs one
+        token's work per step instead of the whole context's (the KV cache of Pope et al. 2022,
+        "Efficiently Scaling Transformer Inference"). A caller may drop the oldest cached
+        positions (a sliding window); "pos" keeps counting, so RoPE angles stay those of the
+        true positions."""
         B, T, _ = x.shape
         if mask is not None and self.causal:
             raise ValueError("a causal attention takes no padding mask (its sequences are never padded)")
         past = 0 if cache is None or "k" not in cache else cache["k"].shape[2]
+        pos = 0 if cache is None else int(cache.get("pos", 0))  # RoPE position of x's first token
         if cache is not None and (not self.causal or (past and T != 1)):
             raise ValueError("a KV cache serves causal attention, filled by a prompt and then one token per "
                              f"call; got {T} tokens after {past} cached ones")
@@ -177,11 +180,11 @@ class SelfAttention(nn.Module):
         qkv = self.wqkv(x).view(B, T, -1, 3, self.head_dim)  # (B, T, nh, 3, hs)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if self.rotary is not None:
-            q, k = self.rotary(q, k, offset=past)
+            q, k = self.rotary(q, k, offset=pos)
         if cache is not None:
             if past:
                 k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)  # (B, nh, past+1, hs)
-            cache["k"], cache["v"] = k, v
+            cache["k"], cache["v"], cache["pos"] = k, v, pos + T
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=None if mask is None else mask[:, None, None, :],  # (B, 1, 1, T): keys
             # one new query after cached keys sees them all: no causal mask (it would hide them)

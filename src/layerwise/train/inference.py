@@ -261,12 +261,17 @@ def generate_samples(run_dir: str | Path, prompt: str = "", samples: int = 1, to
         text = tok.decode(row)  # whole, so a character split across the prompt's end decodes right
         return cut_at_stop(text, stop, top_level, start=len(prompt) if prompt else len(head))
 
+    done: list[bool] = []
+
     def finished(idx: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B,) rows that reached a stop
-        return torch.tensor([cut(row)[1] for row in idx.tolist()])
+        for i, row in enumerate(idx.tolist()):  # a stopped row stays stopped: decode the others only
+            done[i] = done[i] or cut(row)[1]
+        return torch.tensor(done)
 
     out: list[str] = []
     while len(out) < samples:
         n = min(batch_size, samples - len(out))
+        done[:] = [False] * n
         idx = torch.tensor([ids] * n, dtype=torch.long, device=dev)  # (n, T)
         rows = model.generate(idx, tokens, temperature=temperature, top_k=top_k or None, generator=gen,
                               finished=finished if stop or top_level else None, first_allowed=allowed).tolist()
