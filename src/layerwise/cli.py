@@ -9,6 +9,7 @@
     layerwise predict RUN_DIR INPUT... [--top-k K]
     layerwise predict RUN_DIR --user ID [--top-k K] [--json]
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
+                       [--stop STR ...] [--stop-top-level] [--samples N] [--check-syntax python]
     layerwise info RUN_DIR
     layerwise models [NAME]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
@@ -137,6 +138,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0 = greedy)")
     g.add_argument("--top-k", type=int, default=200, help="sample among the k most likely tokens (0 = all)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", default=[], metavar="STR",
+                   help="cut each sample before the first STR in its continuation (repeatable; \\n, \\t, "
+                        "\\\\ and \\xHH are read as escapes, e.g. --stop '\\n\\n\\n')")
+    g.add_argument("--stop-top-level", action="store_true",
+                   help="code: cut before the first later line that starts in column 0 (the end of a def's body)")
+    g.add_argument("--samples", type=int, default=1, help="independent samples, separated by a rule line")
+    g.add_argument("--check-syntax", choices=("python",), default=None,
+                   help="parse each sample (Python's ast; nothing runs) and report which parse, and the fraction")
     g.add_argument("--device", default="auto")
 
     i = sub.add_parser("info", help="summary table of a run")
@@ -430,9 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in [] if args.json else results:
                 print(f"{r['input']}: {describe_prediction(r)}")
         elif args.command == "generate":
-            from layerwise.train.inference import generate
-            print(generate(args.run_dir, args.prompt, args.tokens, args.temperature, args.top_k,
-                           args.seed, args.device))
+            _generate(args)
         elif args.command == "info":
             from layerwise.train.inference import run_info
             from layerwise.train.progress import print_table
@@ -474,6 +481,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"layerwise: interrupted; resume with `layerwise {command} --resume RUN_DIR` from the last "
               f"checkpoint.", file=sys.stderr)
         return 130
+
+
+def unescape(text: str) -> str:
+    """A command-line string with the escapes \\n, \\t, \\r, \\\\ and \\xHH made characters (other
+    characters, non-ASCII ones included, are kept as they are)."""
+    import re
+
+    table = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+    return re.sub(r"\\(x[0-9a-fA-F]{2}|[ntr\\])",
+                  lambda m: chr(int(m[1][1:], 16)) if m[1][0] == "x" else table[m[1]], text)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    """`layerwise generate`: print the samples (separated by a rule line when several), each with
+    its syntax check and the fraction that parse under --check-syntax."""
+    from layerwise.train.inference import generate_samples, syntax_report
+
+    texts = generate_samples(args.run_dir, args.prompt, args.samples, args.tokens, args.temperature,
+                             args.top_k, args.seed, args.device, [unescape(s) for s in args.stop],
+                             args.stop_top_level)
+    report = syntax_report(texts, args.check_syntax) if args.check_syntax else None
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"----- sample {i + 1} of {len(texts)}")
+        print(text)
+        if report:
+            err = report["errors"][i]
+            print(f"[{args.check_syntax} syntax: {'parses' if err is None else err}]")
+    if report:
+        print(f"{report['parsed']} of {report['samples']} samples parse as {args.check_syntax} "
+              f"({100 * report['fraction']:.1f}%)")
 
 
 def _rank() -> str:

@@ -51,11 +51,11 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = _f("digits", "dataset: digits, breast-cancer, diabetes (built in), mnist, cifar10, image-folder, csv, "
-                   "text, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo, molecules, burgers "
-                   "(generated; README: Data)")
+                   "text, code, text-classes, shakespeare, fsdd, wav-folder, movielens, movielens-loo, molecules, "
+                   "burgers (generated; README: Data)")
     root: str = _f("", "directory holding non-built-in datasets; empty = $LAYERWISE_DATA "
                    "or ~/.cache/layerwise/data")
-    path: str = _f("", "file or folder read by image-folder, csv, text, wav-folder and molecules "
+    path: str = _f("", "file or folder read by image-folder, csv, text, code, wav-folder and molecules "
                    "(relative to data.root, or absolute)")
     download: bool = _f(False, "download a missing dataset into data.root (checksummed; mnist, cifar10, shakespeare, movielens)")
     on_error: str = _f("refuse", "an unreadable or corrupt file: refuse (stop before training) or skip (warn, drop it)")
@@ -133,6 +133,8 @@ class DataConfig:
                         "(lower-cased words; for text classes)")
     vocab_size: int = _f(1024, "text: vocabulary size of a trained bpe or word tokenizer")
     block_size: int = _f(256, "text: context length in tokens")
+    packages: list[str] = _f([], "code: installed Python packages whose .py files are read (e.g. [numpy]), "
+                             "found with importlib; besides or instead of data.path")
     # audio
     sample_rate: int = _f(8000, "audio: resample every recording to this rate (Hz)")
     clip_seconds: float = _f(1.0, "audio: pad or crop every recording to this length (longer ones keep their start; "

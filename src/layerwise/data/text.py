@@ -67,8 +67,8 @@ def normalize_newlines(text: str) -> tuple[str, int]:
     return (text.replace("\r\n", "\n").replace("\r", "\n"), n) if n else (text, 0)
 
 
-def _read(path: Path) -> tuple[bytes, str]:
-    """A non-empty UTF-8 file's bytes and text (a leading byte-order mark is dropped; the caller
+def _read(path: Path, allow_empty: bool = False) -> tuple[bytes, str]:
+    """A UTF-8 file's bytes and text (non-empty unless ``allow_empty``) (a leading byte-order mark is dropped; the caller
     normalizes line ends with :func:`normalize_newlines`); else _Unusable."""
     try:
         raw = path.read_bytes()
@@ -79,7 +79,7 @@ def _read(path: Path) -> tuple[bytes, str]:
     except UnicodeDecodeError as e:
         raise _Unusable(f"is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})",
                         "Re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
-    if not text:
+    if not text and not allow_empty:
         raise _Unusable("is empty", "Remove it or add text")
     return raw, text  # line ends are normalized by the caller, which records how many changed
 
@@ -92,11 +92,8 @@ def _display(path: Path, root: Path) -> str:
         return str(path)
 
 
-def text_dataset(name: str, files: list[Path], root: Path, opts: Any) -> Dataset:
-    """Read ``files`` (concatenated in order), split by characters, tokenize, and describe.
-
-    Options used: tokenizer, vocab_size (bpe), block_size, val_fraction, on_error.
-    """
+def check_text_options(opts: Any) -> None:
+    """DataError for text options no text source can use (block_size, val_fraction, on_error, tokenizer)."""
     T = int(opts.block_size)
     if T < 1:
         raise DataError(f"data.block_size={T}; the context length must be at least 1 token.")
@@ -107,21 +104,73 @@ def text_dataset(name: str, files: list[Path], root: Path, opts: Any) -> Dataset
         raise DataError(f"data.on_error={opts.on_error!r}; use refuse (stop on a bad file) or skip.")
     check_kind(opts.tokenizer)
 
+
+def read_text_files(files: list[Path], root: Path, on_error: str, *, allow_empty: bool = False,
+                    names: list[str] | None = None) -> tuple[list[str], list[dict], list[str]]:
+    """Each usable file's text (line ends made ``\\n``), its record (path as the user gave it, or
+    ``names[i]``; bytes, chars, sha256) and the warnings for files left out under ``on_error=skip``.
+
+    An unreadable, non-UTF-8 (or, unless ``allow_empty``, empty) file raises DataError naming the
+    file and the fix under ``on_error=refuse``; under ``skip`` it is left out with a warning."""
     texts, kept, warnings = [], [], []
-    for f in files:
+    for i, f in enumerate(files):
         try:
-            raw, text = _read(f)
+            raw, text = _read(f, allow_empty)
         except _Unusable as e:
-            if opts.on_error == "refuse":
+            if on_error == "refuse":
                 raise DataError(f"text file '{f}' {e.problem}. {e.fix}, or set data.on_error=skip to "
                                 f"leave it out.") from None
             warnings.append(f"skipped text file '{_display(f, root)}': it {e.problem}")
             continue
         text, converted = normalize_newlines(text)
         texts.append(text)
-        kept.append({"path": _display(f, root), "bytes": len(raw), "chars": len(text),
+        kept.append({"path": names[i] if names else _display(f, root), "bytes": len(raw), "chars": len(text),
                      "sha256": hashlib.sha256(raw).hexdigest()}
                     | ({"line_ends_converted": converted} if converted else {}))
+    return texts, kept, warnings
+
+
+def lm_dataset(name: str, train_text: str, val_text: str, opts: Any, source: dict, *,
+               char_text: str | None = None, warnings: list[str] | None = None) -> Dataset:
+    """Tokenize a language-modelling text already split into train and validation, and describe it.
+
+    The tokenizer (``opts.tokenizer``) is built from ``train_text`` (char: from ``char_text``, the
+    whole text, so validation characters have ids); bpe therefore never sees the validation text.
+    ``info.extra`` records the validation text's UTF-8 bytes and characters per token, which the
+    lm task turns into bits per byte and per character (comparable across tokenizers and with
+    compressors). ``source`` (provenance) gains the tokenizer, vocabulary and token counts.
+    Raises DataError when a split is shorter than one context of ``opts.block_size`` + 1 tokens.
+    """
+    T = int(opts.block_size)
+    tok = build_tokenizer(opts.tokenizer, char_text if opts.tokenizer == "char" and char_text else train_text,
+                          opts.vocab_size)
+    x_train = torch.tensor(tok.encode(train_text), dtype=torch.int64)  # (N_train,)
+    x_val = torch.tensor(tok.encode(val_text), dtype=torch.int64)  # (N_val,)
+    for split, x in (("train", x_train), ("validation", x_val)):
+        if len(x) < T + 1:
+            raise DataError(f"dataset '{name}' {split} split has {len(x)} tokens ({opts.tokenizer} tokenizer), "
+                            f"fewer than one context of data.block_size={T} plus the next token. Use more "
+                            f"text, a smaller data.block_size, or a different data.val_fraction "
+                            f"(now {opts.val_fraction}).")
+    val_bytes = len(val_text.encode("utf-8"))
+    # text_start: what `generate` starts from when "\n" (its default prompt) is not in a char vocabulary
+    extra = {"tokenizer": tok.to_dict(), "text_start": train_text[:1],
+             "bytes_per_token": val_bytes / len(x_val), "chars_per_token": len(val_text) / len(x_val)}
+    info = DatasetInfo(name, (T,), tok.vocab_size, [], 1.0, [], [], task="lm", extra=extra)
+    source = source | {"tokenizer": opts.tokenizer, "vocab_size": tok.vocab_size, "train_tokens": len(x_train),
+                       "val_tokens": len(x_val), "val_bytes": val_bytes}
+    if warnings:
+        source["skipped"] = len(warnings)
+    return Dataset(info, x_train, None, x_val, None, source, tokenizer=tok, warnings=list(warnings or []))
+
+
+def text_dataset(name: str, files: list[Path], root: Path, opts: Any) -> Dataset:
+    """Read ``files`` (concatenated in order), split by characters, tokenize, and describe.
+
+    Options used: tokenizer, vocab_size (bpe), block_size, val_fraction, on_error.
+    """
+    check_text_options(opts)
+    texts, kept, warnings = read_text_files(files, root, opts.on_error)
     if not texts:
         raise DataError(f"dataset '{name}': all {len(files)} text files were skipped as unusable "
                         f"({'; '.join(warnings[:3])}{'; ...' if len(warnings) > 3 else ''}). "
@@ -131,28 +180,9 @@ def text_dataset(name: str, files: list[Path], root: Path, opts: Any) -> Dataset
     n = len(text)
     n_train = int(n * (1 - opts.val_fraction))  # nanoGPT: data[:int(n*0.9)]
     train_text, val_text = text[:n_train], text[n_train:]
-    # char: over the whole text (as nanoGPT) so validation characters have ids; bpe: the train part
-    # only, so validation measures text the tokenizer has not seen; byte: nothing to build
-    tok = build_tokenizer(opts.tokenizer, text if opts.tokenizer == "char" else train_text, opts.vocab_size)
-    x_train = torch.tensor(tok.encode(train_text), dtype=torch.int64)  # (N_train,)
-    x_val = torch.tensor(tok.encode(val_text), dtype=torch.int64)  # (N_val,)
-    for split, x in (("train", x_train), ("validation", x_val)):
-        if len(x) < T + 1:
-            raise DataError(f"dataset '{name}' {split} split has {len(x)} tokens ({opts.tokenizer} tokenizer), "
-                            f"fewer than one context of data.block_size={T} plus the next token. Use more "
-                            f"text, a smaller data.block_size, or a different data.val_fraction "
-                            f"(now {opts.val_fraction}).")
-
-    # text_start: what `generate` starts from when "\n" (its default prompt) is not in a char vocabulary
-    info = DatasetInfo(name, (T,), tok.vocab_size, [], 1.0, [], [], task="lm",
-                       extra={"tokenizer": tok.to_dict(), "text_start": train_text[:1]})
     source = {"files": kept, "chars": n, "train_chars": len(train_text), "val_chars": len(val_text),
-              "split": f"first int(chars * (1 - {opts.val_fraction})) characters train, the rest validation",
-              "tokenizer": opts.tokenizer, "vocab_size": tok.vocab_size,
-              "train_tokens": len(x_train), "val_tokens": len(x_val)}
-    if warnings:
-        source["skipped"] = len(warnings)
-    return Dataset(info, x_train, None, x_val, None, source, tokenizer=tok, warnings=warnings)
+              "split": f"first int(chars * (1 - {opts.val_fraction})) characters train, the rest validation"}
+    return lm_dataset(name, train_text, val_text, opts, source, char_text=text, warnings=warnings)
 
 
 @register_dataset("text")

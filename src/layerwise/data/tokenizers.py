@@ -234,6 +234,13 @@ class BPETokenizer(Tokenizer):
             raise ValueError(f"bpe tokenizer ids must lie in [0, {self.vocab_size - 1}]; got {bad[0]}.")
         return self.hf.decode(ids, skip_special_tokens=False)
 
+    def extensions(self, token_id: int) -> list[int]:
+        """The ids whose bytes start with the bytes of ``token_id`` (itself included): what may
+        follow a prompt whose last token was backed up (token healing: a prompt ending in a space
+        ends in a lone " " token, which training text almost never has, as " foo" is one token)."""
+        prefix = self.hf.id_to_token(int(token_id))  # byte-level string: one character per byte
+        return [i for i in range(self.vocab_size) if (self.hf.id_to_token(i) or "").startswith(prefix)]
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "json": self.hf.to_str()}
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -146,20 +147,24 @@ class GPT(Model):
             self.fc.weight = self.wte.weight
         _init_transformer(self, n_layer)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, cache: list[dict] | None = None) -> torch.Tensor:
+        """x (B, T) token ids -> final hidden states (B, T, n_embd). ``cache``: one dict per block,
+        the KV cache of sampling (empty dicts for the prompt, then one token per call); x then
+        holds the positions after the cached ones."""
         if x.dim() != 2 or x.is_floating_point():
             raise ValueError(f"gpt expects token ids (B, T) of an integer dtype, got {x.dtype} "
                              f"{tuple(x.shape)}")
+        past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
         T = x.shape[1]
-        if T > self.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}; "
+        if past + T > self.block_size:
+            raise ValueError(f"sequence length {past + T} exceeds block_size {self.block_size}; "
                              f"crop the input to its last {self.block_size} tokens")
         h = self.wte(x)  # (B, T, C)
         if self.wpe is not None:
-            h = h + self.wpe(torch.arange(T, device=x.device))  # + (T, C)
+            h = h + self.wpe(torch.arange(past, past + T, device=x.device))  # + (T, C)
         h = self.drop(h)
-        for blk in self.blocks:
-            h = blk(h)  # (B, T, C)
+        for i, blk in enumerate(self.blocks):
+            h = blk(h) if cache is None else blk(h, cache=cache[i])  # (B, T, C)
         return self.ln_f(h)
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -214,13 +219,27 @@ class GPT(Model):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        finished: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        use_cache: bool = True,
+        first_allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Extend idx (B, T) by `max_new_tokens` sampled tokens -> (B, T + max_new_tokens).
+        """Extend idx (B, T) by up to `max_new_tokens` sampled tokens -> (B, T + n), n <= max_new_tokens.
 
         The context is cropped to the last block_size tokens. temperature 0 is greedy (argmax);
         otherwise logits / temperature, keep the `top_k` largest (if given), sample with
         torch.multinomial(generator=generator). Runs in eval mode (no dropout) and restores the
-        previous mode.
+        previous mode. ``finished(idx)``, if given, is called after each new token with idx
+        (B, T + i) and returns a (B,) bool tensor; sampling ends early once every row is finished
+        (callers cut each row at its own end, e.g. a stop string). With ``use_cache`` the keys and
+        values of earlier positions are kept (a KV cache), so a step costs one token's forward
+        pass; while the sequence fits in block_size this gives the same tokens as recomputing
+        (up to float rounding). Past block_size, a RoPE model keeps the last block_size - 1
+        positions' keys and values (sliding-window attention, as Mistral 7B: each kept key was
+        computed with its own full context, where recomputation would re-read the cropped window
+        from its first token), and a model with learned positions recomputes the cropped context
+        every step, as ``use_cache=False`` does throughout.
+        ``first_allowed`` (vocab,) bool: the only tokens the first new token may be (token healing:
+        a caller that backed up a prompt's last token allows the tokens that extend it).
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -233,10 +252,23 @@ class GPT(Model):
                              f"this model's head has {self.num_classes}")
         was_training = self.training
         self.eval()
+        cache = [{} for _ in self.blocks] if use_cache and idx.shape[1] <= self.block_size else None
         try:
             for _ in range(max_new_tokens):
-                ctx = idx[:, -self.block_size :]  # (B, <= block_size)
-                logits = self.fc(self.forward_features(ctx)[:, -1, :]).float()  # (B, vocab)
+                if cache is not None and "k" in cache[0] and cache[0]["k"].shape[2] >= self.block_size:
+                    if self.wpe is not None:  # learned positions cannot slide: recompute from here on
+                        cache = None
+                    else:  # RoPE: keep the last block_size - 1 positions (a sliding window)
+                        for c in cache:
+                            c["k"], c["v"] = c["k"][:, :, 1 - self.block_size:], c["v"][:, :, 1 - self.block_size:]
+                if cache is None:
+                    feats = self.forward_features(idx[:, -self.block_size :])  # (B, <= block_size, C)
+                else:  # the prompt once, then only the newest token
+                    feats = self.forward_features(idx if "k" not in cache[0] else idx[:, -1:], cache=cache)
+                logits = self.fc(feats[:, -1, :]).float()  # (B, vocab)
+                if first_allowed is not None:
+                    logits = logits.masked_fill(~first_allowed.to(logits.device), float("-inf"))
+                    first_allowed = None
                 if temperature == 0:
                     nxt = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
                 else:
@@ -247,6 +279,8 @@ class GPT(Model):
                     probs = torch.softmax(logits, dim=-1)
                     nxt = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
                 idx = torch.cat((idx, nxt), dim=1)
+                if finished is not None and bool(finished(idx).all()):
+                    break
         finally:
             self.train(was_training)
         return idx

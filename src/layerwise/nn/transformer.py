@@ -104,9 +104,12 @@ class RotaryEmbedding(nn.Module):
             self._built_on = device
         return self.cos[:seq_len], self.sin[:seq_len]
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # q, k: (B, nh, T, hs) -> rotated, same shape and dtype (rotation computed in float32)
-        cos, sin = self._tables(q.shape[-2], q.device)
+    def forward(self, q: torch.Tensor, k: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        # q, k: (B, nh, T, hs) at positions offset .. offset + T - 1 -> rotated, same shape and
+        # dtype (rotation computed in float32); offset > 0 when earlier positions are in a KV cache
+        T = q.shape[-2]
+        cos, sin = self._tables(offset + T, q.device)
+        cos, sin = cos[offset:], sin[offset:]
         return _rotate_half(q, cos, sin), _rotate_half(k, cos, sin)
 
 
@@ -152,20 +155,40 @@ class SelfAttention(nn.Module):
         self.rotary = RotaryEmbedding(d_model // n_head) if rotary else None
         self.resid_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """x (B, T, d); ``mask`` (B, T) bool, True for the positions that take part as keys (the
-        real tokens of padded sequences), or None for all of them."""
+        real tokens of padded sequences), or None for all of them.
+
+        ``cache`` (causal attention, inference): a dict this layer keeps its keys and values in,
+        "k" and "v" (B, nh, T_past, hs), and "pos", the position of the next token. An empty dict
+        takes a whole prompt (T tokens); after that, one new token per call (T = 1) attends to
+        the cached positions and itself, and its key and value are appended: sampling costs one
+        token's work per step instead of the whole context's (the KV cache of Pope et al. 2022,
+        "Efficiently Scaling Transformer Inference"). A caller may drop the oldest cached
+        positions (a sliding window); "pos" keeps counting, so RoPE angles stay those of the
+        true positions."""
         B, T, _ = x.shape
         if mask is not None and self.causal:
             raise ValueError("a causal attention takes no padding mask (its sequences are never padded)")
+        past = 0 if cache is None or "k" not in cache else cache["k"].shape[2]
+        pos = 0 if cache is None else int(cache.get("pos", 0))  # RoPE position of x's first token
+        if cache is not None and (not self.causal or (past and T != 1)):
+            raise ValueError("a KV cache serves causal attention, filled by a prompt and then one token per "
+                             f"call; got {T} tokens after {past} cached ones")
         # -1 heads: all of them, or this rank's share when tensor parallelism split wqkv
         qkv = self.wqkv(x).view(B, T, -1, 3, self.head_dim)  # (B, T, nh, 3, hs)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
         if self.rotary is not None:
-            q, k = self.rotary(q, k)
+            q, k = self.rotary(q, k, offset=pos)
+        if cache is not None:
+            if past:
+                k, v = torch.cat((cache["k"], k), dim=2), torch.cat((cache["v"], v), dim=2)  # (B, nh, past+1, hs)
+            cache["k"], cache["v"], cache["pos"] = k, v, pos + T
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=None if mask is None else mask[:, None, None, :],  # (B, 1, 1, T): keys
-            dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
+            # one new query after cached keys sees them all: no causal mask (it would hide them)
+            dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal and not past
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, -1)  # re-assemble the heads: (B, T, nh * hs)
         return self.resid_drop(self.proj(y))
@@ -245,12 +268,17 @@ class TransformerBlock(nn.Module):
         self.norm2 = make_transformer_norm(norm, d_model, bias=bias)
         self.mlp = FeedForward(d_model, hidden, kind=mlp, dropout=dropout, bias=bias)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, d) -> (B, T, d); ``mask`` (B, T) bool marks the real tokens of padded sequences."""
-        # the mask goes by keyword, and only when there is one: tensor parallelism's input hooks
-        # count the positional inputs (one: x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d); ``mask`` (B, T) bool marks the real tokens of padded sequences;
+        ``cache``: the attention's KV cache when sampling (see `SelfAttention.forward`)."""
+        # the mask and cache go by keyword, and only when there is one: tensor parallelism's input
+        # hooks count the positional inputs (one: x)
         h = self.norm1(x)
-        x = x + (self.attn(h) if mask is None else self.attn(h, mask=mask))  # (B, T, d)
+        if cache is not None:
+            x = x + self.attn(h, cache=cache)
+        else:
+            x = x + (self.attn(h) if mask is None else self.attn(h, mask=mask))  # (B, T, d)
         return x + self.mlp(self.norm2(x))  # (B, T, d)
 
 

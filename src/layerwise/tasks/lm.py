@@ -63,3 +63,13 @@ class LanguageModel(Task):
         if extra.get("chars_per_token"):
             out["bits_per_char"] = bits / extra["chars_per_token"]
         return out
+
+
+def unigram_bits(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
+    """Total bits of ``eval_ids`` (1-D ids) under a unigram model of ``train_ids``: each id's
+    training frequency with add-one (Laplace) smoothing, p(i) = (n_i + 1) / (N + V), so an id
+    never seen in training still has a cost. The baseline a language model must beat: divided by
+    the evaluated text's bytes it is the unigram bits per byte."""
+    counts = torch.bincount(train_ids.flatten().long(), minlength=vocab_size).double() + 1.0  # (V,)
+    logp = torch.log2(counts / counts.sum())
+    return float(-logp[eval_ids.flatten().long()].sum())

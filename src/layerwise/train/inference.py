@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,17 +214,11 @@ def recommend(run_dir: str | Path, user: str | int, top_k: int = 10, device: str
              "rating": round(float(pred[j]), 4)} for n, j in enumerate(best.indices.tolist())]
 
 
-@torch.no_grad()
-def generate(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperature: float = 0.8,
-             top_k: int | None = 200, seed: int = 0, device: str = "auto") -> str:
-    """Continue ``prompt`` with ``tokens`` sampled tokens from a language-model run; returns the
-    prompt plus its continuation. Temperature 0 is greedy decoding; the seed makes it repeatable."""
+def load_language_model(run_dir: str | Path, device: str = "auto") -> tuple[Any, Any, DatasetInfo, torch.device]:
+    """(model, tokenizer, dataset info, device) of a language-model run, ready to sample from.
+    RunDirError when the run is not a language model or its tokenizer is missing or does not fit."""
     from layerwise.data.tokenizers import tokenizer_from_dict
 
-    if tokens < 1:
-        raise ValueError(f"--tokens must be >= 1, got {tokens}.")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}.")
     dev = resolve_device(device, "--device")
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
@@ -244,16 +239,112 @@ def generate(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperatu
         raise RunDirError(f"the model in '{run_dir}' has a vocabulary of {model.vocab_size} tokens, its tokenizer "
                           f"{tok.vocab_size}: the two do not belong together. Use the model.safetensors and "
                           f"tokenizer of one run.")
+    model.eval()
+    return model, tok, info, dev
+
+
+def cut_at_stop(text: str, stop: Sequence[str] = (), top_level: bool = False, start: int = 0) -> tuple[str, bool]:
+    """``text`` cut before the first of the ``stop`` strings found at or after ``start`` (the end of
+    the prompt), and whether a stop was found.
+
+    ``top_level``: also cut before the first line that starts in column 0 with something other
+    than white space and begins after ``start``: the end of a Python ``def`` or ``class`` body
+    (the next top-level statement, decorator or comment). Blank lines before it are kept."""
+    cut = len(text)
+    for s in stop:
+        i = text.find(s, start) if s else -1
+        if 0 <= i < cut:
+            cut = i
+    if top_level:
+        i = text.find("\n", start)
+        while 0 <= i < cut:
+            if i + 1 < len(text) and not text[i + 1].isspace():
+                cut = i + 1
+                break
+            i = text.find("\n", i + 1)
+    return text[:cut], cut < len(text)
+
+
+@torch.no_grad()
+def generate_samples(run_dir: str | Path, prompt: str = "", samples: int = 1, tokens: int = 200,
+                     temperature: float = 0.8, top_k: int | None = 200, seed: int = 0, device: str = "auto",
+                     stop: Sequence[str] = (), top_level: bool = False, batch_size: int = 100) -> list[str]:
+    """``samples`` independent continuations of ``prompt`` from a language-model run, each the
+    prompt plus up to ``tokens`` sampled tokens (without a prompt, only the continuation), cut
+    before the first ``stop`` string after the prompt (the stop is not included; ``top_level``:
+    see :func:`cut_at_stop`). A batch of ``batch_size`` samples is drawn together and ends once
+    every one has stopped. Temperature 0 is greedy decoding (every sample is then the same); the
+    seed makes the samples repeatable (for a given ``batch_size``).
+
+    With a BPE tokenizer the prompt's last token is backed up and the first sampled token must
+    extend it (token healing, as in Microsoft's `guidance`): "def " encodes as "def" + " ", but
+    training text has " name" as one token, so a literal " " would start unlike anything seen.
+    Raises ValueError for bad settings, RunDirError for a run that is not a language model."""
+    if tokens < 1:
+        raise ValueError(f"--tokens must be >= 1, got {tokens}.")
+    if samples < 1 or batch_size < 1:
+        raise ValueError(f"--samples must be >= 1, got {samples} (batch size {batch_size}).")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}.")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0 = all tokens), got {top_k}.")
+    model, tok, info, dev = load_language_model(run_dir, device)
     prompt, _ = normalize_newlines(prompt)  # the training text's line ends were made \n too
     try:
         ids = tok.encode(prompt or default_prompt(tok, info.extra))
     except ValueError as e:
         raise ValueError(f"the prompt cannot be encoded with this run's tokenizer: {e}") from None
+    allowed = None
+    if hasattr(tok, "extensions") and len(ids) >= 2:  # token healing (bpe)
+        allowed = torch.zeros(tok.vocab_size, dtype=torch.bool)
+        allowed[tok.extensions(ids[-1])] = True
+        ids = ids[:-1]
+    head = tok.decode(ids)  # the prompt as the model sees it (after healing: without its last token)
+    stop = [s for s in stop if s]
     gen = torch.Generator(device=dev).manual_seed(seed)
-    model.eval()
-    idx = torch.tensor([ids], dtype=torch.long, device=dev)  # (1, T)
-    out = model.generate(idx, tokens, temperature=temperature, top_k=top_k or None, generator=gen)
-    return tok.decode(out[0].tolist()) if prompt else tok.decode(out[0, len(ids):].tolist())
+
+    def cut(row: list[int]) -> tuple[str, bool]:
+        text = tok.decode(row)  # whole, so a character split across the prompt's end decodes right
+        return cut_at_stop(text, stop, top_level, start=len(prompt) if prompt else len(head))
+
+    done: list[bool] = []
+
+    def finished(idx: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B,) rows that reached a stop
+        for i, row in enumerate(idx.tolist()):  # a stopped row stays stopped: decode the others only
+            done[i] = done[i] or cut(row)[1]
+        return torch.tensor(done)
+
+    out: list[str] = []
+    while len(out) < samples:
+        n = min(batch_size, samples - len(out))
+        done[:] = [False] * n
+        idx = torch.tensor([ids] * n, dtype=torch.long, device=dev)  # (n, T)
+        rows = model.generate(idx, tokens, temperature=temperature, top_k=top_k or None, generator=gen,
+                              finished=finished if stop or top_level else None, first_allowed=allowed).tolist()
+        out += [cut(row)[0] if prompt else cut(row)[0][len(head):] for row in rows]
+    return out
+
+
+@torch.no_grad()
+def generate(run_dir: str | Path, prompt: str = "", tokens: int = 200, temperature: float = 0.8,
+             top_k: int | None = 200, seed: int = 0, device: str = "auto", stop: Sequence[str] = (),
+             top_level: bool = False) -> str:
+    """Continue ``prompt`` with up to ``tokens`` sampled tokens from a language-model run; returns the
+    prompt plus its continuation, cut before the first ``stop`` string (see :func:`generate_samples`).
+    Temperature 0 is greedy decoding; the seed makes it repeatable."""
+    return generate_samples(run_dir, prompt, 1, tokens, temperature, top_k, seed, device, stop, top_level)[0]
+
+
+def syntax_report(texts: Sequence[str], language: str = "python") -> dict[str, Any]:
+    """Which of ``texts`` parse as ``language`` source (Python: the ``ast`` module; nothing runs).
+    Returns {"samples": n, "parsed": k, "fraction": k / n, "errors": [None or the parser's message,
+    one per text]}. ValueError for a language without a checker."""
+    from layerwise.data.code import parse_error
+
+    errors = [parse_error(t, language) for t in texts]
+    parsed = sum(e is None for e in errors)
+    return {"samples": len(texts), "parsed": parsed, "fraction": parsed / len(texts) if texts else None,
+            "errors": errors}
 
 
 def default_prompt(tok, extra: dict[str, Any]) -> str:
