@@ -63,6 +63,8 @@ def test_fno_learns_transfers_and_predicts(tmp_path) -> None:
     assert "data.resolution=256" in r.stdout
     r = lw("eval", s["run_dir"], "--model.width=8")
     assert r.returncode == 2 and "only data overrides" in r.stderr and "Traceback" not in r.stderr
+    r = lw("eval", s["run_dir"], "--data.name=digits")  # another dataset is not another setting of this one
+    assert r.returncode == 2 and "Train a model on digits" in r.stderr and "Traceback" not in r.stderr
 
     # predict: a u0 at any resolution -> u(t=1) at the same points
     u0 = load_dataset("burgers", root, load_config(RECIPE, [*SMALL, "--data.resolution=256"]).data).x_test[:2, 0]

@@ -78,6 +78,10 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "",
     saved = cfg.data
     cfg = apply_overrides(cfg, list(overrides))
     changed = {k: v for k, v in vars(cfg.data).items() if getattr(saved, k) != v}
+    if "name" in changed:
+        raise ConfigError(f"`layerwise eval` evaluates the same weights on other settings of the data they were "
+                          f"trained on ({saved.name}); --data.name={cfg.data.name} is another dataset, whose "
+                          f"inputs and targets mean something else. Train a model on {cfg.data.name} instead.")
     dev = resolve_device(device, "--device")
     model, meta = load_model(run_dir, dev)
     info = _info(meta)
@@ -93,8 +97,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "",
         detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise DataError(f"the model of '{run_dir}' was trained on inputs shaped {tuple(info.in_shape)} and cannot "
                         f"take the changed data's {tuple(ds.info.in_shape)} ({', '.join(f'data.{k}={v}' for k, v in changed.items())}): "
-                        f"{detail}. Evaluate without those overrides, or use a resolution-independent model "
-                        f"(fno).") from None
+                        f"{detail}. Evaluate without those overrides"
+                        f"{'' if cfg.model.name == 'fno' else ', or train a resolution-independent model (fno)'}."
+                        ) from None
     h = task.headline
     return ({f"test_{h}": m.get(h), "test_loss": m.get("loss")}
             | {f"test_{k}": v for k, v in m.items() if k not in (h, "loss", "examples")}
