@@ -251,10 +251,15 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict; the model section is flattened back to ``name`` + its args."""
-        d = dataclasses.asdict(self)
-        model = d.pop("model")
-        return {"model": {"name": model["name"], **model["args"]}, **d}
+        return sections_to_dict(self)
+
+
+def sections_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config of sections (Config, layerwise.rl.config.RLConfig) as a plain nested dict, the
+    model section flattened back to ``name`` + its args (the form recipes are written in)."""
+    d = dataclasses.asdict(cfg)
+    model = d.pop("model")
+    return {"model": {"name": model["name"], **model["args"]}, **d}
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "task": TaskConfig, "optim": OptimConfig,

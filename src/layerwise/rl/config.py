@@ -10,12 +10,12 @@ High-quality Single-file Implementations of Deep Reinforcement Learning Algorith
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerwise.config import ConfigError, ModelConfig, OptimConfig, RunConfig, _f, load_yaml, optim_checks
+from layerwise.config import (ConfigError, ModelConfig, OptimConfig, RunConfig, _f, load_yaml, optim_checks,
+                              sections_to_dict)
 
 
 @dataclass
@@ -86,10 +86,7 @@ class RLConfig:
     run: RLRunConfig = field(default_factory=RLRunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict; the model section is flattened back to ``name`` + its args."""
-        d = dataclasses.asdict(self)
-        model = d.pop("model")
-        return {"model": {"name": model["name"], **model["args"]}, **d}
+        return sections_to_dict(self)
 
     @property
     def batch_size(self) -> int:
