@@ -1,0 +1,38 @@
+"""benchmarks/transfer.py's helpers: the fine-tuned arm's overrides (head-only steps as epochs of
+each label count) and where scratch catches up. The curve itself comes from the benchmark run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import transfer
+
+
+@pytest.mark.parametrize("labels, epochs", [(10, "25"), (100, "6.25"), (1000, "0.625")])
+def test_head_only_steps_become_epochs_of_each_count(labels, epochs):
+    # 250 steps of 100: 10% = 25 head-only steps; 4 classes x labels images = ceil(4 labels / 100) steps an epoch
+    got = transfer.finetune_overrides("runs/animals", labels, steps=250, batch=100, freeze_fraction=0.1,
+                                      body_lr_scale=0.1)
+    assert got == ["--model.init_from=runs/animals", f"--train.freeze_body_epochs={epochs}",
+                   "--optim.body_lr_scale=0.1"]
+
+
+def test_shipped_source_resolves_to_its_file():
+    from layerwise.models.pretrained import PRETRAINED
+
+    assert transfer.source_path("pretrained:cifar10-animals-convnet") == str(PRETRAINED["cifar10-animals-convnet"].path)
+
+
+def test_catch_up_is_the_first_count_from_which_scratch_stays_close():
+    curve = {"finetune": {10: 0.70, 30: 0.75, 100: 0.80, 300: 0.84, 1000: 0.88},
+             "scratch": {10: 0.50, 30: 0.74, 100: 0.70, 300: 0.835, 1000: 0.885}}
+    assert transfer.catch_up(curve, 1.0) == 300  # 30 is close, but 100 falls behind again
+    assert transfer.catch_up(curve, 0.1) == 1000
+    curve["scratch"][1000] = 0.80
+    assert transfer.catch_up(curve, 1.0) is None
