@@ -9,10 +9,11 @@ budget and seed:
 - scratch: random weights;
 - fine-tuned: ``--model.init_from`` a convnet trained on the six animal classes only
   (``recipes/pretrain-cifar10-animals-convnet.yaml``, shipped as
-  ``pretrained:cifar10-animals-convnet``; no vehicle image was seen), with the head alone trained
-  for the first ``--freeze-fraction`` of the steps (``train.freeze_body_epochs``, converted from
-  steps to this count's epochs) and the body at ``--body-lr-scale`` times the learning rate after
-  (``optim.body_lr_scale``; fastai's ``fine_tune`` recipe: freeze, then discriminative rates).
+  ``pretrained:cifar10-animals-convnet``; no vehicle image was seen), a new 4-class head, every
+  layer training from the start (what `layerwise finetune` does, measured best on MNIST 0-4 -> 5-9).
+  Optionally fastai's ``fine_tune`` recipe: the head alone for the first ``--freeze-fraction`` of
+  the steps (``train.freeze_body_epochs``, converted from steps to this count's epochs), then the
+  body at ``--body-lr-scale`` times the learning rate (``optim.body_lr_scale``).
 
 Every run trains ``train.max_steps`` steps of ``data.batch_size`` (fewer images than a batch: the
 whole set per step), so both arms and every count get the same compute. The figure plots test
@@ -21,6 +22,7 @@ smallest count at which scratch comes within ``--catch-up`` accuracy points of f
 
     python benchmarks/transfer.py --data-root DIR [--labels 10 30 100 300 1000] [--seeds 0]
         [--source pretrained:cifar10-animals-convnet | RUN_DIR | FILE.safetensors] [--dir OUT]
+        [--arms finetune scratch] [--freeze-fraction 0.1 --body-lr-scale 0.1]
         [--out benchmarks/results/transfer_cifar10_<date>.json] [--figure benchmarks/transfer/cifar10.png]
 
 Runs go to ``--dir`` (default runs/transfer-cifar10); a finished run (summary.json) is read, not
@@ -58,11 +60,15 @@ def source_path(source: str) -> str:
 
 def finetune_overrides(source: str, labels: int, steps: int, batch: int, freeze_fraction: float,
                        body_lr_scale: float) -> list[str]:
-    """The fine-tuned arm's overrides: the source, the head-only steps as epochs of this count."""
-    steps_per_epoch = math.ceil(CLASSES_PER_TASK * labels / batch)  # drop_last is off in the recipe
-    freeze_epochs = freeze_fraction * steps / steps_per_epoch
-    return [f"--model.init_from={source_path(source)}", f"--train.freeze_body_epochs={freeze_epochs:.6g}",
-            f"--optim.body_lr_scale={body_lr_scale}"]
+    """The fine-tuned arm's overrides: the source, and (when set) the head-only steps as epochs of
+    this count and the body's learning-rate multiplier."""
+    out = [f"--model.init_from={source_path(source)}"]
+    if freeze_fraction:
+        steps_per_epoch = math.ceil(CLASSES_PER_TASK * labels / batch)  # drop_last is off in the recipe
+        out.append(f"--train.freeze_body_epochs={freeze_fraction * steps / steps_per_epoch:.6g}")
+    if body_lr_scale != 1:
+        out.append(f"--optim.body_lr_scale={body_lr_scale:g}")
+    return out
 
 
 def run_point(arm: str, labels: int, seed: int, args: argparse.Namespace) -> dict:
@@ -131,8 +137,10 @@ def main() -> None:
     ap.add_argument("--labels", type=int, nargs="+", default=[10, 30, 100, 300, 1000])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--source", default=SOURCE, help="pretrained:NAME, a run directory or a .safetensors file")
-    ap.add_argument("--freeze-fraction", type=float, default=0.1, help="head-only share of the steps")
-    ap.add_argument("--body-lr-scale", type=float, default=0.1, help="the body's LR multiplier after that")
+    ap.add_argument("--arms", nargs="+", default=["finetune", "scratch"], choices=["finetune", "scratch"])
+    ap.add_argument("--freeze-fraction", type=float, default=0.0, help="head-only share of the steps (fastai: a "
+                    "first epoch)")
+    ap.add_argument("--body-lr-scale", type=float, default=1.0, help="the body's LR multiplier (fastai: 0.1)")
     ap.add_argument("--catch-up", type=float, default=1.0, help="accuracy points that count as caught up")
     ap.add_argument("--dir", default="runs/transfer-cifar10")
     ap.add_argument("--out", default="")
@@ -144,8 +152,9 @@ def main() -> None:
         ap.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in args.overrides)}")
 
     t0 = time.perf_counter()
-    rows = [run_point(arm, n, seed, args) for n in args.labels for seed in args.seeds
-            for arm in ("finetune", "scratch")]
+    rows = [run_point(arm, n, seed, args) for n in args.labels for seed in args.seeds for arm in args.arms]
+    if set(args.arms) != {"finetune", "scratch"}:
+        return  # one arm: its runs are done (and kept in --dir for the next call)
     curve = {arm: {n: [r["test_accuracy"] for r in rows if r["arm"] == arm and r["labels_per_class"] == n]
                    for n in args.labels} for arm in ("finetune", "scratch")}
     means = {arm: {n: statistics.fmean(v) for n, v in c.items()} for arm, c in curve.items()}
@@ -163,8 +172,8 @@ def main() -> None:
            "protocol": "CIFAR-10 animals (bird, cat, deer, dog, frog, horse) -> vehicles (airplane, automobile, "
                        "ship, truck); data.labels_per_class training images per class (data.subset_seed 0), the "
                        "whole 4,000-image test split; both arms: the same network, optimizer, train.max_steps "
-                       "and seed; fine-tuned: model.init_from the animals convnet, head only for "
-                       f"{args.freeze_fraction:g} of the steps, then optim.body_lr_scale={args.body_lr_scale:g}",
+                       "and seed; fine-tuned: model.init_from the animals convnet (a new head), head only for "
+                       f"{args.freeze_fraction:g} of the steps, optim.body_lr_scale={args.body_lr_scale:g}",
            "overrides": args.overrides, "rows": rows,
            "mean_test_accuracy": {arm: {str(n): round(v, 4) for n, v in m.items()} for arm, m in means.items()},
            "catch_up_points": args.catch_up, "catch_up_labels_per_class": caught, "verdict": verdict,

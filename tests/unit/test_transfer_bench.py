@@ -23,6 +23,11 @@ def test_head_only_steps_become_epochs_of_each_count(labels, epochs):
                    "--optim.body_lr_scale=0.1"]
 
 
+def test_the_default_fine_tuned_arm_only_changes_the_starting_weights():
+    assert transfer.finetune_overrides("a.safetensors", 10, steps=200, batch=100, freeze_fraction=0.0,
+                                       body_lr_scale=1.0) == ["--model.init_from=a.safetensors"]
+
+
 def test_shipped_source_resolves_to_its_file():
     from layerwise.models.pretrained import PRETRAINED
 
