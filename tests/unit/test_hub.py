@@ -120,6 +120,8 @@ def test_classes_and_image_size_come_from_the_tensors() -> None:
     _, args, state = convert_state_dict("timm:vit_tiny_patch16_224", _meta_state(
         "timm:vit_tiny_patch16_224", **{"head.weight": None, "head.bias": None}))  # timm's num_classes=0
     assert args["num_classes"] == 0 and "fc.weight" not in state
+    with pytest.raises(WeightsError, match=r"pos_embed \(1, 1, 192\) -> pos_embed \(1, 197, 192\)"):
+        convert_state_dict("timm:vit_tiny_patch16_224", _meta_state("timm:vit_tiny_patch16_224", pos_embed=(1, 1, 192)))
     _, args, _ = convert_state_dict("torchvision:resnet18", _meta_state(
         "torchvision:resnet18", **{"fc.weight": (37, 512), "fc.bias": (37,), "conv1.weight": (64, 1, 7, 7)}))
     assert args == {"in_shape": (1, 224, 224), "num_classes": 37}

@@ -23,6 +23,7 @@ files (.pt, .pth, .bin) are refused: a pickle can run code when it is loaded.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,8 +131,9 @@ def _infer_args(fmt: ForeignFormat, state: Mapping[str, torch.Tensor]) -> dict[s
     h = w = 224
     pos = state.get("pos_embed")
     if fmt.n_head and first is not None and first.dim() == 4 and pos is not None and pos.dim() == 3:
-        side = int((pos.shape[1] - 1) ** 0.5)
-        if side * side == pos.shape[1] - 1:  # a square grid of patches: any other size is reported as a shape
+        patches = int(pos.shape[1]) - 1
+        side = math.isqrt(max(patches, 0))
+        if side and side * side == patches:  # a square grid of patches: any other size is reported as a shape
             h, w = side * int(first.shape[2]), side * int(first.shape[3])
     return {"in_shape": (channels, h, w), "num_classes": num_classes}
 
@@ -153,7 +155,9 @@ def _rename(fmt: ForeignFormat, key: str, block_starts: list[int], n_blocks: lis
     return f"blocks.{block_starts[stage] + index}.{fmt.block[inner]}.{leaf}"
 
 
-def _convert(source_format: str, state: Mapping[str, torch.Tensor]):
+def _convert(
+    source_format: str, state: Mapping[str, torch.Tensor]
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, list[str]]]:
     """(name, model_args, converted state, problems): problems lists the unmapped source keys,
     the mis-shaped ones and the layerwise keys nothing maps to (all empty: a complete conversion)."""
     fmt = _format(source_format)
