@@ -68,9 +68,8 @@ def finetune(source: str | Path, recipe: str | Path | None = None, *overrides: s
              show_progress: bool = True) -> dict[str, Any]:
     """Train starting from ``source``'s weights (a finished run directory or a .safetensors file):
     ``layerwise finetune SOURCE [RECIPE] [--key=value ...]``. The model is the source's unless the
-    recipe or an override names one; train.freeze_body_epochs=1 and optim.body_lr_scale=0.1 unless
-    set (see layerwise.train.finetune.finetune_config). Returns the run's summary, which names the
-    source and its sha256."""
+    recipe or an override names one (see layerwise.train.finetune.finetune_config). Returns the
+    run's summary, which names the source and its sha256."""
     from layerwise.config import Config, ConfigError
     from layerwise.train.finetune import finetune_config
     from layerwise.train.trainer import fit as _fit

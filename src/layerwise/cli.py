@@ -78,9 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Fine-tune: `layerwise train` with --model.init_from=SOURCE. The model is the "
                                    "source's (unless the recipe or --model.name names one); the body loads by "
-                                   "tensor name and the head is new when the classes differ. Unless set, "
-                                   "train.freeze_body_epochs=1 (the head alone first) and optim.body_lr_scale=0.1 "
-                                   "(the body at a tenth of the rate). README: Transfer learning.",
+                                   "tensor name and the head is new when the classes differ. Every layer trains "
+                                   "from the start; --train.freeze_body_epochs=1 --optim.body_lr_scale=0.1 give "
+                                   "fastai's fine_tune (the head alone first, then the body at lower rates). "
+                                   "README: Transfer learning.",
                        epilog="config keys (--section.key=value): see `layerwise train --help`")
     f.add_argument("source", metavar="SOURCE", help="a finished run directory or a .safetensors file")
     f.add_argument("recipe", nargs="?", help="YAML recipe of the new task (see recipes/)")

@@ -183,8 +183,9 @@ class OptimConfig:
     muon_ns_steps: int = _f(5, "Newton-Schulz iterations per Muon step (airbench94_muon: 3)")
     no_decay_lr_scale: float = _f(1.0, "LR multiplier for biases and norm parameters (airbench's "
                                   "bias_scaler: 64 for BatchNorm biases)")
-    body_lr_scale: float = _f(1.0, "LR multiplier for the body (all but the model's head) when fine-tuning "
-                              "from model.init_from: discriminative rates, fastai's slice(lr/10, lr) is 0.1")
+    body_lr_scale: float = _f(1.0, "fine-tuning from model.init_from: LR multiplier of the body's bottom layer; "
+                              "the layers above get geometrically closer to the head's 1 (discriminative rates, "
+                              "ULMFiT; fastai's slice(lr/10, lr) is 0.1)")
     schedule: str = _f("onecycle", "LR schedule: constant, cosine, linear, onecycle, triangle")
     warmup_steps: int = _f(0, "linear warmup steps (cosine, linear, constant)")
     warmup_fraction: float = _f(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
