@@ -13,8 +13,15 @@ from test_models import ALL_MODELS, RECSYS, _example_input, _in_shape, _text_kwa
 
 from layerwise.config import ConfigError, load_config
 from layerwise.models import GPT, create_model, list_models
-from layerwise.train.finetune import (BodyFreezing, body_groups, finetune_config, head_keys, load_weights,
-                                      read_source, summary_fields)
+from layerwise.train.finetune import (
+    BodyFreezing,
+    body_groups,
+    finetune_config,
+    head_keys,
+    load_weights,
+    read_source,
+    summary_fields,
+)
 from layerwise.train.optim import build_optimizer
 from layerwise.train.run import save_model
 
