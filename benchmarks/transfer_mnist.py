@@ -94,7 +94,9 @@ def main() -> None:
     print(f"\ntest accuracy on digits 5-9, mean of seeds {args.seeds}:\n" + "\n".join(table))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"environment": environment(), "command": " ".join(sys.argv), "model": MODEL,
+    # the command as run, the data root left out (a path of this machine)
+    command = " ".join(["python", *["<data>" if a == args.data_root else a for a in sys.argv]])
+    out.write_text(json.dumps({"environment": environment(), "command": command, "model": MODEL,
                                "rows": rows, "table": table}, indent=2) + "\n")
     print(f"wrote {out}")
 
