@@ -245,8 +245,8 @@ def _model_hint(src: Source, model: nn.Module) -> str:
              f"{tuple(have['in_shape'])}." if have.get("in_shape") and src.model.get("in_shape")
              and tuple(src.model["in_shape"]) != tuple(have["in_shape"]) else "")
     return (f" The source is a '{src.model.get('name')}' model.{shape}"
-            + (f" Build the same one with {fix}, or use `layerwise finetune {src.given}`, which takes "
-               f"the model from the source." if fix else ""))
+            + (f" Build the same one with {fix} (`layerwise finetune {src.given}` without --model.name takes "
+               f"the model from the source)." if fix else ""))
 
 
 def _family_args(spec: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +294,7 @@ def load_weights(model: nn.Module, src: Source, classes: list[str] | None = None
     shapes = [f"{k} {tuple(state[k].shape)} in the source, {tuple(want[k].shape)} in the model"
               for k in body if k in state and state[k].shape != want[k].shape]
     missing = [k for k in body if k not in state]
-    unexpected = [k for k in state if k not in want and not _under(k, head_names)]
+    unexpected = sorted(k for k in state if k not in want and not _under(k, head_names))
     if shapes or missing or unexpected:
         parts = ([f"{len(shapes)} of another shape ({_listed(shapes)})"] if shapes else []) + (
             [f"{len(missing)} missing from the source ({_listed(missing)})"] if missing else []) + (
@@ -312,8 +312,8 @@ def load_weights(model: nn.Module, src: Source, classes: list[str] | None = None
     merged.update({k: state[k] for k in loaded})
     model.load_state_dict(merged)  # strict: every key, the new head's as it was initialized
     return {
-        "init_from": src.given, "file": str(src.file), "sha256": src.sha256,
-        "run_dir": str(src.run_dir) if src.run_dir else None,
+        "init_from": src.given, "file": str(src.file.resolve()), "sha256": src.sha256,
+        "run_dir": str(src.run_dir.resolve()) if src.run_dir else None,
         "run_id": src.run_dir.name if src.run_dir else None,
         "source_model": (src.model or {}).get("name"), "source_classes": src.classes, "source_task": src.task,
         "source_metrics": src.metrics,
