@@ -9,7 +9,7 @@ budget (epochs on the 250 images) and seed: test accuracy on 1000 test images of
   - body 0.1:       + --optim.body_lr_scale=0.1 only.
 
 The images are MNIST's, written as class folders of PNGs (image-folder), chosen with a fixed seed
-(:func:`mnist_split_folders`, which tests/integration/test_finetune.py uses too).
+(:func:`mnist_split_folders`, which tests/integration/test_finetune_runs.py uses too).
 
     python benchmarks/transfer_mnist.py --data-root DIR [--seeds 0 1 2] [--epochs 2 5 20]
         [--out benchmarks/results/transfer_mnist_<date>.json]
