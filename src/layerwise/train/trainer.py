@@ -207,6 +207,9 @@ class Trainer:
                        | self._parallel_info())
             if self.tokenizer is not None:
                 self.tokenizer.save(self.run_dir / "tokenizer.json")
+            if self.init_record is not None:  # where the weights came from (train/finetune.py)
+                from layerwise.train.finetune import INIT_RECORD
+                write_json(self.run_dir / INIT_RECORD, self.init_record)
         self.run_dir = Path(self.par.broadcast_object(str(self.run_dir) if self.par.is_rank0 else None))
         self.par.run_dir = self.run_dir
         if self.par.enabled and self.par.is_rank0:
@@ -292,6 +295,7 @@ class Trainer:
                     self.model.init_from_data(x)
             except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
                 raise self._cannot_take(e, x) from None  # e.g. autorec's ratings matrix from a table
+        self.init_record = None if resume else self._init_from_weights()  # a resumed run loads its checkpoint
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # parallelism is applied from outside the model (distributed.parallelize): tensor parallel,
@@ -308,7 +312,7 @@ class Trainer:
             self.model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
             nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
             muon_momentum=o.muon_momentum, muon_rest=o.muon_rest, muon_normalize=o.muon_normalize,
-            muon_ns_steps=o.muon_ns_steps, no_decay_lr_scale=o.no_decay_lr_scale,
+            muon_ns_steps=o.muon_ns_steps, no_decay_lr_scale=o.no_decay_lr_scale, body_lr_scale=o.body_lr_scale,
             device_type=self.device.type, per_param=self.par.dims.tp > 1,
             fused=True if self._sync_free_mode == "on" else None)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
@@ -319,6 +323,16 @@ class Trainer:
         # outputs instead of float32 log-probabilities (a language model's (B, T, V): the largest
         # tensors of its step)
         self.objective = torch.compile(self._objective) if t.compile else self._objective
+
+    def _init_from_weights(self) -> dict[str, Any] | None:
+        """model.init_from: the source's body (and its head, when it predicts the same classes)
+        loaded into the model just built, before the optimizer exists (train/finetune.py); the
+        record for init_from.json, or None when the run starts from random weights."""
+        if not self.cfg.model.init_from:
+            return None
+        from layerwise.train.finetune import load_weights, read_source
+
+        return load_weights(self.model, read_source(self.cfg.model.init_from), self.info.classes, self.task.name)
 
     def _check_model_takes_data(self) -> None:
         """One forward pass of two training examples, before any file is written: a model that
@@ -893,6 +907,9 @@ class Trainer:
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "device": str(self.device),
             "precision": self.cfg.train.precision, "run_dir": str(self.run_dir),
         }
+        if self.cfg.model.init_from:  # the weights' origin, from init_from.json (a resumed run's too)
+            from layerwise.train.finetune import read_record, summary_fields
+            summary |= summary_fields(read_record(self.run_dir))
         if self.par.enabled:
             d = self.par.dims
             summary["parallel"] = (f"{d.strategy} on {d.world_size} ranks (dp_replicate {d.dp_replicate} x "
