@@ -684,6 +684,19 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     return out
 
 
+def with_defaults(saved: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
+    """A config saved by an earlier layerwise (a checkpoint's, in :meth:`Config.to_dict` form)
+    with the keys added since filled in with their defaults, which reproduce what that version did
+    (the rule every new key follows), so that :func:`config_changes` does not count a key the
+    earlier version lacked as a change and refuse to resume its runs. ``cls`` is the config class
+    (default :class:`Config`). A saved config that no longer resolves (a key since removed) is
+    returned as it was, and compared key by key."""
+    try:
+        return merge((cls or Config)(), saved, where="a checkpoint's config").to_dict()
+    except ConfigError:
+        return saved
+
+
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 

@@ -771,8 +771,8 @@ class Trainer:
                                   f"data.root points elsewhere): the run in '{self.run_dir}' cannot continue on other "
                                   f"data. Restore the data it was trained on, or start a new run.")
             if saved:
-                from layerwise.config import config_changes, refuse_trajectory_changes
-                refuse_trajectory_changes(config_changes(saved, self.cfg.to_dict()),
+                from layerwise.config import config_changes, refuse_trajectory_changes, with_defaults
+                refuse_trajectory_changes(config_changes(with_defaults(saved), self.cfg.to_dict()),
                                           f"config.yaml differs from the config checkpoint {path.name} was "
                                           f"trained with{config_gaps(self.run_dir / 'config.yaml')}", self.run_dir)
                 self._check_resumed_length(saved.get("train", {}), f"checkpoint {path.name}")
@@ -865,8 +865,8 @@ class Trainer:
         the run resumed and what changed."""
         changes = self._resume_changes
         if getattr(self, "_checkpoint_config", None):  # the truth: what the checkpoint was trained with
-            from layerwise.config import config_changes
-            changes = config_changes(self._checkpoint_config, self.cfg.to_dict())
+            from layerwise.config import config_changes, with_defaults
+            changes = config_changes(with_defaults(self._checkpoint_config), self.cfg.to_dict())
         if self.par.is_rank0:
             if changes:
                 save_config(self.cfg, self.run_dir / "config.yaml")
