@@ -17,8 +17,8 @@ import os
 import pickle
 import threading
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,7 +125,7 @@ class CheckpointWriter:
     def _write(self, directory: Path, step: int, data: bytes, keep: int) -> None:
         try:
             _write_checkpoint(directory, step, data, keep)
-        except BaseException as e:  # raised in the training thread by wait()
+        except BaseException as e:  # noqa: BLE001 (re-raised in the training thread by wait())
             self._error = e
 
     def wait(self, raise_error: bool = True) -> None:
