@@ -185,6 +185,16 @@ class EpochOrder:
         return view
 
 
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` (rows ``idx`` of ``x``, (B, *x.shape[1:])) through index_select, which copies whole
+    rows: ~15x faster on a CPU than advanced indexing for a batch of MNIST images. The batch gets
+    the strides advanced indexing gives it (the source's, for a dense source with rows outermost)."""
+    if x.shape[0] and x.is_contiguous():  # dense, rows outermost (size-1 dims may carry any stride)
+        out = torch.empty_strided((len(idx), *x.shape[1:]), x.stride(), dtype=x.dtype, device=x.device)
+        return torch.index_select(x, 0, idx, out=out)
+    return x[idx]
+
+
 class BatchLoader(EpochOrder):
     """Yields (x, y) batches of normalized, optionally augmented examples from on-device tensors.
 
@@ -211,7 +221,9 @@ class BatchLoader(EpochOrder):
         its float32 copy takes at most PRENORMALIZE_BYTES; else the raw values."""
         norm = self.transform.normalize
         if self._x_normalized is None and not norm.indices and self.x.numel() * 4 <= PRENORMALIZE_BYTES:
-            out = torch.empty(self.x.shape, dtype=torch.float32, device=self.x.device)
+            # the source's strides (a size-1 channel's stride decides oneDNN's convolution path on a
+            # CPU, so a batch keeps the layout it had: the same results, bit for bit)
+            out = torch.empty_strided(self.x.shape, self.x.stride(), dtype=torch.float32, device=self.x.device)
             for start in range(0, len(self.x), _PRENORMALIZE_ROWS):
                 out[start:start + _PRENORMALIZE_ROWS] = norm(self.x[start:start + _PRENORMALIZE_ROWS])
             self._x_normalized = out
@@ -226,8 +238,7 @@ class BatchLoader(EpochOrder):
             i = self.position
             idx = order[self.batch_slice(i)]  # (B,)
             flips = self.flips(host_order[self.batch_slice(i)])
-            # index_select, not x[idx]: the same rows, gathered ~15x faster on a CPU (a copy per row)
-            x, y = self.transform(xs.index_select(0, idx), self.y.index_select(0, idx), self.augment_generator(i),
+            x, y = self.transform(_take(xs, idx), self.y.index_select(0, idx), self.augment_generator(i),
                                   flips, normalized=normalized)
             self.position += 1
             yield x, y
