@@ -210,14 +210,13 @@ def _scale_parsers() -> dict[str, argparse.ArgumentParser]:
 
 def _scale(argv: list[str]) -> int:
     """`layerwise scale ...`: a sweep, or its `fit` / `report` subcommand."""
-    from layerwise import scaling
-
     parsers = _scale_parsers()
     form = argv[0] if argv and argv[0] in ("fit", "report") else "run"
     parser = parsers[form]
     if form == "run" and (not argv or argv[0] in ("-h", "--help")):
         parser.print_help(file=sys.stdout if argv else sys.stderr)
         return 0 if argv else USAGE_ERROR
+    from layerwise import scaling
     args, rest = parser.parse_known_args(argv[1:] if form != "run" else argv)
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
@@ -402,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
                      f"(config overrides --section.key=value go with `layerwise train`, `layerwise finetune`, "
                      f"`layerwise cv` and `layerwise rl`, and --data.key=value with `layerwise eval`)")
-    if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
-        # fitting and reporting read a table and never train: answer without importing torch (~3 s)
+    if args.command == "scale" and (rest[:1] in (["fit"], ["report"], ["-h"], ["--help"]) or not rest):
+        # help, fitting and reporting read a table or nothing and never train: no torch import (~2 s)
         try:
             return _scale(rest)
         except ValueError as e:  # ScalingError: a missing or bad table, too few runs: the data's fault
