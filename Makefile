@@ -27,7 +27,15 @@ install: $(VENV)/.installed
 train: install
 	$(VENV)/bin/layerwise train
 
-test: install
+# torchvision and timm for models/hub.py's equal-logits tests, without their dependencies (pip would
+# replace the CPU build of torch): the torchvision release built for the installed torch, where known.
+# Elsewhere those tests skip and say why.
+$(VENV)/.hub-tests: $(VENV)/.installed
+	@tv=$$($(PY) -c "import torch; print({'2.13': '0.28.0'}.get('.'.join(torch.__version__.split('.')[:2]), ''))"); \
+	if [ -n "$$tv" ]; then $(PIP) install -q --no-deps "torchvision==$$tv" "timm==1.0.31"; fi
+	touch $@
+
+test: install $(VENV)/.hub-tests
 	$(PY) -m pytest -q tests
 
 clean:

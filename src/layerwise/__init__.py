@@ -3,6 +3,7 @@
     import layerwise
     summary = layerwise.fit("recipes/digits.yaml", "--train.epochs=5")
     summary["test_accuracy"], summary["run_dir"]
+    summary = layerwise.finetune(summary["run_dir"], None, "--data.name=...")  # from trained weights
     summary = layerwise.fit_rl("recipes/cartpole.yaml", "--train.seed=1")   # PPO (needs layerwise[rl])
 """
 
@@ -61,6 +62,25 @@ def fit(recipe: str | Path | Config | None = None, *overrides: str, run_dir: str
                               f"with layerwise.fit_rl('{recipe}') (command line: `layerwise rl {recipe}`).")
         cfg = load_config(recipe, list(overrides))
     return _fit(cfg, run_dir, show_progress=show_progress)
+
+
+def finetune(source: str | Path, recipe: str | Path | None = None, *overrides: str,
+             show_progress: bool = True) -> dict[str, Any]:
+    """Train starting from ``source``'s weights (a finished run directory or a .safetensors file):
+    ``layerwise finetune SOURCE [RECIPE] [--key=value ...]``. The model is the source's unless the
+    recipe or an override names one (see layerwise.train.finetune.finetune_config). Returns the
+    run's summary, which names the source and its sha256."""
+    from layerwise.config import Config, ConfigError
+    from layerwise.train.finetune import finetune_config
+    from layerwise.train.trainer import fit as _fit
+
+    if not isinstance(source, (str, Path)) or not isinstance(recipe, (str, Path, type(None))):
+        raise ConfigError(f"layerwise.finetune(source, recipe=None, *overrides) takes the path of a run directory "
+                          f"or .safetensors file and a YAML recipe path or None; got {type(source).__name__} and "
+                          f"{type(recipe).__name__}.")
+    _check_call("finetune", None, overrides, Config)
+    cfg, _notes = finetune_config(str(source), recipe, list(overrides))
+    return _fit(cfg, show_progress=show_progress)
 
 
 def fit_rl(recipe: Any = None, *overrides: str, run_dir: str | Path | None = None,

@@ -2,6 +2,7 @@
 
     layerwise train [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
                     [--nproc N [--nnodes M --node-rank I --rdzv-endpoint HOST:PORT] [--max-restarts K]]
+    layerwise finetune SOURCE [RECIPE] [--section.key=value ...]
     layerwise cv [RECIPE] --folds K [--dir OUT] [--section.key=value ...]
     layerwise rl [RECIPE] [--section.key=value ...] [--resume RUN_DIR]
     layerwise play RUN_DIR [--episodes N] [--seed S] [--gif PATH] [--policy greedy|sample]
@@ -72,6 +73,19 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--rdzv-id", default="", help="job id shared by the machines (e.g. $SLURM_JOB_ID)")
     d.add_argument("--max-restarts", type=int, default=0,
                    help="restart the processes up to K times after a failure; they resume from the last checkpoint")
+
+    f = sub.add_parser("finetune", help="train starting from a trained model's weights (transfer learning)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Fine-tune: `layerwise train` with --model.init_from=SOURCE. The model is the "
+                                   "source's (unless the recipe or --model.name names one); the body loads by "
+                                   "tensor name and the head is new when the classes differ. Every layer trains "
+                                   "from the start; --train.freeze_body_epochs=1 --optim.body_lr_scale=0.1 give "
+                                   "fastai's fine_tune (the head alone first, then the body at lower rates). "
+                                   "README: Transfer learning.",
+                       epilog="config keys (--section.key=value): see `layerwise train --help`")
+    f.add_argument("source", metavar="SOURCE", help="a finished run directory or a .safetensors file")
+    f.add_argument("recipe", nargs="?", help="YAML recipe of the new task (see recipes/)")
+    f.add_argument("--quiet", action="store_true", help="no progress output, only the results table")
 
     c = sub.add_parser("cv", help="K-fold cross-validation of a recipe: one run per fold, then mean and std",
                        description="Train every fold (data.folds=K, data.fold=0..K-1) of a source without a test "
@@ -198,14 +212,13 @@ def _scale_parsers() -> dict[str, argparse.ArgumentParser]:
 
 def _scale(argv: list[str]) -> int:
     """`layerwise scale ...`: a sweep, or its `fit` / `report` subcommand."""
-    from layerwise import scaling
-
     parsers = _scale_parsers()
     form = argv[0] if argv and argv[0] in ("fit", "report") else "run"
     parser = parsers[form]
     if form == "run" and (not argv or argv[0] in ("-h", "--help")):
         parser.print_help(file=sys.stdout if argv else sys.stderr)
         return 0 if argv else USAGE_ERROR
+    from layerwise import scaling
     args, rest = parser.parse_known_args(argv[1:] if form != "run" else argv)
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
@@ -307,6 +320,21 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`layerwise finetune SOURCE [RECIPE]`: train from SOURCE's weights (train/finetune.py), saying
+    which model and which fine-tuning defaults it took."""
+    from layerwise.train.finetune import finetune_config
+    from layerwise.train.progress import print_table
+    from layerwise.train.trainer import fit
+
+    cfg, notes = finetune_config(args.source, args.recipe, overrides)
+    for line in notes:
+        print(f"layerwise finetune: {line}", flush=True)
+    summary = fit(cfg, show_progress=not args.quiet)
+    print_table(summary, title=f"layerwise finetune: {summary['model']} on {summary['dataset']} from {args.source}")
+    return 0
+
+
 def _rl(args: argparse.Namespace, overrides: list[str]) -> int:
     """`layerwise rl [RECIPE] [--resume RUN_DIR]`: PPO training, then the results table."""
     from layerwise.rl.config import RLConfig, refuse_supervised_recipe
@@ -370,12 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         rest = args.scale_args + rest
     overrides = [a for a in rest if a.startswith("--") and "." in a.split("=", 1)[0]]
     unknown = [a for a in rest if a not in overrides]
-    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "cv", "rl", "eval"))):
+    if args.command != "scale" and (unknown or (overrides and args.command not in ("train", "finetune", "cv", "rl",
+                                                                                   "eval"))):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
-                     f"(config overrides --section.key=value go with `layerwise train`, `layerwise cv` and "
-                     f"`layerwise rl`, and --data.key=value with `layerwise eval`)")
-    if args.command == "scale" and rest[:1] in (["fit"], ["report"]):
-        # fitting and reporting read a table and never train: answer without importing torch (~3 s)
+                     f"(config overrides --section.key=value go with `layerwise train`, `layerwise finetune`, "
+                     f"`layerwise cv` and `layerwise rl`, and --data.key=value with `layerwise eval`)")
+    if args.command == "scale" and (rest[:1] in (["fit"], ["report"], ["-h"], ["--help"]) or not rest):
+        # help, fitting and reporting read a table or nothing and never train: no torch import (~2 s)
         try:
             return _scale(rest)
         except ValueError as e:  # ScalingError: a missing or bad table, too few runs: the data's fault
@@ -394,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, overrides)
+        if args.command == "finetune":
+            return _finetune(args, overrides)
         if args.command == "scale":
             return _scale(rest)
         if args.command == "rl":

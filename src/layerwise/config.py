@@ -46,6 +46,9 @@ def default_data_root() -> str:
 class ModelConfig:
     name: str = _f("resnet-digits", "registered model name (see `layerwise models`)")
     args: dict = _f({}, "family arguments, given as model.<arg> (e.g. model.width=128)")
+    init_from: str = _f("", "start from trained weights: a run directory or a .safetensors file; the body's "
+                        "tensors load by name, the head is new when the classes differ (README: Transfer "
+                        "learning; empty = random weights)")
 
 
 @dataclass
@@ -186,6 +189,9 @@ class OptimConfig:
     muon_ns_steps: int = _f(5, "Newton-Schulz iterations per Muon step (airbench94_muon: 3)")
     no_decay_lr_scale: float = _f(1.0, "LR multiplier for biases and norm parameters (airbench's "
                                   "bias_scaler: 64 for BatchNorm biases)")
+    body_lr_scale: float = _f(1.0, "fine-tuning from model.init_from: LR multiplier of the body's bottom layer; "
+                              "the layers above get geometrically closer to the head's 1 (discriminative rates, "
+                              "ULMFiT; fastai's slice(lr/10, lr) is 0.1)")
     schedule: str = _f("onecycle", "LR schedule: constant, cosine, linear, onecycle, triangle")
     warmup_steps: int = _f(0, "linear warmup steps (cosine, linear, constant)")
     warmup_fraction: float = _f(0.0, "warmup as a fraction of all steps (used when warmup_steps is 0)")
@@ -212,6 +218,10 @@ class TrainConfig:
     lookahead_decay: float = _f(0.95, "lookahead: per-step decay; the slow copy keeps decay^N x (step/total)^3")
     freeze_stem_after: float = _f(0.0, "stop training the model's stem after this many epochs (convnet: "
                                   "airbench trains the whitening bias for 3; 0 = never)")
+    freeze_body_epochs: float = _f(0.0, "fine-tuning from model.init_from: train only the head for this many "
+                                   "epochs (the body's weights and BatchNorm statistics fixed), then everything")
+    unfreeze: str = _f("all", "after train.freeze_body_epochs: all (the whole body at once) or gradual (one "
+                       "block more per epoch from the top, ULMFiT)")
     eval_every: float = _f(1.0, "evaluate on the test split every N epochs (0 = only at the end)")
     eval_every_steps: int = _f(0, "evaluate every N optimizer steps instead (0 = use eval_every)")
     eval_tta: str = _f("none", "test-time augmentation for images: none, flip, flip-translate (airbench)")
@@ -265,7 +275,9 @@ def sections_to_dict(cfg: Any) -> dict[str, Any]:
     model section flattened back to ``name`` + its args (the form recipes are written in)."""
     d = dataclasses.asdict(cfg)
     model = d.pop("model")
-    return {"model": {"name": model["name"], **model["args"]}, **d}
+    # init_from only when set: the config.yaml of a run from random weights stays as it was
+    init = {"init_from": model["init_from"]} if model.get("init_from") else {}
+    return {"model": {"name": model["name"], **init, **model["args"]}, **d}
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "task": TaskConfig, "optim": OptimConfig,
@@ -384,15 +396,18 @@ def _model_section(raw: dict[str, Any], base: ModelConfig, where: str, raws: dic
             f"Valid names: {', '.join(list_models())}.")
     valid, hints = model_args(name), model_arg_types(name)
     args = dict(base.args) if name == base.name else {}
+    # not a family argument: where the weights come from, kept when another override names the model
+    init_from = coerce("model.init_from", raw["init_from"], str, raws.get("init_from")) if "init_from" in raw \
+        else base.init_from
     for key, value in raw.items():
-        if key == "name":
+        if key in ("name", "init_from"):
             continue
         if key not in valid:
             raise ConfigError(
                 f"unknown config key 'model.{key}' for model '{name}' ({where}).{_closest(key, list(valid))} "
-                f"Valid model keys: name, {', '.join(valid)}.")
+                f"Valid model keys: name, init_from, {', '.join(valid)}.")
         args[key] = coerce(f"model.{key}", value, hints.get(key, Any), raws.get(key))
-    return ModelConfig(name=name, args=args)
+    return ModelConfig(name=name, args=args, init_from=init_from)
 
 
 @functools.cache
@@ -539,6 +554,8 @@ def optim_checks(o: OptimConfig) -> list[tuple[bool, str]]:
         (o.eps > 0, "optim.eps must be > 0"),
         (o.muon_lr > 0, "optim.muon_lr must be > 0"),
         (o.clip_grad_norm >= 0, "optim.clip_grad_norm must be >= 0 (0 = off)"),
+        (o.body_lr_scale > 0, (f"optim.body_lr_scale must be > 0 (1 = the body trains at optim.lr; to keep the "
+                               f"body fixed use train.freeze_body_epochs), got {o.body_lr_scale}")),
     ]
 
 
@@ -559,8 +576,14 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
         (0 <= cfg.train.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (cfg.train.lookahead_every >= 0, "train.lookahead_every must be >= 0 (0 = off)"),
         (0 < cfg.train.lookahead_decay < 1, "train.lookahead_decay must be in (0, 1)"),
-        (cfg.train.lookahead_start >= 0 and cfg.train.freeze_stem_after >= 0,
-         "train.lookahead_start and train.freeze_stem_after are epochs and must be >= 0"),
+        (cfg.train.lookahead_start >= 0 and cfg.train.freeze_stem_after >= 0 and cfg.train.freeze_body_epochs >= 0,
+         "train.lookahead_start, train.freeze_stem_after and train.freeze_body_epochs are epochs and must be >= 0"),
+        (cfg.train.unfreeze in ("all", "gradual"), f"train.unfreeze must be all or gradual, got '{cfg.train.unfreeze}'"),
+        (bool(cfg.model.init_from) or (cfg.train.freeze_body_epochs == 0 and cfg.optim.body_lr_scale == 1
+                                       and cfg.train.unfreeze == "all"),
+         ("train.freeze_body_epochs, train.unfreeze and optim.body_lr_scale fine-tune weights loaded with "
+          "model.init_from, and it is empty: a body of random weights has nothing to keep. Set "
+          "--model.init_from=RUN_DIR (or use `layerwise finetune RUN_DIR`), or leave them at 0, all and 1")),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (0 < cfg.data.sample_rate <= 768_000,
          f"data.sample_rate must be in 1 .. 768000 Hz, got {cfg.data.sample_rate}"),
@@ -667,6 +690,19 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[
     if "model.name" in out:  # another model: its arguments are another family's, not changes one by one
         out = {k: v for k, v in out.items() if not k.startswith("model.") or k == "model.name"}
     return out
+
+
+def with_defaults(saved: dict[str, Any], cls: type | None = None) -> dict[str, Any]:
+    """A config saved by an earlier layerwise (a checkpoint's, in :meth:`Config.to_dict` form)
+    with the keys added since filled in with their defaults, which reproduce what that version did
+    (the rule every new key follows), so that :func:`config_changes` does not count a key the
+    earlier version lacked as a change and refuse to resume its runs. ``cls`` is the config class
+    (default :class:`Config`). A saved config that no longer resolves (a key since removed) is
+    returned as it was, and compared key by key."""
+    try:
+        return merge((cls or Config)(), saved, where="a checkpoint's config").to_dict()
+    except ConfigError:
+        return saved
 
 
 def _plain(v: Any) -> Any:

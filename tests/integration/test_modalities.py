@@ -120,6 +120,7 @@ from layerwise.train.trainer import Trainer
 save = Trainer._save_checkpoint
 def save_then_die(self):
     save(self)
+    self._ckpt_writer.wait()  # the checkpoint is written beside the loop: on disk now
     if self.step == 20:
         os.kill(os.getpid(), signal.SIGKILL)
 Trainer._save_checkpoint = save_then_die

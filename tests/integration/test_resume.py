@@ -197,3 +197,37 @@ def test_the_length_may_change_on_resume_only_under_a_constant_schedule(tmp_path
     assert json.loads((flat / "summary.json").read_text())["steps"] == 40
     resumed = [json.loads(x) for x in (flat / "metrics.jsonl").read_text().splitlines() if '"resume"' in x]
     assert resumed[0]["changed"] == {"train.max_steps": [30, 40]} and resumed[0]["step"] == 20
+
+
+def test_a_run_saved_before_newer_config_keys_resumes(interrupted):
+    """A checkpoint and config.yaml written by an earlier layerwise lack the keys added since
+    (here the fine-tuning ones); those take their defaults, which reproduce what that version did,
+    so the run resumes to the same weights instead of being refused as changed."""
+    import hashlib
+
+    import torch
+    import yaml
+
+    run, reference = interrupted
+    newer = {"train": ("freeze_body_epochs", "unfreeze"), "optim": ("body_lr_scale",)}
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    for section, keys in newer.items():
+        for k in keys:
+            cfg[section].pop(k)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    pt = run / "checkpoints" / "step_00000020.pt"
+    state = torch.load(pt, weights_only=True)
+    for section, keys in newer.items():
+        for k in keys:
+            state["config"][section].pop(k)
+    torch.save(state, pt)
+    meta = json.loads(pt.with_suffix(".json").read_text())
+    data = pt.read_bytes()
+    meta.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    pt.with_suffix(".json").write_text(json.dumps(meta))
+
+    out = _lw("train", "--resume", str(run))
+    assert out.returncode == 0, out.stderr
+    _assert_identical(reference, load_file(str(run / "model.safetensors")))
+    resumed = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"resume"' in x]
+    assert resumed[-1]["changed"] == {}

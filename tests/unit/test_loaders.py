@@ -279,3 +279,34 @@ def test_alternate_flips_need_the_loader():
     tf = BatchTransform(INFO, "cpu", flip=True, flip_mode="alternate")
     with pytest.raises(ValueError, match="flip_mode=alternate"):
         tf(x, y, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 0])  # the split normalized once / per batch
+@pytest.mark.parametrize("layout", ["contiguous", "size1_channel_stride"])
+def test_batches_equal_the_reference_gather_bit_for_bit(monkeypatch, budget, layout):
+    """Issue 14's faster device loader (normalize once, index_select) gives the batches of the plain
+    recipe `transform(x[idx])` exactly: values, dtype and strides (a size-1 channel's stride picks
+    oneDNN's convolution path on a CPU, so a different one would change a run's last bits)."""
+    import layerwise.data.loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "PRENORMALIZE_BYTES", budget)
+    if layout == "contiguous":
+        x, y = _images(75)
+        info = INFO
+    else:  # as sklearn's digits arrive: (N, 1, 8, 8) with strides (64, 1, 8, 1)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randint(0, 17, (75, 8, 8, 1), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+        y = torch.randint(0, 10, (75,), generator=g)
+        info = DatasetInfo("d", (1, 8, 8), 10, [str(i) for i in range(10)], 16.0, [0.3], [0.37])
+    assert x.stride() != (64, 64, 8, 1) or layout == "contiguous"
+    for aug in ({}, {"translate": 2, "flip": True}):
+        t = BatchTransform(info, "cpu", **aug)
+        loader = BatchLoader(x, y, 16, t, shuffle=True, seed=3, augment=bool(aug))
+        assert (loader._x_normalized is not None) == (budget > 0)
+        for epoch in range(2):
+            order = loader.rank_order()
+            for i, (xb, yb) in enumerate(loader):
+                idx = order[i * 16:(i + 1) * 16]
+                ref_x, ref_y = t(x[idx], y[idx], loader_mod._gen(3, epoch, i, loader_mod._AUG_KEY) if aug else None)
+                assert torch.equal(xb, ref_x) and torch.equal(yb, ref_y) and xb.dtype == torch.float32
+                assert xb.stride() == ref_x.stride(), (epoch, i)

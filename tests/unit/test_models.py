@@ -91,6 +91,7 @@ def test_registered_names() -> None:
     expected = {"mlp", "resnet", "resnet-digits", "resnet18", "resnet34", "resnet50"}
     expected |= {f"resnet{d}" for d in CIFAR_DEPTHS}
     expected |= {"convnet", "convnet-half", "gpt", "gpt-tiny", "gpt-small", "vit", "vit-tiny", "audio-transformer"}
+    expected |= {"vit-ti16", "vit-s16", "vit-b16"}  # timm's ViT layout (layerwise.models.hub)
     expected |= TEXT | {"mpnn"} | FIELD
     expected |= RECSYS | RL
     assert set(list_models()) == expected

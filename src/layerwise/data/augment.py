@@ -239,10 +239,12 @@ class BatchTransform:
         return self.flip and self.flip_mode == "alternate" and self.kind == "image"
 
     def __call__(self, x_raw: torch.Tensor, y: torch.Tensor, gen: torch.Generator | None = None,
-                 flip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 flip: torch.Tensor | None = None, normalized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``flip``: (B,) bool, which images to mirror under flip_mode=alternate (from the loader,
-        which knows each example's index and the epoch); random flips draw from ``gen``."""
-        x = self.normalize(x_raw)  # (B, *in_shape) float32
+        which knows each example's index and the epoch); random flips draw from ``gen``.
+        ``normalized``: x_raw went through ``self.normalize`` already (a loader that normalized
+        its whole split once)."""
+        x = x_raw if normalized else self.normalize(x_raw)  # (B, *in_shape) float32
         if gen is None:
             return x, y
         if self.kind == "audio":

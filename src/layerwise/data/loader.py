@@ -25,6 +25,12 @@ __all__ = ["BatchLoader", "BatchTransform", "EpochOrder", "Normalize", "gather",
 # the order's (seed, epoch) stream, and rank 0 draws what single-process runs drew before sharding.
 _AUG_KEY = 7
 _FLIP_KEY = 11  # salt of the per-example flip bits of data.flip_mode=alternate
+# The device loader normalizes its whole split once when the float32 copy fits in this many bytes
+# (MNIST's training split: 188 MB; CIFAR-10's: 614 MB), instead of three elementwise passes per
+# batch (issue 14: 9% of the MNIST MLP's step on a CPU). The values are the same: normalization is
+# elementwise, so a batch of the normalized split equals the normalized batch, bit for bit.
+PRENORMALIZE_BYTES = 1 << 30
+_PRENORMALIZE_ROWS = 8192  # rows normalized at a time (bounds the temporaries to a few MB)
 
 
 def _gen(*keys: int) -> torch.Generator:
@@ -204,6 +210,16 @@ class EpochOrder:
         return view
 
 
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` (rows ``idx`` of ``x``, (B, *x.shape[1:])) through index_select, which copies whole
+    rows: ~15x faster on a CPU than advanced indexing for a batch of MNIST images. The batch gets
+    the strides advanced indexing gives it (the source's, for a dense source with rows outermost)."""
+    if x.shape[0] and x.is_contiguous():  # dense, rows outermost (size-1 dims may carry any stride)
+        out = torch.empty_strided((len(idx), *x.shape[1:]), x.stride(), dtype=x.dtype, device=x.device)
+        return torch.index_select(x, 0, idx, out=out)
+    return x[idx]
+
+
 class BatchLoader(EpochOrder):
     """Yields (x, y) batches of normalized, optionally augmented examples from on-device tensors.
 
@@ -221,16 +237,34 @@ class BatchLoader(EpochOrder):
                             "materialize(source) first, or stream it with StreamLoader (data.loader=stream)")
         super().__init__(x, y, batch_size, transform, shuffle=shuffle, seed=seed, drop_last=drop_last,
                          rank=rank, world_size=world_size, augment=augment)
+        self._x_normalized: torch.Tensor | None = None  # the split normalized once (_inputs)
+        self._inputs()  # at set-up, not inside the first epoch's timing
+
+    def _inputs(self) -> tuple[torch.Tensor, bool]:
+        """(the tensor batches are gathered from, whether it is normalized already): the whole split
+        normalized once, made when the loader is and shared with :meth:`evaluation_view`'s copies, when
+        its float32 copy takes at most PRENORMALIZE_BYTES; else the raw values."""
+        norm = self.transform.normalize
+        if self._x_normalized is None and not norm.indices and self.x.numel() * 4 <= PRENORMALIZE_BYTES:
+            # the source's strides (a size-1 channel's stride decides oneDNN's convolution path on a
+            # CPU, so a batch keeps the layout it had: the same results, bit for bit)
+            out = torch.empty_strided(self.x.shape, self.x.stride(), dtype=torch.float32, device=self.x.device)
+            for start in range(0, len(self.x), _PRENORMALIZE_ROWS):
+                out[start:start + _PRENORMALIZE_ROWS] = norm(self.x[start:start + _PRENORMALIZE_ROWS])
+            self._x_normalized = out
+        return (self.x, False) if self._x_normalized is None else (self._x_normalized, True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate over the rest of the current epoch (all of it unless resumed mid-epoch)."""
         host_order = self.rank_order()  # flips are looked up on the host: no device sync per batch
         order = host_order.to(self.x.device)
+        xs, normalized = self._inputs()
         while self.position < len(self):
             i = self.position
             idx = order[self.batch_slice(i)]  # (B,)
             flips = self.flips(host_order[self.batch_slice(i)])
-            x, y = self.transform(self.x[idx], self.y[idx], self.augment_generator(i), flips)
+            x, y = self.transform(_take(xs, idx), self.y.index_select(0, idx), self.augment_generator(i),
+                                  flips, normalized=normalized)
             self.position += 1
             yield x, y
         self.next_epoch()

@@ -80,10 +80,14 @@ def check_supported(par: Parallel, dist_cfg: Any, cfg: Any) -> None:
         if cfg.optim.name == "muon":
             raise ConfigError(f"optim.name=muon orthogonalizes whole matrices; with dist.strategy={s} they "
                               f"are sharded. Use dist.strategy=ddp with Muon, or optim.name=adamw/sgd.")
-    if cfg.train.freeze_stem_after > 0 and par.enabled:
-        raise ConfigError(f"train.freeze_stem_after changes which parameters train in the middle of a run; the "
-                          f"data-parallel wrappers (dist.strategy={s}) fix that set when they are built. "
-                          f"Set --train.freeze_stem_after=0 for runs on several processes.")
+    t = cfg.train
+    for key, on, off in (("freeze_stem_after", t.freeze_stem_after > 0, "0"),
+                         ("freeze_body_epochs", t.freeze_body_epochs > 0, "0"),
+                         ("unfreeze", t.unfreeze != "all", "all")):
+        if on and par.enabled:
+            raise ConfigError(f"train.{key} changes which parameters train in the middle of a run; the "
+                              f"data-parallel wrappers (dist.strategy={s}) fix that set when they are built. "
+                              f"Set --train.{key}={off} for runs on several processes.")
     if dist_cfg.cpu_offload and (not par.dims.uses_fsdp or par.device.type != "cuda"):
         raise ConfigError("dist.cpu_offload keeps FSDP's parameters and optimizer state in CPU memory while a "
                           "GPU computes; it needs dist.strategy=fsdp (or fsdp+tp) on CUDA. Leave it false here.")

@@ -109,10 +109,18 @@ class ActorCritic(Model):
         """(logits (B, num_actions), values (B,))."""
         return self.forward(x), self.value(x)
 
+    def head_names(self) -> tuple[str, ...]:
+        """The policy's head: `fc`, and a Gaussian policy's per-action `log_std` (sized by the
+        actions as `fc` is). The value head belongs to the critic and keeps its one output."""
+        return ("fc", "log_std") if self.policy == "gaussian" else ("fc",)
+
     def reset_classifier(self, num_classes: int) -> None:
         super().reset_classifier(num_classes)
         if num_classes:
             _orthogonal(self.fc, 0.01)
+        if self.policy == "gaussian":  # one log sigma per action, as built
+            self.log_std = nn.Parameter(torch.zeros(num_classes, device=self.fc.weight.device if num_classes
+                                                    else self.log_std.device))
 
     def num_params(self) -> int:
         return actor_critic_cost(self.obs_dim, self.num_classes, depth=self.depth, width=self.width,

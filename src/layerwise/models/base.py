@@ -52,6 +52,13 @@ class Model(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     # --- transfer learning ------------------------------------------------------------------
+    def head_names(self) -> tuple[str, ...]:
+        """Names of the modules and parameters that make up the head: what `reset_classifier`
+        replaces, and what fine-tuning rebuilds when the classes differ. A state-dict key is part
+        of the head when it equals one of these or starts with one plus ".". Everything else is
+        the body (e.g. `fc` -> `fc.weight`, `fc.bias`)."""
+        return ("fc",)
+
     def get_classifier(self) -> nn.Module:
         """The final classifier module (`fc`)."""
         return self.fc

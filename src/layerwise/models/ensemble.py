@@ -74,6 +74,10 @@ class Ensemble(Model):
         out = torch.stack([m.forward_head(feats[:, i]) for i, m in enumerate(self.members)], 1)
         return out if self.training else out.mean(1)
 
+    def head_names(self) -> tuple[str, ...]:
+        """Every member's head, e.g. ``members.0.fc``, ``members.1.fc``."""
+        return tuple(f"members.{i}.{h}" for i, m in enumerate(self.members) for h in m.head_names())
+
     def get_classifier(self) -> nn.Module:
         return nn.ModuleList([m.get_classifier() for m in self.members])
 

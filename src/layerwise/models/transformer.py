@@ -17,6 +17,8 @@ Presets (each overridable, e.g. create_model("gpt-small", in_shape=(256,), num_c
   gpt-small          6 layers, 6 heads, 384 wide, dropout 0.2 (nanoGPT's shakespeare_char)
   vit                6 layers, 4 heads, 128 wide, 4x4 patches
   vit-tiny           4 layers, 4 heads, 128 wide, 4x4 patches
+  vit-ti16, -s16, -b16  ViT-Ti/S/B/16: 12 layers, 3/6/12 heads, 192/384/768 wide, 16x16 patches, [CLS]
+                     pool, LayerNorm eps 1e-6: timm's vit_*_patch16_224 (their weights: models/hub.py)
   audio-transformer  4 layers, 4 heads, 128 wide, patches of all mel bands x 1 frame
 The GPT presets use bias=False, as nanoGPT's train.py does; the `gpt` family default keeps
 GPT-2's biases (bias=True).
@@ -38,6 +40,7 @@ from torch import nn
 
 from ..nn import (
     FEEDFORWARDS,
+    NORM_EPS,
     TRANSFORMER_NORMS,
     TransformerBlock,
     make_transformer_norm,
@@ -354,6 +357,7 @@ class ViT(Model):
         n_embd: int,
         mlp: str,
         norm: str,
+        norm_eps: float,
         rotary: bool,
         pool: str,
         dropout: float,
@@ -362,6 +366,8 @@ class ViT(Model):
         if len(in_shape) != 3:
             raise ValueError(f"vit expects in_shape (C, H, W), got {tuple(in_shape)!r}")
         _check_trunk(n_layer, n_head, n_embd, mlp, norm, dropout)
+        if not norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {norm_eps!r}")
         if pool not in POOLS:
             raise unknown_choice_error("pool", pool, POOLS)
         c, h, w = in_shape
@@ -384,10 +390,11 @@ class ViT(Model):
         self.pos_embed = None if rotary else nn.Parameter(torch.zeros(1, self.seq_len, n_embd))
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(
-            TransformerBlock(n_embd, n_head, causal=False, rotary=rotary, mlp=mlp, norm=norm, dropout=dropout)
+            TransformerBlock(n_embd, n_head, causal=False, rotary=rotary, mlp=mlp, norm=norm, norm_eps=norm_eps,
+                             dropout=dropout)
             for _ in range(n_layer)
         )
-        self.ln_f = make_transformer_norm(norm, n_embd)
+        self.ln_f = make_transformer_norm(norm, n_embd, eps=norm_eps)
         self.fc = nn.Linear(n_embd, num_classes) if num_classes else nn.Identity()
         _init_transformer(self, n_layer)
         for p in (self.cls_token, self.pos_embed):
@@ -444,6 +451,7 @@ def vit(
     n_embd: int = 128,
     mlp: str = "gelu",
     norm: str = "layernorm",
+    norm_eps: float = NORM_EPS,
     rotary: bool = False,
     pool: str = "mean",
     dropout: float = 0.0,
@@ -454,7 +462,7 @@ def vit(
         patch_h, patch_w: patch size; 0 means the whole input height / width (must divide H, W).
             patch_h=0 on a spectrogram makes each token a slice of frames over all mel bands.
         n_layer, n_head, n_embd: depth, heads, width. mlp: "gelu" or "swiglu".
-        norm: "layernorm" or "rmsnorm".
+        norm: "layernorm" or "rmsnorm". norm_eps: the norms' eps (timm's ViTs: 1e-6).
         rotary: RoPE over the patch sequence (row-major order, 1-d) instead of a learned table.
         pool: "mean" over the tokens, or "cls" (a learned [CLS] token prepended, its output read).
         dropout: on embeddings, attention weights and residual branches (training only).
@@ -469,6 +477,7 @@ def vit(
         n_embd=n_embd,
         mlp=mlp,
         norm=norm,
+        norm_eps=norm_eps,
         rotary=rotary,
         pool=pool,
         dropout=dropout,
@@ -481,6 +490,11 @@ def vit(
 register_model("gpt-tiny")(functools.partial(gpt, n_layer=4, n_head=4, n_embd=128, bias=False))
 register_model("gpt-small")(functools.partial(gpt, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False))
 register_model("vit-tiny")(functools.partial(vit, n_layer=4, n_head=4, n_embd=128))
+# Dosovitskiy et al. 2021 table 1 (B/16) and Touvron et al. 2021, DeiT (Ti, S), as timm builds them
+# (vision_transformer.py: a [CLS] token with its own position, LayerNorm eps 1e-6, exact GELU).
+_VIT16 = {"patch_h": 16, "patch_w": 16, "n_layer": 12, "pool": "cls", "norm_eps": 1e-6}
+for _name, _heads, _width in (("vit-ti16", 3, 192), ("vit-s16", 6, 384), ("vit-b16", 12, 768)):
+    register_model(_name)(functools.partial(vit, n_head=_heads, n_embd=_width, **_VIT16))
 # The same ViT factory and block on log-mel spectrograms (1, n_mels, frames): a token is 2 frames
 # across all mel bands (frames must be even), so attention runs over time.
 register_model("audio-transformer")(functools.partial(vit, patch_h=0, patch_w=1, n_layer=4, n_head=4, n_embd=128))

@@ -15,6 +15,7 @@ from .transformer import (
     TransformerBlock,
     feedforward_hidden,
     make_transformer_norm,
+    qkv_to_head_major,
     transformer_block_cost,
     transformer_norm_params,
 )
@@ -41,8 +42,9 @@ __all__ = [
     "get_activation",
     "get_norm",
     "make_transformer_norm",
-    "spectral_conv_cost",
     "norm_num_params",
+    "qkv_to_head_major",
+    "spectral_conv_cost",
     "transformer_block_cost",
     "transformer_norm_params",
     "unknown_choice_error",

@@ -32,6 +32,7 @@ __all__ = [
     "TransformerBlock",
     "feedforward_hidden",
     "make_transformer_norm",
+    "qkv_to_head_major",
     "transformer_block_cost",
     "transformer_norm_params",
 ]
@@ -40,14 +41,15 @@ TRANSFORMER_NORMS: tuple[str, ...] = ("layernorm", "rmsnorm")
 FEEDFORWARDS: tuple[str, ...] = ("gelu", "swiglu")
 
 
-def make_transformer_norm(name: str, d_model: int, *, bias: bool = True) -> nn.Module:
+def make_transformer_norm(name: str, d_model: int, *, bias: bool = True, eps: float = NORM_EPS) -> nn.Module:
     """A norm over the last dim: "layernorm" (Ba et al. 2016; `bias` toggles its beta, as
-    nanoGPT's `bias` flag does) or "rmsnorm" (Zhang & Sennrich 2019; gain only). eps = NORM_EPS.
+    nanoGPT's `bias` flag does) or "rmsnorm" (Zhang & Sennrich 2019; gain only). `eps` is added
+    to the variance (NORM_EPS = 1e-5, PyTorch's default; timm's ViTs use 1e-6).
     """
     if name == "layernorm":
-        return nn.LayerNorm(d_model, eps=NORM_EPS, bias=bias)
+        return nn.LayerNorm(d_model, eps=eps, bias=bias)
     if name == "rmsnorm":
-        return nn.RMSNorm(d_model, eps=NORM_EPS)
+        return nn.RMSNorm(d_model, eps=eps)
     raise unknown_choice_error("transformer norm", name, TRANSFORMER_NORMS)
 
 
@@ -116,6 +118,24 @@ class RotaryEmbedding(nn.Module):
 def _rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+def qkv_to_head_major(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Reorder a fused qkv weight (3 d, d_in) or bias (3 d,) from rows (all q | all k | all v),
+    the layout of timm's ViT `attn.qkv` and of layerwise files before head-major `wqkv`, to the
+    head-major rows of `SelfAttention.wqkv` (head 0: q k v, head 1: q k v, ...). Returns a new
+    contiguous tensor of the same shape.
+
+    Raises:
+        ValueError: the first dim is not 3 * n_head * head_size for some head size.
+    """
+    rows = t.shape[0]
+    if n_head < 1 or rows % (3 * n_head):
+        raise ValueError(f"a fused qkv tensor of shape {tuple(t.shape)} cannot hold 3 x {n_head} heads: "
+                         f"its first dim must be a multiple of 3 * n_head = {3 * n_head}")
+    hs = rows // (3 * n_head)
+    # (3, nh, hs, ...) -> (nh, 3, hs, ...) -> back to (3 d, ...)
+    return t.reshape(3, n_head, hs, *t.shape[1:]).transpose(0, 1).reshape(t.shape).contiguous()
 
 
 class SelfAttention(nn.Module):
@@ -199,9 +219,7 @@ class SelfAttention(nn.Module):
         for kind in ("weight", "bias"):
             old = state_dict.pop(f"{prefix}qkv.{kind}", None)
             if old is not None:
-                nh, hs = self.n_head, self.head_dim
-                state_dict[f"{prefix}wqkv.{kind}"] = old.reshape(3, nh, hs, *old.shape[1:]).transpose(0, 1) \
-                    .reshape(old.shape)
+                state_dict[f"{prefix}wqkv.{kind}"] = qkv_to_head_major(old, self.n_head)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -246,7 +264,7 @@ class TransformerBlock(nn.Module):
         d_model, n_head, causal, rotary, dropout, bias: see `SelfAttention` (bias also toggles
             the FeedForward biases and the LayerNorm betas).
         mlp: "gelu" or "swiglu" (see `FeedForward`); hidden: its width (None: the default).
-        norm: "layernorm" or "rmsnorm".
+        norm: "layernorm" or "rmsnorm"; norm_eps: its eps (see `make_transformer_norm`).
     """
 
     def __init__(
@@ -259,13 +277,14 @@ class TransformerBlock(nn.Module):
         mlp: str = "gelu",
         hidden: int | None = None,
         norm: str = "layernorm",
+        norm_eps: float = NORM_EPS,
         dropout: float = 0.0,
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.norm1 = make_transformer_norm(norm, d_model, bias=bias)
+        self.norm1 = make_transformer_norm(norm, d_model, bias=bias, eps=norm_eps)
         self.attn = SelfAttention(d_model, n_head, causal=causal, rotary=rotary, dropout=dropout, bias=bias)
-        self.norm2 = make_transformer_norm(norm, d_model, bias=bias)
+        self.norm2 = make_transformer_norm(norm, d_model, bias=bias, eps=norm_eps)
         self.mlp = FeedForward(d_model, hidden, kind=mlp, dropout=dropout, bias=bias)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,

@@ -102,6 +102,9 @@ class RLConfig:
         """(condition, message) pairs: value checks that the types alone cannot express."""
         p, e = self.ppo, self.env
         return optim_checks(self.optim) + [
+            (not self.model.init_from and self.optim.body_lr_scale == 1,
+             ("model.init_from and optim.body_lr_scale fine-tune a supervised model (`layerwise finetune`); "
+              "`layerwise rl` starts its agent from random weights. Leave them out")),
             (e.num_envs >= 1, f"env.num_envs must be >= 1, got {e.num_envs}"),
             (e.max_episode_steps >= 0, "env.max_episode_steps must be >= 0 (0 = the environment's own limit)"),
             (p.num_steps >= 1, f"ppo.num_steps must be >= 1, got {p.num_steps}"),

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from layerwise.config import ConfigError, config_changes, load_config, save_config
+from layerwise.config import ConfigError, config_changes, load_config, save_config, with_defaults
 from layerwise.models import model_args
 from layerwise.rl.config import RL_RESUMABLE_KEYS, RLConfig, is_rl_run
 from layerwise.rl.envs import (
@@ -292,7 +292,7 @@ class PPOTrainer:
         def load_one(path: Path) -> dict[str, Any]:
             state = ckpt.read_checkpoint(path)
             if state.get("config"):
-                refuse_rl_changes(config_changes(state["config"], self.cfg.to_dict()),
+                refuse_rl_changes(config_changes(with_defaults(state["config"], RLConfig), self.cfg.to_dict()),
                                   f"config.yaml differs from the config checkpoint {path.name} was trained with",
                                   self.run_dir)
             try:

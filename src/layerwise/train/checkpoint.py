@@ -15,9 +15,10 @@ import io
 import json
 import os
 import pickle
+import threading
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,10 +72,18 @@ def _name(step: int) -> str:
 
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write one checkpoint and delete all but the newest ``keep`` complete ones."""
-    directory.mkdir(parents=True, exist_ok=True)
+    return _write_checkpoint(directory, step, serialize(state), keep)
+
+
+def serialize(state: dict[str, Any]) -> bytes:
+    """``torch.save`` of ``state`` as bytes: a snapshot of its tensors (later steps may change them)."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def _write_checkpoint(directory: Path, step: int, data: bytes, keep: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{_name(step)}.pt"
     atomic_write(path, data)
     from layerwise import __version__
@@ -88,6 +97,47 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
     for tmp in directory.glob(".*.tmp*"):  # left by a process killed mid-write
         tmp.unlink(missing_ok=True)
     return path
+
+
+class CheckpointWriter:
+    """Checkpoints written beside the training loop (issue 14: the loop does not wait on the disk).
+
+    :meth:`save` serializes the state at once (the snapshot, taken before the next step changes
+    a tensor) and hands the bytes to a thread that writes, checksums, fsyncs, renames and prunes,
+    exactly as :func:`save_checkpoint` does; one write is in flight at a time (a second ``save``
+    waits for the first). The files are as atomic as before: a process killed during a write
+    leaves the previous checkpoints complete. :meth:`wait` joins the write and re-raises its
+    error (a full disk): the trainer calls it before a run's end, and the thread is not a daemon,
+    so the interpreter finishes a write in flight even when the run fails.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, directory: Path, step: int, state: dict[str, Any], keep: int) -> None:
+        self.wait()
+        data = serialize(state)
+        self._thread = threading.Thread(target=self._write, args=(directory, step, data, keep),
+                                        name=f"layerwise-checkpoint-{step}")
+        self._thread.start()
+
+    def _write(self, directory: Path, step: int, data: bytes, keep: int) -> None:
+        try:
+            _write_checkpoint(directory, step, data, keep)
+        except BaseException as e:  # noqa: BLE001 (re-raised in the training thread by wait())
+            self._error = e
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Block until the write in flight (if any) is on disk; raise its error unless told not to
+        (``raise_error=False`` while another exception is already on its way)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None and raise_error:
+            error, self._error = self._error, None
+            raise CheckpointError(f"writing a checkpoint failed: {error}. Free disk space or fix the "
+                                  f"permissions of the run directory; earlier checkpoints are intact") from error
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

@@ -7,6 +7,11 @@ Every param group it returns carries:
   - "base_lr":  the group's learning rate before any schedule; `schedule.apply_lr` sets
                 group["lr"] = group["base_lr"] * factor, so a schedule never compounds and a
                 resumed run needs only its step counter (base_lr is saved in state_dict()).
+With discriminative fine-tuning rates (`body_lr_scale` != 1) each group is split into the head's
+part (the names above) and one part per layer of the body, bottom to top ("body0_decay",
+"body1_decay", ..., "body0_muon", ...), each with an "lr_scale" that multiplies its base_lr: the
+bottom layer's is body_lr_scale, the ones above it are spaced geometrically towards the head's 1
+(Howard & Ruder 2018, ULMFiT, arXiv:1801.06146; fastai's slice(lr/10, lr)).
 
 References
   - Sutskever, Martens, Dahl, Hinton 2013, "On the importance of initialization and momentum in
@@ -42,6 +47,7 @@ __all__ = [
     "build_optimizer",
     "muon_param_split",
     "param_groups",
+    "split_body",
     "zeropower_via_newtonschulz5",
 ]
 
@@ -123,6 +129,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
     return [g for g in groups if g["params"]]
+
+
+def split_body(groups: list[dict[str, Any]], layers: list[set[int]], scale: float) -> list[dict[str, Any]]:
+    """Discriminative rates: each group split into its head part (same name) and a part per body
+    layer ("body<i>_" + name, i = 0 at the bottom), whose "lr_scale" is scale ** ((L - i) / L) for
+    L layers: ``scale`` at the bottom, geometrically closer to 1 upwards, as fastai's
+    slice(lr * scale, lr) spaces its layer groups (the head, at 1, is the top of the progression).
+    The head's groups come first (the logged lr is the first group's); empty groups are dropped,
+    parameter order is kept. ``layers``: ids of each body layer's parameters, bottom to top
+    (``finetune.body_groups``); a parameter in none of them is the head's."""
+    n = len(layers)
+    where = {pid: i for i, ids in enumerate(layers) for pid in ids}
+    out = [{**g, "params": [p for p in g["params"] if id(p) not in where]} for g in groups]
+    for i in range(n):
+        out += [{**g, "params": [p for p in g["params"] if where.get(id(p)) == i], "name": f"body{i}_{g['name']}",
+                 "lr_scale": scale ** ((n - i) / n)} for g in groups]
+    return [g for g in out if g["params"]]
 
 
 def muon_param_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -294,6 +317,7 @@ def _check_devices(groups: list[dict[str, Any]], device_type: str) -> None:
 def _with_base_lr(groups: list[dict[str, Any]], lr: float, no_decay_scale: float = 1.0) -> list[dict[str, Any]]:
     for g in groups:
         group_lr = lr * no_decay_scale if g.get("name", "").endswith("no_decay") else lr
+        group_lr *= g.get("lr_scale", 1.0)  # split_body's discriminative rates
         g["lr"] = float(group_lr)
         g["base_lr"] = float(group_lr)
     return groups
@@ -315,6 +339,7 @@ def build_optimizer(
     muon_normalize: bool = False,
     muon_ns_steps: int = 5,
     no_decay_lr_scale: float = 1.0,
+    body_lr_scale: float = 1.0,
     device_type: str = "cpu",
     per_param: bool = False,
     fused: bool | None = None,
@@ -333,7 +358,11 @@ def build_optimizer(
                `nesterov` and `momentum` are SGD's and are not used by "adamw".
     Weight decay only reaches weights (see `param_groups`). `no_decay_lr_scale` multiplies the
     learning rate of the no-decay groups (biases, norm parameters): airbench's `bias_scaler` (64)
-    trains BatchNorm biases that much faster than the conv weights. `device_type` picks fused kernels on
+    trains BatchNorm biases that much faster than the conv weights. `body_lr_scale` != 1 splits every
+    group into the head's part and one per layer of the body (`split_body`; the head is
+    `model.head_names()`, the layers `finetune.body_groups`): the bottom layer's learning rate is
+    multiplied by body_lr_scale, the layers above by geometrically less, discriminative fine-tuning
+    rates. `device_type` picks fused kernels on
     "cuda" and foreach on "cpu"; the model must already be on that device. Every group has
     "base_lr" = its initial lr, which `schedule.apply_lr` scales. lr stays a python float.
     `per_param` turns the multi-tensor kernels off (for tensor-parallel models, whose parameters
@@ -351,10 +380,21 @@ def build_optimizer(
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if no_decay_lr_scale <= 0:
         raise ValueError(f"no_decay_lr_scale must be > 0, got {no_decay_lr_scale}")
+    if body_lr_scale <= 0:
+        raise ValueError(f"body_lr_scale must be > 0, got {body_lr_scale}")
 
     groups = param_groups(model, weight_decay)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    layers: list[set[int]] = []
+    if body_lr_scale != 1:
+        if not hasattr(model, "head_names"):
+            raise ValueError(f"body_lr_scale needs a model that names its head (head_names()); "
+                             f"{type(model).__name__} does not")
+        from layerwise.train.finetune import body_groups
+
+        layers = [{id(p) for p in params} for params, _norms in body_groups(model)]
+        groups = split_body(groups, layers, body_lr_scale)
     _check_devices(groups, device_type)
 
     def sgd(groups: list[dict[str, Any]]) -> torch.optim.SGD:
@@ -363,7 +403,8 @@ def build_optimizer(
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         return torch.optim.SGD(
-            _with_base_lr(groups, lr, no_decay_lr_scale), lr=lr, momentum=momentum, nesterov=nesterov,
+            _with_base_lr(groups, lr, no_decay_lr_scale), lr=lr, momentum=momentum,
+            nesterov=nesterov,
             **_impl_kwargs(torch.optim.SGD, device_type, per_param, fused),
         )
 
@@ -388,7 +429,8 @@ def build_optimizer(
     ns_dtype = torch.float32 if device_type == "cpu" else torch.bfloat16
     children: dict[str, torch.optim.Optimizer] = {
         "muon": Muon(
-            _with_base_lr([{"params": hidden, "name": "muon"}], muon_lr),
+            _with_base_lr(split_body([{"params": hidden, "name": "muon"}], layers, body_lr_scale) if layers
+                          else [{"params": hidden, "name": "muon"}], muon_lr),
             lr=muon_lr, momentum=muon_momentum, nesterov=True, weight_decay=weight_decay,
             ns_steps=muon_ns_steps, ns_dtype=ns_dtype, normalize=muon_normalize,
         )

@@ -188,15 +188,10 @@ def check_state_matches(state: dict[str, torch.Tensor], model: torch.nn.Module, 
             f"model.safetensors of the run that trained it.")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_model` (a file, or a run directory holding one).
-
-    Returns (the model in eval mode on ``device``, its metadata: model, data, metrics). Raises
-    RunDirError, naming the file, when there is none, it is not a readable safetensors file, it
-    was not written by layerwise or by a newer version of its format, or its tensors do not fit
-    the model it describes (wrapper prefixes such as ``module.`` are stripped with a warning)."""
-    from layerwise.models import create_model
-
+def read_weights(path: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]]:
+    """(the file, its tensors on the CPU, its metadata as stored: JSON strings) of a safetensors file,
+    or of a run directory's model.safetensors. Any safetensors file is read (the metadata is then
+    often empty); RunDirError naming the file when there is none or it cannot be read."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
@@ -211,6 +206,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
     except (SafetensorError, OSError, ValueError) as e:
         raise RunDirError(f"'{path}' is not a readable safetensors file ({e}). It may be truncated; "
                           f"re-export it from its run or copy it again.") from None
+    return path, state, raw
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_model` (a file, or a run directory holding one).
+
+    Returns (the model in eval mode on ``device``, its metadata: model, data, metrics). Raises
+    RunDirError, naming the file, when there is none, it is not a readable safetensors file, it
+    was not written by layerwise or by a newer version of its format, or its tensors do not fit
+    the model it describes (wrapper prefixes such as ``module.`` are stripped with a warning)."""
+    from layerwise.models import create_model
+
+    path, state, raw = read_weights(path)
     if raw.get("format") != "layerwise" or "model" not in raw:
         raise RunDirError(f"'{path}' was not written by layerwise (no model description in its metadata). "
                           f"Give the model.safetensors of a layerwise run.")

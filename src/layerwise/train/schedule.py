@@ -156,7 +156,11 @@ class EarlyEpochs:
       cost about (size/H)^2 of a full one while the network learns coarse features;
     - ``train.freeze_stem_after``: the model's ``stem_parameters()`` (convnet: the whitening
       bias) train for that many epochs, then get no gradient, so the optimizer leaves them alone
-      and the backward pass skips the stem.
+      and the backward pass skips the stem;
+    - ``train.freeze_body_epochs`` / ``train.unfreeze``: fine-tuning from ``model.init_from``
+      trains only the head for that many epochs, with the body's BatchNorm statistics fixed, then
+      the whole body or, gradually, one more layer from the top each epoch
+      (``finetune.BodyFreezing``).
 
     Bad settings raise ConfigError here, before the run directory exists.
     """
@@ -178,12 +182,27 @@ class EarlyEpochs:
         self.stem = list(model.stem_parameters()) if t.freeze_stem_after else []
         self.low_res_steps = round(d.low_res_epochs * steps_per_epoch) if self.size else 0
         self.stem_steps = round(t.freeze_stem_after * steps_per_epoch)
+        self.body = None
+        if t.freeze_body_epochs or t.unfreeze == "gradual":
+            from layerwise.train.finetune import BodyFreezing
+
+            self.body = BodyFreezing(model, round(t.freeze_body_epochs * steps_per_epoch), steps_per_epoch,
+                                     gradual=t.unfreeze == "gradual")
+        self._stem_on: bool | None = None
 
     def before_step(self, step: int, micro: list) -> list:
-        """Set the stem's requires_grad for optimizer step ``step`` (0-based) and return its
-        micro-batches, cropped while in the low-resolution epochs."""
-        for p in self.stem:
-            p.requires_grad_(step < self.stem_steps)
+        """Set the stem's and the body's requires_grad (and the frozen body's norms to eval mode)
+        for optimizer step ``step`` (0-based) and return its micro-batches, cropped while in the
+        low-resolution epochs."""
+        stem_on = step < self.stem_steps
+        if stem_on != self._stem_on:
+            for p in self.stem:
+                p.requires_grad_(stem_on)
+            self._stem_on = stem_on
+            if self.body is not None:
+                self.body.invalidate()
+        if self.body is not None:
+            self.body.apply(step, keep_off=set() if stem_on else {id(p) for p in self.stem})
         if step >= self.low_res_steps:
             return micro
         from layerwise.data.augment import random_crop

@@ -194,6 +194,8 @@ class Trainer:
                                and not self.par.dims.uses_fsdp and self.par.dims.tp == 1)  # DTensors: synced
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self._state_ready = False
+        self._params: list[torch.Tensor] | None = None  # the model's parameters, listed at the first step
+        self._ckpt_writer = ckpt.CheckpointWriter()  # single-process checkpoints, written off the loop
         self._lr_factor: float | None = None  # the schedule's factor last written into the optimizer
 
         # the run directory comes last: bad input above fails before anything is written.
@@ -207,6 +209,9 @@ class Trainer:
                        | self._parallel_info())
             if self.tokenizer is not None:
                 self.tokenizer.save(self.run_dir / "tokenizer.json")
+            if self.init_record is not None:  # where the weights came from (train/finetune.py)
+                from layerwise.train.finetune import INIT_RECORD
+                write_json(self.run_dir / INIT_RECORD, self.init_record)
         self.run_dir = Path(self.par.broadcast_object(str(self.run_dir) if self.par.is_rank0 else None))
         self.par.run_dir = self.run_dir
         if self.par.enabled and self.par.is_rank0:
@@ -292,6 +297,7 @@ class Trainer:
                     self.model.init_from_data(x)
             except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
                 raise self._cannot_take(e, x) from None  # e.g. autorec's ratings matrix from a table
+        self.init_record = None if resume else self._init_from_weights()  # a resumed run loads its checkpoint
         if t.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         # parallelism is applied from outside the model (distributed.parallelize): tensor parallel,
@@ -308,7 +314,7 @@ class Trainer:
             self.model, o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
             nesterov=o.nesterov, betas=tuple(o.betas), eps=o.eps, muon_lr=o.muon_lr,
             muon_momentum=o.muon_momentum, muon_rest=o.muon_rest, muon_normalize=o.muon_normalize,
-            muon_ns_steps=o.muon_ns_steps, no_decay_lr_scale=o.no_decay_lr_scale,
+            muon_ns_steps=o.muon_ns_steps, no_decay_lr_scale=o.no_decay_lr_scale, body_lr_scale=o.body_lr_scale,
             device_type=self.device.type, per_param=self.par.dims.tp > 1,
             fused=True if self._sync_free_mode == "on" else None)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
@@ -319,6 +325,16 @@ class Trainer:
         # outputs instead of float32 log-probabilities (a language model's (B, T, V): the largest
         # tensors of its step)
         self.objective = torch.compile(self._objective) if t.compile else self._objective
+
+    def _init_from_weights(self) -> dict[str, Any] | None:
+        """model.init_from: the source's body (and its head, when it predicts the same classes)
+        loaded into the model just built, before the optimizer exists (train/finetune.py); the
+        record for init_from.json, or None when the run starts from random weights."""
+        if not self.cfg.model.init_from:
+            return None
+        from layerwise.train.finetune import load_weights, read_source
+
+        return load_weights(self.model, read_source(self.cfg.model.init_from), self.info.classes, self.task.name)
 
     def _check_model_takes_data(self) -> None:
         """One forward pass of two training examples, before any file is written: a model that
@@ -445,10 +461,19 @@ class Trainer:
                     self.train_seconds = self._elapsed(start)
                     self._save_checkpoint()
             self._read_guard()
+        except BaseException:
+            self._ckpt_writer.wait(raise_error=False)  # the error on its way says more than a disk's
+            raise
         finally:
             self.display.close()
         self.train_seconds = self._elapsed(start)
-        return self._finish()
+        try:
+            summary = self._finish()
+        except BaseException:
+            self._ckpt_writer.wait(raise_error=False)
+            raise
+        self._ckpt_writer.wait()  # the last checkpoint was written while the final evaluation ran
+        return summary
 
     def _objective(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the task's loss summed over the batch's targets, () float32; its metric sums,
@@ -506,14 +531,19 @@ class Trainer:
     def _clip(self, max_norm: float) -> torch.Tensor:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self._params is None:  # walking the modules every step cost ~1.5% of a small MLP's step
+            self._params = list(self.model.parameters())
+        params = [p for p in self._params if p.grad is not None]
         if self.par.dims.tp > 1:  # plain tensors and DTensors on several meshes
             from layerwise.distributed.parallelize import clip_grad_norm_
             return clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
         if max_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        else:  # the norm only (for the finiteness check): clipping at inf would multiply every gradient by 1
+        elif not params or self.par.enabled or len({(p.device, p.dtype) for p in params}) > 1:
+            # the norm only (for the finiteness check): clipping at inf would multiply every gradient by 1
             norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        else:  # one device and dtype: get_total_norm's own two kernels, without its per-step grouping
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a replicated DTensor
 
     def _optimizer_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -529,8 +559,10 @@ class Trainer:
         in a row stop it (:meth:`_count_step`). The learning-rate schedule and lookahead follow
         the attempted steps (``self.step``), the EMA's warm-up its taken updates; both are saved,
         so a resumed run agrees."""
-        loss_ok = torch.isfinite(step_loss)
-        taken = bool(loss_ok & torch.isfinite(grad_norm))
+        # two host reads of 0-d tensors cost less than the three tensor ops of an on-device test
+        loss = step_loss.item()
+        loss_ok = math.isfinite(loss)
+        taken = loss_ok and math.isfinite(grad_norm.item())
         if taken:
             if self.scaler:
                 self.scaler.step(self.optimizer)
@@ -550,7 +582,7 @@ class Trainer:
         if self.scaler:  # an fp16 overflow: update() halves the scale (unscale_ saw the inf)
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self._count_step(self.step, False, bool(loss_ok), step_loss.item())
+        self._count_step(self.step, False, loss_ok, loss)
 
     def _device_step(self, step_loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """:meth:`_optimizer_step` without a host sync: the same decision, made on the device.
@@ -738,7 +770,7 @@ class Trainer:
             dcp_ckpt.save(self.ckpt_dir, self.step, self.par, self.model, self.optimizer, self._trainer_state(),
                           self._rng_state(), self.cfg.run.keep_checkpoints, self._ema_tensors())
         else:
-            ckpt.save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), self.cfg.run.keep_checkpoints)
+            self._ckpt_writer.save(self.ckpt_dir, self.step, self.state_dict(), self.cfg.run.keep_checkpoints)
             if any(self.ckpt_dir.glob("step_*.dcp")):  # a run resumed on fewer ranks: older shards go too
                 from layerwise.distributed import checkpoint as dcp_ckpt
                 dcp_ckpt.prune(self.ckpt_dir, self.cfg.run.keep_checkpoints)
@@ -757,8 +789,8 @@ class Trainer:
                                   f"data.root points elsewhere): the run in '{self.run_dir}' cannot continue on other "
                                   f"data. Restore the data it was trained on, or start a new run.")
             if saved:
-                from layerwise.config import config_changes, refuse_trajectory_changes
-                refuse_trajectory_changes(config_changes(saved, self.cfg.to_dict()),
+                from layerwise.config import config_changes, refuse_trajectory_changes, with_defaults
+                refuse_trajectory_changes(config_changes(with_defaults(saved), self.cfg.to_dict()),
                                           f"config.yaml differs from the config checkpoint {path.name} was "
                                           f"trained with{config_gaps(self.run_dir / 'config.yaml')}", self.run_dir)
                 self._check_resumed_length(saved.get("train", {}), f"checkpoint {path.name}")
@@ -851,8 +883,8 @@ class Trainer:
         the run resumed and what changed."""
         changes = self._resume_changes
         if getattr(self, "_checkpoint_config", None):  # the truth: what the checkpoint was trained with
-            from layerwise.config import config_changes
-            changes = config_changes(self._checkpoint_config, self.cfg.to_dict())
+            from layerwise.config import config_changes, with_defaults
+            changes = config_changes(with_defaults(self._checkpoint_config), self.cfg.to_dict())
         if self.par.is_rank0:
             if changes:
                 save_config(self.cfg, self.run_dir / "config.yaml")
@@ -893,6 +925,9 @@ class Trainer:
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "device": str(self.device),
             "precision": self.cfg.train.precision, "run_dir": str(self.run_dir),
         }
+        if self.cfg.model.init_from:  # the weights' origin, from init_from.json (a resumed run's too)
+            from layerwise.train.finetune import read_record, summary_fields
+            summary |= summary_fields(read_record(self.run_dir))
         if self.par.enabled:
             d = self.par.dims
             summary["parallel"] = (f"{d.strategy} on {d.world_size} ranks (dp_replicate {d.dp_replicate} x "
