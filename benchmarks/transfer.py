@@ -15,10 +15,11 @@ budget and seed:
   the steps (``train.freeze_body_epochs``, converted from steps to this count's epochs), then the
   body at ``--body-lr-scale`` times the learning rate (``optim.body_lr_scale``).
 
-Every run trains ``train.max_steps`` steps of ``data.batch_size`` (fewer images than a batch: the
-whole set per step), so both arms and every count get the same compute. The figure plots test
-accuracy against labels per class (log x), one line per arm; the JSON and the printout state the
-smallest count at which scratch comes within ``--catch-up`` accuracy points of fine-tuning.
+Every run trains ``train.max_steps`` steps of ``data.batch_size`` images (a set smaller than a
+batch is one step: 40 images at 10 per class), so at every count both arms get the same steps on
+the same images. The figure plots test accuracy against labels per class (log x), one line per
+arm; the JSON and the printout state the smallest count from which on scratch stays within
+``--catch-up`` accuracy points of fine-tuning.
 
     python benchmarks/transfer.py --data-root DIR [--labels 10 30 100 300 1000] [--seeds 0]
         [--source pretrained:cifar10-animals-convnet | RUN_DIR | FILE.safetensors] [--dir OUT]
