@@ -33,6 +33,7 @@ trained again, so the same command continues an interrupted curve.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import shutil
@@ -107,6 +108,25 @@ def catch_up(curve: dict[str, dict[int, float]], points: float) -> int | None:
     return None
 
 
+def scratch_equivalent(curve: dict[str, dict[int, float]]) -> dict[int, float | None]:
+    """For each count n, the labels per class scratch needs to match fine-tuning's accuracy at n:
+    scratch's curve interpolated linearly in log(count); None beyond the grid's largest count."""
+    counts = sorted(curve["scratch"])
+    acc = [curve["scratch"][n] for n in counts]
+    out: dict[int, float | None] = {}
+    for n in sorted(curve["finetune"]):
+        target, out[n] = curve["finetune"][n], None
+        if target <= acc[0]:
+            out[n] = float(counts[0])
+            continue
+        for (n0, a0), (n1, a1) in itertools.pairwise(zip(counts, acc, strict=True)):
+            if a0 < target <= a1:
+                t = (target - a0) / (a1 - a0)
+                out[n] = round(math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0))), 1)
+                break
+    return out
+
+
 def plot(curve: dict[str, dict[int, list[float]]], path: Path, title: str) -> None:
     import matplotlib
 
@@ -122,6 +142,8 @@ def plot(curve: dict[str, dict[int, list[float]]], path: Path, title: str) -> No
         hi = [100 * max(curve[arm][n]) - m for m, n in zip(mean, counts, strict=True)]
         ax.errorbar(counts, mean, yerr=[lo, hi], fmt=style, capsize=3, label=label)
     ax.set_xscale("log")
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training images per class (log scale)")
     ax.set_ylabel("test accuracy, 4 vehicle classes (%)")
     ax.set_title(title, fontsize=9)
@@ -164,11 +186,15 @@ def main() -> None:
     for n in args.labels:
         f, s = 100 * means["finetune"][n], 100 * means["scratch"][n]
         print(f"{n:>12}{f:>11.2f}%{s:>9.2f}%{f - s:>15.2f}")
-    verdict = (f"scratch comes within {args.catch_up:g} points of fine-tuning from {caught} labels per class on"
+    points = f"{args.catch_up:g} point{'' if args.catch_up == 1 else 's'}"
+    verdict = (f"scratch comes within {points} of fine-tuning from {caught} labels per class on"
                if caught is not None else
-               f"scratch stays more than {args.catch_up:g} points behind fine-tuning at every count up to "
+               f"scratch stays more than {points} behind fine-tuning at every count up to "
                f"{max(args.labels)} labels per class")
     print(verdict)
+    equivalent = scratch_equivalent(means)
+    print("scratch needs, to match fine-tuning: " + ", ".join(
+        f"{n} -> {'more than ' + str(max(args.labels)) if m is None else f'{m:g}'}" for n, m in equivalent.items()))
     res = {"benchmark": "transfer_cifar10", "source": args.source, "recipe": str(RECIPE.relative_to(REPO)),
            "protocol": "CIFAR-10 animals (bird, cat, deer, dog, frog, horse) -> vehicles (airplane, automobile, "
                        "ship, truck); data.labels_per_class training images per class (data.subset_seed 0), the "
@@ -178,8 +204,11 @@ def main() -> None:
            "overrides": args.overrides, "rows": rows,
            "mean_test_accuracy": {arm: {str(n): round(v, 4) for n, v in m.items()} for arm, m in means.items()},
            "catch_up_points": args.catch_up, "catch_up_labels_per_class": caught, "verdict": verdict,
+           "scratch_labels_per_class_to_match_finetune": {str(n): m for n, m in equivalent.items()},
            "wall_seconds": round(time.perf_counter() - t0, 1),
-           "command": "python benchmarks/transfer.py " + " ".join(sys.argv[1:]).replace(args.data_root, "DIR"),
+           # the data root and the runs' folder are this machine's: named, not spelled out
+           "command": "python benchmarks/transfer.py " + " ".join(sys.argv[1:]).replace(args.data_root, "DIR")
+           .replace(args.dir, "OUT"),
            "env": environment()}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -41,3 +41,13 @@ def test_catch_up_is_the_first_count_from_which_scratch_stays_close():
     assert transfer.catch_up(curve, 0.1) == 1000
     curve["scratch"][1000] = 0.80
     assert transfer.catch_up(curve, 1.0) is None
+
+
+def test_scratch_equivalent_interpolates_in_log_count():
+    curve = {"finetune": {10: 0.60, 100: 0.80, 1000: 0.90},
+             "scratch": {10: 0.40, 100: 0.70, 1000: 0.85}}
+    got = transfer.scratch_equivalent(curve)
+    # 0.60 lies 2/3 of the way from 0.40 (10) to 0.70 (100) in log10: 10^(1 + 2/3) = 46.4
+    assert got[10] == pytest.approx(46.4, abs=0.05)
+    assert got[100] == pytest.approx(10 ** (2 + 2 / 3), abs=0.05)  # 0.80: 2/3 from 0.70 to 0.85
+    assert got[1000] is None  # beyond the grid
