@@ -205,7 +205,9 @@ def main() -> None:
            "mean_test_accuracy": {arm: {str(n): round(v, 4) for n, v in m.items()} for arm, m in means.items()},
            "catch_up_points": args.catch_up, "catch_up_labels_per_class": caught, "verdict": verdict,
            "scratch_labels_per_class_to_match_finetune": {str(n): m for n, m in equivalent.items()},
+           # this call's time (runs finished before are read, not trained) and the runs' own training time
            "wall_seconds": round(time.perf_counter() - t0, 1),
+           "train_seconds_total": round(sum(r["train_seconds"] for r in rows), 1),
            # the data root and the runs' folder are this machine's: named, not spelled out
            "command": "python benchmarks/transfer.py " + " ".join(sys.argv[1:]).replace(args.data_root, "DIR")
            .replace(args.dir, "OUT"),
