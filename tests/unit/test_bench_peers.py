@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO / "benchmarks" / "peers"))
 import _child
 import _common
 import peers
+
 import recipes
 
 
