@@ -17,7 +17,8 @@ after their validation, a framework's own evaluation counts in its epoch.
 
 With ``recipe`` set (benchmarks/recipes.py) the child trains that recipe file instead, only the
 data root, threads and run folder overridden, and stops at the first epoch end that meets the
-target accuracy (``stop_at_target``).
+target accuracy (``stop_at_target``). A recipe of fractional epochs (``train.epochs: 0.8``) is
+measured at its end too: the end of training closes its last, partial epoch.
 
 The "cnn" case registers the harness's CNN (benchmarks/peers/_common.py) in layerwise's model
 registry, the extension point a researcher uses for a model of their own."""
@@ -90,7 +91,8 @@ clock = None
 
 class TimedTrainer(Trainer):
     def _checkpoint_due(self, epoch_end: bool) -> bool:
-        if epoch_end:
+        # the end of a recipe whose train.epochs is a fraction (e.g. 0.8) ends its last, partial epoch
+        if epoch_end or self.step == self.total_steps:
             clock.epoch_end()
             if s.get("stop_at_target") and clock.reached:
                 raise TargetReached
