@@ -164,11 +164,15 @@ def checksum_notes(runs: list[dict]) -> list[str]:
     return notes
 
 
-def public_json(result: dict, data_root: str) -> str:
+def public_json(result: dict, data_root: str, venvs: str | None = None) -> str:
     """``result`` as indented JSON with this machine's paths taken out: the checkout becomes ".",
-    the data root "<data-root>" (results are shared; paths of one machine mean nothing elsewhere)."""
+    the data root "<data-root>", the peers' environments "<venvs>" (results are shared; paths of
+    one machine mean nothing elsewhere)."""
     text = json.dumps(result, indent=2) + "\n"
-    for path, shown in ((str(Path(data_root).resolve()), "<data-root>"), (data_root, "<data-root>"), (str(REPO), ".")):
+    swaps = [(str(Path(data_root).resolve()), "<data-root>"), (data_root, "<data-root>")]
+    if venvs:
+        swaps += [(str(Path(venvs).resolve()), "<venvs>"), (venvs, "<venvs>")]
+    for path, shown in [*swaps, (str(REPO), ".")]:
         text = text.replace(json.dumps(path)[1:-1], shown)
     return text
 
@@ -269,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
               "summary": summary, "overhead_ratio": ratio["median"] if ratio else None, "runs": runs}
     path = Path(a.out) if a.out else default_out()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(public_json(result, a.data_root))
+    path.write_text(public_json(result, a.data_root, a.venvs))
     print(f"wrote {path}")
     if ratio:
         print(f"overhead_ratio={ratio['median']:.3f}")

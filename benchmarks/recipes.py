@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
               "sources": {r["contestant"]: r.get("recipe") for r in runs}}
     path = Path(a.out) if a.out else default_out("recipes")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(public_json(result, a.data_root))
+    path.write_text(public_json(result, a.data_root, a.venvs))
     print(f"wrote {path}")
     return 0
 

@@ -76,9 +76,10 @@ def test_differing_initial_weights_are_flagged():
 
 def test_the_json_carries_no_path_of_this_machine():
     text = peers.public_json({"recipe": str(peers.REPO / "recipes" / "mnist-fast.yaml"),
-                              "data": "/somewhere/data/mnist", "note": "python at /somewhere/data"}, "/somewhere/data")
+                              "data": "/somewhere/data/mnist", "note": "python at /somewhere/data",
+                              "command": "peers.py --venvs /elsewhere/venvs"}, "/somewhere/data", "/elsewhere/venvs")
     assert json.loads(text) == {"recipe": "./recipes/mnist-fast.yaml", "data": "<data-root>/mnist",
-                                "note": "python at <data-root>"}
+                                "note": "python at <data-root>", "command": "peers.py --venvs <venvs>"}
 
 
 def test_the_epoch_clock_keeps_its_evaluation_out_and_finds_the_target(monkeypatch):
