@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make train   creates .venv if missing, installs layerwise, trains the built-in default job
 #   make test    creates .venv (with dev extras) if missing, runs the whole test suite
+#   make bench   also creates one virtual environment per peer framework under .bench-venvs/ for
+#                benchmarks/peers.py and benchmarks/recipes.py (never needed to use or test layerwise)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -10,17 +12,39 @@ PIP    := $(PY) -m pip
 TORCH_CPU ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: train test install clean
+.PHONY: train test install bench clean
+
+# $(call torch_cpu,PYTHON): install PyTorch's CPU build into PYTHON's environment unless it has a
+# torch already or the machine has a GPU
+define torch_cpu
+	@if [ -z "$(HAS_GPU)" ] && ! $(1) -c "import torch" 2>/dev/null; then \
+		$(1) -m pip install -q "$(TORCH_CPU)" || $(1) -m pip install -q "torch>=2.6" \
+			--index-url https://download.pytorch.org/whl/cpu; \
+	fi
+endef
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	@if [ -z "$(HAS_GPU)" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
-		$(PIP) install -q "$(TORCH_CPU)" || $(PIP) install -q "torch>=2.6" \
-			--index-url https://download.pytorch.org/whl/cpu; \
-	fi
+	$(call torch_cpu,$(PY))
 	$(PIP) install -q -e ".[dev]"
 	touch $@
+
+# The peers of benchmarks/peers.py, each in its own environment (their torchvision pins may
+# differ): the same torch as .venv, then the peer's pinned requirements with torch held at that
+# version (a peer that wants another torch fails here rather than being measured on it).
+BENCH_VENVS := .bench-venvs
+BENCH_PEERS := lightning keras fastai
+
+$(BENCH_VENVS)/%/.installed: benchmarks/peers/%.txt
+	test -x $(BENCH_VENVS)/$*/bin/python || $(PYTHON) -m venv $(BENCH_VENVS)/$*
+	$(BENCH_VENVS)/$*/bin/python -m pip install -q --upgrade pip
+	$(call torch_cpu,$(BENCH_VENVS)/$*/bin/python)
+	$(BENCH_VENVS)/$*/bin/python -m pip install -q -r $< \
+		"torch==$$($(BENCH_VENVS)/$*/bin/python -c 'import torch; print(torch.__version__)' 2>/dev/null)"
+	touch $@
+
+bench: install $(foreach p,$(BENCH_PEERS),$(BENCH_VENVS)/$(p)/.installed)
 
 install: $(VENV)/.installed
 
@@ -39,4 +63,4 @@ test: install $(VENV)/.hub-tests
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENVS) runs .pytest_cache

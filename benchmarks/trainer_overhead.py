@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _child import child_env, run_child
 from _env import environment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +43,8 @@ import json, math, sys, tempfile, time
 import torch, torch.nn.functional as F
 torch.set_num_threads(1)
 side, steps, model_args, fused = json.loads(sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+from _child import emit
 from layerwise.config import load_config
 root = tempfile.mkdtemp()
 over = [f"--run.root={root}", "--run.plots=false", "--run.tensorboard=false", "--train.eval_every=0",
@@ -51,7 +52,7 @@ over = [f"--run.root={root}", "--run.plots=false", "--run.tensorboard=false", "-
 if side.startswith("layerwise"):
     import layerwise
     s = layerwise.fit(None, *over, show_progress=False, run_dir=f"{root}/run")
-    print(json.dumps({"seconds": s["train_seconds"], "steps": s["steps"]}))
+    emit({"seconds": s["train_seconds"], "steps": s["steps"]})
     sys.exit()
 from layerwise.data import load_dataset
 from layerwise.data.loaders import build_loaders
@@ -86,15 +87,14 @@ while step < steps:
     opt.step()
     opt.zero_grad(set_to_none=True)
     step += 1
-print(json.dumps({"seconds": time.perf_counter() - start, "steps": steps}))
+emit({"seconds": time.perf_counter() - start, "steps": steps})
 """
 
 
 def run_side(side: str, steps: int, fused: bool) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", LAYERWISE_SYNC_FREE="1" if fused else "0")
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([side, steps, MODEL, fused])], env=env,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    env = child_env(1, LAYERWISE_SYNC_FREE="1" if fused else "0")
+    return run_child([sys.executable, "-c", CHILD, json.dumps([side, steps, MODEL, fused]), str(Path(__file__).parent)],
+                     env=env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,6 +136,44 @@ def test_shapes(in_shape: tuple[int, ...], whiten: bool, map_hw: int) -> None:
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
+# --- strided stem (stem_stride) --------------------------------------------------------------------
+@pytest.mark.parametrize(("whiten", "k", "map_hw"), [(True, 2, (14, 7, 3, 1)), (True, 3, (13, 6, 3, 1)),
+                                                     (False, 2, (14, 7, 3, 1))])
+def test_strided_stem_shapes_and_cost(whiten: bool, k: int, map_hw: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    kw = {"widths": (16, 32, 64), "whiten": whiten, "whiten_kernel": k}
+    model = create_model("convnet", in_shape=(1, 28, 28), num_classes=10, stem_stride=2, **kw)
+    x = torch.randn(2, 1, 28, 28)
+    model.init_from_data(x)
+    h = model.stem_act(model.stem(x))
+    sizes = [h.shape[-1]]
+    for group in model.blocks:
+        h = group(h)
+        sizes.append(h.shape[-1])
+    assert tuple(sizes) == map_hw
+    assert model(x).shape == (2, 10)
+    # every group sees ~1/4 of the pixels (or fewer: 13x13 of 26x26 ends at a 1x1 map): ~1/4 of the FLOPs
+    full = create_model("convnet", in_shape=(1, 28, 28), num_classes=10, **kw)
+    assert 0.2 < model.flops_per_example() / full.flops_per_example() < 0.26  # 0.256, 0.230, 0.216
+    assert model.num_params() == full.num_params()
+
+
+def test_strided_whitening_is_the_full_one_subsampled() -> None:
+    # same filters, set from every patch offset; stride 2 keeps every second output pixel
+    torch.manual_seed(0)
+    x = _images(40, c=1, hw=15)
+    full = create_model("convnet", in_shape=(1, 15, 15), num_classes=10, widths=(8,), whiten_kernel=3)
+    strided = create_model("convnet", in_shape=(1, 15, 15), num_classes=10, widths=(8,), whiten_kernel=3,
+                           stem_stride=2)
+    full.init_from_data(x)
+    strided.init_from_data(x)
+    torch.testing.assert_close(strided.stem.weight, full.stem.weight)
+    with torch.no_grad():
+        y_full, y_strided = full.stem(x), strided.stem(x)  # (40, 18, 13, 13), (40, 18, 7, 7)
+    assert y_strided.shape == (40, 18, 7, 7)
+    torch.testing.assert_close(y_strided, y_full[..., ::2, ::2])
+
+
 # --- analytic costs ------------------------------------------------------------------------------
 def test_airbench94_param_count_by_hand() -> None:
     with torch.device("meta"):
@@ -154,6 +192,8 @@ def test_airbench94_param_count_by_hand() -> None:
         ((1, 28, 28), {"widths": (32, 128, 128)}),
         ((3, 32, 32), {"whiten": False, "widths": (16, 32)}),
         ((3, 20, 24), {"whiten_kernel": 3, "widths": (8, 8, 8, 8)}),
+        ((1, 28, 28), {"whiten_kernel": 3, "stem_stride": 2, "widths": (16, 32, 64)}),  # recipes/mnist-fast
+        ((3, 29, 31), {"whiten": False, "stem_stride": 3, "widths": (8, 16)}),
     ],
 )
 def test_params_and_flops_match_torch(in_shape: tuple[int, ...], kw: dict) -> None:
@@ -195,6 +235,8 @@ def test_gradients_reach_every_parameter() -> None:
         ((3, 32, 32), {"widths": ()}, "non-empty"),
         ((3, 32, 32), {"activation": "gelo"}, "did you mean 'gelu'"),
         ((3, 32, 32), {"whiten_kernel": 0}, "whiten_kernel"),
+        ((3, 32, 32), {"stem_stride": 0}, "stem_stride must be a positive int"),
+        ((1, 15, 15), {"stem_stride": 2, "widths": (8, 8, 8)}, r"stride 2; it needs H, W >= 16"),
     ],
 )
 def test_bad_arguments(in_shape: tuple, kw: dict, match: str) -> None:
@@ -209,6 +251,7 @@ def test_presets() -> None:
         "whiten_kernel": 2,
         "activation": "gelu",
         "logit_scale": 1 / 9,
+        "stem_stride": 1,  # airbench: no downsampling before the first group
         "ensemble": 1,  # every family's (models/ensemble.py)
     }
     assert model_args("convnet-half")["widths"] == (32, 128, 128)

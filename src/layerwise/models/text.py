@@ -53,7 +53,7 @@ class TextTransformer(Model):
     for `forward_head`, which pools the real tokens."""
 
     def __init__(self, *, in_shape: tuple[int, ...], num_classes: int, vocab_size: int, n_layer: int, n_head: int,
-                 n_embd: int, mlp: str, norm: str, rotary: bool, dropout: float) -> None:
+                 n_embd: int, mlp: str, norm: str, rotary: bool, dropout: float, bias: bool = True) -> None:
         super().__init__()
         if len(in_shape) != 1:
             raise ValueError(f"text-transformer expects in_shape (max_len,), got {tuple(in_shape)!r}")
@@ -61,15 +61,16 @@ class TextTransformer(Model):
         _need_vocab("text-transformer", vocab_size)
         self.max_len, self.vocab_size = in_shape[0], vocab_size
         self.n_layer, self.n_head, self.n_embd = n_layer, n_head, n_embd
-        self.mlp, self.norm, self.rotary = mlp, norm, rotary
+        self.mlp, self.norm, self.rotary, self.bias = mlp, norm, rotary, bias
         self.num_classes, self.num_features = num_classes, n_embd
         self.wte = nn.Embedding(vocab_size, n_embd, padding_idx=0)
         self.wpe = None if rotary else nn.Embedding(self.max_len, n_embd)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(
-            TransformerBlock(n_embd, n_head, causal=False, rotary=rotary, mlp=mlp, norm=norm, dropout=dropout)
+            TransformerBlock(n_embd, n_head, causal=False, rotary=rotary, mlp=mlp, norm=norm, dropout=dropout,
+                             bias=bias)
             for _ in range(n_layer))
-        self.ln_f = make_transformer_norm(norm, n_embd)
+        self.ln_f = make_transformer_norm(norm, n_embd, bias=bias)
         self.fc = nn.Linear(n_embd, num_classes) if num_classes else nn.Identity()
         _init_transformer(self, n_layer)
         with torch.no_grad():
@@ -94,9 +95,9 @@ class TextTransformer(Model):
 
     def _cost(self) -> tuple[int, int]:
         d, T = self.n_embd, self.max_len
-        p_blk, f_blk = transformer_block_cost(d, T, mlp=self.mlp, norm=self.norm, bias=True)
+        p_blk, f_blk = transformer_block_cost(d, T, mlp=self.mlp, norm=self.norm, bias=self.bias)
         params = self.vocab_size * d + (0 if self.rotary else T * d) + self.n_layer * p_blk
-        params += transformer_norm_params(self.norm, d) + (d + 1) * self.num_classes
+        params += transformer_norm_params(self.norm, d, bias=self.bias) + (d + 1) * self.num_classes
         return params, self.n_layer * f_blk + 2 * d * self.num_classes
 
     def num_params(self) -> int:
@@ -202,15 +203,18 @@ class NGramBag(Model):
 @register_model("text-transformer")
 def text_transformer(*, in_shape: tuple[int, ...], num_classes: int, vocab_size: int = 0, n_layer: int = 2,
                      n_head: int = 4, n_embd: int = 128, mlp: str = "gelu", norm: str = "layernorm",
-                     rotary: bool = False, dropout: float = 0.1) -> TextTransformer:
+                     rotary: bool = False, dropout: float = 0.1, bias: bool = True) -> TextTransformer:
     """Bidirectional transformer encoder over padded token ids (B, max_len), mean-pooled.
 
     Args:
         vocab_size: token ids are < vocab_size; 0 takes the data's (tokenizer vocabulary + padding).
         n_layer, n_head, n_embd, mlp, norm, rotary, dropout: as for `vit` (layerwise.models.transformer).
+        bias: biases in the blocks' Linears and LayerNorms, as `gpt`'s (False to take the body of a
+            bias-free GPT through model.init_from; the classifier `fc` keeps its bias).
     """
     return TextTransformer(in_shape=in_shape, num_classes=num_classes, vocab_size=vocab_size, n_layer=n_layer,
-                           n_head=n_head, n_embd=n_embd, mlp=mlp, norm=norm, rotary=rotary, dropout=dropout)
+                           n_head=n_head, n_embd=n_embd, mlp=mlp, norm=norm, rotary=rotary, dropout=dropout,
+                           bias=bias)
 
 
 @register_model("ngram-bag")

@@ -73,6 +73,8 @@ class Source:
     task: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)  # tied names the file leaves out
+    data: dict[str, Any] | None = None  # the DatasetInfo it was trained on (its tokenizer: extra)
+    adapter: str | None = None  # the mapping that rewrote it for another family (train/adapters.py)
 
 
 def _sha256(path: Path) -> str:
@@ -117,6 +119,7 @@ def read_source(given: str | Path) -> Source:
         src.task = (meta.get("task") or {}).get("name") or (meta.get("data") or {}).get("task")
         src.metrics = meta.get("metrics") or {}
         src.aliases = meta.get("aliases") or {}
+        src.data = meta.get("data")
     return src
 
 
@@ -272,16 +275,22 @@ def _yaml(v: Any) -> str:
 
 
 def load_weights(model: nn.Module, src: Source, classes: list[str] | None = None,
-                 task: str | None = None) -> dict[str, Any]:
+                 task: str | None = None, tokenizer: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load ``src`` into ``model`` by tensor name (see the module docstring for the rule).
 
     ``classes`` and ``task`` are what this run's head predicts; the source's head is kept only
-    when its tensors fit and, where the source records them, these agree. Returns the record
+    when its tensors fit and, where the source records them, these agree. A source laid out for
+    another family is first rewritten by its adapter (train/adapters.py: a GPT language model
+    into a text-transformer, its embedding rows mapped through ``tokenizer``, the run's data
+    tokenizer description). Returns the record
     written to ``init_from.json``: the source (as given, file, sha256, run), the tensors loaded
     and the ones re-initialized, and why. Raises ConfigError listing every body tensor that is of
     another shape, missing from the source, or not in the model (nothing is loaded then)."""
+    from layerwise.train.adapters import adapt_source
     from layerwise.train.run import strip_wrapper_names
 
+    source_model = (src.model or {}).get("name")  # as trained, before an adapter rewrites it
+    src = adapt_source(src, model, tokenizer)
     state = dict(src.state)
     for name, kept in src.aliases.items():  # tied weights the file stores once
         if kept in state:
@@ -315,8 +324,8 @@ def load_weights(model: nn.Module, src: Source, classes: list[str] | None = None
         "init_from": src.given, "file": str(src.file.resolve()), "sha256": src.sha256,
         "run_dir": str(src.run_dir.resolve()) if src.run_dir else None,
         "run_id": src.run_dir.name if src.run_dir else None,
-        "source_model": (src.model or {}).get("name"), "source_classes": src.classes, "source_task": src.task,
-        "source_metrics": src.metrics,
+        "source_model": source_model, "source_classes": src.classes, "source_task": src.task,
+        "source_metrics": src.metrics, "adapter": src.adapter,
         "head": "loaded" if keep_head else "new", "head_reason": why or "same tensors, classes and task",
         "loaded": loaded, "reinitialized": sorted(head) if not keep_head else [],
     }

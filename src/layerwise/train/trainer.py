@@ -334,7 +334,8 @@ class Trainer:
             return None
         from layerwise.train.finetune import load_weights, read_source
 
-        return load_weights(self.model, read_source(self.cfg.model.init_from), self.info.classes, self.task.name)
+        return load_weights(self.model, read_source(self.cfg.model.init_from), self.info.classes, self.task.name,
+                            (self.info.extra or {}).get("tokenizer"))
 
     def _check_model_takes_data(self) -> None:
         """One forward pass of two training examples, before any file is written: a model that
