@@ -12,7 +12,7 @@
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
                        [--stop STR ...] [--stop-top-level] [--samples N] [--check-syntax python]
     layerwise info RUN_DIR
-    layerwise models [NAME]
+    layerwise models [NAME] [--pretrained]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
     layerwise scale fit TABLE --law n|d|nd [--json] [--holdout K] [--boot B] [--seed S]
     layerwise scale report DIR_OR_TABLE [--law n] [--holdout 1] [--out DIR]
@@ -167,6 +167,8 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="list registered models, or one model's arguments")
     m.add_argument("name", nargs="?")
+    m.add_argument("--pretrained", action="store_true",
+                   help="list the shipped pretrained models (pretrained:NAME), their data and test figures")
 
     # `scale` has its own parsers (a sweep, `scale fit`, `scale report`): see _scale_parsers
     s = sub.add_parser("scale", add_help=False, help="run a scaling sweep, fit a scaling law, or report it "
@@ -481,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
             print_table(info, title=f"run {args.run_dir}")
         elif args.command == "models":
             from layerwise.models import list_models, model_args
-            if args.name:
+            if args.pretrained:
+                from layerwise.models.pretrained import pretrained_table
+                print(pretrained_table())
+            elif args.name:
                 for k, v in model_args(args.name).items():
                     print(f"model.{k} = {v!r}")
             else:

@@ -69,6 +69,12 @@ class DataConfig:
     eval_batch_size: int = _f(1024, "examples per evaluation batch")
     train_subset: int = _f(0, "use only the first N training examples (text: tokens) (0 = all); for small-data runs")
     val_fraction: float = _f(0.1, "held-out fraction where a source has no test split (text: the last part)")
+    classes: list = _f([], "classification: keep only these classes (names, or label numbers where no class has that "
+                       "name), relabelled 0 .. k-1 in this order, in every split; e.g. [bird, cat] (empty = all)")
+    labels_per_class: int = _f(0, "classification: train on N examples of every class, a seeded stratified draw from "
+                               "the training split (the test split stays whole; 0 = all)")
+    subset_seed: int = _f(0, "data.labels_per_class: seed of the draw (not train.seed, so the examples stay the same "
+                          "across training seeds; a smaller N keeps a subset of a larger N's examples)")
     # images
     image_size: int = _f(0, "image-folder: resize every image to this square size (0 = keep; sizes must agree)")
     max_image_pixels: int = _f(89_478_485, "image-folder: refuse an image whose header promises more pixels "
@@ -596,6 +602,8 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
         (cfg.data.tokenizer in ("byte", "char", "bpe", "word"),
          f"data.tokenizer must be byte, char, bpe or word, got '{cfg.data.tokenizer}'"),
         (0 < cfg.data.val_fraction < 1, "data.val_fraction must be in (0, 1)"),
+        (cfg.data.labels_per_class >= 0, "data.labels_per_class must be >= 0 (0 = every training example)"),
+        (cfg.data.subset_seed >= 0, "data.subset_seed must be >= 0"),
         (cfg.data.block_size >= 1, "data.block_size must be >= 1"),
         (cfg.data.channel in ("mean", "left", "right"),
          f"data.channel must be mean, left or right, got '{cfg.data.channel}'"),

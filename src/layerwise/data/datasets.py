@@ -95,7 +95,9 @@ def list_datasets() -> list[str]:
 def load_dataset(name: str, root: str | Path, opts: Any = None) -> Dataset:
     """Load a registered dataset. ``root`` is only read by datasets that are not built in;
     ``opts`` is the data config section (defaults when None). With ``opts.download`` the dataset's
-    known files (layerwise.data.download.KNOWN) are fetched into ``root`` first if missing."""
+    known files (layerwise.data.download.KNOWN) are fetched into ``root`` first if missing.
+    ``opts.classes`` and ``opts.labels_per_class`` then keep some classes and a few labelled
+    training examples of each (layerwise.data.subsets)."""
     if opts is None:
         from layerwise.config import DataConfig
         opts = DataConfig(name=name)
@@ -106,6 +108,11 @@ def load_dataset(name: str, root: str | Path, opts: Any = None) -> Dataset:
         from layerwise.data.download import ensure_dataset  # imports this module: import late
         ensure_dataset(name, root)
     ds = _REGISTRY[name](root, opts)
+    if getattr(opts, "classes", None) or getattr(opts, "labels_per_class", 0):
+        # layerwise.data.subsets imports this module: import late
+        from layerwise.data.subsets import apply_subsets
+
+        ds = apply_subsets(ds, opts)
     if getattr(opts, "folds", 0) and not str(ds.source.get("split", "")).startswith("fold"):
         from layerwise.config import ConfigError
         raise ConfigError(f"data.folds={opts.folds} splits a source without a test split into folds, but dataset "

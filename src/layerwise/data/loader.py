@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -86,6 +87,30 @@ class _Head:
 def head(x: torch.Tensor | ExampleSource, n: int) -> torch.Tensor | ExampleSource:
     """The first ``n`` examples of a tensor (a view) or of a source (decoded lazily)."""
     return x[:n] if isinstance(x, torch.Tensor) else _Head(x, n)
+
+
+class _Take:
+    """Examples ``idx`` of a source, in that order (data.classes, data.labels_per_class on a lazily
+    decoded split). Picklable when the source is."""
+
+    def __init__(self, source: ExampleSource, idx: torch.Tensor):
+        self.source, self.idx = source, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.source[int(self.idx[i])]
+
+
+def take(x: Any, idx: torch.Tensor) -> Any:
+    """Examples ``idx`` ((K,) int64 positions) of a split: a tensor's rows (a copy), a sequence or
+    graph set's ``subset``, or a source's examples decoded lazily."""
+    if isinstance(x, torch.Tensor):
+        return x[idx]
+    if hasattr(x, "subset"):  # SequenceSet, GraphSet
+        return x.subset(idx.tolist())
+    return _Take(x, idx)
 
 
 # ---------------------------------------------------------------------------------------- order
