@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from conftest import require_data
 from test_resume import _assert_identical, _newest_step
 
 import layerwise
@@ -149,3 +150,23 @@ def test_mnist_0_4_to_5_9_with_50_labels_per_class_fine_tuned_beats_scratch_by_1
     assert tuned["init_new_head"] == "fc.weight"  # classes 5-9, not 0-4: a new head
     assert tuned["test_accuracy"] >= scratch["test_accuracy"] + 0.10, (scratch["test_accuracy"],
                                                                          tuned["test_accuracy"])
+
+
+def test_init_from_a_shipped_pretrained_model_by_name(tmp_path):
+    """`--model.init_from=pretrained:NAME` starts from a model shipped with layerwise: the record
+    names it and the file's sha256; an unknown name is a ConfigError listing the shipped ones."""
+    import layerwise
+    from layerwise.config import ConfigError
+    from layerwise.models.pretrained import resolve_pretrained
+
+    root = require_data("mnist/mnist_train.npz")
+    path = resolve_pretrained("pretrained:mnist-convnet")
+    common = [f"--data.root={root}", "--data.name=mnist", "--data.train_subset=512", "--train.max_steps=2",
+              "--train.threads=1", "--run.plots=false", "--run.tensorboard=false", f"--run.root={tmp_path}"]
+    s = layerwise.finetune("pretrained:mnist-convnet", None, *common, f"--run.dir={tmp_path / 'run'}",
+                           show_progress=False)  # the model is the source's
+    record = json.loads((tmp_path / "run" / "init_from.json").read_text())
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "pretrained:mnist-convnet" in json.dumps(record) and s["test_accuracy"] > 0.9
+    with pytest.raises(ConfigError, match="mnist-convnet"):
+        layerwise.finetune("pretrained:mnist-convnett", None, *common, show_progress=False)

@@ -89,8 +89,24 @@ def read_source(given: str | Path) -> Source:
     """The weights named by ``model.init_from``: a run directory (its model.safetensors) or a
     .safetensors file, layerwise's or another's. ConfigError naming the path and the fix when it
     is missing, unfinished or unreadable (nothing is pickled: safetensors only)."""
+    from layerwise.models import hub
+    from layerwise.models.pretrained import PREFIX, resolve_pretrained
     from layerwise.train.run import RunDirError, read_weights
 
+    if str(given).startswith(PREFIX):  # a model shipped with layerwise (layerwise models --pretrained)
+        try:
+            given_path = resolve_pretrained(str(given))
+        except ValueError as e:  # unknown name (ConfigError) or a changed file (PretrainedError)
+            raise _config_error(f"model.init_from='{given}': {e}") from None
+        return _with_meta(read_source(given_path), str(given))
+    if hub.is_hub_spec(str(given)):  # torchvision:NAME / timm:NAME through the library's own weights API
+        try:
+            name, args, state = hub.fetch_pretrained(str(given))
+        except ValueError as e:
+            raise _config_error(f"model.init_from='{given}': {e}") from None
+        digest = hashlib.sha256(b"".join(state[k].contiguous().view(torch.uint8).numpy().tobytes()
+                                         for k in sorted(state))).hexdigest()
+        return Source(str(given), Path(str(given)), digest, state, None, model={"name": name, **args})
     path = Path(given).expanduser()
     if path.is_dir() and not (path / "model.safetensors").is_file():
         unfinished = (path / "config.yaml").is_file() and not (path / "summary.json").is_file()
@@ -120,6 +136,19 @@ def read_source(given: str | Path) -> Source:
         src.metrics = meta.get("metrics") or {}
         src.aliases = meta.get("aliases") or {}
         src.data = meta.get("data")
+    else:  # another library's file (torchvision/timm ResNet or ViT): converted when its names say which
+        try:
+            name, args, state = hub.convert_state_dict(hub.detect_format(src.state, f"'{given}'"), src.state)
+        except ValueError:
+            pass  # not one of theirs: its tensors load by name as they are (and a misfit is listed)
+        else:
+            src.state, src.model, src.adapter = state, {"name": name, **args}, "hub"
+    return src
+
+
+def _with_meta(src: Source, given: str) -> Source:
+    """``src`` as the user named it (``pretrained:NAME``), the file and its sha256 kept."""
+    src.given = given
     return src
 
 
@@ -383,7 +412,12 @@ def _source_model(given: str) -> dict[str, Any] | None:
     loading the tensors."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(given).expanduser()
+    from layerwise.models.pretrained import PREFIX, resolve_pretrained
+
+    try:
+        path = resolve_pretrained(given) if str(given).startswith(PREFIX) else Path(given).expanduser()
+    except ValueError:  # an unknown name: the Trainer's load says which exist
+        return None
     path = path / "model.safetensors" if path.is_dir() else path
     try:
         with safe_open(str(path), framework="pt") as f:
