@@ -270,3 +270,25 @@ def test_finetune_config_takes_the_sources_model_unless_one_is_named(tmp_path) -
     assert finetune_config(str(path), recipe)[0].model.name == "resnet-digits"
     with pytest.raises(ConfigError, match="leave --model.init_from out"):
         finetune_config(str(path), None, ["--model.init_from=y"])
+
+
+def test_init_from_reads_a_torchvision_file_through_the_hub_key_maps(tmp_path):
+    """A safetensors file of torchvision's resnet18 names (the published names and shapes, from
+    tests/unit/hub_keys.json) is recognized and converted: the source describes layerwise's
+    resnet18 with 1000 classes and its tensors carry layerwise's names."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    from safetensors.torch import save_file
+
+    from layerwise.train.finetune import read_source
+
+    shapes = _json.loads((_Path(__file__).with_name("hub_keys.json")).read_text())["tensors"]["torchvision:resnet18"]
+    g = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(s, generator=g) if s else torch.tensor(3)) for k, s in shapes.items()}
+    state = {k: (v.long() if k.endswith("num_batches_tracked") else v) for k, v in state.items()}
+    save_file(state, str(tmp_path / "resnet18.safetensors"))
+    src = read_source(tmp_path / "resnet18.safetensors")
+    assert src.adapter == "hub" and src.model["name"] == "resnet18" and src.model["num_classes"] == 1000
+    assert "fc.weight" in src.state and "conv1.weight" not in src.state
+    assert torch.equal(src.state["fc.weight"], state["fc.weight"])
