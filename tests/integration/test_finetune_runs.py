@@ -7,16 +7,14 @@ import hashlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 from conftest import require_data
-from test_resume import _assert_identical, _newest_step
+from safetensors.torch import load_file
+from test_resume import _assert_identical, kill_after_checkpoint
 
 import layerwise
 from layerwise.cli import main
@@ -89,13 +87,7 @@ def test_a_fine_tuned_run_killed_at_a_random_step_resumes_bit_identical(source, 
     run_dir = tmp_path / "run"
     total = 2 * 45  # 1437 examples / 32 per step = 45 steps per epoch
     target = random.Random(os.getpid()).randint(10, total // 2)
-    proc = subprocess.Popen(_cmd(source, f"--run.dir={run_dir}"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while _newest_step(run_dir / "checkpoints") < target and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    assert proc.poll() is None, f"the run ended before step {target}: {proc.stderr.read().decode()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(_cmd(source, f"--run.dir={run_dir}"), run_dir, target)
     assert not (run_dir / "summary.json").exists()
 
     weights = source / "model.safetensors"

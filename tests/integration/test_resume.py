@@ -50,17 +50,23 @@ def _newest_step(ckpt_dir: Path) -> int:
     return max(steps)
 
 
+def kill_after_checkpoint(cmd: list[str], run_dir: Path, step: int) -> None:
+    """Start ``cmd`` (a training run into ``run_dir``) and SIGKILL it once a checkpoint at or after
+    ``step`` is on disk; fails if the run ends first."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while _newest_step(run_dir / "checkpoints") < step and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    assert proc.poll() is None, f"the run ended before step {step}: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_sigkill_at_random_step_then_resume_is_bit_identical(tmp_path, reference):
     run_dir = tmp_path / "run"
     total = 5 * 45  # 1437 examples / 32 per step = 45 steps per epoch
     target = random.Random(os.getpid()).randint(10, total // 2)
-    proc = subprocess.Popen(_cmd(f"--run.dir={run_dir}"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while _newest_step(run_dir / "checkpoints") < target and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    assert proc.poll() is None, f"the run ended before step {target}: {proc.stderr.read().decode()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(_cmd(f"--run.dir={run_dir}"), run_dir, target)
     killed_at = _newest_step(run_dir / "checkpoints")
     assert not (run_dir / "summary.json").exists() and killed_at < total
 
