@@ -1,0 +1,135 @@
+"""A finished run, opened for inspection: its model, task, data and the input space people speak in.
+
+Every insight command (explain, probe, attack) starts here, so that they agree on what a run's
+inputs are. Images are handled in *pixel space*: values in [0, 1] (the raw value divided by the
+dataset's ``scale``), the space in which papers state an attack's eps and in which an attribution
+map is drawn; :class:`PixelModel` puts the run's normalization in front of the model, so that
+gradients flow to pixels. Audio (log-mel features) and tables use the same convention on their
+own raw values divided by ``scale``; token ids (text) have no such space and are left as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerwise.config import default_data_root, load_config
+from layerwise.data import DataError, DatasetInfo, load_dataset
+from layerwise.data.datasets import Dataset
+from layerwise.data.loader import gather
+from layerwise.train.inference import _info, model_task
+from layerwise.train.run import RunDirError, load_model
+from layerwise.train.trainer import resolve_device
+
+
+class PixelModel(torch.nn.Module):
+    """``model((x - mean) / std)``: a model that takes pixel-space inputs (raw / scale).
+
+    x: (B, *in_shape) float in the data's pixel space (images: [0, 1]); returns the model's
+    output (logits (B, num_classes) for a classifier). mean and std are the run's per-channel
+    (or per-feature) statistics from its DatasetInfo, as :class:`layerwise.data.augment.Normalize`
+    applies them; gradients with respect to x are therefore gradients in pixel space."""
+
+    def __init__(self, model: torch.nn.Module, info: DatasetInfo):
+        super().__init__()
+        self.model = model
+        K = info.in_shape[0]
+        shape = (1, K) + (1,) * (len(info.in_shape) - 1)
+        dev = next(model.parameters()).device
+        self.register_buffer("mean", torch.tensor(info.mean, dtype=torch.float32, device=dev).view(shape))
+        self.register_buffer("std", torch.tensor(info.std, dtype=torch.float32, device=dev).view(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+@dataclass
+class LoadedRun:
+    """A run directory (or model file) opened for inspection. ``model`` is in eval mode on
+    ``device``; ``dataset`` is loaded on first use of :meth:`examples` (from ``data_root``, else
+    the run's data.root, else the default data root)."""
+
+    path: Path
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    info: DatasetInfo
+    task: Any
+    cfg: Any
+    device: torch.device
+    data_root: str = ""
+    _dataset: Dataset | None = field(default=None, repr=False)
+
+    @property
+    def has_pixels(self) -> bool:
+        """True when inputs are real-valued (images, audio features, tables), i.e. they have a
+        pixel space; False for token ids, rating indices and molecular graphs."""
+        x = self.info.extra
+        return not ("text" in x or "molecules" in x or x.get("inputs") == "indices" or self.info.task == "lm"
+                    or "tokenizer" in x)
+
+    def pixel_model(self) -> PixelModel:
+        """The model behind its normalization (see :class:`PixelModel`). Raises ValueError for
+        runs whose inputs are not real-valued (:attr:`has_pixels` False)."""
+        if not self.has_pixels:
+            raise ValueError(f"the run in '{self.path}' takes token ids or indices ({self.info.name}); it has no "
+                             f"pixel space to normalize.")
+        return PixelModel(self.model, self.info).eval()
+
+    @property
+    def dataset(self) -> Dataset:
+        if self._dataset is None:
+            if self.cfg is None:
+                raise RunDirError(f"'{self.path}' is a model file without its run directory (no config.yaml), "
+                                  f"so its dataset is unknown; give the run directory.")
+            root = self.data_root or self.cfg.data.root or default_data_root()
+            self._dataset = load_dataset(self.cfg.data.name, root, self.cfg.data)
+        return self._dataset
+
+    def examples(self, split: str = "test", n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` examples of a split (``test`` or ``train``), chosen by a seeded permutation (the
+        same ``seed`` gives the same examples), as (x, y) on :attr:`device`.
+
+        x: (n, *in_shape) float32 in pixel space (raw / scale) for real-valued inputs, the raw
+        int64 ids otherwise; y: (n,) labels (or targets) as the dataset stores them, or None.
+        ``n`` larger than the split gives the whole split. Raises DataError for an unknown
+        split or a language-model run (a token stream, not examples)."""
+        if split not in ("test", "train"):
+            raise DataError(f"split must be 'test' or 'train', got '{split}'.")
+        if self.info.task == "lm":
+            raise DataError(f"the run in '{self.path}' is a language model: its data is one token stream, not "
+                            f"examples with labels.")
+        ds = self.dataset
+        x_all, y_all = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
+        N = len(x_all)
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(N, generator=g)[:min(n, N)].sort().values
+        x = gather(x_all, idx.tolist()) if isinstance(x_all, torch.Tensor) or hasattr(x_all, "__getitem__") else None
+        if x is None or not isinstance(x, torch.Tensor):
+            raise DataError(f"the '{split}' split of '{self.info.name}' is not a tensor of examples "
+                            f"({type(x_all).__name__}); this command does not take such data yet.")
+        if self.has_pixels:
+            x = x.float() / self.info.scale
+        y = y_all[idx] if isinstance(y_all, torch.Tensor) else None
+        return x.to(self.device), (y.to(self.device) if y is not None else None)
+
+
+def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> LoadedRun:
+    """Open a run directory (or a layerwise model.safetensors file) for inspection.
+
+    Returns a :class:`LoadedRun` with the model in eval mode on ``device`` (``auto``: a GPU when
+    there is one). Raises RunDirError naming the path when it holds no readable layerwise model
+    (the message says what to give instead)."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise RunDirError(f"'{path}' does not exist; give a run directory (runs/<name>-<time>) or its "
+                          f"model.safetensors.")
+    dev = resolve_device(device, "--device")
+    model, meta = load_model(path, dev)
+    info = _info(meta)
+    run = path if path.is_dir() else path.parent
+    cfg = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else None
+    return LoadedRun(path=run, model=model, meta=meta, info=info, task=model_task(meta, info, cfg), cfg=cfg,
+                     device=dev, data_root=data_root)
