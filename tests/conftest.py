@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs two workers) each worker takes its share of the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 REPO = Path(__file__).resolve().parents[1]
 # The workplace keeps real datasets in a shared folder beside the repository checkout;
