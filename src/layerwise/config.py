@@ -254,6 +254,14 @@ class RunConfig:
     keep_checkpoints: int = _f(3, "keep the last K checkpoints")
     plots: bool = _f(True, "write PNG plots of loss, accuracy and learning rate")
     tensorboard: bool = _f(True, "also log to TensorBoard when it is installed")
+    energy: bool = _f(True, "meter the energy of training and evaluation: NVML on NVIDIA GPUs, RAPL on Intel/AMD "
+                      "CPUs where readable, else an estimate labelled estimated (README: Energy)")
+    cpu_watts_per_core: float = _f(7.5, "the estimate's watts per busy CPU core, where RAPL cannot be read (default: "
+                                   "a Xeon Gold 6248's 150 W TDP / 20 cores)")
+    gpu_watts: float = _f(300.0, "the estimate's watts per GPU, where NVML cannot be read (default: an A100 "
+                          "PCIe's board power)")
+    grid_gco2_per_kwh: float = _f(480.0, "carbon intensity of the electricity, grams of CO2 per kWh (default: the "
+                                  "world average of 2023, Ember Global Electricity Review 2024)")
 
 
 @dataclass
@@ -585,6 +593,8 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
           "model.init_from, and it is empty: a body of random weights has nothing to keep. Set "
           "--model.init_from=RUN_DIR (or use `layerwise finetune RUN_DIR`), or leave them at 0, all and 1")),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+        (cfg.run.cpu_watts_per_core >= 0 and cfg.run.gpu_watts >= 0 and cfg.run.grid_gco2_per_kwh >= 0,
+         "run.cpu_watts_per_core, run.gpu_watts and run.grid_gco2_per_kwh must be >= 0 (watts; grams of CO2 per kWh)"),
         (0 < cfg.data.sample_rate <= 768_000,
          f"data.sample_rate must be in 1 .. 768000 Hz, got {cfg.data.sample_rate}"),
         (cfg.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
