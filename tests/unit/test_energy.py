@@ -231,3 +231,31 @@ def test_a_run_reports_its_energy_and_a_resumed_run_adds_to_it(tmp_path, monkeyp
     assert r["energy_per_example_j"] == pytest.approx(r["energy_train_j"] / 320, rel=1e-3)
     assert math.isclose(_lines(run_dir)[-1]["energy_eval_j"], r["energy_eval_j"], abs_tol=1e-3)
 
+
+
+class _TwoRanks:
+    """A Parallel stand-in: this rank and one more whose joules are ``other``; guard sums them."""
+    enabled, world_size, device, local_rank = True, 2, torch.device("cpu"), 0
+
+    def __init__(self, rank: int, other: list[float]):
+        self.is_rank0, self.other, self.calls = rank == 0, other, 0
+
+    def guard(self, fn, t):
+        assert fn.__name__ == "all_reduce"
+        self.calls += 1
+        t += torch.tensor(self.other, dtype=t.dtype)
+
+
+def test_ranks_are_summed_once_per_report_and_a_checkpoint_is_carried_by_rank0():
+    cfg = load_config(None).run
+    par = _TwoRanks(rank=1, other=[100.0, 7.0])  # rank 0 spent 100 J training, 7 J evaluating
+    te = E.TrainingEnergy(cfg, "cpu", par)
+    src = _Fake()
+    te.meter = E.EnergyMeter([src])
+    te.load_state_dict({"train": 1e6, "eval": 1e6})  # rank 0's to carry: this rank ignores it
+    te.start()
+    src.j += 20.0
+    with te.phase("eval"):
+        src.j += 3.0
+    assert te.log_fields() == {"energy_train_j": 120.0, "energy_eval_j": 10.0} and par.calls == 1
+    assert te.summary_fields(examples_seen=60)["energy_per_example_j"] == pytest.approx(2.0) and par.calls == 2
