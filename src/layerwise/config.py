@@ -567,9 +567,16 @@ def optim_checks(o: OptimConfig) -> list[tuple[bool, str]]:
     ]
 
 
+def energy_checks(r: RunConfig) -> list[tuple[bool, str]]:
+    """(condition, message) pairs of the run section's energy keys (supervised and RL runs)."""
+    return [(r.cpu_watts_per_core >= 0 and r.gpu_watts >= 0 and r.grid_gco2_per_kwh >= 0,
+             "run.cpu_watts_per_core, run.gpu_watts and run.grid_gco2_per_kwh must be >= 0 (watts; grams of "
+             "CO2 per kWh)")]
+
+
 def _checks(cfg: Config) -> list[tuple[bool, str]]:
     """(condition, message) pairs of a supervised config."""
-    return optim_checks(cfg.optim) + [
+    return optim_checks(cfg.optim) + energy_checks(cfg.run) + [
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (cfg.data.batch_size % cfg.train.grad_accum == 0,
@@ -593,8 +600,6 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
           "model.init_from, and it is empty: a body of random weights has nothing to keep. Set "
           "--model.init_from=RUN_DIR (or use `layerwise finetune RUN_DIR`), or leave them at 0, all and 1")),
         (cfg.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
-        (cfg.run.cpu_watts_per_core >= 0 and cfg.run.gpu_watts >= 0 and cfg.run.grid_gco2_per_kwh >= 0,
-         "run.cpu_watts_per_core, run.gpu_watts and run.grid_gco2_per_kwh must be >= 0 (watts; grams of CO2 per kWh)"),
         (0 < cfg.data.sample_rate <= 768_000,
          f"data.sample_rate must be in 1 .. 768000 Hz, got {cfg.data.sample_rate}"),
         (cfg.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),

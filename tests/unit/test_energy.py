@@ -259,3 +259,34 @@ def test_ranks_are_summed_once_per_report_and_a_checkpoint_is_carried_by_rank0()
         src.j += 3.0
     assert te.log_fields() == {"energy_train_j": 120.0, "energy_eval_j": 10.0} and par.calls == 1
     assert te.summary_fields(examples_seen=60)["energy_per_example_j"] == pytest.approx(2.0) and par.calls == 2
+
+
+def test_an_rl_run_reports_energy_and_carries_it_across_resume(tmp_path, monkeypatch):
+    pytest.importorskip("gymnasium")
+    import layerwise.rl.trainer as rl
+    from layerwise.rl.config import RLConfig
+
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    run_dir = tmp_path / "rl"
+    cfg = load_config(None, ["--ppo.total_steps=1024", "--run.checkpoint_every=1", "--run.plots=false",
+                             "--run.tensorboard=false", "--eval.episodes=2", "--eval.random_baseline=false"],
+                      cls=RLConfig)
+    s = rl.train_rl(cfg, run_dir, show_progress=False)
+    assert s["energy_method"] == "estimated" and s["energy_train_j"] > 0 and s["energy_eval_j"] > 0
+    assert s["energy_per_example_j"] == pytest.approx(s["energy_train_j"] / 1024, rel=1e-3)  # per env step
+    saved = torch.load(run_dir / "checkpoints" / "step_00000001.pt", weights_only=False)["energy"]
+    assert 0 < saved["train"] < s["energy_train_j"] and saved["eval"] == 0
+
+    (run_dir / "summary.json").unlink()
+    seconds = {"t": 7.0}  # still while training; 1 s per evaluation
+    monkeypatch.setattr(E, "cpu_seconds", lambda: seconds["t"])
+    real = rl.evaluate_policy
+
+    def evaluate_policy(*a, **k):
+        seconds["t"] += 1.0
+        return real(*a, **k)
+
+    monkeypatch.setattr(rl, "evaluate_policy", evaluate_policy)
+    r = rl.resume_rl(run_dir, show_progress=False)
+    assert r["energy_train_j"] == pytest.approx(saved["train"], abs=1e-3)
+    assert r["energy_eval_j"] == pytest.approx(7.5, abs=1e-3)
