@@ -290,3 +290,21 @@ def test_an_rl_run_reports_energy_and_carries_it_across_resume(tmp_path, monkeyp
     r = rl.resume_rl(run_dir, show_progress=False)
     assert r["energy_train_j"] == pytest.approx(saved["train"], abs=1e-3)
     assert r["energy_eval_j"] == pytest.approx(7.5, abs=1e-3)
+
+
+def test_metered_block_and_energy_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    clock = iter([10.0, 10.0, 13.0])  # construction, start, the end of the block
+    monkeypatch.setattr(E, "cpu_seconds", lambda: next(clock))
+    with E.metered("cpu", load_config(None, ["--run.grid_gco2_per_kwh=100"]).run) as e:
+        assert e == {}  # filled when the block ends
+    assert e == {"energy_j": 22.5, "energy_kwh": pytest.approx(22.5 / 3.6e6),
+                 "energy_gco2": pytest.approx(22.5 / 3.6e6 * 100), "energy_method": "estimated"}
+    off = load_config(None, ["--run.energy=false"]).run
+    with E.metered("cpu", off) as e:
+        pass
+    te = E.TrainingEnergy(off, "cpu")
+    te.start()
+    with te.phase("eval"):
+        pass
+    assert e == {} and te.meter is None and te.log_fields() == {} and te.summary_fields(10) == {}
