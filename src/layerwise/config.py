@@ -570,8 +570,8 @@ def optim_checks(o: OptimConfig) -> list[tuple[bool, str]]:
 def energy_checks(r: RunConfig) -> list[tuple[bool, str]]:
     """(condition, message) pairs of the run section's energy keys (supervised and RL runs)."""
     return [(r.cpu_watts_per_core >= 0 and r.gpu_watts >= 0 and r.grid_gco2_per_kwh >= 0,
-             "run.cpu_watts_per_core, run.gpu_watts and run.grid_gco2_per_kwh must be >= 0 (watts; grams of "
-             "CO2 per kWh)")]
+             ("run.cpu_watts_per_core, run.gpu_watts and run.grid_gco2_per_kwh must be >= 0 (watts; grams of "
+              "CO2 per kWh)"))]
 
 
 def _checks(cfg: Config) -> list[tuple[bool, str]]:

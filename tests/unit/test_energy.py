@@ -215,7 +215,7 @@ def test_a_run_reports_its_energy_and_a_resumed_run_adds_to_it(tmp_path, monkeyp
     (run_dir / "model.safetensors").unlink()
     seconds = {"t": 50.0}  # a CPU clock that moves only while the model is evaluated: 2 s per evaluation
     monkeypatch.setattr(E, "cpu_seconds", lambda: seconds["t"])
-    import layerwise.train.trainer as trainer
+    from layerwise.train import trainer
     real_evaluate = trainer.evaluate_loader
 
     def evaluate_loader(*a, **k):

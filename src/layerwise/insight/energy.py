@@ -42,8 +42,9 @@ import os
 import re
 import resource
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 POWERCAP = "/sys/class/powercap"  # where Linux exposes RAPL (tests point it at a fake tree)
 J_PER_KWH = 3.6e6
@@ -224,7 +225,7 @@ class EnergyMeter:
 
     @classmethod
     def for_device(cls, device: Any = "cpu", cpu_watts_per_core: float = DEFAULT_CPU_WATTS_PER_CORE,
-                   gpu_watts: float = DEFAULT_GPU_WATTS, local_rank: int = 0) -> "EnergyMeter":
+                   gpu_watts: float = DEFAULT_GPU_WATTS, local_rank: int = 0) -> EnergyMeter:
         """The meter of a process that computes on ``device`` (a torch.device or its name)."""
         sources, reasons = [], []
         try:
@@ -245,7 +246,7 @@ class EnergyMeter:
                 sources.insert(0, GpuTimeEstimate(gpu_watts))
         return cls(sources, reasons)
 
-    def start(self) -> "EnergyMeter":
+    def start(self) -> EnergyMeter:
         self._base = [s.read() for s in self.sources]
         return self
 
