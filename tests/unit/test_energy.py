@@ -177,6 +177,9 @@ def test_phases_split_training_and_evaluation_and_carry_a_checkpoint():
 def test_config_keys_validate_and_fill_old_checkpoints():
     with pytest.raises(ConfigError, match="run.cpu_watts_per_core"):
         load_config(None, ["--run.cpu_watts_per_core=-1"])
+    run = load_config(None).run  # the documented defaults are the module's
+    assert (run.energy, run.cpu_watts_per_core, run.gpu_watts, run.grid_gco2_per_kwh) == (
+        True, E.DEFAULT_CPU_WATTS_PER_CORE, E.DEFAULT_GPU_WATTS, E.DEFAULT_GRID_GCO2_PER_KWH)
     old = load_config(None).to_dict()
     for k in ("energy", "cpu_watts_per_core", "gpu_watts", "grid_gco2_per_kwh"):
         del old["run"][k]

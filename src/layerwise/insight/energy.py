@@ -40,7 +40,6 @@ import contextlib
 import ctypes
 import os
 import re
-import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,7 +149,12 @@ class GpuTimeEstimate:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds of this process (user + system, every thread) and of its reaped children."""
+    """CPU seconds of this process (user + system, every thread) and of its reaped children
+    (the children only where the ``resource`` module exists: not on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return time.process_time()
     c = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + c.ru_utime + c.ru_stime
 
