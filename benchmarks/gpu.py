@@ -38,12 +38,17 @@ estimate_mfu (whose N also holds the LayerNorm gains, 0.01% here). The
 JSON also gives the 6 N figure with N all parameters, for comparison with reports that leave
 attention out.
 
+  energy    layerwise's own energy metering (layerwise.insight.energy, issue 16): its NVML reading of
+            a fixed matmul load against this script's (benchmarks/_energy.py) over the same region,
+            and the default job (digits, resnet-digits) on the GPU, as summary.json reports it
+            (energy_method, joules of training and evaluation, joules per training example).
+
 Energy: NVML's cumulative energy counter (benchmarks/_energy.py) read around each timed region;
 "unavailable" when NVML cannot be read. Per step for the plain loops and the baseline's training
 loop; per whole run (setup and final evaluation included) for layerwise's fits, which give no
 hook inside their loop.
 
-    PYTHONPATH=src python benchmarks/gpu.py --data-root DIR [--only cifar gpt overhead] [--out FILE.json]
+    PYTHONPATH=src python benchmarks/gpu.py --data-root DIR [--only cifar gpt overhead energy] [--out FILE.json]
     PYTHONPATH=src python benchmarks/gpu.py --smoke --data-root DIR   # tiny sizes on the CPU, every code path
 
 DIR holds cifar10/cifar10_{train,test}_jpeg.npz (default: $LAYERWISE_DATA or .gpu-data). The JSON
@@ -78,7 +83,7 @@ from _energy import EnergyMeter, EnergyWindow, driver_version
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = str(REPO / "recipes" / "cifar10-gpu.yaml")
-PARTS = ("cifar", "gpt", "overhead")  # the order they run: the cheap overhead part last
+PARTS = ("cifar", "gpt", "overhead", "energy")  # the order they run: the cheap overhead and energy parts last
 # dense bf16 tensor-core peak (TFLOP/s, no sparsity) by device name; the first key found in the name wins
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
@@ -529,6 +534,47 @@ def part_gpt(b: Bench) -> None:
         b.save("gpt", out)
 
 
+# ------------------------------------------------------------------------------------------ energy
+
+
+def part_energy(b: Bench) -> None:
+    from layerwise.insight.energy import EnergyMeter as LibraryMeter
+
+    out: dict = {}
+    dev = b.device
+    lib = LibraryMeter.for_device(dev)
+    out["library_method"], out["library_sources"], out["library_reasons"] = lib.method, lib.describe(), lib.reasons
+    n = 1024 if b.smoke else 8192
+    x = torch.randn(n, n, device=dev, dtype=torch.float32 if b.smoke else torch.bfloat16)
+    y = x @ x  # warm-up: cuBLAS handles and kernels
+    sync(dev)
+    seconds = 1.0 if b.smoke else 5.0
+    lib.start()
+    with EnergyWindow(b.meter) as w:
+        start, k = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            for _ in range(10):
+                y = x @ x
+            sync(dev)
+            k += 10
+        seconds = time.perf_counter() - start
+    parts = lib.read()
+    del x, y
+    out["matmul"] = {"n": n, "matmuls": k, "seconds": seconds, "library_joules": parts,
+                     "benchmark_nvml_joules": w.joules,
+                     "ratio_library_over_benchmark_gpu": (parts["gpu"] / w.joules
+                                                          if w.joules and "gpu" in parts else None)}
+    b.save("energy", out)
+    b.log(f"energy: library {parts}, benchmark NVML window {w.joules} J")
+    over = [*QUIET, f"--train.device={dev.type}"]
+    b.fit(None, *over, "--train.epochs=1", name="energy-warmup")
+    s, joules = b.fit(None, *over, name="energy-default-job")
+    out["default_job"] = {k: v for k, v in s.items() if k.startswith(("energy", "grid", "test_accuracy",
+                                                                      "train_seconds", "examples_seen"))}
+    out["default_job"]["benchmark_nvml_joules_whole_fit"] = joules
+    b.save("energy", out)
+
+
 # ------------------------------------------------------------------------------------------ table
 
 
@@ -594,6 +640,16 @@ def table(results: dict) -> list[tuple[str, str, str, str]]:
                          "", ""))
         if gp.get("plain", {}).get("joules_per_step") is not None:
             rows.append(("GPT-124M plain: energy per step", f"{gp['plain']['joules_per_step']:.1f} J", "", ""))
+    if "energy" in p and "matmul" in p["energy"]:
+        e = p["energy"]
+        r = e["matmul"]["ratio_library_over_benchmark_gpu"]
+        rows.append(("energy: layerwise NVML / benchmark NVML (matmul load)", _fmt(r, ".3f", "x"), "0.98-1.02x",
+                     "-" if r is None else "yes" if 0.98 <= r <= 1.02 else "no"))
+        job = e.get("default_job", {})
+        if job:
+            rows.append((f"default job: training energy ({job.get('energy_method')})",
+                         f"{job['energy_train_j']:.0f} J", "", ""))
+            rows.append(("default job: energy per training example", f"{job['energy_per_example_j']:.4f} J", "", ""))
     for part, r in p.items():
         if "error" in r:
             rows.append((f"{part}: FAILED", r["error"][:60], "", ""))
@@ -664,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     for part in [p for p in PARTS if p in args.only]:
         t = time.perf_counter()
         try:
-            {"cifar": part_cifar, "overhead": part_overhead, "gpt": part_gpt}[part](b)
+            {"cifar": part_cifar, "overhead": part_overhead, "gpt": part_gpt, "energy": part_energy}[part](b)
             b.save(part, b.results["parts"][part] | {"part_seconds": round(time.perf_counter() - t, 1)})
         except Exception as e:  # noqa: BLE001  report and go on: one broken part must not hide the others
             traceback.print_exc()

@@ -254,6 +254,14 @@ class RunConfig:
     keep_checkpoints: int = _f(3, "keep the last K checkpoints")
     plots: bool = _f(True, "write PNG plots of loss, accuracy and learning rate")
     tensorboard: bool = _f(True, "also log to TensorBoard when it is installed")
+    energy: bool = _f(True, "meter the energy of training and evaluation: NVML on NVIDIA GPUs, RAPL on Intel/AMD "
+                      "CPUs where readable, else an estimate labelled estimated (README: Energy)")
+    cpu_watts_per_core: float = _f(7.5, "the estimate's watts per busy CPU core, where RAPL cannot be read (default: "
+                                   "a Xeon Gold 6248's 150 W TDP / 20 cores)")
+    gpu_watts: float = _f(300.0, "the estimate's watts per GPU, where NVML cannot be read (default: an A100 "
+                          "PCIe's board power)")
+    grid_gco2_per_kwh: float = _f(480.0, "carbon intensity of the electricity, grams of CO2 per kWh (default: the "
+                                  "world average of 2023, Ember Global Electricity Review 2024)")
 
 
 @dataclass
@@ -559,9 +567,16 @@ def optim_checks(o: OptimConfig) -> list[tuple[bool, str]]:
     ]
 
 
+def energy_checks(r: RunConfig) -> list[tuple[bool, str]]:
+    """(condition, message) pairs of the run section's energy keys (supervised and RL runs)."""
+    return [(r.cpu_watts_per_core >= 0 and r.gpu_watts >= 0 and r.grid_gco2_per_kwh >= 0,
+             ("run.cpu_watts_per_core, run.gpu_watts and run.grid_gco2_per_kwh must be >= 0 (watts; grams of "
+              "CO2 per kWh)"))]
+
+
 def _checks(cfg: Config) -> list[tuple[bool, str]]:
     """(condition, message) pairs of a supervised config."""
-    return optim_checks(cfg.optim) + [
+    return optim_checks(cfg.optim) + energy_checks(cfg.run) + [
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.train.grad_accum >= 1, "train.grad_accum must be >= 1"),
         (cfg.data.batch_size % cfg.train.grad_accum == 0,

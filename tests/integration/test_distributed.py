@@ -102,6 +102,12 @@ def test_ddp_two_ranks_match_one_process(model, references, tmp_path):
     assert summary["params_on_rank0"] == summary["params"]  # DDP keeps whole copies
     assert summary["examples_seen"] == json.loads((references[model] / "summary.json").read_text())["examples_seen"]
     assert "ddp on 2 ranks" in summary["parallel"]
+    # energy: both ranks' joules, summed by an all_reduce at each logged line and at the end
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["energy_method"] in ("estimated", "rapl", "nvml+estimated", "nvml+rapl")
+    assert summary["energy_train_j"] > 0
+    assert summary["energy_eval_j"] == [r for r in lines if r["kind"] == "test"][-1]["energy_eval_j"] > 0
+    assert 0 < [r for r in lines if r["kind"] == "train"][-1]["energy_train_j"] <= summary["energy_train_j"]
 
 
 def test_ddp_with_the_stream_loader_matches_one_process(references, tmp_path):

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerwise.config import (ConfigError, ModelConfig, OptimConfig, RunConfig, _f, load_yaml, optim_checks,
-                              sections_to_dict)
+from layerwise.config import (ConfigError, ModelConfig, OptimConfig, RunConfig, _f, energy_checks, load_yaml,
+                              optim_checks, sections_to_dict)
 
 
 @dataclass
@@ -101,7 +101,7 @@ class RLConfig:
     def checks(self) -> list[tuple[bool, str]]:
         """(condition, message) pairs: value checks that the types alone cannot express."""
         p, e = self.ppo, self.env
-        return optim_checks(self.optim) + [
+        return optim_checks(self.optim) + energy_checks(self.run) + [
             (not self.model.init_from and self.optim.body_lr_scale == 1,
              ("model.init_from and optim.body_lr_scale fine-tune a supervised model (`layerwise finetune`); "
               "`layerwise rl` starts its agent from random weights. Leave them out")),

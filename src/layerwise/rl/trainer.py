@@ -115,6 +115,8 @@ class PPOTrainer:
         self.finished: list[tuple[float, int]] = []  # episodes ended since the last log line
         self.sums: dict[str, float] = {}  # diagnostics summed since the last log line
         self.sum_updates = 0
+        from layerwise.insight.energy import TrainingEnergy
+        self.energy = TrainingEnergy(cfg.run, self.device)  # joules of training and evaluation
 
         if resume:
             self.run_dir = Path(run_dir)
@@ -154,6 +156,7 @@ class PPOTrainer:
         terminated, dones = torch.zeros(steps, n, dtype=torch.bool), torch.zeros(steps, n, dtype=torch.bool)
         next_values = torch.zeros(steps, n)
         every = cfg.run.checkpoint_every or max(1, self.num_updates // 10)
+        self.energy.start()
         while self.update < self.num_updates:
             start = time.perf_counter()
             lr = apply_lr(self.optimizer, lr_multiplier(self.update, **self.schedule))
@@ -264,6 +267,7 @@ class PPOTrainer:
                        sum(length for _, length in self.finished) / len(self.finished), "episodes": len(rets)}
         record |= {k: (v if k in ("lr", "sps") else v / n) for k, v in self.sums.items()}
         record["seconds"] = round(self.train_seconds, 3)
+        record |= self.energy.log_fields()
         self.log.write(record)
         ret = record.get("episodic_return")
         self.display.update(self.global_step, None, {"loss": record["loss"], "episodic_return": ret,
@@ -282,7 +286,7 @@ class PPOTrainer:
             "finished": [list(f) for f in self.finished], "sums": dict(self.sums), "sum_updates": self.sum_updates,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]]},
-            "config": self.cfg.to_dict(),
+            "config": self.cfg.to_dict(), "energy": self.energy.state_dict(),
         }
 
     def _save_checkpoint(self) -> None:
@@ -308,6 +312,7 @@ class PPOTrainer:
         self.next_obs = state["next_obs"].clone()
         self.update, self.global_step = int(state["update"]), int(state["global_step"])
         self.train_seconds = float(state["train_seconds"])
+        self.energy.load_state_dict(state.get("energy"))
         self.episode_return = np.array(state["episode_return"], dtype=np.float64)
         self.episode_length = np.array(state["episode_length"], dtype=np.int64)
         self.finished = [(float(r), int(n)) for r, n in state["finished"]]
@@ -331,11 +336,12 @@ class PPOTrainer:
     # ------------------------------------------------------------------ the end of a run
     def _finish(self) -> dict[str, Any]:
         cfg, ev = self.cfg, self.cfg.eval
-        final = evaluate_policy(self.model, cfg.env.id, ev.episodes, ev.seed, ev.policy, cfg.env.max_episode_steps,
-                                self.device, cfg.train.seed)
-        rand = (random_policy(cfg.env.id, self.envs.single_action_space, ev.episodes, ev.seed,
-                              cfg.env.max_episode_steps)
-                if ev.random_baseline and ev.episodes else {})
+        with self.energy.phase("eval"):
+            final = evaluate_policy(self.model, cfg.env.id, ev.episodes, ev.seed, ev.policy,
+                                    cfg.env.max_episode_steps, self.device, cfg.train.seed)
+            rand = (random_policy(cfg.env.id, self.envs.single_action_space, ev.episodes, ev.seed,
+                                  cfg.env.max_episode_steps)
+                    if ev.random_baseline and ev.episodes else {})
         tests = {"eval_return_mean": final.get("mean"), "eval_return_std": final.get("std"),
                  "eval_episode_length": final.get("length"),
                  "random_return_mean": rand.get("mean"), "random_return_std": rand.get("std")}
@@ -353,6 +359,7 @@ class PPOTrainer:
             "sps": round(self.global_step / self.train_seconds) if self.train_seconds else None,
             "params": self.model.num_params(), "model": cfg.model.name, "device": str(self.device),
             "seed": cfg.train.seed, "run_dir": str(self.run_dir),
+            **self.energy.summary_fields(self.global_step),  # per example: per environment step
         }
         write_json(self.run_dir / "summary.json", summary)
         if cfg.run.plots:

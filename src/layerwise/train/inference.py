@@ -89,8 +89,10 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "",
     ds = load_dataset(cfg.data.name, data_root or cfg.data.root or default_data_root(), cfg.data)
     loader = build_eval_loader(ds, cfg.data, info, dev)
     tta = cfg.train.eval_tta if is_image(info) else "none"
+    from layerwise.insight.energy import metered
     try:
-        m = task.scalars(evaluate_loader(model, loader, task, dev, tta=tta))
+        with metered(dev, cfg.run) as energy:  # energy_j/_kwh/_gco2 and its method (README: Energy)
+            m = task.scalars(evaluate_loader(model, loader, task, dev, tta=tta))
     except (RuntimeError, ValueError) as e:
         if tuple(ds.info.in_shape) == tuple(info.in_shape):
             raise
@@ -103,7 +105,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "",
     h = task.headline
     return ({f"test_{h}": m.get(h), "test_loss": m.get("loss")}
             | {f"test_{k}": v for k, v in m.items() if k not in (h, "loss", "examples")}
-            | {"examples": m["examples"], "model": cfg.model.name, "dataset": cfg.data.name}
+            | {"examples": m["examples"], "model": cfg.model.name, "dataset": cfg.data.name} | energy
             | ({"data_changed": ", ".join(f"data.{k}={v}" for k, v in changed.items())} if changed else {}))
 
 

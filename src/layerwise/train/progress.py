@@ -78,7 +78,9 @@ def results_table(summary: dict[str, Any], title: str = "results") -> Table:
     table.add_column("value", justify="right")
     for k, v in summary.items():
         if isinstance(v, float):  # e.g. an RMSE in dollars: 53,041.2 rather than 5.304e+04
-            v = f"{v:.4f}" if abs(v) < 1e4 else f"{v:,.1f}" if abs(v) < 1e12 else f"{v:.4g}"
+            # below 1e-3 (a small run's kWh) four significant digits, not 0.0000
+            v = (f"{v:.4g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}" if abs(v) < 1e4
+                 else f"{v:,.1f}" if abs(v) < 1e12 else f"{v:.4g}")
         elif isinstance(v, int) and abs(v) >= 10_000:
             v = f"{v:,}"
         table.add_row(k, str(v))

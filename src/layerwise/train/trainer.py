@@ -184,6 +184,8 @@ class Trainer:
         self.overflow_steps = 0  # of which fp16 loss-scale overflows
         self.examples_seen = 0
         self.train_seconds = 0.0
+        from layerwise.insight.energy import TrainingEnergy
+        self.energy = TrainingEnergy(cfg.run, self.device, self.par)  # joules of training and evaluation
         self.acc = Accumulator(self.task.stats_size, self.device, reduce=self.par.sum if self.par.enabled else None)
         # the sync-free step (module docstring): (step, loss, gradient norm) of the steps whose
         # flags the host has not read yet; used once the optimizer's state exists (torch's fused
@@ -412,6 +414,7 @@ class Trainer:
         batches = iter(self.train_loader)
         last_log_time, last_log_examples = time.perf_counter(), self.examples_seen
         start = time.perf_counter() - self.train_seconds
+        self.energy.start()
         try:
             while self.step < self.total_steps:
                 micro, batches = self._next_micro_batches(batches)
@@ -673,7 +676,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         ctx = self.ema.swapped_in(self.model) if (use_ema and self.ema) else contextlib.nullcontext()
-        with ctx:
+        with ctx, self.energy.phase("eval"):
             test = split == "test"  # sharded over the data-parallel ranks; the training view is whole
             m = evaluate_loader(self.forward, loader, self.task, self.device, self.cfg.train.precision,
                                 self.cfg.train.eval_tta if test else "none", reduce=self.acc.reduce if test else None)
@@ -701,13 +704,15 @@ class Trainer:
         # the task's metrics over the steps taken in this interval ("skipped" were left out)
         m = self.task.scalars(self.task.metrics(sums, count))
         rec = {"kind": "train", "step": self.step, "epoch": round(self.epoch, 4), **m, "lr": lr,
-               "examples_per_sec": rate, "skipped": skipped, "skipped_steps": self.skipped_steps}
+               "examples_per_sec": rate, "skipped": skipped, "skipped_steps": self.skipped_steps,
+               **self.energy.log_fields()}
         self.log.write(rec)
         self.display.update(self.step, self.epoch, rec, self.task.headline)
 
     def _log_test(self) -> dict[str, Any]:
         m = self.evaluate()
-        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4), **self.task.scalars(m)})
+        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4), **self.task.scalars(m),
+                        **self.energy.log_fields()})
         split = "val" if self.info.task == "lm" else "test"
         h = self.task.headline
         extra = f" {h} {m[h]:.4f}" if h != "loss" and m.get(h) is not None else ""
@@ -730,6 +735,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "overflow_steps": self.overflow_steps,
             "examples_seen": self.examples_seen, "train_seconds": self.train_seconds,
+            "energy": self.energy.state_dict(),  # joules so far, all ranks (a resumed run adds to them)
             "loader": self.train_loader.state_dict(),
             "metrics": {"sums": sums.tolist(), "count": count, "skipped": self.acc.skipped},
             "task": self.task.name,
@@ -846,6 +852,7 @@ class Trainer:
         self.first_bad_step = int(state.get("first_bad_step", self.step - self.bad_steps))
         self._state_ready = bool(self.optimizer.state)  # a run whose steps were all skipped has none
         self.train_seconds = float(state["train_seconds"])
+        self.energy.load_state_dict(state.get("energy"))
         if rng is not None:
             torch.set_rng_state(rng["torch"].cpu())
             if rng["cuda"] and torch.cuda.is_available():
@@ -901,7 +908,8 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         final = self.evaluate()
         scalars = self.task.scalars(final)
-        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4), **scalars})
+        self.log.write({"kind": "test", "step": self.step, "epoch": round(self.epoch, 4), **scalars,
+                        **self.energy.log_fields()})
         # the headline first, then test_loss and the task's other metrics, as test_<name>
         h = self.task.headline
         tests = {f"test_{h}": scalars.get(h), "test_loss": scalars.get("loss")} | {
@@ -927,6 +935,7 @@ class Trainer:
             **({"overflow_steps": self.overflow_steps} if self.scaler else {}),
             "model": self.cfg.model.name, "dataset": self.cfg.data.name, "device": str(self.device),
             "precision": self.cfg.train.precision, "run_dir": str(self.run_dir),
+            **self.energy.summary_fields(self.examples_seen),
         }
         if self.cfg.model.init_from:  # the weights' origin, from init_from.json (a resumed run's too)
             from layerwise.train.finetune import read_record, summary_fields

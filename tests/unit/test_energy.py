@@ -1,0 +1,313 @@
+"""Energy metering (layerwise.insight.energy): RAPL on a fake powercap tree (package zones only,
+wrap-around), NVML through a fake pynvml, the CPU-time estimate and its label, and the energy of a
+tiny real run in summary.json and metrics.jsonl, carried across a resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerwise.config import ConfigError, load_config, with_defaults
+from layerwise.insight import energy as E
+
+MAX_UJ = 262_143_328_850  # a real package's max_energy_range_uj
+
+
+def _zone(root: Path, name: str, label: str, uj: int, max_uj: int = MAX_UJ) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "name").write_text(label + "\n")
+    (d / "energy_uj").write_text(f"{uj}\n")
+    (d / "max_energy_range_uj").write_text(f"{max_uj}\n")
+    return d
+
+
+@pytest.fixture
+def powercap(tmp_path, monkeypatch) -> Path:
+    """Two packages, package 0's core and dram sub-zones, a psys zone and the mmio twin of package 0,
+    laid out as /sys/class/powercap shows them (every zone at the top level)."""
+    root = tmp_path / "powercap"
+    _zone(root, "intel-rapl:0", "package-0", 1_000_000)
+    _zone(root, "intel-rapl:0:0", "core", 500_000)
+    _zone(root, "intel-rapl:0:1", "dram", 200_000)
+    _zone(root, "intel-rapl:1", "package-1", MAX_UJ - 1_000_000)
+    _zone(root, "intel-rapl:2", "psys", 9_000_000)
+    _zone(root, "intel-rapl-mmio:0", "package-0", 1_000_000)
+    monkeypatch.setattr(E, "POWERCAP", str(root))
+    return root
+
+
+def _set(root: Path, zone: str, uj: int) -> None:
+    (root / zone / "energy_uj").write_text(f"{uj}\n")
+
+
+def test_rapl_sums_package_zones_only_and_counts_a_wrap(powercap):
+    rapl = E.RaplSource()
+    assert [f.parent.name for f, _ in rapl.zones] == ["intel-rapl:0", "intel-rapl:1"]
+    assert rapl.detail == "2 packages"
+    _set(powercap, "intel-rapl:0", 4_000_000)  # +3 J
+    _set(powercap, "intel-rapl:0:0", 2_000_000)  # a sub-zone: already inside package 0's figure
+    _set(powercap, "intel-rapl:2", 90_000_000)  # psys: the platform, packages included
+    _set(powercap, "intel-rapl:1", 500_000)  # wrapped: 1 J to the top, then 0.5 J
+    assert rapl.read() == pytest.approx(3.0 + 1.0 + 0.5, abs=1e-9)
+    _set(powercap, "intel-rapl:0", 6_000_000)  # +2 J
+    assert rapl.read() == pytest.approx(6.5, abs=1e-9)  # cumulative since construction
+    assert rapl.read() == pytest.approx(6.5, abs=1e-9)  # an unchanged counter adds nothing
+
+
+def test_amd_rapl_naming(tmp_path, monkeypatch):
+    _zone(tmp_path, "amd-rapl:0", "package-0", 10)
+    _set(tmp_path, "amd-rapl:0", 2_500_010)
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path))
+    rapl = E.RaplSource()
+    _set(tmp_path, "amd-rapl:0", 5_000_010)
+    assert rapl.read() == pytest.approx(2.5)
+
+
+def test_meter_uses_rapl_on_local_rank0_only(powercap):
+    m = E.EnergyMeter.for_device("cpu").start()
+    assert (m.method, m.measured) == ("rapl", True)
+    _set(powercap, "intel-rapl:0", 8_000_000)
+    assert m.read() == {"cpu": pytest.approx(7.0)}
+    # another rank of the same node: the sockets are rank 0's to count, or they would count twice
+    other = E.EnergyMeter.for_device("cpu", local_rank=1).start()
+    assert other.sources == [] and other.total() == 0.0
+
+
+def test_no_rapl_is_an_estimate_labelled_estimated(tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    clock = iter([100.0, 100.0, 104.0, 110.0])
+    monkeypatch.setattr(E, "cpu_seconds", lambda: next(clock))
+    m = E.EnergyMeter.for_device("cpu", cpu_watts_per_core=12.5).start()
+    assert (m.method, m.measured) == ("estimated", False)
+    assert "RAPL" in m.reasons[0]
+    assert m.read() == {"cpu": pytest.approx(4 * 12.5)}
+    assert m.total() == pytest.approx(10 * 12.5)
+    assert m.describe() == "cpu: estimated (CPU time x 12.5 W per core)"
+
+
+def test_unreadable_rapl_falls_back_to_the_estimate(powercap, monkeypatch):
+    def denied(_f):
+        raise PermissionError("Permission denied: energy_uj")  # root-only since CVE-2020-8694
+
+    monkeypatch.setattr(E.RaplSource, "_raw", staticmethod(denied))
+    m = E.EnergyMeter.for_device("cpu")
+    assert m.method == "estimated" and "Permission denied" in m.reasons[0]
+
+
+def _fake_pynvml(counters_mj: dict[int, int], broken: bool = False) -> types.ModuleType:
+    mod = types.ModuleType("pynvml")
+    mod.nvmlInit = lambda: None
+
+    def by_bus(_bus):
+        raise RuntimeError("NVML_ERROR_NOT_FOUND")
+
+    def energy(handle):
+        if broken:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")  # a GPU older than Volta
+        return counters_mj[handle]
+
+    mod.nvmlDeviceGetHandleByPciBusId = by_bus
+    mod.nvmlDeviceGetHandleByIndex = lambda i: i
+    mod.nvmlDeviceGetTotalEnergyConsumption = energy
+    return mod
+
+
+def test_nvml_reads_this_process_device_in_joules(powercap, monkeypatch):
+    counters = {2: 5_000_000, 5: 1_000_000}  # mJ since the driver loaded, per NVML index
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml(counters))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # cuda:1 is NVML's device 5
+    m = E.EnergyMeter.for_device(torch.device("cuda", 1)).start()
+    assert (m.method, m.measured) == ("nvml+rapl", True)
+    assert m.describe() == "gpu: nvml (cuda:1); cpu: rapl (2 packages)"
+    counters[5] += 2_500  # 2.5 J on our GPU
+    counters[2] += 99_000  # another process's GPU
+    _set(powercap, "intel-rapl:1", MAX_UJ - 500_000)  # +0.5 J
+    assert m.read() == {"gpu": pytest.approx(2.5), "cpu": pytest.approx(0.5)}
+
+
+def test_nvml_unreadable_gpu_is_estimated(tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml({0: 0}, broken=True))
+    m = E.EnergyMeter.for_device(torch.device("cuda", 0), gpu_watts=200.0)
+    assert m.method == "estimated" and not m.measured
+    assert m.describe().startswith("gpu: estimated (wall time x 200 W)")
+    assert "NOT_SUPPORTED" in m.reasons[1]
+
+
+class _Fake:
+    """A source that adds what the test says."""
+    name, method, detail = "cpu", "rapl", "fake"
+
+    def __init__(self):
+        self.j = 0.0
+
+    def read(self) -> float:
+        return self.j
+
+
+def test_phases_split_training_and_evaluation_and_carry_a_checkpoint():
+    cfg = load_config(None, ["--run.grid_gco2_per_kwh=400"]).run
+    te = E.TrainingEnergy(cfg, "cpu")
+    src = _Fake()
+    te.meter = E.EnergyMeter([src])
+    te.load_state_dict({"train": 1000.0, "eval": 10.0})  # an earlier session's joules
+    te.start()
+    src.j += 30.0  # training
+    with te.phase("eval"):
+        src.j += 5.0
+        with te.phase("eval"):  # nested: counted once
+            src.j += 1.0
+    src.j += 4.0
+    assert te.log_fields() == {"energy_train_j": 1034.0, "energy_eval_j": 16.0}
+    assert te.state_dict() == {"train": 1034.0, "eval": 16.0}
+    s = te.summary_fields(examples_seen=517)
+    assert s["energy_method"] == "rapl" and s["energy_per_example_j"] == pytest.approx(2.0)
+    assert s["energy_train_kwh"] == pytest.approx(1034 / 3.6e6)
+    assert s["energy_train_gco2"] == pytest.approx(1034 / 3.6e6 * 400)
+    assert s["energy_eval_gco2"] == pytest.approx(16 / 3.6e6 * 400)
+
+
+def test_config_keys_validate_and_fill_old_checkpoints():
+    with pytest.raises(ConfigError, match="run.cpu_watts_per_core"):
+        load_config(None, ["--run.cpu_watts_per_core=-1"])
+    run = load_config(None).run  # the documented defaults are the module's
+    assert (run.energy, run.cpu_watts_per_core, run.gpu_watts, run.grid_gco2_per_kwh) == (
+        True, E.DEFAULT_CPU_WATTS_PER_CORE, E.DEFAULT_GPU_WATTS, E.DEFAULT_GRID_GCO2_PER_KWH)
+    old = load_config(None).to_dict()
+    for k in ("energy", "cpu_watts_per_core", "gpu_watts", "grid_gco2_per_kwh"):
+        del old["run"][k]
+    assert with_defaults(old)["run"]["grid_gco2_per_kwh"] == 480.0
+
+
+def _lines(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_reports_its_energy_and_a_resumed_run_adds_to_it(tmp_path, monkeypatch):
+    from layerwise.train.trainer import fit, resume
+
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))  # the estimate, on any machine
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, ["--model.name=mlp", "--train.max_steps=10", "--run.checkpoint_every=5",
+                             "--train.log_every=2", "--train.eval_every_steps=4", "--optim.schedule=constant",
+                             "--run.plots=false", "--run.tensorboard=false", "--data.batch_size=32"])
+    s = fit(cfg, run_dir, show_progress=False)
+    assert s == json.loads((run_dir / "summary.json").read_text())
+    assert s["energy_method"] == "estimated" and s["energy_sources"].startswith("cpu: estimated")
+    assert s["energy_train_j"] > 0 and s["energy_eval_j"] > 0
+    assert s["energy_train_kwh"] == pytest.approx(s["energy_train_j"] / 3.6e6, rel=1e-3)
+    assert s["energy_train_gco2"] == pytest.approx(s["energy_train_kwh"] * 480)
+    assert s["energy_per_example_j"] == pytest.approx(s["energy_train_j"] / (10 * 32), rel=1e-3)
+    lines = _lines(run_dir)
+    train = [r["energy_train_j"] for r in lines if r["kind"] == "train"]
+    evals = [r["energy_eval_j"] for r in lines if r["kind"] == "test"]
+    assert len(train) == 5 and train == sorted(train) and train[-1] <= s["energy_train_j"]
+    assert len(evals) == 3 and evals == sorted(evals) and evals[0] > 0 and evals[-1] == s["energy_eval_j"]
+
+    # the run stopped after its step-5 checkpoint: a resumed run adds its own joules to the saved ones
+    saved = torch.load(run_dir / "checkpoints" / "step_00000005.pt", weights_only=False)["energy"]
+    assert 0 < saved["train"] < s["energy_train_j"] and 0 < saved["eval"] < s["energy_eval_j"]
+    (run_dir / "summary.json").unlink()
+    (run_dir / "model.safetensors").unlink()
+    seconds = {"t": 50.0}  # a CPU clock that moves only while the model is evaluated: 2 s per evaluation
+    monkeypatch.setattr(E, "cpu_seconds", lambda: seconds["t"])
+    from layerwise.train import trainer
+    real_evaluate = trainer.evaluate_loader
+
+    def evaluate_loader(*a, **k):
+        seconds["t"] += 2.0
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate_loader", evaluate_loader)
+    r = resume(run_dir, show_progress=False)
+    evaluations = 2  # at step 8 and the final one
+    assert r["energy_train_j"] == pytest.approx(saved["train"], abs=1e-3)
+    assert r["energy_eval_j"] == pytest.approx(saved["eval"] + evaluations * 2.0 * 7.5, abs=1e-3)
+    assert r["examples_seen"] == 10 * 32
+    assert r["energy_per_example_j"] == pytest.approx(r["energy_train_j"] / 320, rel=1e-3)
+    assert math.isclose(_lines(run_dir)[-1]["energy_eval_j"], r["energy_eval_j"], abs_tol=1e-3)
+
+
+
+class _TwoRanks:
+    """A Parallel stand-in: this rank and one more whose joules are ``other``; guard sums them."""
+    enabled, world_size, device, local_rank = True, 2, torch.device("cpu"), 0
+
+    def __init__(self, rank: int, other: list[float]):
+        self.is_rank0, self.other, self.calls = rank == 0, other, 0
+
+    def guard(self, fn, t):
+        assert fn.__name__ == "all_reduce"
+        self.calls += 1
+        t += torch.tensor(self.other, dtype=t.dtype)
+
+
+def test_ranks_are_summed_once_per_report_and_a_checkpoint_is_carried_by_rank0():
+    cfg = load_config(None).run
+    par = _TwoRanks(rank=1, other=[100.0, 7.0])  # rank 0 spent 100 J training, 7 J evaluating
+    te = E.TrainingEnergy(cfg, "cpu", par)
+    src = _Fake()
+    te.meter = E.EnergyMeter([src])
+    te.load_state_dict({"train": 1e6, "eval": 1e6})  # rank 0's to carry: this rank ignores it
+    te.start()
+    src.j += 20.0
+    with te.phase("eval"):
+        src.j += 3.0
+    assert te.log_fields() == {"energy_train_j": 120.0, "energy_eval_j": 10.0} and par.calls == 1
+    assert te.summary_fields(examples_seen=60)["energy_per_example_j"] == pytest.approx(2.0) and par.calls == 2
+
+
+def test_an_rl_run_reports_energy_and_carries_it_across_resume(tmp_path, monkeypatch):
+    pytest.importorskip("gymnasium")
+    import layerwise.rl.trainer as rl
+    from layerwise.rl.config import RLConfig
+
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    run_dir = tmp_path / "rl"
+    cfg = load_config(None, ["--ppo.total_steps=1024", "--run.checkpoint_every=1", "--run.plots=false",
+                             "--run.tensorboard=false", "--eval.episodes=2", "--eval.random_baseline=false"],
+                      cls=RLConfig)
+    s = rl.train_rl(cfg, run_dir, show_progress=False)
+    assert s["energy_method"] == "estimated" and s["energy_train_j"] > 0 and s["energy_eval_j"] > 0
+    assert s["energy_per_example_j"] == pytest.approx(s["energy_train_j"] / 1024, rel=1e-3)  # per env step
+    saved = torch.load(run_dir / "checkpoints" / "step_00000001.pt", weights_only=False)["energy"]
+    assert 0 < saved["train"] < s["energy_train_j"] and saved["eval"] == 0
+
+    (run_dir / "summary.json").unlink()
+    seconds = {"t": 7.0}  # still while training; 1 s per evaluation
+    monkeypatch.setattr(E, "cpu_seconds", lambda: seconds["t"])
+    real = rl.evaluate_policy
+
+    def evaluate_policy(*a, **k):
+        seconds["t"] += 1.0
+        return real(*a, **k)
+
+    monkeypatch.setattr(rl, "evaluate_policy", evaluate_policy)
+    r = rl.resume_rl(run_dir, show_progress=False)
+    assert r["energy_train_j"] == pytest.approx(saved["train"], abs=1e-3)
+    assert r["energy_eval_j"] == pytest.approx(7.5, abs=1e-3)
+
+
+def test_metered_block_and_energy_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    clock = iter([10.0, 10.0, 13.0])  # construction, start, the end of the block
+    monkeypatch.setattr(E, "cpu_seconds", lambda: next(clock))
+    with E.metered("cpu", load_config(None, ["--run.grid_gco2_per_kwh=100"]).run) as e:
+        assert e == {}  # filled when the block ends
+    assert e == {"energy_j": 22.5, "energy_kwh": pytest.approx(22.5 / 3.6e6),
+                 "energy_gco2": pytest.approx(22.5 / 3.6e6 * 100), "energy_method": "estimated"}
+    off = load_config(None, ["--run.energy=false"]).run
+    with E.metered("cpu", off) as e:
+        pass
+    te = E.TrainingEnergy(off, "cpu")
+    te.start()
+    with te.phase("eval"):
+        pass
+    assert e == {} and te.meter is None and te.log_fields() == {} and te.summary_fields(10) == {}
