@@ -276,8 +276,18 @@ def _attention_picture(run: Any, out_dir: Any, layer: int, head: int, seed: int)
     kind, labels, image, grid = type(model).__name__, None, None, None
     tok = getattr(run.dataset, "tokenizer", None) if not run.has_pixels else None
     if run.info.task == "lm":
+        # the test text's first T tokens, in the run's own tokenizer (the one saved with the model:
+        # a dataset loaded without the run's config may have built another vocabulary)
+        from layerwise.data.tokenizers import tokenizer_from_dict
+
         T = min(64, getattr(model, "block_size", 64))
-        x = run.dataset.x_test[:T][None].to(run.device)  # (1, T) the test text's first tokens
+        ds = run.dataset
+        saved = run.info.extra.get("tokenizer")
+        tok = tokenizer_from_dict(saved) if saved else ds.tokenizer
+        ids = ds.x_test[: 4 * T].tolist()
+        if tok is not ds.tokenizer:
+            ids = tok.encode(ds.tokenizer.decode(ids))
+        x = torch.tensor(ids[:T], dtype=torch.long, device=run.device)[None]  # (1, T)
         forward = model
     else:
         x, _ = run.examples("test", 1, seed)
@@ -294,8 +304,8 @@ def _attention_picture(run: Any, out_dir: Any, layer: int, head: int, seed: int)
         H, W = model.in_shape[1:]
         image, grid = x[0], (H // model.patch[0], W // model.patch[1])
     path = out_dir / "attention.png"
-    plot_attention(w, path, f"{kind}: attention of head {head} in block {layer} (one test example)", labels,
-                   image, grid)
+    on = "the first tokens of the test text" if run.info.task == "lm" else "one test example"
+    plot_attention(w, path, f"{kind}: attention of head {head} in block {layer}, on {on}", labels, image, grid)
     return path
 
 
