@@ -194,3 +194,19 @@ def test_probe_refusals_are_clear_and_write_nothing(tmp_path, capsys):
     assert main(["probe", str(run), "--train-n", "50", "--test-n", "50", "--head", "3"]) == 0  # mlp: no attention
     assert not (run / "probe" / "attention.png").exists()
     assert not (Path.cwd() / "probe-mnist-convnet").exists()
+
+
+def test_open_run_pads_sentences_of_different_lengths():
+    # a text-classes split holds sentences of different lengths: examples() pads them as the loader does
+    from layerwise.data import DatasetInfo
+    from layerwise.data.datasets import Dataset
+    from layerwise.insight.runs import LoadedRun
+
+    info = DatasetInfo(name="t", in_shape=(6,), num_classes=2, classes=["a", "b"], scale=1.0, mean=[], std=[],
+                       extra={"text": {"id_offset": 1, "pad_id": 0}})
+    seqs = [torch.tensor([3, 4]), torch.tensor([5, 6, 7, 8]), torch.tensor([9])]
+    ds = Dataset(info=info, x_train=seqs, y_train=torch.tensor([0, 1, 0]), x_test=seqs, y_test=torch.tensor([1, 1, 0]))
+    run = LoadedRun(path=Path("t"), model=torch.nn.Identity(), meta={}, info=info, task=None, cfg=None,
+                    device=torch.device("cpu"), _dataset=ds)
+    x, y = run.examples("train", 3)
+    assert x.tolist() == [[3, 4, 0, 0], [5, 6, 7, 8], [9, 0, 0, 0]] and y.tolist() == [0, 1, 0]

@@ -299,7 +299,8 @@ def _attention_picture(run: Any, out_dir: Any, layer: int, head: int, seed: int)
         raise ValueError(f"--head {head} is out of range: the model's blocks have {nh} heads (0 .. {nh - 1}).")
     w = attention_weights(model, forward, x, layer)[0, head]  # (T, T)
     if tok is not None and hasattr(tok, "decode"):
-        labels = [tok.decode([int(i)]).replace("\n", "\\n") or "?" for i in x[0].tolist()]
+        offset = int((run.info.extra.get("text") or {}).get("id_offset", 0))  # text classes: ids shifted past PAD
+        labels = [tok.decode([int(i) - offset]).replace("\n", "\\n") or "?" for i in x[0].tolist()]
     if kind == "ViT":
         H, W = model.in_shape[1:]
         image, grid = x[0], (H // model.patch[0], W // model.patch[1])

@@ -123,7 +123,14 @@ class LoadedRun:
         N = len(x_all)
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(N, generator=g)[:min(n, N)].sort().values
-        x = gather(x_all, idx.tolist()) if isinstance(x_all, torch.Tensor) or hasattr(x_all, "__getitem__") else None
+        if "text" in self.info.extra and not isinstance(x_all, torch.Tensor):
+            # sentences of token ids of different lengths: padded to the longest, as the loader does
+            from layerwise.data.textclass import pad_batch
+
+            x = pad_batch([x_all[i] for i in idx.tolist()])
+        else:
+            x = gather(x_all, idx.tolist()) if isinstance(x_all, torch.Tensor) or hasattr(x_all, "__getitem__") \
+                else None
         if x is None or not isinstance(x, torch.Tensor):
             raise DataError(f"the '{split}' split of '{self.info.name}' is not a tensor of examples "
                             f"({type(x_all).__name__}); this command does not take such data yet.")
