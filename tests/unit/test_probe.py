@@ -118,8 +118,8 @@ def test_fit_probe_separable_and_single_class():
 
 def test_attention_weights_are_the_ones_sdpa_applied():
     torch.manual_seed(0)
-    for name, kw, x in (("gpt", dict(n_layer=2, n_head=2, n_embd=16, rotary=True), torch.randint(0, 11, (2, 9))),
-                        ("text-transformer", dict(n_layer=2, n_head=2, n_embd=16, vocab_size=30),
+    for name, kw, x in (("gpt", {"n_layer": 2, "n_head": 2, "n_embd": 16, "rotary": True}, torch.randint(0, 11, (2, 9))),
+                        ("text-transformer", {"n_layer": 2, "n_head": 2, "n_embd": 16, "vocab_size": 30},
                          torch.tensor([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]]))):
         model = create_model(name, in_shape=(x.shape[1],), num_classes=11, **kw).eval()
         att = attention_weights(model, model, x, layer=1)  # (B, nh, T, T)
@@ -127,8 +127,8 @@ def test_attention_weights_are_the_ones_sdpa_applied():
         assert torch.allclose(att.sum(-1), torch.ones(2, 2, x.shape[1]))
         caught = {}
         attn = model.blocks[1].attn
-        h1 = attn.register_forward_pre_hook(lambda m, a, k: caught.update(h=a[0]), with_kwargs=True)
-        h2 = attn.register_forward_hook(lambda m, a, o: caught.update(out=o))
+        h1 = attn.register_forward_pre_hook(lambda m, a, k, c=caught: c.update(h=a[0]), with_kwargs=True)
+        h2 = attn.register_forward_hook(lambda m, a, o, c=caught: c.update(out=o))
         with torch.no_grad():
             model(x)
         h1.remove(), h2.remove()

@@ -115,7 +115,7 @@ def pool_features(h: torch.Tensor, max_features: int = MAX_FEATURES, grid: tuple
         gh, gw = grid
         h = h[:, -gh * gw:].transpose(1, 2).reshape(h.shape[0], h.shape[2], gh, gw)  # (B, d, h, w)
     if h.dim() == 4:
-        B, C, H, W = h.shape
+        _, C, H, W = h.shape
         if C * H * W <= max_features:
             return h.flatten(1)
         s = max(1, math.isqrt(max_features // C))
@@ -340,13 +340,17 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
     import json
     from pathlib import Path
 
-    from layerwise.insight.probe_plots import first_layer_filters, plot_filters, plot_probe
+    from layerwise.insight.probe_plots import (
+        first_layer_filters,
+        plot_filters,
+        plot_probe,
+    )
     from layerwise.insight.runs import open_run
     from layerwise.models.pretrained import PREFIX
 
     for key, n in (("layer", layer), ("head", head)):
         if isinstance(n, bool) or not isinstance(n, int):
-            raise ValueError(f"{key} must be an integer, got {n!r}.")
+            raise TypeError(f"{key} must be an integer, got {n!r}.")
     run = open_run(run_dir, device, data_root)
     if out is None:
         spec = str(run_dir)
