@@ -89,7 +89,7 @@ def plot_attention(weights: torch.Tensor, path: Path, title: str, labels: list[s
     a = weights.float().cpu().numpy()
     panels = 3 if image is not None and grid is not None else 1
     fig = _figure(4.6 * panels, 4.6)
-    room = 0.1 if labels is None else min(0.3, 0.04 + 0.012 * max(map(len, labels), default=0))  # tick labels
+    room = 0.1 if labels is None else min(0.3, 0.08 + 0.012 * max(map(len, labels), default=0))  # tick labels
     fig.subplots_adjust(left=room / panels * 1.5 if panels > 1 else room, right=0.97, bottom=room, top=0.86,
                         wspace=0.25)
     ax = fig.add_subplot(1, panels, 1)
