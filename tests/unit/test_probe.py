@@ -176,6 +176,13 @@ def test_probe_command_on_digits_convnet_and_vit(tmp_path, capsys):
     assert math.isclose(result["chance"], 1 / 10, abs_tol=0.05)
     assert {p.name for p in (run / "probe").iterdir()} == {"probe.json", "probe.png", "filters.png"}
     vit = _digits_run(tmp_path, "vit", patch_h=2, patch_w=2, n_layer=2, n_head=2, n_embd=16)
+    for flag, value in (("--head", "2"), ("--layer", "-3")):  # checked before any work: nothing written
+        assert main(["probe", str(vit), flag, value, "--device", "cpu"]) == 2
+        assert f"{flag} {value} is out of range" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("kept")
+    assert main(["probe", str(vit), "--out", str(tmp_path / "a-file")]) == 1
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "a-file").read_text() == "kept"
+    assert not (vit / "probe").exists()
     r = probe(vit, 300, 200, out=tmp_path / "vit-out", device="cpu", head=1)
     assert [d["features"] for d in r["depths"]] == [64, 256, 256, 256]  # 16 x (4 x 4 patches)
     assert {Path(f).name for f in r["files"]} == {"probe.json", "probe.png", "filters.png", "attention.png"}
@@ -210,3 +217,20 @@ def test_open_run_pads_sentences_of_different_lengths():
                     device=torch.device("cpu"), _dataset=ds)
     x, y = run.examples("train", 3)
     assert x.tolist() == [[3, 4, 0, 0], [5, 6, 7, 8], [9, 0, 0, 0]] and y.tolist() == [0, 1, 0]
+
+
+def test_every_model_family_is_probed_or_refused():
+    # a new family must say where its blocks' outputs are, or why it cannot be probed
+    import layerwise.models  # noqa: F401  (registers every family)
+    from layerwise.insight.probe import PROBED, REFUSED
+    from layerwise.models.base import Model
+
+    def subclasses(cls):
+        for c in cls.__subclasses__():
+            yield c
+            yield from subclasses(c)
+
+    names = {c.__name__ for c in subclasses(Model) if c.__module__.startswith("layerwise.models")
+             and not c.__name__.startswith("_")}
+    assert {"ConvNet", "ResNet", "MLP", "ViT", "TextTransformer", "GPT"} <= names
+    assert names <= set(PROBED) | set(REFUSED), names - set(PROBED) - set(REFUSED)

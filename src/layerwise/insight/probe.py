@@ -294,9 +294,6 @@ def _attention_picture(run: Any, out_dir: Any, layer: int, head: int, seed: int)
         forward = run.pixel_model() if run.has_pixels else model
         if kind == "TextTransformer":
             x = x[:, : max(1, int((x[0] != 0).sum()))]  # the real tokens (padding is at the end)
-    nh = model.blocks[0].attn.n_head
-    if not -nh <= head < nh:
-        raise ValueError(f"--head {head} is out of range: the model's blocks have {nh} heads (0 .. {nh - 1}).")
     w = attention_weights(model, forward, x, layer)[0, head]  # (T, T)
     if tok is not None and hasattr(tok, "decode"):
         offset = int((run.info.extra.get("text") or {}).get("id_offset", 0))  # text classes: ids shifted past PAD
@@ -308,6 +305,20 @@ def _attention_picture(run: Any, out_dir: Any, layer: int, head: int, seed: int)
     on = "the first tokens of the test text" if run.info.task == "lm" else "one test example"
     plot_attention(w, path, f"{kind}: attention of head {head} in block {layer}, on {on}", labels, image, grid)
     return path
+
+
+def _check_attention_args(model: nn.Module, layer: int, head: int) -> None:
+    """--layer and --head name a block and a head of a transformer (checked before any work);
+    other models draw no attention and ignore them."""
+    blocks = getattr(model, "blocks", ())
+    if not len(blocks) or not all(hasattr(b, "attn") and hasattr(b.attn, "n_head") for b in blocks):
+        return
+    if not -len(blocks) <= layer < len(blocks):
+        raise ValueError(f"--layer {layer} is out of range: the model has {len(blocks)} blocks (0 .. "
+                         f"{len(blocks) - 1}).")
+    nh = blocks[0].attn.n_head
+    if not -nh <= head < nh:
+        raise ValueError(f"--head {head} is out of range: the model's blocks have {nh} heads (0 .. {nh - 1}).")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -356,13 +367,14 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
         spec = str(run_dir)
         out = Path(f"probe-{spec[len(PREFIX):]}") if spec.startswith(PREFIX) else run.path / "probe"
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out '{out}' is a file; give a directory for the probe's results.")
+    _check_attention_args(run.model, layer, head)
     kind = type(run.model).__name__
     if run.info.task == "lm":
         result: dict[str, Any] = {"model": kind, "dataset": run.info.name, "refused": REFUSED["GPT"]}
     else:
         result = probe_run(run, train_n, test_n, seed, max_features, max_iter)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out '{out}' is a file; give a directory for the probe's results.")
     out.mkdir(parents=True, exist_ok=True)
     files = []
     if "depths" in result:
