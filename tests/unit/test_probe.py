@@ -31,17 +31,17 @@ from layerwise.models import create_model
 from layerwise.train.run import RunDirError, save_model
 
 
-def _digits_run(tmp_path: Path, name: str, **args) -> Path:
-    """A run directory of an untrained ``name`` model on the built-in digits (no training: the
+def _digits_run(tmp_path: Path, name: str, data: str = "digits", **args) -> Path:
+    """A run directory of an untrained ``name`` model on a built-in dataset (no training: the
     mechanics, not the figures, are under test)."""
     torch.manual_seed(0)
-    info = load_dataset("digits", "unused").info
+    info = load_dataset(data, "unused").info
     model = create_model(name, in_shape=info.in_shape, num_classes=info.num_classes, **args)
-    run = tmp_path / name
+    run = tmp_path / f"{name}-{data}"
     run.mkdir()
     save_model(run / "model.safetensors", model, {"model": model.config, "data": dataclasses.asdict(info),
-                                                  "task": {"name": "classify"}})
-    save_config(load_config(None, ["--data.name=digits"]), run / "config.yaml")
+                                                  "task": {"name": info.task}})
+    save_config(load_config(None, [f"--data.name={data}"]), run / "config.yaml")
     return run
 
 
@@ -201,6 +201,9 @@ def test_probe_refusals_are_clear_and_write_nothing(tmp_path, capsys):
     assert main(["probe", str(run), "--train-n", "50", "--test-n", "50", "--head", "3"]) == 0  # mlp: no attention
     assert not (run / "probe" / "attention.png").exists()
     assert not (Path.cwd() / "probe-mnist-convnet").exists()
+    regression = _digits_run(tmp_path, "mlp", data="diabetes", depth=1, width=8)
+    assert main(["probe", str(regression)]) == 1
+    assert "is a regress run" in capsys.readouterr().err and not (regression / "probe").exists()
 
 
 def test_open_run_pads_sentences_of_different_lengths():
