@@ -9,13 +9,13 @@ import json
 
 from conftest import require_data
 
+import layerwise
 from layerwise.cli import main
-from layerwise.insight.probe import probe
 
 
 def test_mnist_convnet_probe_rises_with_depth(tmp_path):
     root = require_data("mnist/mnist_train.npz", "mnist/mnist_test.npz")
-    r = probe("pretrained:mnist-convnet", train_n=2000, test_n=1000, out=tmp_path, device="cpu",
+    r = layerwise.probe("pretrained:mnist-convnet", train_n=2000, test_n=1000, out=tmp_path, device="cpu",
               data_root=str(root))
     acc = [d["test_accuracy"] for d in r["depths"]]
     assert [d["name"] for d in r["depths"]] == ["input", "stem", "block 0", "block 1", "block 2"]
