@@ -54,7 +54,8 @@ REFUSED = {
     "GPT": "a language model: its data is one token stream without labels, so there is nothing for a probe "
            "to predict (its attention patterns are still drawn)",
     "NGramBag": "ngram-bag has no blocks (a bag of embeddings is one layer), so there are no depths to compare",
-    "Ensemble": "an ensemble's members each have their own blocks; probe one member's run instead",
+    "Ensemble": "an ensemble's members each have their own blocks, so a depth has no one representation; "
+                "probe a run of a single model (model.ensemble=1)",
     "FNO": "a field model (fno) predicts a value at every grid point, not one class per example",
     "CNN1d": "a field model (cnn1d) predicts a value at every grid point, not one class per example",
     "MPNN": "mpnn reads molecular graphs, which have no fixed-size input for the depth-0 probe",
