@@ -5,6 +5,7 @@
     summary["test_accuracy"], summary["run_dir"]
     summary = layerwise.finetune(summary["run_dir"], None, "--data.name=...")  # from trained weights
     summary = layerwise.fit_rl("recipes/cartpole.yaml", "--train.seed=1")   # PPO (needs layerwise[rl])
+    result = layerwise.probe(summary["run_dir"])   # linear probe accuracy per depth, with pictures
 """
 
 from __future__ import annotations
@@ -102,3 +103,15 @@ def fit_rl(recipe: Any = None, *overrides: str, run_dir: str | Path | None = Non
         refuse_supervised_recipe(recipe)
         cfg = load_config(recipe, list(overrides), cls=RLConfig)
     return train_rl(cfg, run_dir, show_progress=show_progress)
+
+
+def probe(run_dir: str | Path, train_n: int = 5000, test_n: int = 2000, seed: int = 0, out: str | Path | None = None,
+          device: str = "auto", data_root: str = "", max_features: int = 2048, layer: int = 0,
+          head: int = 0) -> dict[str, Any]:
+    """Linear probes of every block's output (``layerwise probe``; see layerwise.insight.probe):
+    train/test probe accuracy per depth (depth 0: the raw input) in ``result["depths"]``, written
+    with its pictures to ``out`` (default RUN_DIR/probe). ``run_dir`` may be ``pretrained:NAME``
+    with ``data_root`` the folder holding its data."""
+    from layerwise.insight.probe import probe as _probe
+
+    return _probe(run_dir, train_n, test_n, seed, out, device, data_root, max_features, layer=layer, head=head)

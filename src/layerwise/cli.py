@@ -162,6 +162,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="parse each sample (Python's ast; nothing runs) and report which parse, and the fraction")
     g.add_argument("--device", default="auto")
 
+    pb = sub.add_parser("probe", help="linear probes of every block's output (accuracy per depth), first-layer "
+                                      "filters, one attention head",
+                        description="Fit a logistic-regression probe on each depth's pooled output (depth 0: the raw "
+                                    "input) of a classification run; write probe.json, probe.png, filters.png "
+                                    "(convolutions) and attention.png (transformers) into --out.")
+    pb.add_argument("run_dir", help="a run directory, its model.safetensors, or pretrained:NAME (with --data-root)")
+    pb.add_argument("--train-n", type=int, default=5000, help="training examples the probes are fit on")
+    pb.add_argument("--test-n", type=int, default=2000, help="test examples the probes are scored on")
+    pb.add_argument("--seed", type=int, default=0, help="seed of the example draw and of the probes")
+    pb.add_argument("--out", default=None, help="output directory (default RUN_DIR/probe; ./probe-NAME for "
+                                                "pretrained:NAME)")
+    pb.add_argument("--max-features", type=int, default=2048,
+                    help="pool each depth's output to at most this many features")
+    pb.add_argument("--layer", type=int, default=0, help="attention picture: the block")
+    pb.add_argument("--head", type=int, default=0, help="attention picture: the head")
+    pb.add_argument("--data-root", default="", help="override the data root saved in the run's config")
+    pb.add_argument("--device", default="auto")
+
     i = sub.add_parser("info", help="summary table of a run")
     i.add_argument("run_dir")
 
@@ -473,6 +491,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['input']}: {describe_prediction(r)}")
         elif args.command == "generate":
             _generate(args)
+        elif args.command == "probe":
+            from layerwise.insight.probe import format_table, probe
+            result = probe(args.run_dir, args.train_n, args.test_n, args.seed, args.out, args.device, args.data_root,
+                           args.max_features, layer=args.layer, head=args.head)
+            print(format_table(result) if "depths" in result else f"not probed: {result['refused']}")
+            print("wrote " + ", ".join(result["files"]))
         elif args.command == "info":
             from layerwise.train.inference import run_info
             from layerwise.train.progress import print_table

@@ -20,6 +20,7 @@ from layerwise.config import default_data_root, load_config
 from layerwise.data import DataError, DatasetInfo, load_dataset
 from layerwise.data.datasets import Dataset
 from layerwise.data.loader import gather
+from layerwise.models.pretrained import PREFIX, resolve_pretrained
 from layerwise.train.inference import _info, model_task
 from layerwise.train.run import RunDirError, load_model
 from layerwise.train.trainer import resolve_device
@@ -82,11 +83,27 @@ class LoadedRun:
     def dataset(self) -> Dataset:
         if self._dataset is None:
             if self.cfg is None:
-                raise RunDirError(f"'{self.path}' is a model file without its run directory (no config.yaml), "
-                                  f"so its dataset is unknown; give the run directory.")
-            root = self.data_root or self.cfg.data.root or default_data_root()
-            self._dataset = load_dataset(self.cfg.data.name, root, self.cfg.data)
+                self._dataset = self._dataset_from_meta()
+            else:
+                root = self.data_root or self.cfg.data.root or default_data_root()
+                self._dataset = load_dataset(self.cfg.data.name, root, self.cfg.data)
         return self._dataset
+
+    def _dataset_from_meta(self) -> Dataset:
+        """A model file without its run directory (e.g. ``pretrained:NAME``): the dataset its
+        metadata names, from ``data_root``, with the classes it was trained on (a class subset is
+        taken again by name). Raises RunDirError when no data_root was given."""
+        from layerwise.config import DataConfig
+
+        if not self.data_root:
+            raise RunDirError(f"'{self.path}' is a model file without its run directory (no config.yaml), so where "
+                              f"its data ({self.info.name}) lives is unknown; give the run directory, or the data "
+                              f"root (--data-root DIR holding {self.info.name}).")
+        ds = load_dataset(self.info.name, self.data_root, DataConfig(name=self.info.name))
+        if self.info.task == "classify" and self.info.classes and list(ds.info.classes) != list(self.info.classes):
+            ds = load_dataset(self.info.name, self.data_root,
+                              DataConfig(name=self.info.name, classes=list(self.info.classes)))
+        return ds
 
     def examples(self, split: str = "test", n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` examples of a split (``test`` or ``train``), chosen by a seeded permutation (the
@@ -106,7 +123,14 @@ class LoadedRun:
         N = len(x_all)
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(N, generator=g)[:min(n, N)].sort().values
-        x = gather(x_all, idx.tolist()) if isinstance(x_all, torch.Tensor) or hasattr(x_all, "__getitem__") else None
+        if "text" in self.info.extra and not isinstance(x_all, torch.Tensor):
+            # sentences of token ids of different lengths: padded to the longest, as the loader does
+            from layerwise.data.textclass import pad_batch
+
+            x = pad_batch([x_all[i] for i in idx.tolist()])
+        else:
+            x = gather(x_all, idx.tolist()) if isinstance(x_all, torch.Tensor) or hasattr(x_all, "__getitem__") \
+                else None
         if x is None or not isinstance(x, torch.Tensor):
             raise DataError(f"the '{split}' split of '{self.info.name}' is not a tensor of examples "
                             f"({type(x_all).__name__}); this command does not take such data yet.")
@@ -117,11 +141,14 @@ class LoadedRun:
 
 
 def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> LoadedRun:
-    """Open a run directory (or a layerwise model.safetensors file) for inspection.
+    """Open a run directory (or a layerwise model.safetensors file, or a shipped model named
+    ``pretrained:NAME``, whose data is then read from ``data_root``) for inspection.
 
     Returns a :class:`LoadedRun` with the model in eval mode on ``device`` (``auto``: a GPU when
     there is one). Raises RunDirError naming the path when it holds no readable layerwise model
     (the message says what to give instead)."""
+    if str(run_dir).startswith(PREFIX):  # a shipped model (its data comes from data_root)
+        run_dir = resolve_pretrained(str(run_dir))
     path = Path(run_dir)
     if not path.exists():
         raise RunDirError(f"'{path}' does not exist; give a run directory (runs/<name>-<time>) or its "
