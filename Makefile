@@ -59,8 +59,11 @@ $(VENV)/.hub-tests: $(VENV)/.installed
 	if [ -n "$$tv" ]; then $(PIP) install -q --no-deps "torchvision==$$tv" "timm==1.0.31"; fi
 	touch $@
 
+# Two pytest-xdist workers (TEST_WORKERS=0 runs them in one process); a test file stays on one worker, so its
+# module fixtures (trained runs shared by its tests) are built once.
+TEST_WORKERS ?= 2
 test: install $(VENV)/.hub-tests
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENVS) runs .pytest_cache

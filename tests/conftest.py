@@ -10,7 +10,10 @@ import torch
 
 # Under pytest-xdist (`make test` runs two workers) each worker takes its share of the cores.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
+_THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+torch.set_num_threads(_THREADS)
+if _WORKERS > 1:  # and the `python -m layerwise` processes the tests start
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 REPO = Path(__file__).resolve().parents[1]
 # The workplace keeps real datasets in a shared folder beside the repository checkout;
