@@ -40,10 +40,12 @@ def explain_command(args: Any) -> int:
                       target=args.target, steps=args.steps, internal_batch_size=args.internal_batch_size,
                       baseline=args.baseline, tolerance=args.tolerance, device=args.device,
                       data_root=args.data_root, invert=args.invert)
-    run_path = Path(args.run_dir)
-    run_path = run_path if run_path.is_dir() else run_path.parent
-    base = Path(args.out) if args.out else (run_path / "explain" if (run_path / "config.yaml").is_file()
-                                            else Path("explain"))
+    # a run directory (given, or holding the given model file) keeps its explanations; a bare model
+    # file elsewhere (e.g. a shipped pretrained one) writes into ./explain
+    given = Path(args.run_dir)
+    run_path = given if given.is_dir() or (given.parent / "config.yaml").is_file() else None
+    run_path = run_path if run_path is None or run_path.is_dir() else run_path.parent
+    base = Path(args.out) if args.out else (run_path / "explain" if run_path is not None else Path("explain"))
     out = fresh_dir(base, args.method)
     kind = results[0]["modality"]
     names = feature_names(open_run(args.run_dir, "cpu")) if kind == "table" else []

@@ -143,7 +143,8 @@ def bag_rows_to_tokens(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, a: 
     out += (S.gather(1, x) / cnt.gather(1, x)) * (x != 0)
     if getattr(model, "ngrams", 1) == 2 and T > 1:
         pairs = torch.stack([x[:, :-1], x[:, 1:]], -1).reshape(-1, 2)  # every adjacent pair (B (T-1), 2)
-        h = model.ngram_ids(pairs)[:, -1].reshape(B, T - 1)  # its bigram row (0 with a padding word)
+        h = model.ngram_ids(pairs)[:, -1].reshape(B, T - 1)  # its bigram row, the largest id of the pair's
+        h = torch.where(h >= model.vocab_size, h, 0)  # (binary sorts them); a word id: no bigram (padding)
         S = torch.zeros(B, max(rows, int(h.max()) + 1), dtype=a.dtype, device=a.device).scatter_add_(1, ids, a)
         S[:, 0] = 0
         cnt = torch.zeros_like(S).scatter_add_(1, h, torch.ones_like(h, dtype=a.dtype))
