@@ -109,7 +109,7 @@ def test_ig_completeness_gap_is_small_with_enough_steps(region_model):
     rel = [c["relative"] for c in completeness(a, 0.05)]
     assert max(rel) < 0.02  # measured at most 0.4%
     coarse = attribute(m, x[:8], pred[:8], "ig", torch.zeros(1, 1, 16, 16), steps=2)
-    with pytest.warns(UserWarning, match="completeness gap exceeds 1%.*raise --steps"):
+    with pytest.warns(UserWarning, match=r"completeness gap exceeds 1% \(relative\).*raise --steps"):
         completeness(coarse, 0.01)
 
 
@@ -243,3 +243,75 @@ def test_audio_run_explains_the_spectrogram(tmp_path, capsys):
     assert main(["explain", str(run), str(tmp_path / "tone.wav"), "--method", "saliency", "--device", "cpu"]) == 0
     assert "tone.wav: predicted" in capsys.readouterr().out
     assert len(list((run / "explain").glob("saliency-001/*.png"))) == 1  # a run directory keeps its results
+
+
+def test_table_run_with_split_gives_a_bar_chart_and_table(tmp_path, capsys, overrides_for):
+    import layerwise
+
+    s = layerwise.fit(None, *overrides_for("--data.name=breast-cancer", "--model.name=mlp", "--model.depth=1",
+                                           "--model.width=16", "--train.epochs=2", "--data.folds=5",
+                                           "--data.batch_size=64"), show_progress=False)
+    run = s["run_dir"]
+    r = layerwise.explain(run, split="test", n=4, steps=32, device="cpu")
+    assert len(r) == 4 and r[0]["attribution"].shape == (30,) and r[0]["modality"] == "table"
+    assert max(c["completeness"]["relative"] for c in r) < 0.05
+    assert main(["explain", run, "--split", "test", "--n", "2", "--method", "occlusion", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("test[") == 2 and ("mean radius" in out or "worst" in out)
+    folder = next((tmp_path / "runs").glob("*/explain/occlusion-001"))
+    rows = (folder / "000-test_0_.csv").read_text().splitlines()
+    assert rows[0] == "feature,value,attribution" and len(rows) == 31
+    with pytest.raises(ConfigError, match="--method gradcam is not defined.*choose ig, saliency, occlusion"):
+        layerwise.explain(run, split="test", method="gradcam", device="cpu")
+
+
+def test_text_run_prints_tokens_and_writes_html(tmp_path, capsys):
+    from layerwise.data.tokenizers import build_tokenizer
+
+    text = "a good film . a bad film . fine acting , dull plot ."
+    tok = build_tokenizer("word", text, 50)
+    info = DatasetInfo("text-classes", (8,), 2, ["neg", "pos"], 1.0, [0.0], [1.0],
+                       extra={"tokenizer": tok.to_dict(), "text": {"max_length": 8, "pad_id": 0, "id_offset": 1}})
+    torch.manual_seed(0)
+    m = create_model("text-transformer", in_shape=(8,), num_classes=2, vocab_size=tok.vocab_size + 1, n_layer=1,
+                     n_head=2, n_embd=16, dropout=0.0)
+    run = _save(tmp_path / "text", m, info)
+    (tmp_path / "s.txt").write_text("a good film\nfine acting , dull plot\n")
+    assert main(["explain", str(run), str(tmp_path / "s.txt"), "--no-color", "--steps", "32", "--device", "cpu",
+                 "--target", "pos"]) == 0
+    out = capsys.readouterr().out
+    assert "s.txt:1: predicted" in out and "s.txt:2: predicted" in out and "dull(" in out
+    page = (run / "explain" / "ig-001" / "tokens.html").read_text()
+    assert page.count("<p>") == 2 and ">plot</span>" in page
+    assert "explaining pos" in page or "predicted pos" in page
+    r = explain(str(run), [str(tmp_path / "s.txt")], device="cpu", steps=32)
+    assert r[0]["tokens"][:3] == ["a", "good", "film"] and r[0]["tokens"][3] == ""
+    assert r[1]["completeness"]["relative"] < 0.05
+
+
+def test_bad_inputs_are_refused_with_the_fix(tmp_path, capsys):
+    model = str(resolve_pretrained("pretrained:mnist-convnet"))
+    nan = np.zeros((28, 28), np.float32)
+    nan[3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "ok.npy", np.zeros((28, 28), np.float32))
+    cases = [
+        ([model, str(tmp_path / "missing.png")], 1, "does not exist"),
+        ([model, str(tmp_path / "nan.npy")], 1, "NaN"),
+        ([model, str(tmp_path / "ok.npy"), "--split", "test"], 2, "not both and not neither"),
+        ([model], 2, "not both and not neither"),
+        ([model, str(tmp_path / "ok.npy"), "--target", "cat"], 2, r"--target 'cat' is not an output.*0, 1, 2"),
+        ([model, str(tmp_path / "ok.npy"), "--steps", "1"], 2, "--steps must be >= 2"),
+        ([str(resolve_pretrained("pretrained:shakespeare-gpt")), str(tmp_path / "ok.npy")], 1,
+         "language model.*layerwise generate"),
+        ([str(tmp_path / "nothing-here"), str(tmp_path / "ok.npy")], 1, "does not exist"),
+    ]
+    for args, code, message in cases:
+        assert main(["explain", *args, "--out", str(tmp_path / "ex"), "--device", "cpu"]) == code, args
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and __import__("re").search(message, err), err
+    assert not (tmp_path / "ex").exists()  # nothing written by a refused call
+    with pytest.raises(SystemExit):  # argparse: an unknown method
+        main(["explain", model, str(tmp_path / "ok.npy"), "--method", "lime"])
+    with pytest.raises(ConfigError, match="unknown --method 'lime'; choose one of ig, saliency, gradcam, occlusion"):
+        explain(model, [str(tmp_path / "ok.npy")], method="lime")

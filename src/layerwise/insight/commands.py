@@ -64,7 +64,7 @@ def explain_command(args: Any) -> int:
             files.append(f"{stem}.csv")
         head = render.headline(r)
         c = r["completeness"]
-        gap = f"; IG completeness gap {c['gap']:+.3g} ({c['relative']:.2%} of F(x) - F(baseline))" if c else ""
+        gap = f"; IG completeness gap {c['gap']:+.3g} ({c['relative']:.2%} relative)" if c else ""
         print(f"{r['input']}: {head}{gap}" + (f" -> {out / files[0]}" if files else ""))
         if kind == "table":
             for n, v, a in rows[:8]:

@@ -277,19 +277,22 @@ def attribute_tokens(model: nn.Module, x: torch.Tensor, target: torch.Tensor, me
 
 
 def completeness(a: Attribution, tolerance: float) -> list[dict[str, float] | None]:
-    """Per input: {"gap": sum(attr) - (F(x) - F(b)), "delta_f": F(x) - F(b), "relative":
-    |gap| / max(|delta_f|, 1e-6)}, with a warning when relative exceeds ``tolerance``
-    (Sundararajan et al. 2017, section 3: completeness; more steps shrink the gap)."""
+    """Per input: {"gap": sum(attr) - (F(x) - F(b)), "delta_f": F(x) - F(b), "relative": |gap| /
+    max(|delta_f|, sum |attr|)}, with a warning when relative exceeds ``tolerance`` (Sundararajan
+    et al. 2017, section 3: completeness; more steps shrink the gap). The total attribution mass
+    sum |attr| joins the denominator so that an input close to its baseline (delta_f near 0, e.g.
+    a table row near the mean) does not turn a tiny gap into a large ratio."""
     if a.gap is None:
         return [None] * len(a.attr)
+    mass = a.attr.reshape(len(a.attr), -1).abs().sum(1).tolist()
     out = []
-    for g, d in zip(a.gap.tolist(), a.delta_f.tolist(), strict=True):
-        rel = abs(g) / max(abs(d), 1e-6)
+    for g, d, s in zip(a.gap.tolist(), a.delta_f.tolist(), mass, strict=True):
+        rel = abs(g) / max(abs(d), s, 1e-6)
         out.append({"gap": g, "delta_f": d, "relative": rel})
     bad = [i for i, c in enumerate(out) if c["relative"] > tolerance or not math.isfinite(c["relative"])]
     if bad:
         worst = max(out[i]["relative"] for i in bad)
-        warnings.warn(f"Integrated Gradients' completeness gap exceeds {tolerance:.0%} of F(x) - F(baseline) for "
+        warnings.warn(f"Integrated Gradients' completeness gap exceeds {tolerance:.0%} (relative) for "
                       f"{len(bad)} of {len(out)} inputs (worst {worst:.1%}); raise --steps for a finer path "
                       f"integral.", stacklevel=2)
     return out
