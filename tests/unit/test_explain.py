@@ -18,52 +18,24 @@ from layerwise.data import DatasetInfo  # noqa: E402
 from layerwise.insight.explain import (BagPresence, attribute, attribute_tokens, bag_rows_to_tokens,  # noqa: E402
                                        completeness, explain, gradcam_layer_kind, TokenGrid)
 from layerwise.insight.faithfulness import (deletion_auc, deletion_curve, mass_in_region, order_by,  # noqa: E402
-                                            randomized_copy, rank_correlation)
+                                            randomized_copy, rank_correlation, region_task,
+                                            train_region_model)
 from layerwise.models import create_model  # noqa: E402
 from layerwise.models.pretrained import resolve_pretrained  # noqa: E402
 from layerwise.train.run import save_model  # noqa: E402
 
 from conftest import require_data  # noqa: E402
 
-R0, C0, SIDE = 2, 8, 6  # the deciding region: rows 2..7, columns 8..13 of a 16 x 16 image (14% of it)
-
-
-def region_task(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """16 x 16 images of faint noise in [0, 0.2]; the label is the orientation of a bright bar
-    drawn inside the region (0: horizontal, 1: vertical): nothing outside the region decides it."""
-    x = torch.rand(n, 1, 16, 16, generator=g) * 0.2
-    y = torch.randint(0, 2, (n,), generator=g)
-    v = 0.7 + 0.3 * torch.rand(n, generator=g)
-    for i in range(n):
-        if y[i] == 0:
-            x[i, 0, R0 + 2:R0 + 4, C0:C0 + SIDE] = v[i]
-        else:
-            x[i, 0, R0:R0 + SIDE, C0 + 2:C0 + 4] = v[i]
-    return x, y
-
-
 @pytest.fixture(scope="module")
 def region_model():
-    """A small convnet trained on the region task (about 3 s of CPU), 64 test images, its
-    predictions and the region's mask."""
-    g = torch.Generator().manual_seed(0)
-    x, y = region_task(512, g)
-    torch.manual_seed(0)
-    m = create_model("convnet", in_shape=(1, 16, 16), num_classes=2, widths=(8, 16), whiten=False, logit_scale=1.0)
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.05)
-    for _ in range(150):
-        i = torch.randint(0, 512, (64,), generator=g)
-        loss = torch.nn.functional.cross_entropy(m(x[i]), y[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    m.eval()
-    xt, yt = region_task(64, g)
+    """A small convnet trained on the region task (faithfulness.region_task: the orientation of a
+    bar inside a 6 x 6 square of a 16 x 16 image decides the label; about 3 s of CPU), 64 test
+    images, its predictions and the region's mask."""
+    m = train_region_model(seed=0)
+    xt, yt, mask = region_task(64, torch.Generator().manual_seed(1))
     with torch.no_grad():
         pred = m(xt).argmax(1)
     assert (pred == yt).float().mean() > 0.95  # the task is learnt, so the maps have something to find
-    mask = torch.zeros(1, 1, 16, 16, dtype=torch.bool)
-    mask[..., R0:R0 + SIDE, C0:C0 + SIDE] = True
     return m, xt, pred, mask
 
 

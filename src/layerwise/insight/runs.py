@@ -117,11 +117,15 @@ class LoadedRun:
 
 
 def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> LoadedRun:
-    """Open a run directory (or a layerwise model.safetensors file) for inspection.
+    """Open a run directory (or a layerwise model.safetensors file, or ``pretrained:NAME``) for inspection.
 
     Returns a :class:`LoadedRun` with the model in eval mode on ``device`` (``auto``: a GPU when
     there is one). Raises RunDirError naming the path when it holds no readable layerwise model
     (the message says what to give instead)."""
+    if str(run_dir).startswith("pretrained:"):  # a shipped model (layerwise models --pretrained)
+        from layerwise.models.pretrained import resolve_pretrained
+
+        run_dir = resolve_pretrained(str(run_dir))
     path = Path(run_dir)
     if not path.exists():
         raise RunDirError(f"'{path}' does not exist; give a run directory (runs/<name>-<time>) or its "
