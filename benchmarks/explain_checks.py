@@ -29,15 +29,20 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _env import environment  # noqa: E402
+from _env import environment
 
 METHODS = ("ig", "saliency", "gradcam", "occlusion")
 
 
 def localisation(seeds: int) -> dict:
     from layerwise.insight.explain import attribute
-    from layerwise.insight.faithfulness import (mass_in_region, randomized_copy, rank_correlation, region_task,
-                                                train_region_model)
+    from layerwise.insight.faithfulness import (
+        mass_in_region,
+        randomized_copy,
+        rank_correlation,
+        region_task,
+        train_region_model,
+    )
 
     mass = {m: [] for m in METHODS}
     rho_random, rho_random_ig, rho_seeds, acc = [], [], [], []

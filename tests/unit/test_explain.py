@@ -12,19 +12,35 @@ import torch
 
 pytest.importorskip("captum")
 
-from layerwise.cli import main  # noqa: E402
-from layerwise.config import ConfigError  # noqa: E402
-from layerwise.data import DatasetInfo  # noqa: E402
-from layerwise.insight.explain import (BagPresence, attribute, attribute_tokens, bag_rows_to_tokens,  # noqa: E402
-                                       completeness, explain, gradcam_layer_kind, TokenGrid)
-from layerwise.insight.faithfulness import (deletion_auc, deletion_curve, mass_in_region, order_by,  # noqa: E402
-                                            randomized_copy, rank_correlation, region_task,
-                                            train_region_model)
-from layerwise.models import create_model  # noqa: E402
-from layerwise.models.pretrained import resolve_pretrained  # noqa: E402
-from layerwise.train.run import save_model  # noqa: E402
+from conftest import require_data
 
-from conftest import require_data  # noqa: E402
+from layerwise.cli import main
+from layerwise.config import ConfigError
+from layerwise.data import DatasetInfo
+from layerwise.insight.explain import (
+    BagPresence,
+    TokenGrid,
+    attribute,
+    attribute_tokens,
+    bag_rows_to_tokens,
+    completeness,
+    explain,
+    gradcam_layer_kind,
+)
+from layerwise.insight.faithfulness import (
+    deletion_auc,
+    deletion_curve,
+    mass_in_region,
+    order_by,
+    randomized_copy,
+    rank_correlation,
+    region_task,
+    train_region_model,
+)
+from layerwise.models import create_model
+from layerwise.models.pretrained import resolve_pretrained
+from layerwise.train.run import save_model
+
 
 @pytest.fixture(scope="module")
 def region_model():

@@ -181,7 +181,13 @@ def attribute(f: nn.Module, x: torch.Tensor, target: torch.Tensor, method: str, 
     space of x (pixel space when f is a PixelModel). ``baseline`` broadcasts to x (ig, occlusion).
     ``gradcam``: ``conv`` or ``tokens`` (see :func:`gradcam_layer_kind`); the map is upsampled
     bilinearly to (H, W) and returned as (B, 1, H, W). Raises ConfigError for an unknown method."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
+    from captum.attr import (
+        IntegratedGradients,
+        LayerAttribution,
+        LayerGradCam,
+        Occlusion,
+        Saliency,
+    )
 
     x = x.detach().clone().requires_grad_(method in ("saliency", "gradcam"))  # (Captum warns otherwise)
     if method == "ig":
@@ -224,8 +230,13 @@ def attribute_tokens(model: nn.Module, x: torch.Tensor, target: torch.Tensor, me
     norm of the gradient at each token's embedding (Li et al. 2016), or |dF/dw| per bag row;
     occlusion: the drop of the output when a token is replaced by padding (Captum's
     FeatureAblation). Raises ConfigError for another family or method."""
-    from captum.attr import FeatureAblation, IntegratedGradients, LayerGradientXActivation, \
-        LayerIntegratedGradients, Saliency
+    from captum.attr import (
+        FeatureAblation,
+        IntegratedGradients,
+        LayerGradientXActivation,
+        LayerIntegratedGradients,
+        Saliency,
+    )
 
     from layerwise.models.text import NGramBag, TextTransformer
 
@@ -421,11 +432,16 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
     else:  # regress, multilabel: the first output unless --target names one
         pred = torch.zeros(len(x), dtype=torch.long, device=x.device)
     tgt = pred if k is None else torch.full_like(pred, k)
-    if kind == "text":
-        a = attribute_tokens(run.model, x, tgt, method, steps=steps, internal_batch_size=internal_batch_size)
-    else:
-        a = attribute(f, x, tgt, method, baseline_for(run, kind, baseline), steps=steps,
-                      internal_batch_size=internal_batch_size, gradcam=gradcam_layer_kind(run.model))
+    base, cam, parts = None if kind == "text" else baseline_for(run, kind, baseline), gradcam_layer_kind(run.model), []
+    for i in range(0, len(x), internal_batch_size):  # examples in chunks too: --n 10000 stays in memory
+        xi, ti = x[i:i + internal_batch_size], tgt[i:i + internal_batch_size]
+        parts.append(attribute_tokens(run.model, xi, ti, method, steps=steps, internal_batch_size=internal_batch_size)
+                     if kind == "text" else
+                     attribute(f, xi, ti, method, base, steps=steps, internal_batch_size=internal_batch_size,
+                               gradcam=cam))
+    a = Attribution(torch.cat([p.attr for p in parts]),
+                    None if parts[0].gap is None else torch.cat([p.gap for p in parts]),
+                    None if parts[0].delta_f is None else torch.cat([p.delta_f for p in parts]))
     comp = completeness(a, tolerance)
     tokens = _token_strings(run, x) if kind == "text" else [None] * len(x)
     outputs = list(run.info.classes or []) or list(run.info.extra.get("targets") or [])

@@ -72,7 +72,7 @@ def deletion_curve(f: nn.Module, x: torch.Tensor, order: torch.Tensor, target: t
     """The softmax probability of ``target`` (B,) as pixels of x (B, C, H, W) are set to the
     baseline in ``order`` (B, H*W) (pixel indices, first deleted first; all channels of a pixel
     together), at ``steps`` + 1 equally spaced fractions 0, 1/steps, ..., 1 -> (B, steps + 1)."""
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
     out = []
     for s in range(steps + 1):
