@@ -42,6 +42,16 @@ from layerwise.models.pretrained import resolve_pretrained
 from layerwise.train.run import save_model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation (measured 4x the CPU time to train
+    the region model on the 2-core test machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def region_model():
     """A small convnet trained on the region task (faithfulness.region_task: the orientation of a
@@ -60,7 +70,7 @@ def test_attribution_mass_falls_in_the_deciding_region(region_model):
     chance = mask.float().mean().item()  # 0.14
     zero = torch.zeros(1, 1, 16, 16)
     ig = mass_in_region(attribute(m, x, pred, "ig", zero, steps=32).attr, mask).mean().item()
-    occ = mass_in_region(attribute(m, x, pred, "occlusion", zero).attr, mask).mean().item()
+    occ = mass_in_region(attribute(m, x[:16], pred[:16], "occlusion", zero).attr, mask).mean().item()
     sal = mass_in_region(attribute(m, x, pred, "saliency", zero).attr, mask).mean().item()
     cam = mass_in_region(attribute(m, x, pred, "gradcam", zero, gradcam="conv").attr, mask).mean().item()
     assert ig >= 0.80 and occ >= 0.80  # measured 0.859 and 0.846
@@ -69,13 +79,14 @@ def test_attribution_mass_falls_in_the_deciding_region(region_model):
 
 def test_saliency_changes_when_the_weights_are_randomised(region_model):
     """Adebayo et al. 2018: a map that survives re-initialising the model explains the input, not
-    the model. Measured Spearman rho (mean over 64 images): 0.13 trained vs re-initialised, while
-    two trainings from different seeds agree at 0.5 or more (benchmarks/RESULTS.md)."""
+    the model. Measured Spearman rho (mean over 64 images, 3 trainings): 0.05 to 0.31 trained vs
+    re-initialised, while two trainings from different seeds agree at 0.57 and 0.65
+    (benchmarks/RESULTS.md): 0.4 lies between the two."""
     m, x, pred, _ = region_model
     s_trained = attribute(m, x, pred, "saliency", None).attr
     s_random = attribute(randomized_copy(m, seed=1), x, pred, "saliency", None).attr
     rho = rank_correlation(s_trained, s_random)
-    assert rho.mean() < 0.3
+    assert rho.mean() < 0.4
     assert rank_correlation(s_trained, s_trained).min() > 0.999  # the measure itself: 1 for the same map
 
 
