@@ -452,7 +452,9 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
             top = present[i]["top"][0]
             r |= {"predicted": top["class"], "probability": top["probability"]}
         else:
-            r |= {"predicted": None, "value": float(out[i, int(tgt[i])])}
+            vals = list(present[i].get("values", {}).values())  # a regressor's outputs in the target's units
+            t = int(tgt[i])
+            r |= {"predicted": None, "value": float(vals[t]) if t < len(vals) else float(out[i, t])}
         t = int(tgt[i])
         r |= {"target": t, "target_name": outputs[t] if t < len(outputs) else str(t), "x": x[i].detach().cpu(),
               "attribution": a.attr[i].detach().cpu(), "tokens": tokens[i], "completeness": comp[i]}
