@@ -153,6 +153,16 @@ def test_vit_gradcam_uses_the_patch_grid():
     assert a.shape == (2, 1, 8, 8) and (a >= 0).all() and a.sum() > 0
 
 
+def test_resnet_gradcam_is_on_the_last_stage():
+    torch.manual_seed(0)
+    m = create_model("resnet", in_shape=(3, 16, 16), num_classes=4, widths=(8, 16), layers=(1, 1)).eval()
+    assert gradcam_layer_kind(m) == "conv"
+    x = torch.rand(2, 3, 16, 16)
+    a = attribute(m, x, torch.tensor([0, 3]), "gradcam", None, gradcam="conv").attr
+    assert a.shape == (2, 1, 16, 16) and (a >= 0).all() and a.sum() > 0
+    assert gradcam_layer_kind(create_model("mlp", in_shape=(5,), num_classes=2)) == ""  # no conv stage
+
+
 def _text_model(name: str, **kw):
     torch.manual_seed(0)
     return create_model(name, in_shape=(8,), num_classes=2, vocab_size=20, **kw).eval()
