@@ -66,6 +66,8 @@ def overlay_png(r: dict[str, Any], path: Path, spectrogram: bool = False) -> Pat
         else:
             ax.set_xticks([])
             ax.set_yticks([])
+    fig.subplots_adjust(top=0.82, bottom=0.2 if spectrogram else 0.04, left=0.08 if spectrogram else 0.04,
+                        right=0.94, wspace=0.3)
     fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)
     fig.suptitle(f"{r['input']}: {headline(r)}", fontsize=9)
     fig.savefig(path, dpi=90)
