@@ -133,22 +133,26 @@ class BagPresence(nn.Module):
 def bag_rows_to_tokens(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Per-row attributions a (B, R) of an ngram-bag over its rows ids (B, R) -> per-token (B, T):
     a word's row is shared among the positions holding that word, a bigram's row half to each of
-    the two words of every position pair hashing to it. The tokens' sum equals the rows' sum."""
+    the two words of every position pair hashing to it. The tokens' sum equals the rows' sum.
+    Rows are renumbered to the ones present (the bag may have a million bucket rows)."""
     B, T = x.shape
-    rows = int(max(int(ids.max()), int(x.max()))) + 1
-    S = torch.zeros(B, rows, dtype=a.dtype, device=a.device).scatter_add_(1, ids, a)  # row -> total
-    S[:, 0] = 0
-    out = torch.zeros(B, T, dtype=a.dtype, device=a.device)
-    cnt = torch.zeros(B, rows, dtype=a.dtype, device=a.device).scatter_add_(1, x, torch.ones_like(x, dtype=a.dtype))
-    out += (S.gather(1, x) / cnt.gather(1, x)) * (x != 0)
     if getattr(model, "ngrams", 1) == 2 and T > 1:
         pairs = torch.stack([x[:, :-1], x[:, 1:]], -1).reshape(-1, 2)  # every adjacent pair (B (T-1), 2)
         h = model.ngram_ids(pairs)[:, -1].reshape(B, T - 1)  # its bigram row, the largest id of the pair's
         h = torch.where(h >= model.vocab_size, h, 0)  # (binary sorts them); a word id: no bigram (padding)
-        S = torch.zeros(B, max(rows, int(h.max()) + 1), dtype=a.dtype, device=a.device).scatter_add_(1, ids, a)
-        S[:, 0] = 0
-        cnt = torch.zeros_like(S).scatter_add_(1, h, torch.ones_like(h, dtype=a.dtype))
-        share = 0.5 * S.gather(1, h) / cnt.gather(1, h).clamp_min(1.0) * (h != 0)  # (B, T-1)
+    else:
+        h = x[:, :0]
+    uniq, inv = torch.unique(torch.cat([ids.flatten(), x.flatten(), h.flatten()]), return_inverse=True)
+    n_ids, n_x = ids.numel(), x.numel()
+    cid, cx, ch = inv[:n_ids].view_as(ids), inv[n_ids:n_ids + n_x].view_as(x), inv[n_ids + n_x:].view_as(h)
+    S = torch.zeros(B, len(uniq), dtype=a.dtype, device=a.device).scatter_add_(1, cid, a)  # row -> total
+    S[:, uniq == 0] = 0  # padding
+    ones = torch.ones_like(x, dtype=a.dtype)
+    cnt = torch.zeros_like(S).scatter_add_(1, cx, ones)
+    out = (S.gather(1, cx) / cnt.gather(1, cx)) * (x != 0)
+    if h.shape[1]:
+        cnt = torch.zeros_like(S).scatter_add_(1, ch, ones[:, :-1])
+        share = 0.5 * S.gather(1, ch) / cnt.gather(1, ch).clamp_min(1.0) * (h != 0)  # (B, T-1)
         out[:, :-1] += share
         out[:, 1:] += share
     return out
