@@ -28,8 +28,9 @@ def cross_validate(recipe: str | Path | Config | None = None, *overrides: str, f
 
 
 def explain(run_dir: str | Path, inputs: list[str] | tuple[str, ...] = (), *, method: str = "ig",
-            split: str | None = None, n: int = 8, target: str | int | None = None, steps: int = 50,
-            internal_batch_size: int = 64, baseline: str = "auto", device: str = "auto") -> list[dict[str, Any]]:
+            split: str | None = None, n: int = 8, seed: int = 0, target: str | int | None = None, steps: int = 50,
+            internal_batch_size: int = 64, baseline: str = "auto", tolerance: float = 0.05, device: str = "auto",
+            data_root: str = "") -> list[dict[str, Any]]:
     """Attributions of a run's predictions (``layerwise explain``; Captum): for each example of
     ``inputs`` (files, read as ``predict`` reads them) or of ``n`` examples of ``split``, a dict
     with "predicted", "probability" (or "value"), "target", "attribution" (a tensor shaped like
@@ -37,8 +38,9 @@ def explain(run_dir: str | Path, inputs: list[str] | tuple[str, ...] = (), *, me
     layerwise.insight.explain.explain for the methods, baselines and errors."""
     from layerwise.insight.explain import explain as _explain
 
-    return _explain(str(run_dir), inputs, method=method, split=split, n=n, target=target, steps=steps,
-                    internal_batch_size=internal_batch_size, baseline=baseline, device=device)
+    return _explain(str(run_dir), inputs, method=method, split=split, n=n, seed=seed, target=target, steps=steps,
+                    internal_batch_size=internal_batch_size, baseline=baseline, tolerance=tolerance, device=device,
+                    data_root=data_root)
 
 
 def _check_call(fn: str, recipe: Any, overrides: tuple, config_cls: type) -> None:

@@ -33,8 +33,7 @@ def explain_command(args: Any) -> int:
     import numpy as np
 
     from layerwise.insight import render
-    from layerwise.insight.explain import explain, feature_names
-    from layerwise.insight.runs import open_run
+    from layerwise.insight.explain import explain
 
     results = explain(args.run_dir, args.inputs, method=args.method, split=args.split, n=args.n, seed=args.seed,
                       target=args.target, steps=args.steps, internal_batch_size=args.internal_batch_size,
@@ -48,7 +47,7 @@ def explain_command(args: Any) -> int:
     base = Path(args.out) if args.out else (run_path / "explain" if run_path is not None else Path("explain"))
     out = fresh_dir(base, args.method)
     kind = results[0]["modality"]
-    names = feature_names(open_run(args.run_dir, "cpu")) if kind == "table" else []
+    names = results[0]["features"] or []
     color = sys.stdout.isatty() and not args.no_color
     summary = []
     for i, r in enumerate(results):
@@ -73,7 +72,7 @@ def explain_command(args: Any) -> int:
             scores = r["attribution"].tolist()
             print("    " + (render.ansi_tokens(r["tokens"], scores) if color else
                           " ".join(f"{t}({s:+.3f})" for t, s in zip(r["tokens"], scores, strict=True) if t)))
-        summary.append({k: v for k, v in r.items() if k not in ("x", "attribution")} | {"files": files})
+        summary.append({k: v for k, v in r.items() if k not in ("x", "attribution", "features")} | {"files": files})
     if kind == "text":
         render.tokens_html(results, out / "tokens.html")
         print(f"tokens coloured by attribution: {out / 'tokens.html'}")

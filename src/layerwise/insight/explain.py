@@ -397,7 +397,7 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
     regressor), "probability" (of the predicted class) or "value" (a regressor's output),
     "target" / "target_name" (the explained output), "x" (the input: pixel space (*in_shape) or
     token ids (T,), on the CPU), "attribution" (same shape as x; per token for text), "tokens"
-    (text: the strings of x's ids, "" for padding) and "completeness" (ig: {"gap", "delta_f",
+    (text: the strings of x's ids, "" for padding), "features" (tables: the feature names) and "completeness" (ig: {"gap", "delta_f",
     "relative"}, else None; a warning when relative > ``tolerance``). ``steps``: IG's Riemann
     points; ``internal_batch_size``: rows per forward pass (IG's path points, occlusion's
     windows) to bound memory. Raises ConfigError (unknown method, a method the family lacks,
@@ -449,6 +449,7 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
     comp = completeness(a, tolerance)
     tokens = _token_strings(run, x) if kind == "text" else [None] * len(x)
     outputs = list(run.info.classes or []) or list(run.info.extra.get("targets") or [])
+    features = feature_names(run) if kind == "table" else None
     results = []
     for i, name in enumerate(names):
         r: dict[str, Any] = {"input": name, "modality": kind, "method": method}
@@ -461,7 +462,8 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
             r |= {"predicted": None, "value": float(vals[t]) if t < len(vals) else float(out[i, t])}
         t = int(tgt[i])
         r |= {"target": t, "target_name": outputs[t] if t < len(outputs) else str(t), "x": x[i].detach().cpu(),
-              "attribution": a.attr[i].detach().cpu(), "tokens": tokens[i], "completeness": comp[i]}
+              "attribution": a.attr[i].detach().cpu(), "tokens": tokens[i], "features": features,
+              "completeness": comp[i]}
         results.append(r)
     return results
 
