@@ -28,6 +28,22 @@ def cross_validate(recipe: str | Path | Config | None = None, *overrides: str, f
     return _cv(recipe, *overrides, folds=folds, out=out, show_progress=show_progress, echo=lambda line: None)
 
 
+def explain(run_dir: str | Path, inputs: list[str] | tuple[str, ...] = (), *, method: str = "ig",
+            split: str | None = None, n: int = 8, seed: int = 0, target: str | int | None = None, steps: int = 50,
+            internal_batch_size: int = 64, baseline: str = "auto", tolerance: float = 0.05, device: str = "auto",
+            data_root: str = "") -> list[dict[str, Any]]:
+    """Attributions of a run's predictions (``layerwise explain``; Captum): for each example of
+    ``inputs`` (files, read as ``predict`` reads them) or of ``n`` examples of ``split``, a dict
+    with "predicted", "probability" (or "value"), "target", "attribution" (a tensor shaped like
+    the input; per token for text) and "completeness" (ig's gap). See
+    layerwise.insight.explain.explain for the methods, baselines and errors."""
+    from layerwise.insight.explain import explain as _explain
+
+    return _explain(str(run_dir), inputs, method=method, split=split, n=n, seed=seed, target=target, steps=steps,
+                    internal_batch_size=internal_batch_size, baseline=baseline, tolerance=tolerance, device=device,
+                    data_root=data_root)
+
+
 def _check_call(fn: str, recipe: Any, overrides: tuple, config_cls: type) -> None:
     """The arguments of :func:`fit` / :func:`fit_rl` have the right types; else ConfigError naming
     the function and the right call (a list of overrides is the usual slip)."""

@@ -11,6 +11,8 @@
     layerwise predict RUN_DIR --user ID [--top-k K] [--json]
     layerwise generate RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
                        [--stop STR ...] [--stop-top-level] [--samples N] [--check-syntax python]
+    layerwise explain RUN_DIR INPUT... [--method ig|saliency|gradcam|occlusion] [--target CLASS]
+    layerwise explain RUN_DIR --split test --n 8
     layerwise info RUN_DIR
     layerwise models [NAME] [--pretrained]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
@@ -144,6 +146,36 @@ def _parser() -> argparse.ArgumentParser:
                     help="refuse images larger than N pixels (0 = no limit; default: the run's "
                          "data.max_image_pixels, Pillow's 89,478,485)")
     pr.add_argument("--device", default="auto")
+
+    x = sub.add_parser("explain", help="attributions: which pixels, tokens, bands or features a prediction rests on",
+                       description="Explain a run's predictions with Captum: PNG overlays for images and "
+                                   "spectrograms, a bar chart and table for table rows, coloured tokens (terminal "
+                                   "and HTML) for text, written under RUN_DIR/explain/<method>-NNN. Inputs are read "
+                                   "as `layerwise predict` reads them. README: Explanations.")
+    x.add_argument("run_dir")
+    x.add_argument("inputs", nargs="*", metavar="INPUT")
+    x.add_argument("--method", default="ig", choices=("ig", "saliency", "gradcam", "occlusion"),
+                   help="ig: Integrated Gradients (default); saliency: |gradient|; gradcam: Grad-CAM on the last "
+                        "conv stage (convnet, resnet) or last block's tokens (vit); occlusion: output drop when "
+                        "a window (a feature, a token) is set to the baseline")
+    x.add_argument("--split", choices=("test", "train"), help="explain examples of this split instead of files")
+    x.add_argument("--n", type=int, default=8, help="examples of --split (default 8)")
+    x.add_argument("--seed", type=int, default=0, help="which examples of --split (a seeded choice)")
+    x.add_argument("--target", default=None, metavar="CLASS",
+                   help="explain this class (name or index) instead of the predicted one")
+    x.add_argument("--steps", type=int, default=50, help="ig: points on the path from the baseline (default 50)")
+    x.add_argument("--internal-batch-size", type=int, default=64,
+                   help="rows per forward pass inside ig and occlusion (bounds memory; default 64)")
+    x.add_argument("--baseline", choices=("auto", "zero", "mean"), default="auto",
+                   help="ig/occlusion reference: zero (black image) or the dataset mean; auto: zero for images, "
+                        "mean for audio and tables")
+    x.add_argument("--tolerance", type=float, default=0.05,
+                   help="warn when ig's completeness gap exceeds this fraction of F(x) - F(baseline)")
+    x.add_argument("--out", help="folder for the results (default RUN_DIR/explain); a new <method>-NNN inside")
+    x.add_argument("--no-color", action="store_true", help="print token scores as numbers, not colours")
+    x.add_argument("--invert", choices=("auto", "yes", "no"), default="auto", help="as for `layerwise predict`")
+    x.add_argument("--data-root", default="", help="--split: override the data root saved in the run's config")
+    x.add_argument("--device", default="auto")
 
     g = sub.add_parser("generate", help="sample text from a language-model run")
     g.add_argument("run_dir")
@@ -458,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             print_table({k: v for k, v in result.items() if k != "per_fold"},
                         title=f"{args.folds}-fold cross-validation")
             return 0
-        if args.command in ("eval", "predict", "generate"):
+        if args.command in ("eval", "predict", "generate", "explain"):
             from layerwise.rl.config import is_rl_run
             if is_rl_run(args.run_dir):
                 raise RunDirError(f"'{args.run_dir}' is a reinforcement-learning run (`layerwise rl`); `layerwise "
@@ -489,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(results, indent=2))
             for r in [] if args.json else results:
                 print(f"{r['input']}: {describe_prediction(r)}")
+        elif args.command == "explain":
+            from layerwise.insight.commands import explain_command
+            return explain_command(args)
         elif args.command == "generate":
             _generate(args)
         elif args.command == "probe":
