@@ -368,3 +368,21 @@ def test_resuming_a_checkpoint_saved_without_energy_reports_the_part_it_metered(
     assert r["energy_per_example_j"] == pytest.approx(r["energy_train_j"] / (2 * 32), abs=5e-4 / 64)
     assert "first 64 training examples" in r["energy_note"]
 
+
+
+def test_eval_takes_the_energy_keys_of_the_machine_it_runs_on(tmp_path, monkeypatch):
+    from layerwise.config import ConfigError
+    from layerwise.train.inference import evaluate_run
+    from layerwise.train.trainer import fit
+
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    run_dir = tmp_path / "run"
+    fit(load_config(None, ["--model.name=mlp", "--train.max_steps=2", "--run.plots=false", "--run.tensorboard=false",
+                           "--train.eval_every=0"]), run_dir, show_progress=False)
+    r = evaluate_run(run_dir, overrides=["--run.grid_gco2_per_kwh=100", "--run.cpu_watts_per_core=2"])
+    assert r["energy_j"] > 0 and r["energy_gco2"] == pytest.approx(r["energy_kwh"] * 100)
+    assert "energy_j" not in evaluate_run(run_dir, overrides=["--run.energy=false"])
+    with pytest.raises(ConfigError, match=r"--run.grid_gco2_per_kwh; got --run.plots=false"):
+        evaluate_run(run_dir, overrides=["--run.plots=false"])
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        evaluate_run(run_dir, overrides=["--run.gpu_watts=-1"])
