@@ -206,6 +206,30 @@ def test_probe_refusals_are_clear_and_write_nothing(tmp_path, capsys):
     assert "is a regress run" in capsys.readouterr().err and not (regression / "probe").exists()
 
 
+
+def test_seed_sizes_and_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """A seed scikit-learn refuses (< 0, >= 2**32) used to fail after every feature was collected,
+    in scikit-learn's words; a path of another type failed deep inside open_run."""
+    run = _digits_run(tmp_path, "mlp", depth=1, width=8)
+    for seed in ("-1", str(2**32)):
+        assert main(["probe", str(run), "--seed", seed, "--device", "cpu"]) == 2
+        assert f"seed must be an integer from 0 to 2**32 - 1 (it draws the examples and seeds the probes' fits), got " \
+               f"{seed}." in capsys.readouterr().err
+    import layerwise.insight.runs as runs
+
+    monkeypatch.setattr(runs, "open_run", lambda *a, **k: pytest.fail("opened the run before checking"))
+    for bad in ("0", True, 1.0):
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            probe(run, seed=bad)
+    with pytest.raises(ValueError, match="test_n must be a positive integer, got 0"):
+        probe(run, test_n=0)
+    with pytest.raises(TypeError, match="run_dir must be a path .* got int 123"):
+        probe(123)
+    with pytest.raises(TypeError, match="out must be a path .* got int 5"):
+        probe(run, out=5)
+    assert not (run / "probe").exists()
+
+
 def test_open_run_pads_sentences_of_different_lengths():
     # a text-classes split holds sentences of different lengths: examples() pads them as the loader does
     from layerwise.data import DatasetInfo

@@ -30,6 +30,7 @@ recommenders and agents. Only classification runs are probed.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -216,6 +217,18 @@ def fit_probe(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_te
             "n_iter": n_iter, "converged": n_iter < max_iter}
 
 
+def _check_numbers(seed: Any, **sizes: Any) -> None:
+    """ValueError unless every size is a positive integer and ``seed`` an integer in 0 .. 2**32 - 1
+    (it draws the examples and seeds scikit-learn's fit, which takes no other): checked before
+    any work rather than failing after the features are collected."""
+    for key, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{key} must be a positive integer, got {n!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer from 0 to 2**32 - 1 (it draws the examples and seeds the "
+                         f"probes' fits), got {seed!r}.")
+
+
 def probe_run(run: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0,
               max_features: int = MAX_FEATURES, max_iter: int = MAX_ITER) -> dict[str, Any]:
     """Probe every depth of an opened run (:class:`layerwise.insight.LoadedRun`).
@@ -224,11 +237,8 @@ def probe_run(run: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0,
     "train_accuracy", "test_accuracy", "n_iter", "converged"}, ...], "chance": the test sample's
     majority-class fraction, "train_n", "test_n" (examples used), ...}. Raises RunDirError for a run
     that cannot be probed (a family without blocks, a language model, a regression run), DataError
-    for data it cannot use, ValueError for bad sizes."""
-    for key, n in (("train_n", train_n), ("test_n", test_n), ("max_features", max_features),
-                   ("max_iter", max_iter)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{key} must be a positive integer, got {n!r}.")
+    for data it cannot use, ValueError for bad sizes or a seed outside 0 .. 2**32 - 1."""
+    _check_numbers(seed, train_n=train_n, test_n=test_n, max_features=max_features, max_iter=max_iter)
     model = run.model
     if run.info.task != "classify":
         raise RunDirError(f"'{run.path}' is a {run.info.task} run; a linear probe here is a classifier and needs "
@@ -347,8 +357,8 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
     convolution) and attention.png (head ``head`` of block ``layer`` of a transformer). A language
     model is not probed (no labels) but its attention is drawn; the result then has "refused"
     with the reason and no "depths". Returns the result with "files" (the paths written).
-    Raises RunDirError / DataError / ConfigError (pretrained names) / ValueError with the problem
-    and its fix; nothing is written before the probes succeed."""
+    Raises RunDirError / DataError / ConfigError (pretrained names) / ValueError (sizes, seed) /
+    TypeError (a path or --layer/--head of another type) with the problem and its fix; nothing is written before the probes succeed."""
     import json
     from pathlib import Path
 
@@ -363,6 +373,11 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
     for key, n in (("layer", layer), ("head", head)):
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"{key} must be an integer, got {n!r}.")
+    for key, v in (("run_dir", run_dir), ("out", out), ("data_root", data_root)):
+        if not (isinstance(v, (str, os.PathLike)) or (v is None and key == "out")):
+            raise TypeError(f"{key} must be a path (str or pathlib.Path), got {type(v).__name__} {v!r}.")
+    # before the model and the data are loaded
+    _check_numbers(seed, train_n=train_n, test_n=test_n, max_features=max_features, max_iter=max_iter)
     run = open_run(run_dir, device, data_root)
     if out is None:
         spec = str(run_dir)
