@@ -230,6 +230,30 @@ def test_seed_sizes_and_paths_are_checked_before_any_work(tmp_path, capsys, monk
     assert not (run / "probe").exists()
 
 
+
+def test_out_holding_another_runs_probe_is_refused_and_kept(tmp_path, capsys):
+    """--out pointing at another run's probe (or at files of those names) used to be overwritten."""
+    a = _digits_run(tmp_path, "mlp", depth=1, width=8)
+    b = _digits_run(tmp_path, "convnet", widths=(4,), whiten=False)
+    out = tmp_path / "shared-out"
+    first = probe(a, 60, 40, out=out, device="cpu")
+    assert first["run"] == str(a.resolve())
+    kept = (out / "probe.json").read_text()
+    assert json.loads(kept)["run"] == str(a.resolve())
+    assert probe(a / "model.safetensors", 60, 40, out=out, device="cpu")["run"] == first["run"]  # same run: replaced
+    assert main(["probe", str(b), "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"already holds probe.json, probe.png: the probe of another run ({a.resolve()})" in err
+    assert (out / "probe.json").read_text() == kept and not (out / "filters.png").exists()
+    other = tmp_path / "plots"
+    other.mkdir()
+    (other / "probe.png").write_bytes(b"someone's picture")
+    with pytest.raises(RunDirError, match="files of an earlier probe or another command"):
+        probe(a, 60, 40, out=other, device="cpu")
+    assert (other / "probe.png").read_bytes() == b"someone's picture"
+    assert probe(b, 60, 40, out=tmp_path / "b-out", device="cpu")["depths"]  # a new directory is fine
+
+
 def test_open_run_pads_sentences_of_different_lengths():
     # a text-classes split holds sentences of different lengths: examples() pads them as the loader does
     from layerwise.data import DatasetInfo

@@ -332,6 +332,30 @@ def _check_attention_args(model: nn.Module, layer: int, head: int) -> None:
         raise ValueError(f"--head {head} is out of range: the model's blocks have {nh} heads (0 .. {nh - 1}).")
 
 
+OUTPUTS = ("probe.json", "probe.png", "filters.png", "attention.png")  # what `layerwise probe` writes
+
+
+def _check_out(out: Any, source: str) -> None:
+    """``out`` may be new, hold none of :data:`OUTPUTS`, or hold an earlier probe of the same run
+    ``source`` (its probe.json's "run"), which a new probe replaces; otherwise RunDirError, since
+    writing would destroy another run's results (as `layerwise train` refuses a used --run.dir)."""
+    import json
+
+    if not out.is_dir():
+        return
+    found = [n for n in OUTPUTS if (out / n).exists()]
+    if not found:
+        return
+    try:
+        earlier = json.loads((out / "probe.json").read_text()).get("run")
+    except (OSError, ValueError, AttributeError):  # no probe.json, or not a probe's
+        earlier = None
+    if earlier != source:
+        whose = f"the probe of another run ({earlier})" if earlier else "files of an earlier probe or another command"
+        raise RunDirError(f"--out '{out}' already holds {', '.join(found)}: {whose}, which this probe would overwrite. "
+                          f"Give another --out (those files are left as they are), or delete them to probe again.")
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The per-depth table printed by `layerwise probe`."""
     head = f"{'depth':>5}  {'layer':<18} {'output shape':<16} {'features':>8}  {'train acc':>9}  {'test acc':>8}"
@@ -352,8 +376,9 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
     """``layerwise probe RUN_DIR``: per-depth linear probes (:func:`probe_run`) of a run directory,
     a model file or ``pretrained:NAME`` (its data from ``data_root``), and their pictures.
 
-    Writes into ``out`` (default RUN_DIR/probe; for pretrained:NAME, ./probe-NAME): probe.json (the
-    result), probe.png (accuracy against depth), filters.png (first-layer filters of a model with a
+    Writes into ``out`` (default RUN_DIR/probe; for pretrained:NAME, ./probe-NAME; an ``out`` holding
+    another run's probe or other files of those names is refused): probe.json (the result, with
+    "run": whose probe it is), probe.png (accuracy against depth), filters.png (first-layer filters of a model with a
     convolution) and attention.png (head ``head`` of block ``layer`` of a transformer). A language
     model is not probed (no labels) but its attention is drawn; the result then has "refused"
     with the reason and no "depths". Returns the result with "files" (the paths written).
@@ -385,12 +410,15 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out '{out}' is a file; give a directory for the probe's results.")
+    source = str(run_dir) if str(run_dir).startswith(PREFIX) else str(run.path.resolve())
+    _check_out(out, source)
     _check_attention_args(run.model, layer, head)
     kind = type(run.model).__name__
     if run.info.task == "lm":
         result: dict[str, Any] = {"model": kind, "dataset": run.info.name, "refused": REFUSED["GPT"]}
     else:
         result = probe_run(run, train_n, test_n, seed, max_features, max_iter)
+    result["run"] = source  # whose probe this is: a later probe into the same --out checks it
     out.mkdir(parents=True, exist_ok=True)
     files = []
     if "depths" in result:
