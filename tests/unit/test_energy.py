@@ -386,3 +386,16 @@ def test_eval_takes_the_energy_keys_of_the_machine_it_runs_on(tmp_path, monkeypa
         evaluate_run(run_dir, overrides=["--run.plots=false"])
     with pytest.raises(ConfigError, match="must be >= 0"):
         evaluate_run(run_dir, overrides=["--run.gpu_watts=-1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--run.cpu_watts_per_core=1e308", "more than any CPU core draws"),  # made the joules infinite
+    ("--run.gpu_watts=20000", "more than any GPU board draws"),
+    ("--run.grid_gco2_per_kwh=480000", "is it in g per MWh"),  # 480 g/kWh typed in g/MWh
+])
+def test_implausible_energy_keys_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    assert load_config(None, ["--run.cpu_watts_per_core=1000", "--run.gpu_watts=10000",
+                              "--run.grid_gco2_per_kwh=2000"]).run.gpu_watts == 10000
+
