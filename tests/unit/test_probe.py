@@ -254,6 +254,16 @@ def test_out_holding_another_runs_probe_is_refused_and_kept(tmp_path, capsys):
     assert probe(b, 60, 40, out=tmp_path / "b-out", device="cpu")["depths"]  # a new directory is fine
 
 
+
+def test_missing_data_names_the_probe_flag(tmp_path, capsys):
+    # the data modules said "--data.root=DIR", which `layerwise probe` refuses as an unknown argument
+    run = _digits_run(tmp_path, "mlp", depth=1, width=8)
+    save_config(load_config(None, ["--data.name=mnist"]), run / "config.yaml")
+    assert main(["probe", str(run), "--data-root", str(tmp_path / "empty"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "mnist/mnist_train.npz" in err and "(--data-root DIR)" in err and "--data.root" not in err
+
+
 def test_open_run_pads_sentences_of_different_lengths():
     # a text-classes split holds sentences of different lengths: examples() pads them as the loader does
     from layerwise.data import DatasetInfo
