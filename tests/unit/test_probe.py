@@ -192,6 +192,11 @@ def test_probe_refusals_are_clear_and_write_nothing(tmp_path, capsys):
     run = _digits_run(tmp_path, "mlp", depth=2, width=16)
     assert main(["probe", str(tmp_path / "nowhere")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    for other in ("config.yaml", "probe-notes.txt"):  # a file of the run that is not its model
+        (run / "probe-notes.txt").write_text("notes")
+        assert main(["probe", str(run / other)]) == 1
+        assert f"'{run / other}' is not a model file" in capsys.readouterr().err
+    (run / "probe-notes.txt").unlink()
     assert main(["probe", str(run), "--train-n", "0"]) == 2
     assert "train_n must be a positive integer" in capsys.readouterr().err
     assert main(["probe", "pretrained:mnist-convnett"]) == 2
