@@ -399,3 +399,20 @@ def test_implausible_energy_keys_are_refused(override, message):
     assert load_config(None, ["--run.cpu_watts_per_core=1000", "--run.gpu_watts=10000",
                               "--run.grid_gco2_per_kwh=2000"]).run.gpu_watts == 10000
 
+
+def test_cross_validation_sums_the_folds_energy():
+    from layerwise.train.crossval import summarize_folds
+
+    folds = [{"headline": "test_accuracy", "test_accuracy": a, "train_seconds": 1.0, "energy_method": "estimated",
+              **E.carbon_fields("energy_train", j, 480.0), **E.carbon_fields("energy_eval", j / 10, 480.0)}
+             for a, j in ((0.9, 36.0), (0.8, 72.0))]
+    out = summarize_folds(folds)
+    assert out["energy_train_total_j"] == 108.0 and out["energy_eval_total_j"] == pytest.approx(10.8)
+    assert out["energy_train_total_kwh"] == pytest.approx(108 / 3.6e6)
+    assert out["energy_train_total_gco2"] == pytest.approx(108 / 3.6e6 * 480)
+    assert out["energy_method"] == "estimated" and "energy_note" not in out
+    folds[1]["energy_unmetered_examples"] = 64
+    assert summarize_folds(folds)["energy_note"].startswith("fold 1 metered only part")
+    del folds[0]["energy_train_j"]  # a fold trained with run.energy=false: no total to give
+    assert not any(k.startswith("energy") for k in summarize_folds(folds))
+
