@@ -220,7 +220,7 @@ def test_seed_sizes_and_paths_are_checked_before_any_work(tmp_path, capsys, monk
         assert main(["probe", str(run), "--seed", seed, "--device", "cpu"]) == 2
         assert f"seed must be an integer from 0 to 2**32 - 1 (it draws the examples and seeds the probes' fits), got " \
                f"{seed}." in capsys.readouterr().err
-    import layerwise.insight.runs as runs
+    from layerwise.insight import runs
 
     monkeypatch.setattr(runs, "open_run", lambda *a, **k: pytest.fail("opened the run before checking"))
     for bad in ("0", True, 1.0):
