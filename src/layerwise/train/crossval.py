@@ -95,6 +95,9 @@ def cross_validate(recipe: str | Path | Config | None, *overrides: str, folds: i
         base = apply_overrides(recipe, list(overrides))
     else:
         base = load_config(recipe, list(overrides))
+    if base.run.dir:  # each fold's run.dir is set below: a user's would be dropped without a word
+        raise ConfigError(f"`layerwise cv` puts fold i in OUT/fold<i>, so run.dir={base.run.dir!r} would be ignored; "
+                          f"give the folder as --dir OUT (cross_validate(..., out=OUT)) and leave run.dir empty.")
     name = base.run.name or base.data.name
     out = Path(out) if out else Path(base.run.root) / f"{name}-cv{folds}"
     configs = [_fold_config(base, folds, i, out / f"fold{i}") for i in range(folds)]  # every fold checked first
