@@ -269,6 +269,24 @@ def test_missing_data_names_the_probe_flag(tmp_path, capsys):
     assert "mnist/mnist_train.npz" in err and "(--data-root DIR)" in err and "--data.root" not in err
 
 
+
+def test_a_training_sample_without_some_test_classes_says_the_accuracy_is_capped(tmp_path):
+    # --train-n 3 on ten classes gave 0% test accuracy against a "chance" of 100%, without a word
+    from layerwise.insight.probe import format_table
+    from layerwise.insight.runs import open_run
+
+    run = open_run(_digits_run(tmp_path, "mlp", depth=1, width=8), "cpu")
+    r = probe_run(run, train_n=3, test_n=50)
+    _, y_tr = run.examples("train", 3, 0)
+    _, y_te = run.examples("test", 50, 0)
+    seen = np.isin(y_te.numpy(), y_tr.numpy())
+    unseen = len(set(y_te.tolist()) - set(y_tr.tolist()))
+    assert unseen > 1 and f"{unseen} of the test sample's classes are not in the training sample" in r["note"]
+    assert f"at most {100 * seen.mean():.2f}%" in r["note"] and "note: " in format_table(r)
+    assert all(d["test_accuracy"] <= seen.mean() for d in r["depths"])
+    assert "note" not in probe_run(run, train_n=300, test_n=50)
+
+
 def test_open_run_pads_sentences_of_different_lengths():
     # a text-classes split holds sentences of different lengths: examples() pads them as the loader does
     from layerwise.data import DatasetInfo

@@ -269,10 +269,17 @@ def probe_run(run: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0,
         rows.append({"depth": p.depth, "name": p.name, "shape": list(shapes[p.depth]), "features": int(a.shape[1]),
                      **fit})
     counts = np.bincount(y_te_np)
-    return {"model": type(model).__name__, "dataset": run.info.name, "train_n": len(y_tr_np), "test_n": len(y_te_np),
-            "seed": seed, "max_features": max_features, "max_iter": max_iter, "C": 1.0,
-            "chance": float(counts.max() / counts.sum()), "depths": rows,
-            "depth0": "bag of words" if vocab is not None else "raw input"}
+    result = {"model": type(model).__name__, "dataset": run.info.name, "train_n": len(y_tr_np),
+              "test_n": len(y_te_np), "seed": seed, "max_features": max_features, "max_iter": max_iter, "C": 1.0,
+              "chance": float(counts.max() / counts.sum()), "depths": rows,
+              "depth0": "bag of words" if vocab is not None else "raw input"}
+    unseen = np.setdiff1d(y_te_np, y_tr_np)
+    if len(unseen):  # a probe never predicts a class it was not fit on: the test accuracy is capped
+        cap = float(np.isin(y_te_np, y_tr_np).mean())
+        result["note"] = (f"{len(unseen)} of the test sample's classes {'are' if len(unseen) > 1 else 'is'} not in the "
+                          f"training sample, so no probe can predict {'them' if len(unseen) > 1 else 'it'}: test "
+                          f"accuracy is at most {100 * cap:.2f}% here. Use a larger --train-n.")
+    return result
 
 
 def _attention_picture(run: Any, out_dir: Any, layer: int, head: int, seed: int) -> Any:
@@ -367,6 +374,8 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{100 * r['train_accuracy']:>8.2f}%  {100 * r['test_accuracy']:>7.2f}%{flag}")
     lines.append(f"chance (majority class of the test sample): {100 * result['chance']:.2f}%; depth 0 = "
                  f"{result['depth0']}; {result['train_n']} train / {result['test_n']} test examples")
+    if "note" in result:
+        lines.append(f"note: {result['note']}")
     return "\n".join(lines)
 
 
