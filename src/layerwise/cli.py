@@ -452,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                                    "eval"))):
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)} "
                      f"(config overrides --section.key=value go with `layerwise train`, `layerwise finetune`, "
-                     f"`layerwise cv` and `layerwise rl`, and --data.key=value with `layerwise eval`)")
+                     f"`layerwise cv` and `layerwise rl`, and --data.key=value and the --run.* energy keys with "
+                     f"`layerwise eval`)")
     if args.command == "scale" and (rest[:1] in (["fit"], ["report"], ["-h"], ["--help"]) or not rest):
         # help, fitting and reporting read a table or nothing and never train: no torch import (~2 s)
         try:

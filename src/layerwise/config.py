@@ -569,9 +569,19 @@ def optim_checks(o: OptimConfig) -> list[tuple[bool, str]]:
 
 def energy_checks(r: RunConfig) -> list[tuple[bool, str]]:
     """(condition, message) pairs of the run section's energy keys (supervised and RL runs)."""
+    # Upper bounds: no CPU core draws 1 kW, no accelerator board 10 kW (a GB200 superchip: 2.7 kW), no
+    # grid emits 2 kg per kWh (coal: ~1 kg); a larger value is a unit slip (mW, g per MWh), and 1e308
+    # made the joules infinite, which summary.json cannot hold as JSON.
     return [(r.cpu_watts_per_core >= 0 and r.gpu_watts >= 0 and r.grid_gco2_per_kwh >= 0,
              ("run.cpu_watts_per_core, run.gpu_watts and run.grid_gco2_per_kwh must be >= 0 (watts; grams of "
-              "CO2 per kWh)"))]
+              "CO2 per kWh)")),
+            (r.cpu_watts_per_core <= 1000, (f"run.cpu_watts_per_core={r.cpu_watts_per_core:g} is more than any CPU "
+                                            f"core draws (watts per core, <= 1000; a server core draws 2-15 W)")),
+            (r.gpu_watts <= 10000, (f"run.gpu_watts={r.gpu_watts:g} is more than any GPU board draws (watts per GPU, "
+                                    f"<= 10000; an A100 draws 300-400 W, an H100 SXM 700 W)")),
+            (r.grid_gco2_per_kwh <= 2000, (f"run.grid_gco2_per_kwh={r.grid_gco2_per_kwh:g} is more than any grid "
+                                           f"emits (grams of CO2 per kWh, <= 2000; coal ~1000, the world's average "
+                                           f"480); is it in g per MWh?"))]
 
 
 def _checks(cfg: Config) -> list[tuple[bool, str]]:

@@ -166,7 +166,7 @@ def test_phases_split_training_and_evaluation_and_carry_a_checkpoint():
             src.j += 1.0
     src.j += 4.0
     assert te.log_fields() == {"energy_train_j": 1034.0, "energy_eval_j": 16.0}
-    assert te.state_dict() == {"train": 1034.0, "eval": 16.0}
+    assert te.state_dict() == {"train": 1034.0, "eval": 16.0, "unmetered_examples": 0}
     s = te.summary_fields(examples_seen=517)
     assert s["energy_method"] == "rapl" and s["energy_per_example_j"] == pytest.approx(2.0)
     assert s["energy_train_kwh"] == pytest.approx(1034 / 3.6e6)
@@ -311,3 +311,108 @@ def test_metered_block_and_energy_off(tmp_path, monkeypatch):
     with te.phase("eval"):
         pass
     assert e == {} and te.meter is None and te.log_fields() == {} and te.summary_fields(10) == {}
+
+
+def test_a_checkpoint_without_joules_leaves_its_examples_unmetered_and_says_so():
+    """A checkpoint from before metering (or run.energy=false) has no joules: the summary must not
+    pass the resumed session's joules off as the whole run's, nor divide them by every example."""
+    cfg = load_config(None).run
+    te = E.TrainingEnergy(cfg, "cpu")
+    src = _Fake()
+    te.meter = E.EnergyMeter([src])
+    te.load_state_dict(None, examples_seen=300)  # an old checkpoint: 300 examples of unknown joules
+    te.start()
+    src.j += 50.0
+    s = te.summary_fields(examples_seen=500)
+    assert s["energy_train_j"] == 50.0 and s["energy_per_example_j"] == pytest.approx(50.0 / 200)
+    assert s["energy_unmetered_examples"] == 300 and "first 300 training examples" in s["energy_note"]
+    saved = te.state_dict()
+    assert saved == {"train": 50.0, "eval": 0.0, "unmetered_examples": 300}
+    again = E.TrainingEnergy(cfg, "cpu")  # resumed once more: still known to be partial
+    again.meter = E.EnergyMeter([_Fake()])
+    again.load_state_dict(saved, examples_seen=500)
+    again.start()
+    s = again.summary_fields(examples_seen=600)
+    assert s["energy_train_j"] == 50.0 and s["energy_per_example_j"] == pytest.approx(50.0 / 300)
+    assert s["energy_unmetered_examples"] == 300
+    # metering off: the checkpoint holds no joules (not zero joules), so a metered resume knows
+    off = E.TrainingEnergy(load_config(None, ["--run.energy=false"]).run, "cpu")
+    assert off.state_dict() is None and off.summary_fields(10) == {}
+    full = E.TrainingEnergy(cfg, "cpu")
+    full.meter = E.EnergyMeter([_Fake()])
+    full.load_state_dict({"train": 10.0, "eval": 1.0}, examples_seen=100)  # a metered checkpoint
+    full.start()
+    s = full.summary_fields(examples_seen=100)
+    assert "energy_note" not in s and s["energy_per_example_j"] == pytest.approx(0.1)
+
+
+def test_resuming_a_checkpoint_saved_without_energy_reports_the_part_it_metered(tmp_path, monkeypatch):
+    from layerwise.train import checkpoint as ckpt
+    from layerwise.train.trainer import fit, resume
+
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, ["--model.name=mlp", "--train.max_steps=4", "--run.checkpoint_every=2",
+                             "--train.eval_every_steps=0", "--train.eval_every=0", "--optim.schedule=constant",
+                             "--run.plots=false", "--run.tensorboard=false", "--data.batch_size=32"])
+    fit(cfg, run_dir, show_progress=False)
+    path = run_dir / "checkpoints" / "step_00000002.pt"
+    state = torch.load(path, weights_only=False)
+    del state["energy"]  # as layerwise wrote it before energy metering
+    for p in (path, path.with_suffix(".json"), run_dir / "summary.json", run_dir / "model.safetensors"):
+        p.unlink()
+    ckpt.save_checkpoint(run_dir / "checkpoints", 2, state, keep=5)
+    r = resume(run_dir, show_progress=False)
+    assert r["examples_seen"] == 4 * 32 and r["energy_unmetered_examples"] == 2 * 32
+    # energy_train_j is rounded to the mJ: the per-example figure is within 0.5 mJ / 64 of it
+    assert r["energy_per_example_j"] == pytest.approx(r["energy_train_j"] / (2 * 32), abs=5e-4 / 64)
+    assert "first 64 training examples" in r["energy_note"]
+
+
+
+def test_eval_takes_the_energy_keys_of_the_machine_it_runs_on(tmp_path, monkeypatch):
+    from layerwise.config import ConfigError
+    from layerwise.train.inference import evaluate_run
+    from layerwise.train.trainer import fit
+
+    monkeypatch.setattr(E, "POWERCAP", str(tmp_path / "absent"))
+    run_dir = tmp_path / "run"
+    fit(load_config(None, ["--model.name=mlp", "--train.max_steps=2", "--run.plots=false", "--run.tensorboard=false",
+                           "--train.eval_every=0"]), run_dir, show_progress=False)
+    r = evaluate_run(run_dir, overrides=["--run.grid_gco2_per_kwh=100", "--run.cpu_watts_per_core=2"])
+    assert r["energy_j"] > 0 and r["energy_gco2"] == pytest.approx(r["energy_kwh"] * 100)
+    assert "energy_j" not in evaluate_run(run_dir, overrides=["--run.energy=false"])
+    with pytest.raises(ConfigError, match=r"--run.grid_gco2_per_kwh; got --run.plots=false"):
+        evaluate_run(run_dir, overrides=["--run.plots=false"])
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        evaluate_run(run_dir, overrides=["--run.gpu_watts=-1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--run.cpu_watts_per_core=1e308", "more than any CPU core draws"),  # made the joules infinite
+    ("--run.gpu_watts=20000", "more than any GPU board draws"),
+    ("--run.grid_gco2_per_kwh=480000", "is it in g per MWh"),  # 480 g/kWh typed in g/MWh
+])
+def test_implausible_energy_keys_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    assert load_config(None, ["--run.cpu_watts_per_core=1000", "--run.gpu_watts=10000",
+                              "--run.grid_gco2_per_kwh=2000"]).run.gpu_watts == 10000
+
+
+def test_cross_validation_sums_the_folds_energy():
+    from layerwise.train.crossval import summarize_folds
+
+    folds = [{"headline": "test_accuracy", "test_accuracy": a, "train_seconds": 1.0, "energy_method": "estimated",
+              **E.carbon_fields("energy_train", j, 480.0), **E.carbon_fields("energy_eval", j / 10, 480.0)}
+             for a, j in ((0.9, 36.0), (0.8, 72.0))]
+    out = summarize_folds(folds)
+    assert out["energy_train_total_j"] == 108.0 and out["energy_eval_total_j"] == pytest.approx(10.8)
+    assert out["energy_train_total_kwh"] == pytest.approx(108 / 3.6e6)
+    assert out["energy_train_total_gco2"] == pytest.approx(108 / 3.6e6 * 480)
+    assert out["energy_method"] == "estimated" and "energy_note" not in out
+    folds[1]["energy_unmetered_examples"] = 64
+    assert summarize_folds(folds)["energy_note"].startswith("fold 1 metered only part")
+    del folds[0]["energy_train_j"]  # a fold trained with run.energy=false: no total to give
+    assert not any(k.startswith("energy") for k in summarize_folds(folds))
+

@@ -192,6 +192,11 @@ def test_probe_refusals_are_clear_and_write_nothing(tmp_path, capsys):
     run = _digits_run(tmp_path, "mlp", depth=2, width=16)
     assert main(["probe", str(tmp_path / "nowhere")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    for other in ("config.yaml", "probe-notes.txt"):  # a file of the run that is not its model
+        (run / "probe-notes.txt").write_text("notes")
+        assert main(["probe", str(run / other)]) == 1
+        assert f"'{run / other}' is not a model file" in capsys.readouterr().err
+    (run / "probe-notes.txt").unlink()
     assert main(["probe", str(run), "--train-n", "0"]) == 2
     assert "train_n must be a positive integer" in capsys.readouterr().err
     assert main(["probe", "pretrained:mnist-convnett"]) == 2
@@ -204,6 +209,82 @@ def test_probe_refusals_are_clear_and_write_nothing(tmp_path, capsys):
     regression = _digits_run(tmp_path, "mlp", data="diabetes", depth=1, width=8)
     assert main(["probe", str(regression)]) == 1
     assert "is a regress run" in capsys.readouterr().err and not (regression / "probe").exists()
+
+
+
+def test_seed_sizes_and_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """A seed scikit-learn refuses (< 0, >= 2**32) used to fail after every feature was collected,
+    in scikit-learn's words; a path of another type failed deep inside open_run."""
+    run = _digits_run(tmp_path, "mlp", depth=1, width=8)
+    for seed in ("-1", str(2**32)):
+        assert main(["probe", str(run), "--seed", seed, "--device", "cpu"]) == 2
+        assert f"seed must be an integer from 0 to 2**32 - 1 (it draws the examples and seeds the probes' fits), got " \
+               f"{seed}." in capsys.readouterr().err
+    from layerwise.insight import runs
+
+    monkeypatch.setattr(runs, "open_run", lambda *a, **k: pytest.fail("opened the run before checking"))
+    for bad in ("0", True, 1.0):
+        with pytest.raises(ValueError, match="seed must be an integer"):
+            probe(run, seed=bad)
+    with pytest.raises(ValueError, match="test_n must be a positive integer, got 0"):
+        probe(run, test_n=0)
+    with pytest.raises(TypeError, match="run_dir must be a path .* got int 123"):
+        probe(123)
+    with pytest.raises(TypeError, match="out must be a path .* got int 5"):
+        probe(run, out=5)
+    assert not (run / "probe").exists()
+
+
+
+def test_out_holding_another_runs_probe_is_refused_and_kept(tmp_path, capsys):
+    """--out pointing at another run's probe (or at files of those names) used to be overwritten."""
+    a = _digits_run(tmp_path, "mlp", depth=1, width=8)
+    b = _digits_run(tmp_path, "convnet", widths=(4,), whiten=False)
+    out = tmp_path / "shared-out"
+    first = probe(a, 60, 40, out=out, device="cpu")
+    assert first["run"] == str(a.resolve())
+    kept = (out / "probe.json").read_text()
+    assert json.loads(kept)["run"] == str(a.resolve())
+    assert probe(a / "model.safetensors", 60, 40, out=out, device="cpu")["run"] == first["run"]  # same run: replaced
+    assert main(["probe", str(b), "--out", str(out), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"already holds probe.json, probe.png: the probe of another run ({a.resolve()})" in err
+    assert (out / "probe.json").read_text() == kept and not (out / "filters.png").exists()
+    other = tmp_path / "plots"
+    other.mkdir()
+    (other / "probe.png").write_bytes(b"someone's picture")
+    with pytest.raises(RunDirError, match="files of an earlier probe or another command"):
+        probe(a, 60, 40, out=other, device="cpu")
+    assert (other / "probe.png").read_bytes() == b"someone's picture"
+    assert probe(b, 60, 40, out=tmp_path / "b-out", device="cpu")["depths"]  # a new directory is fine
+
+
+
+def test_missing_data_names_the_probe_flag(tmp_path, capsys):
+    # the data modules said "--data.root=DIR", which `layerwise probe` refuses as an unknown argument
+    run = _digits_run(tmp_path, "mlp", depth=1, width=8)
+    save_config(load_config(None, ["--data.name=mnist"]), run / "config.yaml")
+    assert main(["probe", str(run), "--data-root", str(tmp_path / "empty"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "mnist/mnist_train.npz" in err and "(--data-root DIR)" in err and "--data.root" not in err
+
+
+
+def test_a_training_sample_without_some_test_classes_says_the_accuracy_is_capped(tmp_path):
+    # --train-n 3 on ten classes gave 0% test accuracy against a "chance" of 100%, without a word
+    from layerwise.insight.probe import format_table
+    from layerwise.insight.runs import open_run
+
+    run = open_run(_digits_run(tmp_path, "mlp", depth=1, width=8), "cpu")
+    r = probe_run(run, train_n=3, test_n=50)
+    _, y_tr = run.examples("train", 3, 0)
+    _, y_te = run.examples("test", 50, 0)
+    seen = np.isin(y_te.numpy(), y_tr.numpy())
+    unseen = len(set(y_te.tolist()) - set(y_tr.tolist()))
+    assert unseen > 1 and f"{unseen} of the test sample's classes are not in the training sample" in r["note"]
+    assert f"at most {100 * seen.mean():.2f}%" in r["note"] and "note: " in format_table(r)
+    assert all(d["test_accuracy"] <= seen.mean() for d in r["depths"])
+    assert "note" not in probe_run(run, train_n=300, test_n=50)
 
 
 def test_open_run_pads_sentences_of_different_lengths():

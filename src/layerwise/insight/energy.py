@@ -323,6 +323,9 @@ class TrainingEnergy:
         self._joules = {"train": 0.0, "eval": 0.0}  # this process's, this session's
         self._carried = {"train": 0.0, "eval": 0.0}  # earlier sessions', all ranks (rank 0 only)
         self._phase, self._last = "train", 0.0
+        # training examples (tokens, environment steps) of earlier sessions whose joules are unknown:
+        # a checkpoint saved without metering (older layerwise, or run.energy=false) carries none
+        self.unmetered_examples = 0
 
     def start(self) -> None:
         if self.meter is not None:
@@ -376,17 +379,39 @@ class TrainingEnergy:
         if self.meter is None:
             return {}
         t = self.totals()
-        return ({"energy_method": self.meter.method} | carbon_fields("energy_train", t["train"], self.grid)
-                | {"energy_per_example_j": t["train"] / max(examples_seen, 1)}
-                | carbon_fields("energy_eval", t["eval"], self.grid)
-                | {"grid_gco2_per_kwh": self.grid, "energy_sources": self.meter.describe()})
+        metered = max(examples_seen - self.unmetered_examples, 0)
+        out = ({"energy_method": self.meter.method} | carbon_fields("energy_train", t["train"], self.grid)
+               | {"energy_per_example_j": t["train"] / max(metered, 1)}
+               | carbon_fields("energy_eval", t["eval"], self.grid)
+               | {"grid_gco2_per_kwh": self.grid, "energy_sources": self.meter.describe()})
+        if self.unmetered_examples:
+            # the figures cover part of the run: say which part rather than pass it off as the whole
+            out |= {"energy_unmetered_examples": self.unmetered_examples,
+                    "energy_note": f"the joules of the run's first {self.unmetered_examples} training examples "
+                                   f"(tokens for a language model, environment steps for an agent) are unknown: "
+                                   f"it resumed from a checkpoint saved without energy metering (an older layerwise, "
+                                   f"or run.energy=false); the energy fields cover the {metered} after them"}
+        return out
 
-    def state_dict(self) -> dict[str, float]:
-        """The joules so far over every rank, for a checkpoint (collective with ranks)."""
-        return self.totals() if self.meter is not None else dict(self._carried)
+    def state_dict(self) -> dict[str, float] | None:
+        """The joules so far over every rank, for a checkpoint (collective with ranks), with
+        ``unmetered_examples`` (the examples before them whose joules are unknown); None when
+        metering is off (the joules up to that checkpoint are then unknown)."""
+        if self.meter is None:
+            return None
+        return self.totals() | {"unmetered_examples": self.unmetered_examples}
 
-    def load_state_dict(self, state: dict[str, float] | None) -> None:
-        """Carry a checkpoint's joules (on rank 0; the others' share is in its sums)."""
-        rank0 = self.par is None or self.par.is_rank0
-        if state and rank0:
+    def load_state_dict(self, state: dict[str, float] | None, examples_seen: int = 0) -> None:
+        """Carry a checkpoint's joules (on rank 0; the others' share is in its sums).
+
+        ``examples_seen``: the checkpoint's training examples (tokens; environment steps). A
+        checkpoint without joules (saved before energy metering existed, or with run.energy=false)
+        leaves those examples' energy unknown: :meth:`summary_fields` then says so and divides the
+        joules per example by the examples after it, not by all of them."""
+        if not state or "train" not in state:
+            self.unmetered_examples = int(examples_seen)
+            self._carried = {"train": 0.0, "eval": 0.0}
+            return
+        self.unmetered_examples = int(state.get("unmetered_examples", 0))
+        if self.par is None or self.par.is_rank0:
             self._carried = {k: float(state.get(k, 0.0)) for k in ("train", "eval")}

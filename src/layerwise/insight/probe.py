@@ -30,6 +30,7 @@ recommenders and agents. Only classification runs are probed.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -216,6 +217,18 @@ def fit_probe(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_te
             "n_iter": n_iter, "converged": n_iter < max_iter}
 
 
+def _check_numbers(seed: Any, **sizes: Any) -> None:
+    """ValueError unless every size is a positive integer and ``seed`` an integer in 0 .. 2**32 - 1
+    (it draws the examples and seeds scikit-learn's fit, which takes no other): checked before
+    any work rather than failing after the features are collected."""
+    for key, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{key} must be a positive integer, got {n!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer from 0 to 2**32 - 1 (it draws the examples and seeds the "
+                         f"probes' fits), got {seed!r}.")
+
+
 def probe_run(run: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0,
               max_features: int = MAX_FEATURES, max_iter: int = MAX_ITER) -> dict[str, Any]:
     """Probe every depth of an opened run (:class:`layerwise.insight.LoadedRun`).
@@ -224,11 +237,8 @@ def probe_run(run: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0,
     "train_accuracy", "test_accuracy", "n_iter", "converged"}, ...], "chance": the test sample's
     majority-class fraction, "train_n", "test_n" (examples used), ...}. Raises RunDirError for a run
     that cannot be probed (a family without blocks, a language model, a regression run), DataError
-    for data it cannot use, ValueError for bad sizes."""
-    for key, n in (("train_n", train_n), ("test_n", test_n), ("max_features", max_features),
-                   ("max_iter", max_iter)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{key} must be a positive integer, got {n!r}.")
+    for data it cannot use, ValueError for bad sizes or a seed outside 0 .. 2**32 - 1."""
+    _check_numbers(seed, train_n=train_n, test_n=test_n, max_features=max_features, max_iter=max_iter)
     model = run.model
     if run.info.task != "classify":
         raise RunDirError(f"'{run.path}' is a {run.info.task} run; a linear probe here is a classifier and needs "
@@ -259,10 +269,17 @@ def probe_run(run: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0,
         rows.append({"depth": p.depth, "name": p.name, "shape": list(shapes[p.depth]), "features": int(a.shape[1]),
                      **fit})
     counts = np.bincount(y_te_np)
-    return {"model": type(model).__name__, "dataset": run.info.name, "train_n": len(y_tr_np), "test_n": len(y_te_np),
-            "seed": seed, "max_features": max_features, "max_iter": max_iter, "C": 1.0,
-            "chance": float(counts.max() / counts.sum()), "depths": rows,
-            "depth0": "bag of words" if vocab is not None else "raw input"}
+    result = {"model": type(model).__name__, "dataset": run.info.name, "train_n": len(y_tr_np),
+              "test_n": len(y_te_np), "seed": seed, "max_features": max_features, "max_iter": max_iter, "C": 1.0,
+              "chance": float(counts.max() / counts.sum()), "depths": rows,
+              "depth0": "bag of words" if vocab is not None else "raw input"}
+    unseen = np.setdiff1d(y_te_np, y_tr_np)
+    if len(unseen):  # a probe never predicts a class it was not fit on: the test accuracy is capped
+        cap = float(np.isin(y_te_np, y_tr_np).mean())
+        result["note"] = (f"{len(unseen)} of the test sample's classes {'are' if len(unseen) > 1 else 'is'} not in the "
+                          f"training sample, so no probe can predict {'them' if len(unseen) > 1 else 'it'}: test "
+                          f"accuracy is at most {100 * cap:.2f}% here. Use a larger --train-n.")
+    return result
 
 
 def _attention_picture(run: Any, out_dir: Any, layer: int, head: int, seed: int) -> Any:
@@ -322,6 +339,30 @@ def _check_attention_args(model: nn.Module, layer: int, head: int) -> None:
         raise ValueError(f"--head {head} is out of range: the model's blocks have {nh} heads (0 .. {nh - 1}).")
 
 
+OUTPUTS = ("probe.json", "probe.png", "filters.png", "attention.png")  # what `layerwise probe` writes
+
+
+def _check_out(out: Any, source: str) -> None:
+    """``out`` may be new, hold none of :data:`OUTPUTS`, or hold an earlier probe of the same run
+    ``source`` (its probe.json's "run"), which a new probe replaces; otherwise RunDirError, since
+    writing would destroy another run's results (as `layerwise train` refuses a used --run.dir)."""
+    import json
+
+    if not out.is_dir():
+        return
+    found = [n for n in OUTPUTS if (out / n).exists()]
+    if not found:
+        return
+    try:
+        earlier = json.loads((out / "probe.json").read_text()).get("run")
+    except (OSError, ValueError, AttributeError):  # no probe.json, or not a probe's
+        earlier = None
+    if earlier != source:
+        whose = f"the probe of another run ({earlier})" if earlier else "files of an earlier probe or another command"
+        raise RunDirError(f"--out '{out}' already holds {', '.join(found)}: {whose}, which this probe would overwrite. "
+                          f"Give another --out (those files are left as they are), or delete them to probe again.")
+
+
 def format_table(result: dict[str, Any]) -> str:
     """The per-depth table printed by `layerwise probe`."""
     head = f"{'depth':>5}  {'layer':<18} {'output shape':<16} {'features':>8}  {'train acc':>9}  {'test acc':>8}"
@@ -333,6 +374,8 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{100 * r['train_accuracy']:>8.2f}%  {100 * r['test_accuracy']:>7.2f}%{flag}")
     lines.append(f"chance (majority class of the test sample): {100 * result['chance']:.2f}%; depth 0 = "
                  f"{result['depth0']}; {result['train_n']} train / {result['test_n']} test examples")
+    if "note" in result:
+        lines.append(f"note: {result['note']}")
     return "\n".join(lines)
 
 
@@ -342,13 +385,14 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
     """``layerwise probe RUN_DIR``: per-depth linear probes (:func:`probe_run`) of a run directory,
     a model file or ``pretrained:NAME`` (its data from ``data_root``), and their pictures.
 
-    Writes into ``out`` (default RUN_DIR/probe; for pretrained:NAME, ./probe-NAME): probe.json (the
-    result), probe.png (accuracy against depth), filters.png (first-layer filters of a model with a
+    Writes into ``out`` (default RUN_DIR/probe; for pretrained:NAME, ./probe-NAME; an ``out`` holding
+    another run's probe or other files of those names is refused): probe.json (the result, with
+    "run": whose probe it is), probe.png (accuracy against depth), filters.png (first-layer filters of a model with a
     convolution) and attention.png (head ``head`` of block ``layer`` of a transformer). A language
     model is not probed (no labels) but its attention is drawn; the result then has "refused"
     with the reason and no "depths". Returns the result with "files" (the paths written).
-    Raises RunDirError / DataError / ConfigError (pretrained names) / ValueError with the problem
-    and its fix; nothing is written before the probes succeed."""
+    Raises RunDirError / DataError / ConfigError (pretrained names) / ValueError (sizes, seed) /
+    TypeError (a path or --layer/--head of another type) with the problem and its fix; nothing is written before the probes succeed."""
     import json
     from pathlib import Path
 
@@ -363,6 +407,11 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
     for key, n in (("layer", layer), ("head", head)):
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"{key} must be an integer, got {n!r}.")
+    for key, v in (("run_dir", run_dir), ("out", out), ("data_root", data_root)):
+        if not (isinstance(v, (str, os.PathLike)) or (v is None and key == "out")):
+            raise TypeError(f"{key} must be a path (str or pathlib.Path), got {type(v).__name__} {v!r}.")
+    # before the model and the data are loaded
+    _check_numbers(seed, train_n=train_n, test_n=test_n, max_features=max_features, max_iter=max_iter)
     run = open_run(run_dir, device, data_root)
     if out is None:
         spec = str(run_dir)
@@ -370,12 +419,15 @@ def probe(run_dir: Any, train_n: int = 5000, test_n: int = 2000, seed: int = 0, 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out '{out}' is a file; give a directory for the probe's results.")
+    source = str(run_dir) if str(run_dir).startswith(PREFIX) else str(run.path.resolve())
+    _check_out(out, source)
     _check_attention_args(run.model, layer, head)
     kind = type(run.model).__name__
     if run.info.task == "lm":
         result: dict[str, Any] = {"model": kind, "dataset": run.info.name, "refused": REFUSED["GPT"]}
     else:
         result = probe_run(run, train_n, test_n, seed, max_features, max_iter)
+    result["run"] = source  # whose probe this is: a later probe into the same --out checks it
     out.mkdir(parents=True, exist_ok=True)
     files = []
     if "depths" in result:

@@ -82,11 +82,14 @@ class LoadedRun:
     @property
     def dataset(self) -> Dataset:
         if self._dataset is None:
-            if self.cfg is None:
-                self._dataset = self._dataset_from_meta()
-            else:
-                root = self.data_root or self.cfg.data.root or default_data_root()
-                self._dataset = load_dataset(self.cfg.data.name, root, self.cfg.data)
+            try:
+                if self.cfg is None:
+                    self._dataset = self._dataset_from_meta()
+                else:
+                    root = self.data_root or self.cfg.data.root or default_data_root()
+                    self._dataset = load_dataset(self.cfg.data.name, root, self.cfg.data)
+            except DataError as e:  # the data modules name `layerwise train`'s flag; insight commands take --data-root
+                raise DataError(str(e).replace("(--data.root=DIR)", "(--data-root DIR)")) from None
         return self._dataset
 
     def _dataset_from_meta(self) -> Dataset:

@@ -312,7 +312,7 @@ class PPOTrainer:
         self.next_obs = state["next_obs"].clone()
         self.update, self.global_step = int(state["update"]), int(state["global_step"])
         self.train_seconds = float(state["train_seconds"])
-        self.energy.load_state_dict(state.get("energy"))
+        self.energy.load_state_dict(state.get("energy"), self.global_step)
         self.episode_return = np.array(state["episode_return"], dtype=np.float64)
         self.episode_length = np.array(state["episode_length"], dtype=np.int64)
         self.finished = [(float(r), int(n)) for r, n in state["finished"]]

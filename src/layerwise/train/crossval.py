@@ -8,7 +8,8 @@ data: stratified for classes, seed 0; :func:`layerwise.data.datasets.holdout_spl
 finished (summary.json, same config) is kept; one that was cut off resumes from its checkpoint;
 so an interrupted cross-validation continues where it stopped. ``OUT/cv_summary.json`` holds, for
 every test metric of the task, ``cv_<name>_mean`` and ``cv_<name>_std`` (the sample standard
-deviation over the folds, ddof 1) and the folds' own values.
+deviation over the folds, ddof 1), the folds' own values, and their energy summed
+(``energy_train_total_j`` / ``_kwh`` / ``_gco2``; the same for evaluation).
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ def summarize_folds(summaries: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"cv_{name}_mean"] = statistics.fmean(values)
         out[f"cv_{name}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     out["train_seconds_total"] = round(sum(float(s.get("train_seconds", 0.0)) for s in summaries), 3)
+    return out | _energy_totals(summaries)
+
+
+def _energy_totals(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The folds' energy summed (energy_train_total_j/_kwh/_gco2, energy_eval_total_*), when every
+    fold metered it (README: Energy and carbon); the method when they agree, and which folds
+    counted only part of their training (resumed from a checkpoint without joules)."""
+    if not all("energy_train_j" in s for s in summaries):
+        return {}
+    out: dict[str, Any] = {}
+    for phase in ("train", "eval"):
+        for unit in ("j", "kwh", "gco2"):
+            out[f"energy_{phase}_total_{unit}"] = sum(float(s.get(f"energy_{phase}_{unit}", 0.0)) for s in summaries)
+        out[f"energy_{phase}_total_j"] = round(out[f"energy_{phase}_total_j"], 3)
+    methods = {s.get("energy_method") for s in summaries}
+    out["energy_method"] = methods.pop() if len(methods) == 1 else "mixed"
+    partial = [str(i) for i, s in enumerate(summaries) if s.get("energy_unmetered_examples")]
+    if partial:
+        out["energy_note"] = (f"fold{'s' if len(partial) > 1 else ''} {', '.join(partial)} metered only part of "
+                              f"their training (resumed from a checkpoint without joules; see their summary.json)")
     return out
 
 
@@ -74,6 +95,9 @@ def cross_validate(recipe: str | Path | Config | None, *overrides: str, folds: i
         base = apply_overrides(recipe, list(overrides))
     else:
         base = load_config(recipe, list(overrides))
+    if base.run.dir:  # each fold's run.dir is set below: a user's would be dropped without a word
+        raise ConfigError(f"`layerwise cv` puts fold i in OUT/fold<i>, so run.dir={base.run.dir!r} would be ignored; "
+                          f"give the folder as --dir OUT (cross_validate(..., out=OUT)) and leave run.dir empty.")
     name = base.run.name or base.data.name
     out = Path(out) if out else Path(base.run.root) / f"{name}-cv{folds}"
     configs = [_fold_config(base, folds, i, out / f"fold{i}") for i in range(folds)]  # every fold checked first

@@ -53,27 +53,35 @@ def model_task(meta: dict[str, Any], info: DatasetInfo, cfg: Any = None):
     return create_task(info, cfg, state=state or None)
 
 
+# the run-section keys `layerwise eval` takes: they meter the evaluation and change no result
+EVAL_RUN_KEYS = ("run.energy", "run.cpu_watts_per_core", "run.gpu_watts", "run.grid_gco2_per_kwh")
+
+
 @torch.no_grad()
 def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "",
                  overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The task's test metrics (test_<name>, the headline first) of the run's saved model on its
     dataset's test split, recomputed from the data.
 
-    ``overrides`` (``--data.key=value``; only the data section) evaluate the same weights on other
-    data settings: a resolution-independent model (fno) trained on burgers at 256 points answers
-    at ``--data.resolution=1024``. The result then lists the changed settings under
-    ``data_changed``. ConfigError for an override outside ``data.``; DataError when the model
-    cannot take the changed data (naming both shapes)."""
+    ``overrides`` (``--data.key=value``) evaluate the same weights on other data settings: a
+    resolution-independent model (fno) trained on burgers at 256 points answers at
+    ``--data.resolution=1024``. The result then lists the changed settings under ``data_changed``.
+    The energy keys of the run section (:data:`EVAL_RUN_KEYS`: ``--run.energy=false``, this
+    machine's ``--run.cpu_watts_per_core``, ``--run.gpu_watts``, ``--run.grid_gco2_per_kwh``) meter
+    this evaluation. ConfigError for any other override; DataError when the model cannot take the
+    changed data (naming both shapes)."""
     from layerwise.config import ConfigError, apply_overrides
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
-    bad = [o for o in overrides if not o.lstrip("-").startswith("data.")]
+    bad = [o for o in overrides if not o.lstrip("-").startswith("data.")
+           and o.lstrip("-").split("=", 1)[0] not in EVAL_RUN_KEYS]
     if bad:
         raise ConfigError(f"`layerwise eval` takes only data overrides (--data.key=value: other data settings for the "
-                          f"same weights, e.g. --data.resolution=1024); got {' '.join(bad)}. Model, optimizer and "
-                          f"training settings belong to `layerwise train`.")
+                          f"same weights, e.g. --data.resolution=1024) and the energy keys "
+                          f"{', '.join('--' + k for k in EVAL_RUN_KEYS)}; got {' '.join(bad)}. Model, optimizer "
+                          f"and training settings belong to `layerwise train`.")
     cfg = load_config(run_dir / "config.yaml")
     saved = cfg.data
     cfg = apply_overrides(cfg, list(overrides))

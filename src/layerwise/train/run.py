@@ -204,6 +204,9 @@ def read_weights(path: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict[
             raw = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
+        if path.suffix != ".safetensors":  # e.g. the run's config.yaml or a checkpoint: not a model file at all
+            raise RunDirError(f"'{path}' is not a model file (a layerwise model is a .safetensors file: {e}). Give "
+                              f"the run directory or its model.safetensors.") from None
         raise RunDirError(f"'{path}' is not a readable safetensors file ({e}). It may be truncated; "
                           f"re-export it from its run or copy it again.") from None
     return path, state, raw

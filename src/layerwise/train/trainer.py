@@ -852,7 +852,7 @@ class Trainer:
         self.first_bad_step = int(state.get("first_bad_step", self.step - self.bad_steps))
         self._state_ready = bool(self.optimizer.state)  # a run whose steps were all skipped has none
         self.train_seconds = float(state["train_seconds"])
-        self.energy.load_state_dict(state.get("energy"))
+        self.energy.load_state_dict(state.get("energy"), self.examples_seen)
         if rng is not None:
             torch.set_rng_state(rng["torch"].cpu())
             if rng["cuda"] and torch.cuda.is_available():
