@@ -322,6 +322,25 @@ def check_inputs(x: torch.Tensor, names: list[str]) -> None:
                             f"such an input mean nothing. Clean the input first.")
 
 
+def check_outputs(run: LoadedRun, out: torch.Tensor, names: list[str]) -> None:
+    """RunDirError when the model's weights hold NaN or Inf (naming the tensors), DataError naming
+    the first input whose output (B, K) is not finite otherwise: an explanation of a NaN output
+    means nothing, and its argmax would name an arbitrary class."""
+    bad = (~torch.isfinite(out.reshape(len(out), -1))).any(1)
+    if not bool(bad.any()):
+        return
+    state = [(k, v) for k, v in run.model.state_dict().items() if v.is_floating_point()]
+    broken = [k for k, v in state if not bool(torch.isfinite(v).all())]
+    if broken:
+        raise RunDirError(f"the model in '{run.path}' holds NaN or Inf weights ({', '.join(broken[:3])}"
+                          f"{' ...' if len(broken) > 3 else ''}), so its outputs are NaN and nothing can be "
+                          f"explained. Explain a run whose training ended with finite weights, or retrain this one "
+                          f"(a lower optim.lr, optim.clip_grad_norm).")
+    raise DataError(f"the model's output for input '{names[int(bad.nonzero()[0])]}' is NaN or Inf (its values are "
+                    f"likely far outside the range the model was trained on); give inputs on the training data's "
+                    f"scale.")
+
+
 def baseline_for(run: LoadedRun, kind: str, choice: str) -> torch.Tensor:
     """The baseline in pixel space, shaped (1, *in_shape): ``zero`` (black) or ``mean`` (the
     dataset's per-channel / per-feature mean); ``auto`` is zero for images, mean otherwise."""
@@ -386,6 +405,40 @@ def _read(run: LoadedRun, kind: str, inputs: list[str], invert: str) -> tuple[li
     return names, x.to(run.device)
 
 
+MAX_STEPS = 2048  # Captum's Gauss-Legendre nodes cost O(steps^3) CPU: 0.9 s at 2048, 9 s and 134 MB at 4096
+
+
+def check_arguments(inputs: Any, method: Any, split: Any, n: Any, steps: Any, internal_batch_size: Any,
+                    tolerance: Any, target: Any) -> list[str]:
+    """:func:`explain`'s arguments checked before any work (the Python API gets them untyped):
+    returns the inputs as a list of paths (one str or Path is one input, not its characters).
+    ConfigError naming the argument, its value and what it takes otherwise."""
+    from numbers import Integral, Real
+    from pathlib import Path
+
+    inputs = [] if inputs is None else [inputs] if isinstance(inputs, (str, Path)) else inputs
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(p, (str, Path)) for p in inputs):
+        raise ConfigError(f"explain: inputs are file paths (a list of str or Path), got {type(inputs).__name__}.")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ConfigError(f"unknown --method '{method}'; choose one of {', '.join(METHODS)}.")
+    if bool(inputs) == bool(split):
+        raise ConfigError("`layerwise explain RUN_DIR` takes input files or --split test|train (with --n N), not "
+                          "both and not neither.")
+    for name, v, lo, hi in (("n", n, 1, None), ("steps", steps, 2, MAX_STEPS),
+                            ("internal-batch-size", internal_batch_size, 1, None)):
+        if not isinstance(v, Integral) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+            raise ConfigError(f"--{name} takes a whole number >= {lo}" + (f" and <= {hi}" if hi else "") +
+                              f", got {v!r}" + ("; IG's gap shrinks quickly with steps (20 to 300 are usual), and "
+                                                "one that stays large points to a non-smooth model (max-pooling, "
+                                                "ReLU kinks) rather than too few steps." if name == "steps" else "."))
+    if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not 0 <= tolerance < math.inf:
+        raise ConfigError(f"--tolerance is a fraction >= 0 (0.05 warns above a 5% completeness gap), got "
+                          f"{tolerance!r}.")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (Integral, str))):
+        raise ConfigError(f"--target is a class name or an output index (int), got {target!r}.")
+    return [str(p) for p in inputs]
+
+
 def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: str = "ig", split: str | None = None,
             n: int = 8, seed: int = 0, target: str | int | None = None, steps: int = 50,
             internal_batch_size: int = 64, baseline: str = "auto", tolerance: float = 0.05, device: str = "auto",
@@ -401,18 +454,12 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
     "relative"}, else None; a warning when relative > ``tolerance``). ``steps``: IG's Riemann
     points; ``internal_batch_size``: rows per forward pass (IG's path points, occlusion's
     windows) to bound memory. Raises ConfigError (unknown method, a method the family lacks,
-    bad --target or both/neither of inputs and split), DataError (unreadable or NaN input) or
-    RunDirError (a run explain cannot take: language models, ratings, molecules, fields)."""
+    bad --target, an argument of the wrong type or range, both/neither of inputs and split), DataError
+    (unreadable or NaN input, a NaN output) or
+    RunDirError (a run explain cannot take: language models, ratings, molecules, fields; NaN weights)."""
     from layerwise.insight.runs import open_run
 
-    if method not in METHODS:
-        raise ConfigError(f"unknown --method '{method}'; choose one of {', '.join(METHODS)}.")
-    if bool(inputs) == bool(split):
-        raise ConfigError("`layerwise explain RUN_DIR` takes input files or --split test|train (with --n N), not "
-                          "both and not neither.")
-    if steps < 2 or internal_batch_size < 1 or n < 1:
-        raise ConfigError(f"--steps must be >= 2, --internal-batch-size and --n >= 1; got {steps}, "
-                          f"{internal_batch_size}, {n}.")
+    inputs = check_arguments(inputs, method, split, n, steps, internal_batch_size, tolerance, target)
     run = open_run(run_dir, device, data_root)
     kind = modality(run)
     allowed = supported_methods(run)
@@ -428,8 +475,9 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         names = [f"{split}[{i}]" for i in range(len(x))]
     check_inputs(x, names)
     f = run.model if kind == "text" else run.pixel_model()
-    with torch.no_grad():
-        out = f(x)
+    with torch.no_grad():  # in chunks, as the attributions below: a large --n never runs as one batch
+        out = torch.cat([f(x[i:i + internal_batch_size]) for i in range(0, len(x), internal_batch_size)])
+    check_outputs(run, out, names)
     present = run.task.present(out, 1)
     if run.info.task == "classify":
         pred = out.argmax(1)

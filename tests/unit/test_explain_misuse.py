@@ -1,0 +1,113 @@
+"""layerwise explain used the wrong way: arguments of the wrong type or range (Python API and CLI),
+a model with NaN weights, an input whose output overflows, --out naming a file, and a large batch
+of inputs that must reach the model in chunks. Each was found by trying to break the command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("captum")
+
+from layerwise.cli import main
+from layerwise.config import ConfigError
+from layerwise.data import DataError, DatasetInfo
+from layerwise.insight.explain import MAX_STEPS, explain
+from layerwise.models import create_model
+from layerwise.train.run import RunDirError, save_model
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 4 x 4 one-channel convnet (2 classes) saved as a model file in its own folder."""
+    torch.manual_seed(0)
+    m = create_model("convnet", in_shape=(1, 4, 4), num_classes=2, widths=(4,), whiten=False)
+    info = DatasetInfo("tiny", (1, 4, 4), 2, ["a", "b"], 1.0, [0.5], [0.25])
+    path = tmp_path_factory.mktemp("tiny")
+    save_model(path / "model.safetensors", m, {"model": m.config, "data": info.to_dict(),
+                                               "task": {"name": "classify"}})
+    np.save(path / "x.npy", np.random.default_rng(0).random((10, 1, 4, 4)).astype(np.float32))
+    return path
+
+
+def test_python_api_arguments_of_the_wrong_type_are_refused_before_any_work(tiny_run):
+    x = tiny_run / "x.npy"
+    # one path (str or Path) is one input, not a list of its characters
+    for one in (str(x), x):
+        r = explain(str(tiny_run), one, method="saliency", device="cpu")
+        assert len(r) == 10 and r[0]["input"] == f"{x}[0]"
+    missing = str(tiny_run / "no-such-run")  # checked before the run is opened: ConfigError, not RunDirError
+    bad = [({"n": "3", "split": "test"}, r"--n takes a whole number >= 1, got '3'"),
+           ({"steps": 2.5}, r"--steps takes a whole number >= 2 and <= 2048, got 2.5"),
+           ({"steps": MAX_STEPS + 1}, r"<= 2048, got 2049.*20 to 300 are usual"),
+           ({"steps": True}, "got True"),
+           ({"internal_batch_size": 0}, "--internal-batch-size takes a whole number >= 1, got 0"),
+           ({"tolerance": float("nan")}, r"--tolerance is a fraction >= 0.*got nan"),
+           ({"tolerance": -0.1}, "got -0.1"),
+           ({"tolerance": "0.1"}, "got '0.1'"),
+           ({"target": 3.5}, r"--target is a class name or an output index \(int\), got 3.5"),
+           ({"target": True}, "got True"),
+           ({"method": None}, "unknown --method 'None'")]
+    for kw, message in bad:
+        inputs = () if "split" in kw else [str(x)]
+        with pytest.raises(ConfigError, match=message):
+            explain(missing, inputs, **kw)
+    with pytest.raises(ConfigError, match=r"inputs are file paths \(a list of str or Path\), got list"):
+        explain(missing, [1, 2])
+    with pytest.raises(RunDirError, match="does not exist"):  # None is no inputs: --split then decides
+        explain(missing, None, split="test")
+
+
+def test_nan_weights_and_overflowing_outputs_are_refused(tiny_run, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(tiny_run / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    state = load_file(tiny_run / "model.safetensors")
+    name = next(k for k, v in state.items() if v.dim() == 4)
+    state[name][0, 0, 0, 0] = float("nan")
+    (tmp_path / "nan").mkdir()
+    save_file(state, tmp_path / "nan" / "model.safetensors", metadata=meta)
+    x = str(tiny_run / "x.npy")
+    # before: "predicted b (p = nan); explaining a", exit 0, NaN in summary.json and advice to raise --steps
+    assert main(["explain", str(tmp_path / "nan"), x, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert f"holds NaN or Inf weights ({name})" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "nan" / "explain").exists()
+    big = np.full((1, 1, 4, 4), 3e38, np.float32)  # finite, but the first layer's sums overflow
+    np.save(tmp_path / "big.npy", big)
+    with pytest.raises(DataError, match=r"output for input '.*big.npy' is NaN or Inf"):
+        explain(str(tiny_run), [str(tmp_path / "big.npy")], device="cpu")
+
+
+def test_out_naming_a_file_is_refused_before_the_attributions(tiny_run, tmp_path, capsys, monkeypatch):
+    import layerwise.insight.explain as ex
+
+    (tmp_path / "results").write_text("keep me")
+    monkeypatch.setattr(ex, "attribute", lambda *a, **k: pytest.fail("attributions computed for a bad --out"))
+    for out, message in ((tmp_path / "results", "is a file"), (tmp_path / "results" / "sub", "lies under the file")):
+        assert main(["explain", str(tiny_run), str(tiny_run / "x.npy"), "--out", str(out), "--device", "cpu"]) == 2
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "results").read_text() == "keep me"
+
+
+def test_many_inputs_reach_the_model_in_chunks(tiny_run, tmp_path, monkeypatch):
+    import layerwise.insight.runs as runs
+
+    seen: list[int] = []
+    opened = runs.open_run
+
+    def spy(*a, **k):
+        run = opened(*a, **k)
+        run.model.register_forward_pre_hook(lambda _m, inp: seen.append(len(inp[0])))
+        return run
+
+    monkeypatch.setattr(runs, "open_run", spy)
+    r = explain(str(tiny_run), [str(tiny_run / "x.npy")], method="saliency", internal_batch_size=4, device="cpu")
+    assert len(r) == 10 and seen and max(seen) == 4  # the prediction pass too (it ran all 10 at once before)
+    with torch.no_grad():  # chunking changes no number: the predictions are those of one batch
+        m = runs.open_run(str(tiny_run), "cpu").pixel_model()
+        p = m(torch.from_numpy(np.load(tiny_run / "x.npy"))).softmax(1)
+    assert [x["probability"] for x in r] == pytest.approx(p.max(1).values.tolist(), abs=1e-6)
