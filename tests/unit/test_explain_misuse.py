@@ -111,3 +111,24 @@ def test_many_inputs_reach_the_model_in_chunks(tiny_run, tmp_path, monkeypatch):
         m = runs.open_run(str(tiny_run), "cpu").pixel_model()
         p = m(torch.from_numpy(np.load(tiny_run / "x.npy"))).softmax(1)
     assert [x["probability"] for x in r] == pytest.approx(p.max(1).values.tolist(), abs=1e-6)
+
+
+def test_multilabel_explains_its_most_probable_label_with_predicts_probability(tiny_run, tmp_path, capsys):
+    torch.manual_seed(1)
+    m = create_model("convnet", in_shape=(1, 4, 4), num_classes=3, widths=(4,), whiten=False)
+    info = DatasetInfo("tiny", (1, 4, 4), 3, ["cat", "dog", "sun"], 1.0, [0.5], [0.25], task="multilabel")
+    save_model(tmp_path / "model.safetensors", m, {"model": m.config, "data": info.to_dict(),
+                                                   "task": {"name": "multilabel"}})
+    x = np.load(tiny_run / "x.npy")[:3]
+    np.save(tmp_path / "x3.npy", x)
+    with torch.no_grad():
+        p = torch.sigmoid(m.eval()((torch.from_numpy(x) - 0.5) / 0.25))  # (3, 3)
+    r = explain(str(tmp_path), [str(tmp_path / "x3.npy")], device="cpu", steps=16)
+    # before: the first label's raw logit ("cat = 0.009") where `layerwise predict` shows probabilities
+    assert [e["target"] for e in r] == p.argmax(1).tolist()
+    assert [e["probability"] for e in r] == pytest.approx(p.max(1).values.tolist(), abs=1e-6)
+    assert [e["labels"] for e in r] == [[n for n, q in zip(info.classes, row) if q >= 0.5] for row in p.tolist()]
+    r = explain(str(tmp_path), [str(tmp_path / "x3.npy")], device="cpu", method="saliency", target="sun")
+    assert [e["probability"] for e in r] == pytest.approx(p[:, 2].tolist(), abs=1e-6)
+    assert main(["explain", str(tmp_path), str(tmp_path / "x3.npy"), "--target", "dog", "--device", "cpu"]) == 0
+    assert f"explaining dog (p = {p[0, 1]:.3f})" in capsys.readouterr().out

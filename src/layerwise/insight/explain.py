@@ -447,7 +447,10 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
     or of ``n`` examples of a ``split`` (test or train), for the predicted class or ``target``.
 
     Returns one dict per example: "input" (its name), "predicted" (class name, or None for a
-    regressor), "probability" (of the predicted class) or "value" (a regressor's output),
+    regressor or multilabel model), "probability" (of the predicted class; multilabel: the
+    explained label's sigmoid, and "labels", those over the threshold; the attributions are of its
+    logit) or "value" (a regressor's output in its units; the attributions are of the model's
+    standardized output),
     "target" / "target_name" (the explained output), "x" (the input: pixel space (*in_shape) or
     token ids (T,), on the CPU), "attribution" (same shape as x; per token for text), "tokens"
     (text: the strings of x's ids, "" for padding), "features" (tables: the feature names) and "completeness" (ig: {"gap", "delta_f",
@@ -479,9 +482,9 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         out = torch.cat([f(x[i:i + internal_batch_size]) for i in range(0, len(x), internal_batch_size)])
     check_outputs(run, out, names)
     present = run.task.present(out, 1)
-    if run.info.task == "classify":
+    if run.info.task in ("classify", "multilabel"):  # multilabel: the most probable label (its largest logit)
         pred = out.argmax(1)
-    else:  # regress, multilabel: the first output unless --target names one
+    else:  # regress: the first output unless --target names one
         pred = torch.zeros(len(x), dtype=torch.long, device=x.device)
     tgt = pred if k is None else torch.full_like(pred, k)
     base, cam, parts = None if kind == "text" else baseline_for(run, kind, baseline), gradcam_layer_kind(run.model), []
@@ -504,6 +507,9 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         if run.info.task == "classify":
             top = present[i]["top"][0]
             r |= {"predicted": top["class"], "probability": top["probability"]}
+        elif run.info.task == "multilabel":  # the labels over the threshold, as predict shows them
+            r |= {"predicted": None, "labels": present[i]["labels"],
+                  "probability": float(torch.sigmoid(out[i, int(tgt[i])].float()))}
         else:
             vals = list(present[i].get("values", {}).values())  # a regressor's outputs in the target's units
             t = int(tgt[i])
