@@ -4,6 +4,8 @@ of inputs that must reach the model in chunks. Each was found by trying to break
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -132,3 +134,23 @@ def test_multilabel_explains_its_most_probable_label_with_predicts_probability(t
     assert [e["probability"] for e in r] == pytest.approx(p[:, 2].tolist(), abs=1e-6)
     assert main(["explain", str(tmp_path), str(tmp_path / "x3.npy"), "--target", "dog", "--device", "cpu"]) == 0
     assert f"explaining dog (p = {p[0, 1]:.3f})" in capsys.readouterr().out
+
+
+def test_a_lost_race_for_the_results_folder_takes_the_next_number(tmp_path, monkeypatch):
+    from layerwise.insight.commands import fresh_dir
+
+    (tmp_path / "ig-001").mkdir()
+    (tmp_path / "ig-001" / "summary.json").write_text("{}")
+    # another command claimed ig-001 between this one's listing and its mkdir (before: FileExistsError,
+    # after minutes of attributions)
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter(()))
+    assert fresh_dir(tmp_path, "ig").name == "ig-002"
+    assert (tmp_path / "ig-001" / "summary.json").read_text() == "{}"
+
+
+def test_a_shipped_model_without_data_root_names_what_was_given():
+    from layerwise.insight.runs import open_run
+
+    run = open_run("pretrained:mnist-convnet", "cpu")
+    with pytest.raises(RunDirError, match=r"^'pretrained:mnist-convnet' is a model file without its run directory"):
+        run.examples("test", 2)

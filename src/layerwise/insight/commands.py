@@ -10,15 +10,20 @@ from typing import Any
 
 
 def fresh_dir(base: Path, stem: str) -> Path:
-    """``base/<stem>-NNN``, the first number not taken: earlier results are never overwritten."""
+    """``base/<stem>-NNN``, the first number not taken: earlier results are never overwritten. Two
+    commands finishing at once both get a folder (mkdir is the claim; a lost race takes the next)."""
     base.mkdir(parents=True, exist_ok=True)
     taken = {p.name for p in base.iterdir()}
     k = 1
-    while f"{stem}-{k:03d}" in taken:
-        k += 1
-    out = base / f"{stem}-{k:03d}"
-    out.mkdir()
-    return out
+    while True:
+        while f"{stem}-{k:03d}" in taken:
+            k += 1
+        out = base / f"{stem}-{k:03d}"
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            taken.add(out.name)
 
 
 def check_out_dir(base: Path) -> None:

@@ -61,6 +61,7 @@ class LoadedRun:
     cfg: Any
     device: torch.device
     data_root: str = ""
+    source: str = ""  # what the user gave (a run, a file, pretrained:NAME), for messages
     _dataset: Dataset | None = field(default=None, repr=False)
 
     @property
@@ -96,7 +97,7 @@ class LoadedRun:
         from layerwise.config import DataConfig
 
         if not self.data_root:
-            raise RunDirError(f"'{self.path}' is a model file without its run directory (no config.yaml), so where "
+            raise RunDirError(f"'{self.source or self.path}' is a model file without its run directory (no config.yaml), so where "
                               f"its data ({self.info.name}) lives is unknown; give the run directory, or the data "
                               f"root (--data-root DIR holding {self.info.name}).")
         ds = load_dataset(self.info.name, self.data_root, DataConfig(name=self.info.name))
@@ -147,7 +148,8 @@ def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> 
     Returns a :class:`LoadedRun` with the model in eval mode on ``device`` (``auto``: a GPU when
     there is one). Raises RunDirError naming the path when it holds no readable layerwise model
     (the message says what to give instead)."""
-    if str(run_dir).startswith(PREFIX):  # a shipped model (its data comes from data_root)
+    source = str(run_dir)
+    if source.startswith(PREFIX):  # a shipped model (its data comes from data_root)
         run_dir = resolve_pretrained(str(run_dir))
     path = Path(run_dir)
     if not path.exists():
@@ -159,4 +161,4 @@ def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> 
     run = path if path.is_dir() else path.parent
     cfg = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else None
     return LoadedRun(path=run, model=model, meta=meta, info=info, task=model_task(meta, info, cfg), cfg=cfg,
-                     device=dev, data_root=data_root)
+                     device=dev, data_root=data_root, source=source)
