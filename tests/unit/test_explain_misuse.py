@@ -154,3 +154,20 @@ def test_a_shipped_model_without_data_root_names_what_was_given():
     run = open_run("pretrained:mnist-convnet", "cpu")
     with pytest.raises(RunDirError, match=r"^'pretrained:mnist-convnet' is a model file without its run directory"):
         run.examples("test", 2)
+
+
+def test_byte_tokens_read_as_the_text():
+    from types import SimpleNamespace
+
+    from layerwise.data.tokenizers import ByteTokenizer
+    from layerwise.insight.explain import _token_strings
+
+    text = "café 😀 ok"
+    ids = [i + 1 for i in ByteTokenizer().encode(text)]  # id_offset 1: 0 is padding
+    run = SimpleNamespace(info=SimpleNamespace(extra={"tokenizer": ByteTokenizer().to_dict(),
+                                                      "text": {"id_offset": 1}}))
+    (row,) = _token_strings(run, torch.tensor([ids + [0, 0]]))
+    # before: "é" as two U+FFFD tokens and the emoji as four
+    assert len(row) == len(ids) + 2 and row[-2:] == ["", ""]
+    assert row[:6] == ["c", "a", "f", "é", "·", " "] and row[6:10] == ["😀", "·", "·", "·"]
+    assert "".join(t for t in row if t != "·") == text

@@ -523,9 +523,31 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
 
 
 def _token_strings(run: LoadedRun, x: torch.Tensor) -> list[list[str]]:
-    """The text of each token id of x (B, T) ("" for padding), by the run's tokenizer."""
+    """The text of each token id of x (B, T) ("" for padding), by the run's tokenizer. A character
+    that a byte-level tokenizer (byte, bpe) splits over several tokens is shown whole on its first
+    token and as "·" on the others (each alone decodes to U+FFFD), so the tokens read as the text."""
     from layerwise.data.tokenizers import tokenizer_from_dict
 
     tok = tokenizer_from_dict(run.info.extra["tokenizer"])
     off = run.info.extra["text"].get("id_offset", 1)
-    return [[tok.decode([i - off]) if i != 0 else "" for i in row] for row in x.tolist()]
+    rows = []
+    for row in x.tolist():
+        strings, j = [], 0
+        while j < len(row):
+            if row[j] == 0:
+                strings.append("")
+                j += 1
+                continue
+            text, k = tok.decode([row[j] - off]), 1
+            for m in range(2, 5) if "\ufffd" in text else ():  # UTF-8: at most 4 bytes a character
+                ids = row[j:j + m]
+                if len(ids) < m or 0 in ids:
+                    break
+                whole = tok.decode([i - off for i in ids])
+                if "\ufffd" not in whole:
+                    text, k = whole, m
+                    break
+            strings += [text] + ["·"] * (k - 1)
+            j += k
+        rows.append(strings)
+    return rows
