@@ -171,3 +171,23 @@ def test_byte_tokens_read_as_the_text():
     assert len(row) == len(ids) + 2 and row[-2:] == ["", ""]
     assert row[:6] == ["c", "a", "f", "é", "·", " "] and row[6:10] == ["😀", "·", "·", "·"]
     assert "".join(t for t in row if t != "·") == text
+
+
+def test_the_baseline_used_is_recorded_and_mean_is_refused_for_text(tiny_run, tmp_path):
+    from layerwise.data.tokenizers import build_tokenizer
+
+    x = [str(tiny_run / "x.npy")]
+    assert explain(str(tiny_run), x, device="cpu", method="occlusion")[0]["baseline"] == "zero"  # auto: an image
+    assert explain(str(tiny_run), x, device="cpu", method="occlusion", baseline="mean")[0]["baseline"] == "mean"
+    assert explain(str(tiny_run), x, device="cpu", method="saliency")[0]["baseline"] is None
+    tok = build_tokenizer("word", "a good film . a bad film .", 20)
+    info = DatasetInfo("text-classes", (6,), 2, ["neg", "pos"], 1.0, [0.0], [1.0],
+                       extra={"tokenizer": tok.to_dict(), "text": {"max_length": 6, "pad_id": 0, "id_offset": 1}})
+    m = create_model("ngram-bag", in_shape=(6,), num_classes=2, vocab_size=tok.vocab_size + 1, n_embd=2)
+    save_model(tmp_path / "model.safetensors", m, {"model": m.config, "data": info.to_dict(),
+                                                   "task": {"name": "classify"}})
+    (tmp_path / "s.txt").write_text("a good film\n")
+    # before: accepted, the padding baseline used, and "baseline": "mean" written to summary.json
+    with pytest.raises(ConfigError, match="--baseline mean is not defined for text"):
+        explain(str(tmp_path), [str(tmp_path / "s.txt")], device="cpu", baseline="mean")
+    assert explain(str(tmp_path), [str(tmp_path / "s.txt")], device="cpu", steps=8)[0]["baseline"] == "padding"

@@ -448,18 +448,19 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
 
     Returns one dict per example: "input" (its name), "predicted" (class name, or None for a
     regressor or multilabel model), "probability" (of the predicted class; multilabel: the
-    explained label's sigmoid, and "labels", those over the threshold; the attributions are of its
-    logit) or "value" (a regressor's output in its units; the attributions are of the model's
-    standardized output),
-    "target" / "target_name" (the explained output), "x" (the input: pixel space (*in_shape) or
-    token ids (T,), on the CPU), "attribution" (same shape as x; per token for text), "tokens"
-    (text: the strings of x's ids, "" for padding), "features" (tables: the feature names) and "completeness" (ig: {"gap", "delta_f",
-    "relative"}, else None; a warning when relative > ``tolerance``). ``steps``: IG's Riemann
-    points; ``internal_batch_size``: rows per forward pass (IG's path points, occlusion's
-    windows) to bound memory. Raises ConfigError (unknown method, a method the family lacks,
-    bad --target, an argument of the wrong type or range, both/neither of inputs and split), DataError
-    (unreadable or NaN input, a NaN output) or
-    RunDirError (a run explain cannot take: language models, ratings, molecules, fields; NaN weights)."""
+    explained label's sigmoid, with "labels", those over the threshold; the attributions are of
+    its logit) or "value" (a regressor's output in its units; the attributions are of the model's
+    standardized output), "target" / "target_name" (the explained output), "x" (the input: pixel
+    space (*in_shape) or token ids (T,), on the CPU), "attribution" (same shape as x; per token
+    for text), "tokens" (text: the strings of x's ids, "" for padding), "features" (tables: the
+    feature names), "baseline" (the one ig and occlusion used: zero, mean or padding; None for
+    the others) and "completeness" (ig: {"gap", "delta_f", "relative"}, else None; a warning
+    when relative > ``tolerance``). ``steps``: IG's Riemann points; ``internal_batch_size``: rows
+    per forward pass (IG's path points, occlusion's windows, the prediction pass) to bound memory.
+    Raises ConfigError (unknown method, a method the family lacks, bad --target, an argument of
+    the wrong type or range, both/neither of inputs and split, --baseline mean for text),
+    DataError (unreadable or NaN input, a non-finite output) or RunDirError (a run explain cannot
+    take: language models, ratings, molecules, fields; NaN weights)."""
     from layerwise.insight.runs import open_run
 
     inputs = check_arguments(inputs, method, split, n, steps, internal_batch_size, tolerance, target)
@@ -470,6 +471,9 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         raise ConfigError(f"--method {method} is not defined for a {type(run.model).__name__} {kind} model "
                           f"(Grad-CAM needs a convnet or resnet's conv stages or a vit's patch tokens); choose "
                           f"{', '.join(allowed)}.")
+    if kind == "text" and baseline == "mean":  # token ids have no mean; the path starts at padding
+        raise ConfigError("--baseline mean is not defined for text: a text model's baseline is the padding "
+                          "embedding (zero), or the empty bag for an ngram-bag. Leave --baseline auto.")
     k = resolve_target(run, target)
     if inputs:
         names, x = _read(run, kind, list(inputs), invert)
@@ -488,6 +492,9 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         pred = torch.zeros(len(x), dtype=torch.long, device=x.device)
     tgt = pred if k is None else torch.full_like(pred, k)
     base, cam, parts = None if kind == "text" else baseline_for(run, kind, baseline), gradcam_layer_kind(run.model), []
+    # the baseline ig and occlusion used, by name, for summary.json ("auto" resolved)
+    used = (None if method in ("saliency", "gradcam") else "padding" if kind == "text" else
+            baseline if baseline != "auto" else "zero" if kind == "image" else "mean")
     for i in range(0, len(x), internal_batch_size):  # examples in chunks too: --n 10000 stays in memory
         xi, ti = x[i:i + internal_batch_size], tgt[i:i + internal_batch_size]
         parts.append(attribute_tokens(run.model, xi, ti, method, steps=steps, internal_batch_size=internal_batch_size)
@@ -517,7 +524,7 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         t = int(tgt[i])
         r |= {"target": t, "target_name": outputs[t] if t < len(outputs) else str(t), "x": x[i].detach().cpu(),
               "attribution": a.attr[i].detach().cpu(), "tokens": tokens[i], "features": features,
-              "completeness": comp[i]}
+              "completeness": comp[i], "baseline": used}
         results.append(r)
     return results
 
