@@ -191,3 +191,21 @@ def test_the_baseline_used_is_recorded_and_mean_is_refused_for_text(tiny_run, tm
     with pytest.raises(ConfigError, match="--baseline mean is not defined for text"):
         explain(str(tmp_path), [str(tmp_path / "s.txt")], device="cpu", baseline="mean")
     assert explain(str(tmp_path), [str(tmp_path / "s.txt")], device="cpu", steps=8)[0]["baseline"] == "padding"
+
+
+def test_a_run_whose_data_moved_is_told_about_data_root(tiny_run, tmp_path):
+    import shutil
+
+    from layerwise.config import Config, save_config
+    from layerwise.insight.runs import open_run
+
+    shutil.copy(tiny_run / "model.safetensors", tmp_path / "model.safetensors")
+    cfg = Config()
+    cfg.data.name, cfg.data.root = "mnist", str(tmp_path / "moved")
+    save_config(cfg, tmp_path / "config.yaml")
+    # before: only "set data.root", a key of `layerwise train`, not of this command
+    with pytest.raises(DataError, match=r"reads the run's data from '.*moved'; give the folder that holds it "
+                                        r"with --data-root DIR"):
+        explain(str(tmp_path), split="test", n=1, device="cpu")
+    with pytest.raises(DataError, match="--data-root DIR"):
+        open_run(tmp_path, "cpu").examples("test", 1)

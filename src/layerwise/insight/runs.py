@@ -87,7 +87,11 @@ class LoadedRun:
                 self._dataset = self._dataset_from_meta()
             else:
                 root = self.data_root or self.cfg.data.root or default_data_root()
-                self._dataset = load_dataset(self.cfg.data.name, root, self.cfg.data)
+                try:
+                    self._dataset = load_dataset(self.cfg.data.name, root, self.cfg.data)
+                except DataError as e:  # the fix the message gives (data.root) is a training key
+                    raise DataError(f"{e} This command reads the run's data from '{root}'; give the folder "
+                                    f"that holds it with --data-root DIR (Python: data_root=...).") from e
         return self._dataset
 
     def _dataset_from_meta(self) -> Dataset:
