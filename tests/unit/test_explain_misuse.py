@@ -59,6 +59,14 @@ def test_python_api_arguments_of_the_wrong_type_are_refused_before_any_work(tiny
         explain(missing, [1, 2])
     with pytest.raises(RunDirError, match="does not exist"):  # None is no inputs: --split then decides
         explain(missing, None, split="test")
+    import layerwise
+
+    # before: "'Linear(in_features=2, ...)' does not exist" (the module's repr taken for a path)
+    with pytest.raises(ConfigError, match="not a torch module.*attribute"):
+        layerwise.explain(torch.nn.Linear(2, 2), split="test")
+    with pytest.raises(ConfigError, match="not a value of type NoneType"):
+        layerwise.explain(None, split="test")
+    assert layerwise.explain(Path(tiny_run), x, method="saliency", device="cpu")[0]["input"] == f"{x}[0]"
 
 
 def test_nan_weights_and_overflowing_outputs_are_refused(tiny_run, tmp_path, capsys):

@@ -439,7 +439,7 @@ def check_arguments(inputs: Any, method: Any, split: Any, n: Any, steps: Any, in
     return [str(p) for p in inputs]
 
 
-def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: str = "ig", split: str | None = None,
+def explain(run_dir: str | Any, inputs: list[str] | tuple[str, ...] = (), *, method: str = "ig", split: str | None = None,
             n: int = 8, seed: int = 0, target: str | int | None = None, steps: int = 50,
             internal_batch_size: int = 64, baseline: str = "auto", tolerance: float = 0.05, device: str = "auto",
             data_root: str = "", invert: str = "auto") -> list[dict[str, Any]]:
@@ -463,6 +463,13 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
     take: language models, ratings, molecules, fields; NaN weights)."""
     from layerwise.insight.runs import open_run
 
+    from pathlib import Path
+
+    if not isinstance(run_dir, (str, Path)):
+        what = "a torch module" if isinstance(run_dir, nn.Module) else f"a value of type {type(run_dir).__name__}"
+        raise ConfigError(f"explain takes a run directory, a model.safetensors path or 'pretrained:NAME', not {what}. "
+                          f"For a model in memory call layerwise.insight.explain.attribute(model, x, target, "
+                          f"method, baseline) on a batch x.")
     inputs = check_arguments(inputs, method, split, n, steps, internal_batch_size, tolerance, target)
     run = open_run(run_dir, device, data_root)
     kind = modality(run)
