@@ -50,7 +50,9 @@ def test_python_api_arguments_of_the_wrong_type_are_refused_before_any_work(tiny
            ({"tolerance": "0.1"}, "got '0.1'"),
            ({"target": 3.5}, r"--target is a class name or an output index \(int\), got 3.5"),
            ({"target": True}, "got True"),
-           ({"method": None}, "unknown --method 'None'")]
+           ({"method": None}, "unknown --method 'None'"),
+           ({"seed": 2**80}, "--seed is a whole number that fits 64 bits"),  # before: "Overflow when unpacking"
+           ({"seed": "a"}, "got 'a'")]
     for kw, message in bad:
         inputs = () if "split" in kw else [str(x)]
         with pytest.raises(ConfigError, match=message):

@@ -409,7 +409,7 @@ MAX_STEPS = 2048  # Captum's Gauss-Legendre nodes cost O(steps^3) CPU: 0.9 s at 
 
 
 def check_arguments(inputs: Any, method: Any, split: Any, n: Any, steps: Any, internal_batch_size: Any,
-                    tolerance: Any, target: Any) -> list[str]:
+                    tolerance: Any, target: Any, seed: Any = 0) -> list[str]:
     """:func:`explain`'s arguments checked before any work (the Python API gets them untyped):
     returns the inputs as a list of paths (one str or Path is one input, not its characters).
     ConfigError naming the argument, its value and what it takes otherwise."""
@@ -434,6 +434,8 @@ def check_arguments(inputs: Any, method: Any, split: Any, n: Any, steps: Any, in
     if isinstance(tolerance, bool) or not isinstance(tolerance, Real) or not 0 <= tolerance < math.inf:
         raise ConfigError(f"--tolerance is a fraction >= 0 (0.05 warns above a 5% completeness gap), got "
                           f"{tolerance!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, Integral) or not -2**63 <= seed < 2**63:
+        raise ConfigError(f"--seed is a whole number that fits 64 bits, got {seed!r}.")
     if target is not None and (isinstance(target, bool) or not isinstance(target, (Integral, str))):
         raise ConfigError(f"--target is a class name or an output index (int), got {target!r}.")
     return [str(p) for p in inputs]
@@ -470,7 +472,7 @@ def explain(run_dir: str | Any, inputs: list[str] | tuple[str, ...] = (), *, met
         raise ConfigError(f"explain takes a run directory, a model.safetensors path or 'pretrained:NAME', not {what}. "
                           f"For a model in memory call layerwise.insight.explain.attribute(model, x, target, "
                           f"method, baseline) on a batch x.")
-    inputs = check_arguments(inputs, method, split, n, steps, internal_batch_size, tolerance, target)
+    inputs = check_arguments(inputs, method, split, n, steps, internal_batch_size, tolerance, target, seed)
     run = open_run(run_dir, device, data_root)
     kind = modality(run)
     allowed = supported_methods(run)
