@@ -106,7 +106,7 @@ def test_out_naming_a_file_is_refused_before_the_attributions(tiny_run, tmp_path
 
 
 def test_many_inputs_reach_the_model_in_chunks(tiny_run, tmp_path, monkeypatch):
-    import layerwise.insight.runs as runs
+    from layerwise.insight import runs
 
     seen: list[int] = []
     opened = runs.open_run
@@ -142,7 +142,8 @@ def test_multilabel_explains_its_most_probable_label_with_predicts_probability(t
     assert [e["labels"] for e in r] == [[n for n, q in zip(info.classes, row) if q >= 0.5] for row in p.tolist()]
     r = explain(str(tmp_path), [str(tmp_path / "x3.npy")], device="cpu", method="saliency", target="sun")
     assert [e["probability"] for e in r] == pytest.approx(p[:, 2].tolist(), abs=1e-6)
-    assert main(["explain", str(tmp_path), str(tmp_path / "x3.npy"), "--target", "dog", "--device", "cpu"]) == 0
+    assert main(["explain", str(tmp_path), str(tmp_path / "x3.npy"), "--target", "dog", "--method", "saliency",
+                 "--device", "cpu"]) == 0
     assert f"explaining dog (p = {p[0, 1]:.3f})" in capsys.readouterr().out
 
 

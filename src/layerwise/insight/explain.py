@@ -463,9 +463,9 @@ def explain(run_dir: str | Any, inputs: list[str] | tuple[str, ...] = (), *, met
     the wrong type or range, both/neither of inputs and split, --baseline mean for text),
     DataError (unreadable or NaN input, a non-finite output) or RunDirError (a run explain cannot
     take: language models, ratings, molecules, fields; NaN weights)."""
-    from layerwise.insight.runs import open_run
-
     from pathlib import Path
+
+    from layerwise.insight.runs import open_run
 
     if not isinstance(run_dir, (str, Path)):
         what = "a torch module" if isinstance(run_dir, nn.Module) else f"a value of type {type(run_dir).__name__}"
