@@ -220,3 +220,24 @@ def test_a_run_whose_data_moved_is_told_about_data_root(tiny_run, tmp_path):
         explain(str(tmp_path), split="test", n=1, device="cpu")
     with pytest.raises(DataError, match="--data-root DIR"):
         open_run(tmp_path, "cpu").examples("test", 1)
+
+
+def test_a_checkpoint_a_folder_of_runs_and_an_unfinished_run_are_named(tiny_run, tmp_path):
+    import shutil
+
+    from layerwise.insight.runs import open_run
+
+    run = tmp_path / "runs" / "a"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000010.pt").write_bytes(b"torch state")
+    (run / "config.yaml").write_text("train: {epochs: 1}\n")
+    # before: "not a readable safetensors file ... It may be truncated" and "no saved model at .../model.safetensors"
+    with pytest.raises(RunDirError, match=r"is a training checkpoint.*once `layerwise train --resume .*a` has"):
+        open_run(run / "checkpoints" / "step_00000010.pt", "cpu")
+    with pytest.raises(RunDirError, match=r"has not finished.*layerwise train --resume"):
+        open_run(run, "cpu")
+    shutil.copy(tiny_run / "model.safetensors", run / "model.safetensors")
+    with pytest.raises(RunDirError, match=r"training checkpoint.*give the run directory '.*a' \(it holds model"):
+        explain(str(run / "checkpoints" / "step_00000010.pt"), split="test")
+    with pytest.raises(RunDirError, match=r"is a folder of runs, not a run; give one of them: .*a\.$"):
+        open_run(tmp_path / "runs", "cpu")

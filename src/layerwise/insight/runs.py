@@ -145,6 +145,26 @@ class LoadedRun:
         return x.to(self.device), (y.to(self.device) if y is not None else None)
 
 
+def _refuse_non_model(path: Path) -> None:
+    """RunDirError for the paths people give instead of a run (a training checkpoint, a folder of
+    runs, a run that never finished), naming what to give instead."""
+    if path.is_file() and path.suffix == ".pt":
+        run = path.parent.parent
+        done = (run / "model.safetensors").is_file()
+        raise RunDirError(f"'{path}' is a training checkpoint (resumable state), not a model file; give the run "
+                          f"directory '{run}'" + (" (it holds model.safetensors)." if done else
+                                                  f", once `layerwise train --resume {run}` has finished it."))
+    if not path.is_dir() or (path / "model.safetensors").exists():
+        return
+    if (path / "checkpoints").is_dir() and (path / "config.yaml").is_file():
+        raise RunDirError(f"the run in '{path}' has not finished (checkpoints, no model.safetensors); finish it with "
+                          f"`layerwise train --resume {path}`, then run this command again.")
+    runs = sorted(p.name for p in path.iterdir() if (p / "model.safetensors").is_file())
+    if runs:
+        raise RunDirError(f"'{path}' is a folder of runs, not a run; give one of them: "
+                          f"{', '.join(str(path / r) for r in runs[:5])}{', ...' if len(runs) > 5 else '.'}")
+
+
 def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> LoadedRun:
     """Open a run directory (or a layerwise model.safetensors file, or a shipped model named
     ``pretrained:NAME``, whose data is then read from ``data_root``) for inspection.
@@ -159,6 +179,7 @@ def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> 
     if not path.exists():
         raise RunDirError(f"'{path}' does not exist; give a run directory (runs/<name>-<time>) or its "
                           f"model.safetensors.")
+    _refuse_non_model(path)
     dev = resolve_device(device, "--device")
     model, meta = load_model(path, dev)
     info = _info(meta)
