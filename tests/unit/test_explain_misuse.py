@@ -15,7 +15,8 @@ pytest.importorskip("captum")
 from layerwise.cli import main
 from layerwise.config import ConfigError
 from layerwise.data import DataError, DatasetInfo
-from layerwise.insight.explain import MAX_STEPS, explain
+from layerwise.insight.explain import explain
+from layerwise.insight.explain_checks import MAX_STEPS
 from layerwise.models import create_model
 from layerwise.train.run import RunDirError, save_model
 
