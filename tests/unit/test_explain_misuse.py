@@ -242,3 +242,18 @@ def test_a_checkpoint_a_folder_of_runs_and_an_unfinished_run_are_named(tiny_run,
         explain(str(run / "checkpoints" / "step_00000010.pt"), split="test")
     with pytest.raises(RunDirError, match=r"is a folder of runs, not a run; give one of them: .*a\.$"):
         open_run(tmp_path / "runs", "cpu")
+
+
+def test_numeric_class_names_are_not_confused_with_output_indices(tiny_run, tmp_path, capsys):
+    torch.manual_seed(2)
+    m = create_model("convnet", in_shape=(1, 4, 4), num_classes=2, widths=(4,), whiten=False)
+    info = DatasetInfo("mnist", (1, 4, 4), 2, ["3", "8"], 1.0, [0.5], [0.25])  # a class subset of digits
+    save_model(tmp_path / "model.safetensors", m, {"model": m.config, "data": info.to_dict(),
+                                                   "task": {"name": "classify"}})
+    x = [str(tiny_run / "x.npy")]
+    # before: --target 1 explained class "8" (output 1) without a word
+    assert main(["explain", str(tmp_path), *x, "--target", "1", "--device", "cpu"]) == 2
+    assert "--target '1' is not a class of this model (3, 8); its classes are numbers" in capsys.readouterr().err
+    r = explain(str(tmp_path), x, method="saliency", target="8", device="cpu")
+    assert r[0]["target"] == 1 and r[0]["target_name"] == "8"
+    assert explain(str(tmp_path), x, method="saliency", target=0, device="cpu")[0]["target_name"] == "3"

@@ -84,12 +84,19 @@ def check_outputs(run: LoadedRun, out: torch.Tensor, names: list[str]) -> None:
 
 def resolve_target(run: LoadedRun, target: str | int | None) -> int | None:
     """--target as an output index: a class name, or an index below the number of outputs; None
-    keeps the predicted class. ConfigError naming the classes otherwise."""
+    keeps the predicted class. ConfigError naming the classes otherwise. When the class names are
+    numbers (digits 3 and 8 of MNIST), a text --target is read as a name only: "1" would otherwise
+    quietly explain the second class, "8"; the Python API's int stays an index."""
     if target is None:
         return None
     classes = list(run.info.classes or [])
     if isinstance(target, str) and target in classes:
         return classes.index(target)
+    numeric = [c.lstrip("-").isdigit() for c in [*classes, str(target)]]
+    if isinstance(target, str) and classes and all(numeric):
+        shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
+        raise ConfigError(f"--target '{target}' is not a class of this model ({shown}); its classes are numbers, so "
+                          f"--target names one of them (an output index: target={target} in the Python API).")
     n_out = run.info.num_classes or len(classes) or 1
     try:
         k = int(target)
