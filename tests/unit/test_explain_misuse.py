@@ -213,12 +213,14 @@ def test_a_run_whose_data_moved_is_told_about_data_root(tiny_run, tmp_path):
 
     shutil.copy(tiny_run / "model.safetensors", tmp_path / "model.safetensors")
     cfg = Config()
-    cfg.data.name, cfg.data.root = "mnist", str(tmp_path / "moved")
+    cfg.data.name, cfg.data.path, cfg.data.root = "csv", "rows.csv", str(tmp_path / "moved")
     save_config(cfg, tmp_path / "config.yaml")
-    # before: only "set data.root", a key of `layerwise train`, not of this command
+    # before: only "fix data.path or data.root", keys of `layerwise train`, not of this command
     with pytest.raises(DataError, match=r"reads the run's data from '.*moved'; give the folder that holds it "
                                         r"with --data-root DIR"):
         explain(str(tmp_path), split="test", n=1, device="cpu")
+    cfg.data.name = "mnist"
+    save_config(cfg, tmp_path / "config.yaml")
     with pytest.raises(DataError, match="--data-root DIR"):
         open_run(tmp_path, "cpu").examples("test", 1)
 

@@ -83,15 +83,14 @@ class LoadedRun:
     @property
     def dataset(self) -> Dataset:
         if self._dataset is None:
-            if self.cfg is None:
-                self._dataset = self._dataset_from_meta()
-            else:
-                root = self.data_root or self.cfg.data.root or default_data_root()
-                try:
+            try:
+                if self.cfg is None:
+                    self._dataset = self._dataset_from_meta()
+                else:
+                    root = self.data_root or self.cfg.data.root or default_data_root()
                     self._dataset = load_dataset(self.cfg.data.name, root, self.cfg.data)
-                except DataError as e:  # the fix the message gives (data.root) is a training key
-                    raise DataError(f"{e} This command reads the run's data from '{root}'; give the folder "
-                                    f"that holds it with --data-root DIR (Python: data_root=...).") from e
+            except DataError as e:  # the data modules name `layerwise train`'s flag; insight commands take --data-root
+                raise DataError(str(e).replace("(--data.root=DIR)", "(--data-root DIR)")) from None
         return self._dataset
 
     def _dataset_from_meta(self) -> Dataset:
@@ -101,7 +100,8 @@ class LoadedRun:
         from layerwise.config import DataConfig
 
         if not self.data_root:
-            raise RunDirError(f"'{self.source or self.path}' is a model file without its run directory (no config.yaml), so where "
+            given = self.source or self.path
+            raise RunDirError(f"'{given}' is a model file without its run directory (no config.yaml), so where "
                               f"its data ({self.info.name}) lives is unknown; give the run directory, or the data "
                               f"root (--data-root DIR holding {self.info.name}).")
         ds = load_dataset(self.info.name, self.data_root, DataConfig(name=self.info.name))
@@ -123,7 +123,14 @@ class LoadedRun:
         if self.info.task == "lm":
             raise DataError(f"the run in '{self.path}' is a language model: its data is one token stream, not "
                             f"examples with labels.")
-        ds = self.dataset
+        try:
+            ds = self.dataset
+        except DataError as e:  # a message that names only data.path / data.root, keys of `layerwise train`
+            if "--data-root" in str(e) or self.cfg is None:
+                raise
+            root = self.data_root or self.cfg.data.root or default_data_root()
+            raise DataError(f"{e} This command reads the run's data from '{root}'; give the folder that holds it "
+                            f"with --data-root DIR (Python: data_root=...).") from None
         x_all, y_all = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
         N = len(x_all)
         g = torch.Generator().manual_seed(seed)
