@@ -39,7 +39,7 @@ def explain(run_dir: str | Path, inputs: list[str] | tuple[str, ...] = (), *, me
     layerwise.insight.explain.explain for the methods, baselines and errors."""
     from layerwise.insight.explain import explain as _explain
 
-    return _explain(str(run_dir), inputs, method=method, split=split, n=n, seed=seed, target=target, steps=steps,
+    return _explain(run_dir, inputs, method=method, split=split, n=n, seed=seed, target=target, steps=steps,
                     internal_batch_size=internal_batch_size, baseline=baseline, tolerance=tolerance, device=device,
                     data_root=data_root)
 

@@ -162,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--n", type=int, default=8, help="examples of --split (default 8)")
     x.add_argument("--seed", type=int, default=0, help="which examples of --split (a seeded choice)")
     x.add_argument("--target", default=None, metavar="CLASS",
-                   help="explain this class (name or index) instead of the predicted one")
+                   help="explain this class (name or index; when the classes are numbers, a name) instead of the "
+                        "predicted one")
     x.add_argument("--steps", type=int, default=50, help="ig: points on the path from the baseline (default 50)")
     x.add_argument("--internal-batch-size", type=int, default=64,
                    help="rows per forward pass inside ig and occlusion (bounds memory; default 64)")

@@ -310,7 +310,7 @@ def test_bad_inputs_are_refused_with_the_fix(tmp_path, capsys):
         ([model, str(tmp_path / "ok.npy"), "--split", "test"], 2, "not both and not neither"),
         ([model], 2, "not both and not neither"),
         ([model, str(tmp_path / "ok.npy"), "--target", "cat"], 2, r"--target 'cat' is not an output.*0, 1, 2"),
-        ([model, str(tmp_path / "ok.npy"), "--steps", "1"], 2, "--steps must be >= 2"),
+        ([model, str(tmp_path / "ok.npy"), "--steps", "1"], 2, "--steps takes a whole number >= 2"),
         ([str(resolve_pretrained("pretrained:shakespeare-gpt")), str(tmp_path / "ok.npy")], 1,
          "language model.*layerwise generate"),
         ([str(tmp_path / "nothing-here"), str(tmp_path / "ok.npy")], 1, "does not exist"),

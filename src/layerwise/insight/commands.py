@@ -10,15 +10,37 @@ from typing import Any
 
 
 def fresh_dir(base: Path, stem: str) -> Path:
-    """``base/<stem>-NNN``, the first number not taken: earlier results are never overwritten."""
+    """``base/<stem>-NNN``, the first number not taken: earlier results are never overwritten. Two
+    commands finishing at once both get a folder (mkdir is the claim; a lost race takes the next)."""
     base.mkdir(parents=True, exist_ok=True)
     taken = {p.name for p in base.iterdir()}
     k = 1
-    while f"{stem}-{k:03d}" in taken:
-        k += 1
-    out = base / f"{stem}-{k:03d}"
-    out.mkdir()
-    return out
+    while True:
+        while f"{stem}-{k:03d}" in taken:
+            k += 1
+        out = base / f"{stem}-{k:03d}"
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            taken.add(out.name)
+
+
+def check_out_dir(base: Path) -> None:
+    """ConfigError when ``base`` (--out) is an existing file, or lies under one, or its nearest
+    existing folder cannot be written; creates nothing (a refused command leaves no folder)."""
+    import os
+
+    from layerwise.config import ConfigError
+
+    p = base.absolute()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise ConfigError(f"--out '{base}' " + ("is a file" if p == base.absolute() else f"lies under the file '{p}'")
+                          + "; give a folder (it is created if missing; each call writes a new <method>-NNN in it).")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out '{base}': the folder '{p}' cannot be written; give a folder you may write to.")
 
 
 def _safe(name: str) -> str:
@@ -35,6 +57,8 @@ def explain_command(args: Any) -> int:
     from layerwise.insight import render
     from layerwise.insight.explain import explain
 
+    if args.out:  # a folder that cannot be written is found before minutes of attributions, not after
+        check_out_dir(Path(args.out))
     results = explain(args.run_dir, args.inputs, method=args.method, split=args.split, n=args.n, seed=args.seed,
                       target=args.target, steps=args.steps, internal_batch_size=args.internal_batch_size,
                       baseline=args.baseline, tolerance=args.tolerance, device=args.device,

@@ -34,11 +34,17 @@ import torch
 from torch import nn
 
 from layerwise.config import ConfigError
-from layerwise.data import DataError
+from layerwise.insight.explain_checks import (  # noqa: F401  (MAX_STEPS, METHODS: part of this module's face)
+    MAX_STEPS,
+    METHODS,
+    check_arguments,
+    check_inputs,
+    check_outputs,
+    resolve_target,
+)
 from layerwise.insight.runs import LoadedRun
 from layerwise.train.run import RunDirError
 
-METHODS = ("ig", "saliency", "gradcam", "occlusion")
 BASELINES = ("auto", "zero", "mean")
 
 
@@ -313,15 +319,6 @@ def completeness(a: Attribution, tolerance: float) -> list[dict[str, float] | No
     return out
 
 
-def check_inputs(x: torch.Tensor, names: list[str]) -> None:
-    """DataError naming the first input that holds NaN or Inf."""
-    if x.is_floating_point():
-        bad = (~torch.isfinite(x.reshape(len(x), -1))).any(1)
-        if bool(bad.any()):
-            raise DataError(f"input '{names[int(bad.nonzero()[0])]}' holds NaN or Inf values; attributions of "
-                            f"such an input mean nothing. Clean the input first.")
-
-
 def baseline_for(run: LoadedRun, kind: str, choice: str) -> torch.Tensor:
     """The baseline in pixel space, shaped (1, *in_shape): ``zero`` (black) or ``mean`` (the
     dataset's per-channel / per-feature mean); ``auto`` is zero for images, mean otherwise."""
@@ -335,26 +332,6 @@ def baseline_for(run: LoadedRun, kind: str, choice: str) -> torch.Tensor:
     K = run.info.in_shape[0]
     m = torch.tensor(run.info.mean, dtype=torch.float32, device=run.device).view((1, K) + (1,) * (len(shape) - 2))
     return m.expand(shape).contiguous()
-
-
-def resolve_target(run: LoadedRun, target: str | int | None) -> int | None:
-    """--target as an output index: a class name, or an index below the number of outputs; None
-    keeps the predicted class. ConfigError naming the classes otherwise."""
-    if target is None:
-        return None
-    classes = list(run.info.classes or [])
-    if isinstance(target, str) and target in classes:
-        return classes.index(target)
-    n_out = run.info.num_classes or len(classes) or 1
-    try:
-        k = int(target)
-    except (TypeError, ValueError):
-        k = -1
-    if not 0 <= k < n_out:
-        shown = ", ".join(classes[:20]) + (" ..." if len(classes) > 20 else "")
-        raise ConfigError(f"--target '{target}' is not an output of this model; give a class name ({shown}) or an "
-                          f"index from 0 to {n_out - 1}.")
-    return k
 
 
 def feature_names(run: LoadedRun) -> list[str]:
@@ -386,7 +363,7 @@ def _read(run: LoadedRun, kind: str, inputs: list[str], invert: str) -> tuple[li
     return names, x.to(run.device)
 
 
-def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: str = "ig", split: str | None = None,
+def explain(run_dir: str | Any, inputs: list[str] | tuple[str, ...] = (), *, method: str = "ig", split: str | None = None,
             n: int = 8, seed: int = 0, target: str | int | None = None, steps: int = 50,
             internal_batch_size: int = 64, baseline: str = "auto", tolerance: float = 0.05, device: str = "auto",
             data_root: str = "", invert: str = "auto") -> list[dict[str, Any]]:
@@ -394,25 +371,30 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
     or of ``n`` examples of a ``split`` (test or train), for the predicted class or ``target``.
 
     Returns one dict per example: "input" (its name), "predicted" (class name, or None for a
-    regressor), "probability" (of the predicted class) or "value" (a regressor's output),
-    "target" / "target_name" (the explained output), "x" (the input: pixel space (*in_shape) or
-    token ids (T,), on the CPU), "attribution" (same shape as x; per token for text), "tokens"
-    (text: the strings of x's ids, "" for padding), "features" (tables: the feature names) and "completeness" (ig: {"gap", "delta_f",
-    "relative"}, else None; a warning when relative > ``tolerance``). ``steps``: IG's Riemann
-    points; ``internal_batch_size``: rows per forward pass (IG's path points, occlusion's
-    windows) to bound memory. Raises ConfigError (unknown method, a method the family lacks,
-    bad --target or both/neither of inputs and split), DataError (unreadable or NaN input) or
-    RunDirError (a run explain cannot take: language models, ratings, molecules, fields)."""
+    regressor or multilabel model), "probability" (of the predicted class; multilabel: the
+    explained label's sigmoid, with "labels", those over the threshold; the attributions are of
+    its logit) or "value" (a regressor's output in its units; the attributions are of the model's
+    standardized output), "target" / "target_name" (the explained output), "x" (the input: pixel
+    space (*in_shape) or token ids (T,), on the CPU), "attribution" (same shape as x; per token
+    for text), "tokens" (text: the strings of x's ids, "" for padding), "features" (tables: the
+    feature names), "baseline" (the one ig and occlusion used: zero, mean or padding; None for
+    the others) and "completeness" (ig: {"gap", "delta_f", "relative"}, else None; a warning
+    when relative > ``tolerance``). ``steps``: IG's Riemann points; ``internal_batch_size``: rows
+    per forward pass (IG's path points, occlusion's windows, the prediction pass) to bound memory.
+    Raises ConfigError (unknown method, a method the family lacks, bad --target, an argument of
+    the wrong type or range, both/neither of inputs and split, --baseline mean for text),
+    DataError (unreadable or NaN input, a non-finite output) or RunDirError (a run explain cannot
+    take: language models, ratings, molecules, fields; NaN weights)."""
+    from pathlib import Path
+
     from layerwise.insight.runs import open_run
 
-    if method not in METHODS:
-        raise ConfigError(f"unknown --method '{method}'; choose one of {', '.join(METHODS)}.")
-    if bool(inputs) == bool(split):
-        raise ConfigError("`layerwise explain RUN_DIR` takes input files or --split test|train (with --n N), not "
-                          "both and not neither.")
-    if steps < 2 or internal_batch_size < 1 or n < 1:
-        raise ConfigError(f"--steps must be >= 2, --internal-batch-size and --n >= 1; got {steps}, "
-                          f"{internal_batch_size}, {n}.")
+    if not isinstance(run_dir, (str, Path)):
+        what = "a torch module" if isinstance(run_dir, nn.Module) else f"a value of type {type(run_dir).__name__}"
+        raise ConfigError(f"explain takes a run directory, a model.safetensors path or 'pretrained:NAME', not {what}. "
+                          f"For a model in memory call layerwise.insight.explain.attribute(model, x, target, "
+                          f"method, baseline) on a batch x.")
+    inputs = check_arguments(inputs, method, split, n, steps, internal_batch_size, tolerance, target, seed)
     run = open_run(run_dir, device, data_root)
     kind = modality(run)
     allowed = supported_methods(run)
@@ -420,6 +402,9 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         raise ConfigError(f"--method {method} is not defined for a {type(run.model).__name__} {kind} model "
                           f"(Grad-CAM needs a convnet or resnet's conv stages or a vit's patch tokens); choose "
                           f"{', '.join(allowed)}.")
+    if kind == "text" and baseline == "mean":  # token ids have no mean; the path starts at padding
+        raise ConfigError("--baseline mean is not defined for text: a text model's baseline is the padding "
+                          "embedding (zero), or the empty bag for an ngram-bag. Leave --baseline auto.")
     k = resolve_target(run, target)
     if inputs:
         names, x = _read(run, kind, list(inputs), invert)
@@ -428,15 +413,19 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         names = [f"{split}[{i}]" for i in range(len(x))]
     check_inputs(x, names)
     f = run.model if kind == "text" else run.pixel_model()
-    with torch.no_grad():
-        out = f(x)
+    with torch.no_grad():  # in chunks, as the attributions below: a large --n never runs as one batch
+        out = torch.cat([f(x[i:i + internal_batch_size]) for i in range(0, len(x), internal_batch_size)])
+    check_outputs(run, out, names)
     present = run.task.present(out, 1)
-    if run.info.task == "classify":
+    if run.info.task in ("classify", "multilabel"):  # multilabel: the most probable label (its largest logit)
         pred = out.argmax(1)
-    else:  # regress, multilabel: the first output unless --target names one
+    else:  # regress: the first output unless --target names one
         pred = torch.zeros(len(x), dtype=torch.long, device=x.device)
     tgt = pred if k is None else torch.full_like(pred, k)
     base, cam, parts = None if kind == "text" else baseline_for(run, kind, baseline), gradcam_layer_kind(run.model), []
+    # the baseline ig and occlusion used, by name, for summary.json ("auto" resolved)
+    used = (None if method in ("saliency", "gradcam") else "padding" if kind == "text" else
+            baseline if baseline != "auto" else "zero" if kind == "image" else "mean")
     for i in range(0, len(x), internal_batch_size):  # examples in chunks too: --n 10000 stays in memory
         xi, ti = x[i:i + internal_batch_size], tgt[i:i + internal_batch_size]
         parts.append(attribute_tokens(run.model, xi, ti, method, steps=steps, internal_batch_size=internal_batch_size)
@@ -456,6 +445,9 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         if run.info.task == "classify":
             top = present[i]["top"][0]
             r |= {"predicted": top["class"], "probability": top["probability"]}
+        elif run.info.task == "multilabel":  # the labels over the threshold, as predict shows them
+            r |= {"predicted": None, "labels": present[i]["labels"],
+                  "probability": float(torch.sigmoid(out[i, int(tgt[i])].float()))}
         else:
             vals = list(present[i].get("values", {}).values())  # a regressor's outputs in the target's units
             t = int(tgt[i])
@@ -463,15 +455,37 @@ def explain(run_dir: str, inputs: list[str] | tuple[str, ...] = (), *, method: s
         t = int(tgt[i])
         r |= {"target": t, "target_name": outputs[t] if t < len(outputs) else str(t), "x": x[i].detach().cpu(),
               "attribution": a.attr[i].detach().cpu(), "tokens": tokens[i], "features": features,
-              "completeness": comp[i]}
+              "completeness": comp[i], "baseline": used}
         results.append(r)
     return results
 
 
 def _token_strings(run: LoadedRun, x: torch.Tensor) -> list[list[str]]:
-    """The text of each token id of x (B, T) ("" for padding), by the run's tokenizer."""
+    """The text of each token id of x (B, T) ("" for padding), by the run's tokenizer. A character
+    that a byte-level tokenizer (byte, bpe) splits over several tokens is shown whole on its first
+    token and as "·" on the others (each alone decodes to U+FFFD), so the tokens read as the text."""
     from layerwise.data.tokenizers import tokenizer_from_dict
 
     tok = tokenizer_from_dict(run.info.extra["tokenizer"])
     off = run.info.extra["text"].get("id_offset", 1)
-    return [[tok.decode([i - off]) if i != 0 else "" for i in row] for row in x.tolist()]
+    rows = []
+    for row in x.tolist():
+        strings, j = [], 0
+        while j < len(row):
+            if row[j] == 0:
+                strings.append("")
+                j += 1
+                continue
+            text, k = tok.decode([row[j] - off]), 1
+            for m in range(2, 5) if "\ufffd" in text else ():  # UTF-8: at most 4 bytes a character
+                ids = row[j:j + m]
+                if len(ids) < m or 0 in ids:
+                    break
+                whole = tok.decode([i - off for i in ids])
+                if "\ufffd" not in whole:
+                    text, k = whole, m
+                    break
+            strings += [text] + ["·"] * (k - 1)
+            j += k
+        rows.append(strings)
+    return rows

@@ -18,6 +18,12 @@ SIGNED = ("ig", "occlusion")
 
 
 def headline(r: dict[str, Any]) -> str:
+    """One line on what was predicted and what is explained: the class and its probability; a
+    multilabel model's labels over the threshold and the explained label's probability; a
+    regressor's explained output and its value."""
+    if "labels" in r:
+        return (f"labels {', '.join(r['labels']) or '(none over the threshold)'}; explaining {r['target_name']} "
+                f"(p = {r['probability']:.3f})")
     if r.get("predicted") is not None:
         head = f"predicted {r['predicted']} (p = {r['probability']:.3f})"
     else:

@@ -61,6 +61,7 @@ class LoadedRun:
     cfg: Any
     device: torch.device
     data_root: str = ""
+    source: str = ""  # what the user gave (a run, a file, pretrained:NAME), for messages
     _dataset: Dataset | None = field(default=None, repr=False)
 
     @property
@@ -99,7 +100,8 @@ class LoadedRun:
         from layerwise.config import DataConfig
 
         if not self.data_root:
-            raise RunDirError(f"'{self.path}' is a model file without its run directory (no config.yaml), so where "
+            given = self.source or self.path
+            raise RunDirError(f"'{given}' is a model file without its run directory (no config.yaml), so where "
                               f"its data ({self.info.name}) lives is unknown; give the run directory, or the data "
                               f"root (--data-root DIR holding {self.info.name}).")
         ds = load_dataset(self.info.name, self.data_root, DataConfig(name=self.info.name))
@@ -121,7 +123,14 @@ class LoadedRun:
         if self.info.task == "lm":
             raise DataError(f"the run in '{self.path}' is a language model: its data is one token stream, not "
                             f"examples with labels.")
-        ds = self.dataset
+        try:
+            ds = self.dataset
+        except DataError as e:  # a message that names only data.path / data.root, keys of `layerwise train`
+            if "--data-root" in str(e) or self.cfg is None:
+                raise
+            root = self.data_root or self.cfg.data.root or default_data_root()
+            raise DataError(f"{e} This command reads the run's data from '{root}'; give the folder that holds it "
+                            f"with --data-root DIR (Python: data_root=...).") from None
         x_all, y_all = (ds.x_test, ds.y_test) if split == "test" else (ds.x_train, ds.y_train)
         N = len(x_all)
         g = torch.Generator().manual_seed(seed)
@@ -143,6 +152,26 @@ class LoadedRun:
         return x.to(self.device), (y.to(self.device) if y is not None else None)
 
 
+def _refuse_non_model(path: Path) -> None:
+    """RunDirError for the paths people give instead of a run (a training checkpoint, a folder of
+    runs, a run that never finished), naming what to give instead."""
+    if path.is_file() and path.suffix == ".pt":
+        run = path.parent.parent
+        done = (run / "model.safetensors").is_file()
+        raise RunDirError(f"'{path}' is a training checkpoint (resumable state), not a model file; give the run "
+                          f"directory '{run}'" + (" (it holds model.safetensors)." if done else
+                                                  f", once `layerwise train --resume {run}` has finished it."))
+    if not path.is_dir() or (path / "model.safetensors").exists():
+        return
+    if (path / "checkpoints").is_dir() and (path / "config.yaml").is_file():
+        raise RunDirError(f"the run in '{path}' has not finished (checkpoints, no model.safetensors); finish it with "
+                          f"`layerwise train --resume {path}`, then run this command again.")
+    runs = sorted(p.name for p in path.iterdir() if (p / "model.safetensors").is_file())
+    if runs:
+        raise RunDirError(f"'{path}' is a folder of runs, not a run; give one of them: "
+                          f"{', '.join(str(path / r) for r in runs[:5])}{', ...' if len(runs) > 5 else '.'}")
+
+
 def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> LoadedRun:
     """Open a run directory (or a layerwise model.safetensors file, or a shipped model named
     ``pretrained:NAME``, whose data is then read from ``data_root``) for inspection.
@@ -150,16 +179,18 @@ def open_run(run_dir: str | Path, device: str = "auto", data_root: str = "") -> 
     Returns a :class:`LoadedRun` with the model in eval mode on ``device`` (``auto``: a GPU when
     there is one). Raises RunDirError naming the path when it holds no readable layerwise model
     (the message says what to give instead)."""
-    if str(run_dir).startswith(PREFIX):  # a shipped model (its data comes from data_root)
+    source = str(run_dir)
+    if source.startswith(PREFIX):  # a shipped model (its data comes from data_root)
         run_dir = resolve_pretrained(str(run_dir))
     path = Path(run_dir)
     if not path.exists():
         raise RunDirError(f"'{path}' does not exist; give a run directory (runs/<name>-<time>) or its "
                           f"model.safetensors.")
+    _refuse_non_model(path)
     dev = resolve_device(device, "--device")
     model, meta = load_model(path, dev)
     info = _info(meta)
     run = path if path.is_dir() else path.parent
     cfg = load_config(run / "config.yaml") if (run / "config.yaml").is_file() else None
     return LoadedRun(path=run, model=model, meta=meta, info=info, task=model_task(meta, info, cfg), cfg=cfg,
-                     device=dev, data_root=data_root)
+                     device=dev, data_root=data_root, source=source)
