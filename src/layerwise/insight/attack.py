@@ -183,17 +183,18 @@ class AdversarialTraining:
 
     The Trainer's batches are normalized ((raw / scale - mean) / std), so :meth:`perturb` maps
     them back to pixel space with the run's DatasetInfo, attacks there (images clipped to [0, 1];
-    other inputs unbounded) and normalizes the result again. Raises ConfigError for data without
-    a pixel space (token ids, indices, molecules)."""
+    other inputs unbounded) and normalizes the result again. ``rank``: the data-parallel rank
+    (its random starts differ). Raises ConfigError for data without a pixel space (token ids,
+    indices, molecules)."""
 
-    def __init__(self, train_cfg: Any, info: Any, loss_fn: Loss, device: torch.device):
+    def __init__(self, train_cfg: Any, info: Any, loss_fn: Loss, device: torch.device, rank: int = 0):
         x = info.extra
         if info.task == "lm" or "text" in x or "tokenizer" in x or "molecules" in x or x.get("inputs") == "indices":
             raise ConfigError(f"train.adversarial={train_cfg.adversarial} perturbs real-valued inputs (images, audio "
                               f"features, table columns), but dataset '{info.name}' gives the model token ids or "
                               f"indices, which have no small perturbations. Set --train.adversarial=none.")
         t = train_cfg
-        self.method, self.eps, self.seed = t.adversarial, float(t.adversarial_eps), int(t.seed)
+        self.method, self.eps, self.seed, self.rank = t.adversarial, float(t.adversarial_eps), int(t.seed), rank
         self.steps = 1 if t.adversarial == "fgsm-rs" else int(t.adversarial_steps)
         default = 1.25 * self.eps if t.adversarial == "fgsm-rs" else 2.5 * self.eps / self.steps
         self.alpha = float(t.adversarial_alpha) or default
@@ -205,9 +206,11 @@ class AdversarialTraining:
         self.loss_fn = loss_fn
 
     def generator(self, step: int, micro: int, device: torch.device) -> torch.Generator:
-        """The random starts' generator of one micro-batch: a function of (seed, step, micro) alone,
-        so that a resumed run draws the same starts (no state to save)."""
-        return torch.Generator(device=device).manual_seed((self.seed * 1_000_003 + step) * 64 + micro)
+        """The random starts' generator of one micro-batch: a function of (seed, step, micro, the
+        data-parallel rank) alone, so that a resumed run draws the same starts (no state to save)
+        and the ranks of a data-parallel run draw different ones."""
+        return torch.Generator(device=device).manual_seed((self.seed * 1_000_003 + step) * 64 + micro
+                                                          + self.rank * 2 ** 48)
 
     def perturb(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, step: int, micro: int = 0) -> torch.Tensor:
         """x (B, ...) normalized inputs, y its targets -> the adversarial x, normalized, detached.

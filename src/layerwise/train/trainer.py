@@ -164,7 +164,7 @@ class Trainer:
         if t.adversarial != "none":
             from layerwise.insight.attack import AdversarialTraining
             self.adversary = AdversarialTraining(t, self.info, self.task.member_loss if self.members > 1
-                                                 else self.task.loss, self.device)
+                                                 else self.task.loss, self.device, self.par.dp_rank)
 
         self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
