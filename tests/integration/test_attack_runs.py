@@ -79,20 +79,24 @@ def test_adversarial_training_resumes_bit_identically_after_sigkill(adversarial_
     _assert_identical(load_file(str(adversarial_run / "model.safetensors")), load_file(str(run / "model.safetensors")))
 
 
-def test_attack_cli_on_an_adversarially_trained_image_run(adversarial_run, tmp_path):
-    out = lw("attack", adversarial_run, "--n", 100, "--steps", 5, "--eps", "0,0.1,0.3", "--device", "cpu")
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_attack_cli_on_an_adversarially_trained_image_run(adversarial_run, tmp_path, capsys):
+    from layerwise.cli import main
+
+    # in this process (cli.main, as `layerwise attack` calls it): no second interpreter to start
+    assert main(["attack", str(adversarial_run), "--n", "100", "--steps", "5", "--eps", "0,0.1,0.3",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr()
     result = json.loads((adversarial_run / "attack" / "pgd-linf.json").read_text())
     acc = [r["accuracy"] for r in result["rows"]]
     assert result["bounds"] == [0.0, 1.0] and result["n"] == 100 and acc[0] >= 0.3 and acc[2] <= acc[0]  # chance: 0.1
     assert all(r["max_perturbation"] <= r["eps"] + 1e-6 for r in result["rows"])
-    assert (adversarial_run / "attack" / "linf.png").stat().st_size > 5000 and "0.3" in out.stdout
+    assert (adversarial_run / "attack" / "linf.png").stat().st_size > 5000 and "0.3" in out.out
     # a typo in a flag: a clear one-line error, exit 2, earlier results kept
-    bad = lw("attack", adversarial_run, "--eps", "0,0.1x")
-    assert bad.returncode == 2 and "--eps takes comma-separated numbers" in bad.stderr, bad.stderr
+    assert main(["attack", str(adversarial_run), "--eps", "0,0.1x"]) == 2
+    err = capsys.readouterr().err
+    assert "--eps takes comma-separated numbers" in err and len(err.strip().splitlines()) == 1, err
     assert (adversarial_run / "attack" / "pgd-linf.json").read_text() == json.dumps(result, indent=2) + "\n"
-    missing = lw("attack", tmp_path / "nothing")
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert main(["attack", str(tmp_path / "nothing")]) == 1 and "does not exist" in capsys.readouterr().err
 
 
 def test_attack_on_a_table_run_is_unbounded_and_refuses_regression(tmp_path):
