@@ -15,7 +15,7 @@ images (default all 10,000); and swept over eps 0 .. 0.4 with FGSM and PGD-20 on
 images for the accuracy-vs-eps plot. Madry et al. 2018 report 89.6% under PGD at eps 0.3 (their larger
 network, 100k PGD-40 steps of training), Wong et al. 2020 88.8% (FGSM-RS, 10 epochs).
 
-    python benchmarks/adversarial.py --data-root DIR [--n 10000] [--restarts 2]
+    python benchmarks/adversarial.py --data-root DIR [--n 10000] [--restarts 2] [--epochs 3]
         [--out benchmarks/results/adversarial_<date>.json] [--plot benchmarks/attack/mnist_accuracy_vs_eps.png]
 """
 
@@ -41,7 +41,7 @@ SWEEP = [0.0, 0.1, 0.2, 0.3, 0.4]
 
 
 def train_and_attack(name: str, data_root: str, runs: str, n: int, restarts: int, sweep_n: int,
-                     pretrained: bool) -> dict:
+                     pretrained: bool, overrides: tuple[str, ...] = ()) -> dict:
     """One model: train its recipe (or take the shipped pretrained model), then PGD-40 at eps 0.3
     and the sweep (in this process, one thread). Returns its figures and CPU seconds."""
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -65,8 +65,8 @@ def train_and_attack(name: str, data_root: str, runs: str, n: int, restarts: int
         recipe = "pretrained:mnist-convnet (recipes/pretrain-mnist-convnet.yaml)"
     else:
         summary = layerwise.fit(str(REPO / RECIPES[name]), f"--data.root={data_root}", f"--run.root={runs}", *Q,
-                                show_progress=False)
-        recipe = RECIPES[name]
+                                *overrides, show_progress=False)
+        recipe = " ".join([RECIPES[name], *overrides])
     train_cpu = time.process_time() - t0
     run = open_run(summary["run_dir"], device="cpu", data_root=data_root)
     model = run.pixel_model()
@@ -96,6 +96,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10000, help="test images for the PGD-40 figure")
     p.add_argument("--restarts", type=int, default=2, help="PGD starts (the first plus restarts)")
     p.add_argument("--sweep-n", type=int, default=300, help="test images for the accuracy-vs-eps sweep")
+    p.add_argument("--epochs", type=float, help="the adversarial model's epochs (default: its recipe's, 10)")
     p.add_argument("--standard", choices=("pretrained", "train"), default="pretrained",
                    help="the standard model: the shipped pretrained:mnist-convnet, or recipes/mnist-cnn.yaml trained here")
     p.add_argument("--out", default=f"benchmarks/results/adversarial_{time.strftime('%Y-%m-%d')}.json")
@@ -103,7 +104,9 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(2) as pool:
         jobs = [pool.submit(train_and_attack, name, args.data_root, str(Path(tmp) / name), args.n, args.restarts,
-                            args.sweep_n, name == "standard" and args.standard == "pretrained") for name in RECIPES]
+                            args.sweep_n, name == "standard" and args.standard == "pretrained",
+                            (f"--train.epochs={args.epochs:g}",) if args.epochs and name == "adversarial" else ())
+                for name in RECIPES]
         results = []
         for name, j in zip(RECIPES, jobs):
             try:
