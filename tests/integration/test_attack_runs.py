@@ -36,7 +36,7 @@ def test_carlini_checklist_on_the_pretrained_mnist_convnet(mnist_model):
     from layerwise.insight.attack import accuracy_under_attack
 
     model, x, y = mnist_model
-    eps = [0.0, 0.05, 0.1, 0.2, 0.3]
+    eps = [0.0, 0.1, 0.2, 0.3]
     f = accuracy_under_attack(model, x, y, eps, method="fgsm")
     p = accuracy_under_attack(model, x, y, eps, method="pgd", steps=10)
     acc_f, acc_p = [r["accuracy"] for r in f], [r["accuracy"] for r in p]
@@ -45,8 +45,8 @@ def test_carlini_checklist_on_the_pretrained_mnist_convnet(mnist_model):
         assert r["max_perturbation"] <= r["eps"] + 1e-6
     assert all(a >= b for a, b in zip(acc_p, acc_p[1:])) and acc_p[-1] < acc_p[1] < acc_p[0]  # falls with eps
     assert all(pa <= fa for pa, fa in zip(acc_p, acc_f)) and sum(acc_p) < sum(acc_f) - 0.5  # PGD beats FGSM
-    # a standard MNIST CNN falls below 5% under PGD at eps 0.3 (Madry et al. 2018: 0-4%)
-    assert accuracy_under_attack(model, x, y, [0.3], method="pgd", steps=20, seed=1)[0]["accuracy"] < 0.05
+    # a standard MNIST CNN falls below 5% under PGD at eps 0.3 (Madry et al. 2018: 0-4%), even PGD-10
+    assert acc_p[-1] < 0.05
     # a large enough eps leaves nothing (L-inf 0.5 can turn any digit into mid-grey)
     assert accuracy_under_attack(model, x[:100], y[:100], [0.5], method="pgd", steps=10)[0]["accuracy"] <= 0.01
 
