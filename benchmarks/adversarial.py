@@ -96,7 +96,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10000, help="test images for the PGD-40 figure")
     p.add_argument("--restarts", type=int, default=2, help="PGD starts (the first plus restarts)")
     p.add_argument("--sweep-n", type=int, default=300, help="test images for the accuracy-vs-eps sweep")
-    p.add_argument("--epochs", type=float, help="the adversarial model's epochs (default: its recipe's, 10)")
+    p.add_argument("--epochs", type=float, help="the adversarial model's epochs (default: its recipe's, 3)")
     p.add_argument("--standard", choices=("pretrained", "train"), default="pretrained",
                    help="the standard model: the shipped pretrained:mnist-convnet, or recipes/mnist-cnn.yaml trained here")
     p.add_argument("--out", default=f"benchmarks/results/adversarial_{time.strftime('%Y-%m-%d')}.json")
