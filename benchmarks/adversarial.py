@@ -97,6 +97,8 @@ def main() -> None:
     p.add_argument("--restarts", type=int, default=2, help="PGD starts (the first plus restarts)")
     p.add_argument("--sweep-n", type=int, default=300, help="test images for the accuracy-vs-eps sweep")
     p.add_argument("--epochs", type=float, help="the adversarial model's epochs (default: its recipe's, 3)")
+    p.add_argument("--set", action="append", default=[], metavar="--section.key=value",
+                   help="an override for the adversarial model's recipe (repeatable), e.g. --set=--train.adversarial=pgd")
     p.add_argument("--standard", choices=("pretrained", "train"), default="pretrained",
                    help="the standard model: the shipped pretrained:mnist-convnet, or recipes/mnist-cnn.yaml trained here")
     p.add_argument("--out", default=f"benchmarks/results/adversarial_{time.strftime('%Y-%m-%d')}.json")
@@ -105,7 +107,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(2) as pool:
         jobs = [pool.submit(train_and_attack, name, args.data_root, str(Path(tmp) / name), args.n, args.restarts,
                             args.sweep_n, name == "standard" and args.standard == "pretrained",
-                            (f"--train.epochs={args.epochs:g}",) if args.epochs and name == "adversarial" else ())
+                            ((f"--train.epochs={args.epochs:g}",) if args.epochs else ()) + tuple(args.set)
+                            if name == "adversarial" else ())
                 for name in RECIPES]
         results = []
         for name, j in zip(RECIPES, jobs):
