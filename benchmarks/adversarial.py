@@ -114,7 +114,7 @@ def main() -> None:
         for name, j in zip(RECIPES, jobs):
             try:
                 results.append(j.result())
-            except Exception as e:  # the other model's figures are still worth keeping
+            except Exception as e:  # noqa: BLE001 (any failure: the other model's figures are still worth keeping)
                 print(f"{name}: failed: {e!r}", flush=True)
             else:
                 print(json.dumps({k: v for k, v in results[-1].items() if k != "sweep"}), flush=True)

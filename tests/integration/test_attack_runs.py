@@ -4,6 +4,7 @@ resumes bit-identically after a SIGKILL."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from test_resume import _assert_identical, _newest_step, kill_after_checkpoint
 
 N = 200  # real MNIST test images (a seeded choice)
@@ -43,7 +43,7 @@ def test_carlini_checklist_on_the_pretrained_mnist_convnet(mnist_model):
     assert acc_f[0] == acc_p[0] >= 0.98  # eps 0: the clean accuracy (the model reaches 99.64% on all 10k)
     for r in f + p:  # every perturbation inside its ball (the images' [0, 1] range: tests/unit/test_attack.py)
         assert r["max_perturbation"] <= r["eps"] + 1e-6
-    assert all(a >= b for a, b in zip(acc_p, acc_p[1:])) and acc_p[-1] < acc_p[1] < acc_p[0]  # falls with eps
+    assert all(a >= b for a, b in itertools.pairwise(acc_p)) and acc_p[-1] < acc_p[1] < acc_p[0]  # falls with eps
     assert all(pa <= fa for pa, fa in zip(acc_p, acc_f)) and sum(acc_p) < sum(acc_f) - 0.5  # PGD beats FGSM
     # a standard MNIST CNN falls below 5% under PGD at eps 0.3 (Madry et al. 2018: 0-4%), even PGD-10
     assert acc_p[-1] < 0.05

@@ -9,7 +9,12 @@ import torch
 
 from layerwise.config import ConfigError, load_config
 from layerwise.data import DatasetInfo
-from layerwise.insight.attack import AdversarialTraining, accuracy_under_attack, fgsm, pgd
+from layerwise.insight.attack import (
+    AdversarialTraining,
+    accuracy_under_attack,
+    fgsm,
+    pgd,
+)
 from layerwise.insight.attack_report import attack, parse_eps
 
 
