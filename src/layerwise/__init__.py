@@ -6,6 +6,7 @@
     summary = layerwise.finetune(summary["run_dir"], None, "--data.name=...")  # from trained weights
     summary = layerwise.fit_rl("recipes/cartpole.yaml", "--train.seed=1")   # PPO (needs layerwise[rl])
     result = layerwise.probe(summary["run_dir"])   # linear probe accuracy per depth, with pictures
+    result = layerwise.attack(summary["run_dir"], "pgd", "linf", [0, 0.1, 0.3])  # accuracy under attack
 """
 
 from __future__ import annotations
@@ -131,3 +132,17 @@ def probe(run_dir: str | Path, train_n: int = 5000, test_n: int = 2000, seed: in
     from layerwise.insight.probe import probe as _probe
 
     return _probe(run_dir, train_n, test_n, seed, out, device, data_root, max_features, layer=layer, head=head)
+
+
+def attack(run_dir: str | Path, method: str = "pgd", norm: str = "linf", eps: Any = (0, 0.1, 0.2, 0.3), *,
+           steps: int = 40, restarts: int = 1, step_factor: float = 2.5, n: int = 1000, seed: int = 0,
+           out: str | Path | None = None, device: str = "auto", data_root: str = "") -> dict[str, Any]:
+    """Accuracy of a finished classification run under FGSM or PGD (``layerwise attack``) at each
+    eps (pixel space: images in [0, 1]); writes RUN_DIR/attack/<method>-<norm>.json (or into
+    ``out``) and a plot of accuracy against eps, and returns the JSON's dict (``rows``: eps,
+    accuracy, correct, n, max_perturbation). Arguments and errors: see
+    :func:`layerwise.insight.attack_report.attack`."""
+    from layerwise.insight.attack_report import attack as _attack
+
+    return _attack(run_dir, method, norm, eps, steps=steps, restarts=restarts, step_factor=step_factor, n=n,
+                   seed=seed, out=out, device=device, data_root=data_root)

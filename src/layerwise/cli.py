@@ -13,6 +13,8 @@
                        [--stop STR ...] [--stop-top-level] [--samples N] [--check-syntax python]
     layerwise explain RUN_DIR INPUT... [--method ig|saliency|gradcam|occlusion] [--target CLASS]
     layerwise explain RUN_DIR --split test --n 8
+    layerwise attack RUN_DIR [--method fgsm|pgd] [--norm linf|l2] [--eps 0,0.1,0.2,0.3] [--steps 40]
+                     [--restarts 1] [--n 1000] [--out DIR]
     layerwise info RUN_DIR
     layerwise models [NAME] [--pretrained]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
@@ -212,6 +214,26 @@ def _parser() -> argparse.ArgumentParser:
     pb.add_argument("--head", type=int, default=0, help="attention picture: the head")
     pb.add_argument("--data-root", default="", help="override the data root saved in the run's config")
     pb.add_argument("--device", default="auto")
+
+    a = sub.add_parser("attack", help="accuracy of a run under FGSM or PGD attacks over a range of eps (a table, "
+                       "attack/<method>-<norm>.json and a plot)",
+                       description="Attack a classification run's test images (or audio, table rows) in pixel "
+                                   "space (images in [0, 1]; the run's normalization is part of the attacked "
+                                   "model) and report accuracy at each eps. PGD: a uniform random start and "
+                                   "--steps steps of STEP_FACTOR * eps / steps (Madry et al. 2018).")
+    a.add_argument("run_dir")
+    a.add_argument("--method", choices=("fgsm", "pgd"), default="pgd")
+    a.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    a.add_argument("--eps", default="0,0.1,0.2,0.3", help="comma-separated radii in pixel units")
+    a.add_argument("--steps", type=int, default=40, help="PGD steps")
+    a.add_argument("--restarts", type=int, default=1, help="PGD random starts (each on the examples not yet fooled)")
+    a.add_argument("--step-factor", type=float, default=2.5, help="PGD step size = STEP_FACTOR * eps / steps")
+    a.add_argument("--n", type=int, default=1000, help="test examples attacked (a seeded choice)")
+    a.add_argument("--seed", type=int, default=0, help="which examples, and the random starts")
+    a.add_argument("--out", help="output folder (default: RUN_DIR/attack)")
+    a.add_argument("--batch-size", type=int, default=500)
+    a.add_argument("--device", default="auto")
+    a.add_argument("--data-root", default="", help="where the run's dataset is (default: the run's data.root)")
 
     i = sub.add_parser("info", help="summary table of a run")
     i.add_argument("run_dir")
@@ -534,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
                            args.max_features, layer=args.layer, head=args.head)
             print(format_table(result) if "depths" in result else f"not probed: {result['refused']}")
             print("wrote " + ", ".join(result["files"]))
+        elif args.command == "attack":
+            from layerwise.insight.attack_report import run_command
+            run_command(args)
         elif args.command == "info":
             from layerwise.train.inference import run_info
             from layerwise.train.progress import print_table

@@ -228,6 +228,13 @@ class TrainConfig:
     log_every: int = _f(20, "log train metrics every N optimizer steps")
     max_bad_steps: int = _f(5, "stop with an error after this many consecutive NaN/Inf steps")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+    adversarial: str = _f("none", "adversarial training (insight/attack.py): none, pgd (Madry et al. 2018) or "
+                          "fgsm-rs (Wong et al. 2020's fast FGSM from a random start)")
+    adversarial_eps: float = _f(0.0, "adversarial training: L-inf radius in pixel space (images: of [0, 1]; "
+                                "MNIST: 0.3)")
+    adversarial_steps: int = _f(7, "adversarial training: PGD steps (fgsm-rs takes one)")
+    adversarial_alpha: float = _f(0.0, "adversarial training: step size in pixel space (0 = the default: "
+                                  "2.5 eps / steps for pgd, 1.25 eps for fgsm-rs)")
 
 
 @dataclass
@@ -614,6 +621,7 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
          f"data.sample_rate must be in 1 .. 768000 Hz, got {cfg.data.sample_rate}"),
         (cfg.train.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+        *_adversarial_checks(cfg),
         (cfg.train.eval_tta in ("none", "flip", "flip-translate"),
          f"train.eval_tta must be none, flip or flip-translate, got '{cfg.train.eval_tta}'"),
         (cfg.data.translate_pad in ("zero", "reflect"),
@@ -658,6 +666,21 @@ def _checks(cfg: Config) -> list[tuple[bool, str]]:
         (cfg.dist.tp >= 0 and cfg.dist.dp_replicate >= 1, "dist.tp must be >= 0 and dist.dp_replicate >= 1"),
         (cfg.dist.timeout > 0, "dist.timeout must be > 0 seconds"),
     ]
+
+
+def _adversarial_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """train.adversarial*: a known method and a radius that perturbs."""
+    t = cfg.train
+    if t.adversarial == "none":
+        return []
+    return [
+        (t.adversarial in ("pgd", "fgsm-rs"), f"train.adversarial must be none, pgd or fgsm-rs, got '{t.adversarial}'"),
+        (t.adversarial_eps > 0, (f"train.adversarial={t.adversarial} needs train.adversarial_eps > 0, the L-inf "
+                                 f"radius in pixel space (MNIST: 0.3, CIFAR-10: 8/255 = 0.031); got "
+                                 f"{t.adversarial_eps}")),
+        (t.adversarial_steps >= 1, "train.adversarial_steps must be >= 1"),
+        (t.adversarial_alpha >= 0, "train.adversarial_alpha must be >= 0 (0 = the method's default)"),
+    ]  # the data's kind (token ids cannot be perturbed) is checked by the Trainer, which knows it
 
 
 DIST_STRATEGIES = ("auto", "none", "ddp", "fsdp", "tp", "fsdp+tp")

@@ -160,6 +160,11 @@ class Trainer:
         self._build_model(resume)
         check_training_batches(self.train_loader, self.model, cfg, self.par.dp_size)  # before any file exists
         self._check_model_takes_data()
+        self.adversary = None  # train.adversarial: each batch replaced by its adversarial version (insight/attack.py)
+        if t.adversarial != "none":
+            from layerwise.insight.attack import AdversarialTraining
+            self.adversary = AdversarialTraining(t, self.info, self.task.member_loss if self.members > 1
+                                                 else self.task.loss, self.device, self.par.dp_rank)
 
         self.steps_per_epoch = math.ceil(len(self.train_loader) / t.grad_accum)
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.steps_per_epoch)
@@ -424,6 +429,9 @@ class Trainer:
                 lr = self._apply_lr()
                 step_loss = None  # (), float32: the step's summed loss
                 for i, (x, y) in enumerate(micro):
+                    if self.adversary is not None:
+                        with autocast(self.device.type, t.precision):
+                            x = self.adversary.perturb(self.model, x, y, self.step, i)
                     with self._grad_sync(last=i == len(micro) - 1):
                         with autocast(self.device.type, t.precision):
                             out = self.forward(x)
