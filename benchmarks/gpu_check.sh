@@ -2,14 +2,22 @@
 # Every GPU check in one go, on a machine with one CUDA GPU and no internet:
 #   the default job on CUDA, recipes/cifar10-gpu.yaml (bf16, channels_last; then fp16 with grad
 #   scaling, then torch.compile), recipes/shakespeare-char-gpu.yaml, and the accuracy / loss
-#   curves of the CPU recipes computed on the GPU (see benchmarks/gpu_check.py for the list).
+#   curves of the CPU recipes computed on the GPU (see benchmarks/gpu_check.py for the list);
+#   then issue 16's insight checks on the GPU against the CPU (benchmarks/probe_gpu.py,
+#   explain_gpu.py, attack_gpu.py, and gpu.py's energy part: NVML against the library's meter),
+#   each skipped with its reason when its data or Captum is missing.
 # Runs from the repository root without installing (PYTHONPATH=src): the device image has torch,
 # numpy, pyyaml, safetensors, rich, scikit-learn, pillow and matplotlib.
 #   bash benchmarks/gpu_check.sh [DATA_ROOT]
 # DATA_ROOT (default .gpu-data, git-ignored) holds cifar10/, tinyshakespeare/, housing/ and
 # movie-reviews/; make it with
 #   mkdir -p .gpu-data && cp -r <data>/{cifar10,tinyshakespeare,housing,movie-reviews} .gpu-data/
-# and carry it to the GPU machine (64 MB of the 64 MiB a checkout may carry).
+# and carry it to the GPU machine (64 MB of the 64 MiB a checkout may carry). The insight checks
+# want mnist/ instead (and cifar10/ for the CIFAR-10 probe) and Captum, which the device lacks:
+#   mkdir -p .gpu-insight && cp -r <data>/mnist .gpu-insight/
+#   pip download --no-deps -d .gpu-insight/wheels captum==0.9.0
+#   bash benchmarks/gpu_check.sh .gpu-insight insight      # carry .gpu-insight (13 MB)
+# `insight` as the only job name runs just those; no job names run everything.
 set -uo pipefail
 DATA=${1:-.gpu-data}
 export OUT=${OUT:-/tmp/layerwise-gpu}
@@ -17,3 +25,17 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 benchmarks/gpu_check.py --data-root "$DATA" "${@:2}" 2>"$OUT/stderr.txt" | tee "$OUT/stdout.txt"
+if [ "$#" -le 1 ] || [[ " ${*:2} " == *" insight "* ]]; then
+  if ! python3 -c "import captum" 2>/dev/null && ls "$DATA"/wheels/captum-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-deps --target "$OUT/pkgs" "$DATA"/wheels/captum-*.whl \
+      && export PYTHONPATH=$PYTHONPATH:$OUT/pkgs
+  fi
+  python3 benchmarks/gpu.py --only energy --out "$OUT/gpu_energy.json" 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
+  python3 benchmarks/probe_gpu.py --data-root "$DATA" --out "$OUT/probe_gpu.jsonl" 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
+  if python3 -c "import captum" 2>/dev/null; then
+    python3 benchmarks/explain_gpu.py --data-root "$DATA" --out "$OUT/explain_gpu.json" 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
+  else
+    echo '{"check": "explain_gpu", "skipped": "Captum is not installed and no wheels/captum-*.whl under the data root"}' | tee -a "$OUT/stdout.txt"
+  fi
+  python3 benchmarks/attack_gpu.py --data-root "$DATA" --out "$OUT/attack_gpu.json" 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
+fi

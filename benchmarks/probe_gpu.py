@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(os.environ["OUT"]) / "probe_gpu.jsonl" if os.environ.get("OUT") else Path(args.out or "probe_gpu.jsonl")
     ok = True
-    for name in ("mnist-convnet", "cifar10-convnet"):
+    needs = {"mnist-convnet": "mnist/mnist_train.npz", "cifar10-convnet": "cifar10/cifar10_train_jpeg.npz"}
+    for name, data in needs.items():
+        if not (Path(args.data_root) / data).is_file():
+            print(json.dumps({"model": f"pretrained:{name}", "skipped": f"no {data} under --data-root"}), flush=True)
+            continue
         row: dict = {"model": f"pretrained:{name}", "gpu": torch.cuda.get_device_name(0),
                      "torch": torch.__version__}
         for device in ("cuda", "cpu"):
