@@ -5,8 +5,10 @@ Two models, each in its own process of one CPU thread (2 cores):
   - standard:    the shipped pretrained:mnist-convnet (recipes/pretrain-mnist-convnet.yaml: convnet
                  24/48/96, 3 epochs, no adversarial examples), or with ``--standard train``
                  recipes/mnist-cnn.yaml (the same network, 4 epochs) trained here;
-  - adversarial: recipes/mnist-adversarial.yaml (the same network trained on Wong et al. 2020's
-                 fast FGSM examples with a random start, L-inf eps 0.3, alpha 0.2), trained here.
+  - adversarial: recipes/mnist-adversarial.yaml (the same network trained on PGD examples, Madry
+                 et al. 2018: L-inf eps 0.3, a random start and 7 steps of 0.1), trained here;
+                 ``--set`` overrides its recipe (e.g. --set=--train.adversarial=fgsm-rs for Wong
+                 et al. 2020's fast FGSM with a random start).
 
 Then each is attacked with `layerwise.attack`'s PGD in pixel space: L-inf eps 0.3, 40 steps of
 2.5 * eps / 40 = 0.01875, a uniform random start and ``--restarts`` starts (default 2: the start
