@@ -15,6 +15,7 @@
     layerwise explain RUN_DIR --split test --n 8
     layerwise attack RUN_DIR [--method fgsm|pgd] [--norm linf|l2] [--eps 0,0.1,0.2,0.3] [--steps 40]
                      [--restarts 1] [--n 1000] [--out DIR]
+    layerwise probe RUN_DIR [--train-n N] [--test-n N] [--layer L] [--head H] [--out DIR]
     layerwise info RUN_DIR
     layerwise models [NAME] [--pretrained]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
