@@ -38,8 +38,9 @@ estimate_mfu (whose N also holds the LayerNorm gains, 0.01% here). The
 JSON also gives the 6 N figure with N all parameters, for comparison with reports that leave
 attention out.
 
-  energy    layerwise's own energy metering (layerwise.insight.energy, issue 16): its NVML reading of
-            a fixed matmul load against this script's (benchmarks/_energy.py) over the same region,
+  energy    layerwise's own energy metering (layerwise.insight.energy, issue 16): what its meter
+            (source selection, start offsets, CPU share) reports for a fixed matmul load against
+            the raw NVML counter difference over the same region (benchmarks/_energy.py),
             and the default job (digits, resnet-digits) on the GPU, as summary.json reports it
             (energy_method, joules of training and evaluation, joules per training example).
 
