@@ -202,9 +202,11 @@ def test_a_run_reports_its_energy_and_a_resumed_run_adds_to_it(tmp_path, monkeyp
     assert s == json.loads((run_dir / "summary.json").read_text())
     assert s["energy_method"] == "estimated" and s["energy_sources"].startswith("cpu: estimated")
     assert s["energy_train_j"] > 0 and s["energy_eval_j"] > 0
-    assert s["energy_train_kwh"] == pytest.approx(s["energy_train_j"] / 3.6e6, rel=1e-3)
+    # the three figures agree to the digit, however few joules a ten-step run spends
+    assert s["energy_train_kwh"] == pytest.approx(s["energy_train_j"] / 3.6e6, rel=1e-12)
+    assert s["energy_eval_kwh"] == pytest.approx(s["energy_eval_j"] / 3.6e6, rel=1e-12)
     assert s["energy_train_gco2"] == pytest.approx(s["energy_train_kwh"] * 480)
-    assert s["energy_per_example_j"] == pytest.approx(s["energy_train_j"] / (10 * 32), rel=1e-3)
+    assert s["energy_per_example_j"] == pytest.approx(s["energy_train_j"] / (10 * 32), rel=1e-5)
     lines = _lines(run_dir)
     train = [r["energy_train_j"] for r in lines if r["kind"] == "train"]
     evals = [r["energy_eval_j"] for r in lines if r["kind"] == "test"]
@@ -412,8 +414,25 @@ def test_cross_validation_sums_the_folds_energy():
     assert out["energy_train_total_kwh"] == pytest.approx(108 / 3.6e6)
     assert out["energy_train_total_gco2"] == pytest.approx(108 / 3.6e6 * 480)
     assert out["energy_method"] == "estimated" and "energy_note" not in out
+    for f in folds:  # as fit writes them: one grid, so the totals are those of the summed joules
+        f["grid_gco2_per_kwh"] = 480.0
+    out = summarize_folds(folds)
+    assert out["energy_train_total_j"] == 108.0 and out["energy_train_total_kwh"] == 108.0 / 3.6e6
+    folds[1] |= E.carbon_fields("energy_train", 72.0, 100.0) | {"grid_gco2_per_kwh": 100.0}  # another grid
+    assert summarize_folds(folds)["energy_train_total_gco2"] == pytest.approx((36 * 480 + 72 * 100) / 3.6e6)
     folds[1]["energy_unmetered_examples"] = 64
     assert summarize_folds(folds)["energy_note"].startswith("fold 1 metered only part")
     del folds[0]["energy_train_j"]  # a fold trained with run.energy=false: no total to give
     assert not any(k.startswith("energy") for k in summarize_folds(folds))
 
+
+
+def test_small_and_large_energies_keep_six_significant_figures_and_agree_across_units():
+    # a 0.155443 J run once printed 0.155 J beside 4.3178e-08 kWh (computed from the unrounded
+    # joules): the fields disagreed in the third figure; a gigajoule run kept noise decimals
+    small = E.carbon_fields("e", 0.15544289123, 480.0)
+    assert small["e_j"] == 0.155443 and small["e_kwh"] == 0.155443 / 3.6e6
+    assert small["e_gco2"] == pytest.approx(0.155443 / 3.6e6 * 480.0, rel=1e-15)
+    assert E.carbon_fields("e", 3.2e-4, 480.0)["e_j"] == 3.2e-4  # millijoules are not rounded away
+    assert E.carbon_fields("e", 1234567890.123, 480.0)["e_j"] == 1234570000.0
+    assert E.significant(0.0) == 0.0

@@ -282,10 +282,20 @@ def _current_cuda_index() -> int:
     return torch.cuda.current_device()
 
 
+def significant(x: float, digits: int = 6) -> float:
+    """``x`` rounded to ``digits`` significant figures (0.0 stays 0.0). Energies span from
+    millijoules (a ten-step test run) to gigajoules (a cluster week): a fixed number of decimals
+    would erase the small ones and print noise digits on the large ones."""
+    return float(f"{x:.{digits}g}")
+
+
 def carbon_fields(prefix: str, joules: float, grid_gco2_per_kwh: float) -> dict[str, float]:
-    """{prefix_j, prefix_kwh, prefix_gco2} of ``joules`` at a grid intensity in gCO2/kWh."""
-    kwh = joules / J_PER_KWH
-    return {f"{prefix}_j": round(joules, 3), f"{prefix}_kwh": kwh, f"{prefix}_gco2": kwh * grid_gco2_per_kwh}
+    """{prefix_j, prefix_kwh, prefix_gco2} of ``joules`` at a grid intensity in gCO2/kWh; the
+    joules to 6 significant figures and the kWh and grams computed from that figure, so the three
+    fields agree with each other to the last digit shown."""
+    j = significant(joules)
+    kwh = j / J_PER_KWH
+    return {f"{prefix}_j": j, f"{prefix}_kwh": kwh, f"{prefix}_gco2": kwh * grid_gco2_per_kwh}
 
 
 @contextlib.contextmanager
@@ -370,7 +380,7 @@ class TrainingEnergy:
         if self.meter is None:
             return {}
         t = self.totals()
-        return {"energy_train_j": round(t["train"], 3), "energy_eval_j": round(t["eval"], 3)}
+        return {"energy_train_j": significant(t["train"]), "energy_eval_j": significant(t["eval"])}
 
     def summary_fields(self, examples_seen: int) -> dict[str, Any]:
         """energy_method, energy_train_j/_kwh/_gco2, energy_per_example_j (training joules per

@@ -51,10 +51,17 @@ def _energy_totals(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     if not all("energy_train_j" in s for s in summaries):
         return {}
     out: dict[str, Any] = {}
+    from layerwise.insight.energy import carbon_fields, significant
+
+    grids = {s.get("grid_gco2_per_kwh") for s in summaries}
     for phase in ("train", "eval"):
-        for unit in ("j", "kwh", "gco2"):
-            out[f"energy_{phase}_total_{unit}"] = sum(float(s.get(f"energy_{phase}_{unit}", 0.0)) for s in summaries)
-        out[f"energy_{phase}_total_j"] = round(out[f"energy_{phase}_total_j"], 3)
+        joules = sum(float(s[f"energy_{phase}_j"]) for s in summaries)
+        if len(grids) == 1 and None not in grids:  # one grid: the totals of the summed joules, to the digit
+            out |= carbon_fields(f"energy_{phase}_total", joules, float(next(iter(grids))))
+        else:  # folds priced on different (or unrecorded) grids: the grams add, each at its own
+            out |= {f"energy_{phase}_total_j": significant(joules)}
+            for unit in ("kwh", "gco2"):
+                out[f"energy_{phase}_total_{unit}"] = sum(float(s.get(f"energy_{phase}_{unit}", 0.0)) for s in summaries)
     methods = {s.get("energy_method") for s in summaries}
     out["energy_method"] = methods.pop() if len(methods) == 1 else "mixed"
     partial = [str(i) for i, s in enumerate(summaries) if s.get("energy_unmetered_examples")]
