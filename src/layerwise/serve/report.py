@@ -136,10 +136,10 @@ def curves_figure(records: list[dict[str, Any]], keys: list[str], xlabel: str) -
 
 
 def curves_section(run_dir: Path, records: list[dict[str, Any]], headline: str, task: str,
-                   finished: bool) -> Markup:
+                   finished: bool, draw: bool = True) -> Markup:
     """The run's plots/*.png when a finished run wrote them (no drawing: the end-of-run report
-    reuses them), else one figure drawn from metrics.jsonl; a language model also gets its
-    perplexity."""
+    reuses them), else one figure drawn from metrics.jsonl (``draw``; a language model's also has
+    its perplexity), else a note; and a table of the last evaluations."""
     from layerwise.serve.html import img
 
     xlabel = "environment step" if task == "rl" else "optimizer step"
@@ -150,16 +150,18 @@ def curves_section(run_dir: Path, records: list[dict[str, Any]], headline: str, 
         order = {f"{k}.png": i for i, k in enumerate(keys)}
         pngs.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
         parts.append(Markup('<div class="figs">' + "".join(png_file(p, p.stem, 420) for p in pngs) + "</div>"))
-        if task == "lm":
-            uri = curves_figure(records, ["perplexity"], xlabel)
-            parts.append(img(uri, "perplexity") if uri else Markup(""))
-    else:
+    elif draw:
         uri = curves_figure(records, keys + (["perplexity"] if task == "lm" else []), xlabel)
         parts.append(img(uri, "training and test curves") if uri else note("metrics.jsonl holds no curves yet."))
+    else:  # the end of a run with run.plots=false: nothing is drawn (a figure costs more than the rest)
+        parts.append(note(f"No curves drawn (run.plots=false); `layerwise report {run_dir}` draws them from "
+                          f"metrics.jsonl."))
     tests = [r for r in records if r.get("kind") == "test"]
     if tests:
-        last = tests[-1]
-        parts.append(Markup(f"<p>{len(tests)} evaluation(s); the last at step {esc(last['step'])}.</p>"))
+        cols = [k for k in ("loss", headline, "perplexity") if any(r.get(k) is not None for r in tests)]
+        shown = tests[-10:]
+        parts.append(Markup(f"<p>{len(tests)} evaluation(s){'; the last 10' if len(tests) > 10 else ''}:</p>")
+                     + table(("step", *cols), [(r["step"], *[r.get(k) for k in cols]) for r in shown]))
     return section("curves", "Training and evaluation curves", *parts)
 
 
@@ -242,12 +244,13 @@ def insight_section(run_dir: Path) -> Markup | None:
 
 
 def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", run: Any = None,
-                 max_examples: int | None = None) -> str:
+                 max_examples: int | None = None, draw: bool = True) -> str:
     """The report page of ``run_dir`` as a string (see the module docstring). ``run``: the run,
     already opened (``layerwise.insight.runs.LoadedRun``), to reuse its model and data; else it is
     opened when a task section needs it, on ``device`` with data from ``data_root`` (default: the
     run's data.root). ``max_examples`` bounds the test examples the task sections read (default
-    1000). Raises RunDirError when ``run_dir`` is not a run directory."""
+    1000). ``draw`` False: curves are not drawn when the run wrote no plots (the end-of-run report
+    stays cheap). Raises RunDirError when ``run_dir`` is not a run directory."""
     from layerwise.serve import report_task
 
     path = check_run_dir(run_dir)
@@ -274,7 +277,7 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     sections.append(section("summary", "Summary", status,
                             table(("metric", "value"), metric_rows) if metric_rows else "",
                             table(("run", ""), run_rows) if run_rows else ""))
-    sections.append(curves_section(path, records, headline, task, finished))
+    sections.append(curves_section(path, records, headline, task, finished, draw))
     if finished and (path / "model.safetensors").is_file() and task != "rl":
         opened = []
 
@@ -324,7 +327,7 @@ def _task_from_config(text: str) -> str:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, device: str = "cpu", data_root: str = "",
-                 run: Any = None, max_examples: int | None = None) -> Path:
+                 run: Any = None, max_examples: int | None = None, draw: bool = True) -> Path:
     """Write :func:`build_report`'s page to ``out`` (default RUN_DIR/report.html, replaced whole:
     an earlier report is kept until the new one is complete); returns its path. Raises RunDirError
     (not a run directory), ConfigError (``out`` is a folder) or OSError (it cannot be written)."""
@@ -333,13 +336,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, device: str
     if target.is_dir():
         from layerwise.config import ConfigError
         raise ConfigError(f"--out '{target}' is a folder; give the path of the HTML file to write.")
-    text = build_report(path, device, data_root, run, max_examples)
+    text = build_report(path, device, data_root, run, max_examples, draw)
     return write_page(target, text)
 
 
 def write_report_after_run(run_dir: Path, device: Any = "cpu", dataset: Any = None) -> Path | None:
     """The end-of-run report (``run.report``): :func:`write_report` with the data the run already
-    loaded (``dataset``, so it is not read again). Any failure becomes a warning that names the
+    loaded (``dataset``, its test split, so it is not read again), drawing no figure (the run's
+    plots/*.png are reused when it wrote them). Any failure becomes a warning that names the
     command to write the report later; the run and its files are never harmed. Returns the
     report's path, or None when it could not be written."""
     try:
@@ -348,7 +352,7 @@ def write_report_after_run(run_dir: Path, device: Any = "cpu", dataset: Any = No
             from layerwise.insight.runs import open_run
             run = open_run(run_dir, str(device))
             run._dataset = dataset
-        return write_report(run_dir, device=str(device), run=run)
+        return write_report(run_dir, device=str(device), run=run, draw=False)
     except Exception as e:  # noqa: BLE001 - whatever went wrong, the trained run must survive it
         warnings.warn(f"the run finished, but its report could not be written ({type(e).__name__}: {e}); "
                       f"write it with `layerwise report {run_dir}`", stacklevel=2)

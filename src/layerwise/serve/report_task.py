@@ -144,7 +144,7 @@ def worst_html(run: Any, result: dict[str, Any]) -> Markup:
     extra = run.info.extra
     kind = ("text" if "tokenizer" in extra else "audio" if "audio" in extra else
             "image" if len(run.info.in_shape) == 3 else "table")
-    names = list(extra.get("columns") or [])
+    names = list((extra.get("table") or {}).get("columns") or extra.get("columns") or [])  # a table's features
     items = []
     for w in result["worst"]:
         name = f"test #{w['position']}"
@@ -231,8 +231,11 @@ def task_sections(run_dir: Path, task: str, open_run: Any, device: str, max_exam
         cm = read_confusion(run_dir / "confusion.csv")
         if cm is not None:
             parts.append(Markup("<h3>Confusion matrix (test split)</h3>") + confusion_html(*cm))
-        parts.append(Markup("<h3>Worst-classified test examples</h3>") + attempt(
-            "the worst-classified examples", lambda: worst_html(run := open_run(), worst_examples(run, max_examples))))
+        def worst() -> Markup:
+            run = open_run()
+            return worst_html(run, worst_examples(run, max_examples))
+
+        parts.append(Markup("<h3>Worst-classified test examples</h3>") + attempt("the worst-classified examples", worst))
         return [section("task", "Classification", *parts)]
     if task == "regress":
         return [section("task", "Regression: residuals", attempt(
