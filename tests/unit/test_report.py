@@ -90,6 +90,7 @@ def assert_self_contained(text: str) -> _Refs:
     bad = [u for u in p.urls if not (u.startswith("data:") or u.startswith("#"))]
     assert not bad, bad[:3]
     assert not [s for s in p.styles if re.search(r"url\(|@import", s)]
+    assert not re.search(r"&lt;(/p|table|div|h3|section|pre|img src=\"data)", text)  # no markup of ours escaped twice
     return p
 
 
@@ -145,7 +146,9 @@ def test_regression_report_plots_residuals_with_the_runs_rmse(runs):
     text = _report(runs["regress"])
     summary = json.loads((runs["regress"] / "summary.json").read_text())
     m = re.search(r"(\d+) test examples \(target: RMSE ([\d.]+)\)", text)
-    assert m and int(m[1]) == 89  # diabetes: 442 rows, a fifth held out
+    from layerwise.insight.runs import open_run
+
+    assert m and int(m[1]) == len(open_run(runs["regress"], "cpu").dataset.y_test)  # the whole test split
     assert float(m[2]) == pytest.approx(summary["test_rmse"], rel=1e-3)  # the whole test split: the same RMSE
     assert 'alt="predicted against true values, and residuals"' in text
 
@@ -233,3 +236,34 @@ def test_compare_overlays_curves_diffs_configs_and_tabulates_headlines(runs, tmp
         h = s[s["headline"]]
         assert f">{h:.4f}".rstrip("0") in text
     assert "different tasks (classify, regress)" in text and 'alt="curves of the runs overlaid"' in text
+
+
+def test_rl_multilabel_and_field_runs_get_reports_of_their_kind(tmp_path):
+    pytest.importorskip("gymnasium")
+    from layerwise.rl.config import RLConfig
+    from layerwise.rl.trainer import train_rl
+
+    s = train_rl(load_config(None, ["--ppo.total_steps=512", *Q[:2], "--eval.episodes=2", "--eval.random_baseline=false"],
+                             cls=RLConfig), tmp_path / "rl", show_progress=False)
+    text = (tmp_path / "rl" / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert f"eval_return_mean = {s['eval_return_mean']:.4f}".rstrip("0").rstrip(".") in text
+    assert '<section id="energy">' in text and '<section id="task">' not in text and "ppo:" in text
+    assert 'alt="training and test curves"' in _report(tmp_path / "rl")  # on demand: drawn, episodic return too
+
+    rng = np.random.default_rng(0)
+    rows = [",".join(f"{v:.3f}" for v in r) + "," + "|".join(n for n, on in (("warm", r[0] > 0), ("big", r[1] > 0)) if on)
+            for r in rng.normal(size=(120, 3))]
+    (tmp_path / "m.csv").write_text("a,b,c,tags\n" + "\n".join(rows) + "\n")
+    run = _train(tmp_path, "ml", "--data.name=csv", f"--data.path={tmp_path / 'm.csv'}", "--data.label_sep=|",
+                 "--data.on_error=skip", "--model.name=mlp", "--model.width=8", "--train.max_steps=5")
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "<td>test_micro_f1</td>" in text and '<section id="task">' not in text  # the generic sections
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "burgers.yaml"
+    s = fit(load_config(recipe, [f"--run.dir={tmp_path / 'burgers'}", *Q, "--data.num_train=40", "--data.num_test=8",
+                                 "--data.grid=256", "--data.resolution=64", "--data.batch_size=8", "--train.max_steps=3",
+                                 "--train.eval_every=0"]), show_progress=False)
+    text = _report(tmp_path / "burgers")
+    m = re.search(r"8 test examples \(u \(all grid points\): RMSE ([\d.e-]+)\)", text)
+    assert m and float(m[1]) == pytest.approx(s["test_rmse"], rel=1e-3)  # every point of the 8 fields

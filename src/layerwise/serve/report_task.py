@@ -178,9 +178,19 @@ def residuals(run: Any, n: int = MAX_EXAMPLES, seed: int = 0) -> tuple[Any, Any]
 
 def residual_html(run: Any, n: int = MAX_EXAMPLES) -> Markup:
     """Predicted against true (the diagonal is perfect) and residual against predicted, per
-    target column, with the RMSE of the examples drawn."""
+    target column (a field's grid points pooled), with the RMSE of the examples drawn."""
+    import torch
+
     true, pred = residuals(run, n)
+    n_examples = len(true)
     cols = list(getattr(run.task, "columns", None) or [f"y{j}" for j in range(true.shape[1])])[:4]
+    if true.shape[1] > len(getattr(run.task, "columns", None) or [None] * true.shape[1]):
+        # a field (a value per grid point): every point of every example, pooled in one panel
+        true, pred = true.reshape(-1, 1), pred.reshape(-1, 1)
+        cols = [f"{cols[0]} (all grid points)"]
+        if len(true) > 20_000:  # a scatter of 20k points says what more would
+            keep = torch.linspace(0, len(true) - 1, 20_000).long()
+            true, pred = true[keep], pred[keep]
     fig = new_figure(8, 3.2 * len(cols))
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.08, top=0.95, hspace=0.4, wspace=0.3)
     rmse = []
@@ -199,8 +209,8 @@ def residual_html(run: Any, n: int = MAX_EXAMPLES) -> Markup:
         b.set_xlabel(f"predicted {c}")
         b.set_ylabel("residual")
     text = "; ".join(f"{c}: RMSE {r:.4g}" for c, r in zip(cols, rmse, strict=True))
-    return Markup(f"<p>{esc(f'{len(true)} test examples ({text}).')}</p>"
-                  + img(figure_uri(fig), "predicted against true values, and residuals"))
+    return (Markup(f"<p>{esc(f'{n_examples} test examples ({text}).')}</p>")
+            + img(figure_uri(fig), "predicted against true values, and residuals"))
 
 
 def lm_sample_html(run_dir: Path, device: str, tokens: int = 200) -> Markup:
