@@ -53,11 +53,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                        "--data.block_size=16", "--model.name=gpt", "--model.n_layer=1", "--model.n_head=2",
                        "--model.n_embd=16", "--data.batch_size=16", "--train.max_steps=20", "--train.eval_every_steps=10")
     x = rng.normal(size=(120, 3))
-    rows = [f"{a:.3f},{b:.3f},{c:.3f},{EVIL[int(a > 0)]}" for a, b, c in x]
-    (root / "evil.csv").write_text("f1,f2,f3,label\n" + "\n".join(f'{r.rsplit(",", 1)[0]},"{r.rsplit(",", 1)[1].replace(chr(34), 2 * chr(34))}"'
-                                                                for r in rows) + "\n")
+    quoted = ['"' + e.replace('"', '""') + '"' for e in EVIL]  # CSV quoting: the names hold quotes
+    rows = [f"{a:.3f},{b:.3f},{c:.3f},{quoted[int(a > 0)]}" for a, b, c in x]
+    (root / "evil.csv").write_text("f1,f2,f3,label\n" + "\n".join(rows) + "\n")
     out["evil"] = _train(root, "evil", "--data.name=csv", f"--data.path={root / 'evil.csv'}", "--data.task=classify",
-                         "--model.name=mlp", "--model.width=8", "--train.max_steps=5")
+                         "--model.name=mlp", "--model.width=8", "--train.max_steps=5", f"--run.name={EVIL[0]}")
     return out
 
 
@@ -87,7 +87,7 @@ def assert_self_contained(text: str) -> _Refs:
     p = _Refs()
     p.feed(text)
     assert not {"script", "link", "iframe", "object", "embed", "base"} & set(p.tags)
-    bad = [u for u in p.urls if not (u.startswith("data:") or u.startswith("#"))]
+    bad = [u for u in p.urls if not u.startswith(("data:", "#"))]
     assert not bad, bad[:3]
     assert not [s for s in p.styles if re.search(r"url\(|@import", s)]
     assert not re.search(r"&lt;(/p|table|div|h3|section|pre|img src=\"data)", text)  # no markup of ours escaped twice
@@ -165,7 +165,8 @@ def test_class_names_and_config_values_are_escaped(runs):
     text = _report(runs["evil"])
     assert_self_contained(text)
     assert "<script>alert" not in text.lower() and "<img src=x" not in text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in text
+    assert "name: &lt;script&gt;alert(1)&lt;/script&gt;\n" in text  # config.yaml's run.name
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;</b>" in text and "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in text
     from layerwise.serve.html import Markup, esc
 
     assert esc("<a href='x'>") == "&lt;a href=&#x27;x&#x27;&gt;" and Markup("<b>") + "<i>" == "<b>&lt;i&gt;"
@@ -185,7 +186,7 @@ def test_an_unfinished_run_gets_a_report_of_what_exists(runs, tmp_path):
 def test_run_report_false_writes_none_and_a_failing_report_only_warns(tmp_path, monkeypatch):
     run = _train(tmp_path, "off", "--model.name=mlp", "--model.width=8", "--train.max_steps=2", "--run.report=false")
     assert (run / "summary.json").is_file() and not (run / "report.html").exists()
-    import layerwise.serve.report as report
+    from layerwise.serve import report
 
     def broken(*a, **k):
         raise RuntimeError("disk on fire")

@@ -99,8 +99,7 @@ def headline_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     """(name, value) of a summary's headline metric first, then its other test/eval metrics."""
     h = summary.get("headline")
     keys = [h] if h in summary else []
-    keys += [k for k in summary if k != h and (k.startswith("test_") or k.startswith("eval_")
-                                                or k.startswith("random_"))]
+    keys += [k for k in summary if k != h and k.startswith(("test_", "eval_", "random_"))]
     return [(k, summary[k]) for k in keys]
 
 

@@ -245,7 +245,7 @@ def task_sections(run_dir: Path, task: str, open_run: Any, device: str, max_exam
             run = open_run()
             return worst_html(run, worst_examples(run, max_examples))
 
-        parts.append(Markup("<h3>Worst-classified test examples</h3>") + attempt("the worst-classified examples", worst))
+        parts.append(Markup("<h3>Worst-classified test examples</h3>") + attempt("the worst examples", worst))
         return [section("task", "Classification", *parts)]
     if task == "regress":
         return [section("task", "Regression: residuals", attempt(
