@@ -56,10 +56,16 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
 
 
 def flat_run_config(path: Path) -> dict[str, Any]:
-    """A run's config.yaml as {"section.key": value}, with model defaults filled in."""
-    from layerwise.config import flat_config, load_yaml
+    """A run's config.yaml as {"section.key": value}, with the model's defaults filled in, and the
+    keys added since an earlier layerwise wrote it (config.with_defaults: their defaults reproduce
+    what that version did), so that neither counts as a difference."""
+    from layerwise.config import flat_config, load_yaml, with_defaults
 
-    return flat_config(load_yaml(path))
+    saved = load_yaml(path)
+    if "ppo" in saved:  # a `layerwise rl` run
+        from layerwise.rl.config import RLConfig
+        return flat_config(with_defaults(saved, RLConfig))
+    return flat_config(with_defaults(saved))
 
 
 def config_diff(runs: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
