@@ -268,3 +268,29 @@ def test_rl_multilabel_and_field_runs_get_reports_of_their_kind(tmp_path):
     text = _report(tmp_path / "burgers")
     m = re.search(r"8 test examples \(u \(all grid points\): RMSE ([\d.e-]+)\)", text)
     assert m and float(m[1]) == pytest.approx(s["test_rmse"], rel=1e-3)  # every point of the 8 fields
+
+
+def test_an_audio_run_shows_its_worst_examples_as_spectrograms_low_bands_at_the_bottom(tmp_path):
+    import base64
+    import io
+    import wave
+
+    from PIL import Image
+
+    for label, hz in (("high", 1500), ("low", 300)):
+        (tmp_path / "tones" / label).mkdir(parents=True)
+        for i in range(10):
+            t = np.arange(8000 * 0.5) / 8000
+            pcm = (0.5 * np.sin(2 * np.pi * hz * (1 + 0.02 * i) * t) * 32767).astype("<i2")
+            with wave.open(str(tmp_path / "tones" / label / f"{i}.wav"), "wb") as w:
+                w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000), w.writeframes(pcm.tobytes())
+    run = _train(tmp_path, "audio", "--data.name=wav-folder", f"--data.path={tmp_path / 'tones'}",
+                 "--data.val_fraction=0.2", "--model.name=mlp", "--model.width=8", "--train.max_steps=3")
+    text = (run / "report.html").read_text(encoding="utf-8")
+    found = re.findall(r'<div class="ex"[^>]*><img src="data:image/png;base64,([^"]+)"[^>]*>.*?true <b>(\w+)</b>', text)
+    assert len(found) == 4  # the whole test split: 2 of each class
+    for data, label in found:
+        im = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("L"), dtype=float)
+        assert im.shape == (40, 101)  # (mel bands, frames)
+        peak = int(im.mean(1).argmax())  # the brightest band, counted from the top of the picture
+        assert (peak > 28) if label == "low" else (peak < 28)  # 300 Hz near the bottom, 1500 Hz above it
