@@ -294,3 +294,15 @@ def test_an_audio_run_shows_its_worst_examples_as_spectrograms_low_bands_at_the_
         assert im.shape == (40, 101)  # (mel bands, frames)
         peak = int(im.mean(1).argmax())  # the brightest band, counted from the top of the picture
         assert (peak > 28) if label == "low" else (peak < 28)  # 300 Hz near the bottom, 1500 Hz above it
+
+
+def test_help_of_report_and_compare_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io, sys\nfrom layerwise.cli import main\nfor cmd in ('report', 'compare'):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n        try:\n            main([cmd, '--help'])\n"
+            "        except SystemExit:\n            pass\n    assert 'RUN_DIR' in out.getvalue() or 'run_dir' in out.getvalue()\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
