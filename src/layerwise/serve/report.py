@@ -149,6 +149,9 @@ def curves_section(run_dir: Path, records: list[dict[str, Any]], headline: str, 
         order = {f"{k}.png": i for i, k in enumerate(keys)}
         pngs.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
         parts.append(Markup('<div class="figs">' + "".join(png_file(p, p.stem, 420) for p in pngs) + "</div>"))
+        uri = curves_figure(records, ["perplexity"], xlabel) if draw and task == "lm" else None
+        if uri:  # the run's plots have loss, accuracy and lr; a language model is read by its perplexity too
+            parts.append(img(uri, "perplexity"))
     elif draw:
         uri = curves_figure(records, keys + (["perplexity"] if task == "lm" else []), xlabel)
         parts.append(img(uri, "training and test curves") if uri else note("metrics.jsonl holds no curves yet."))
