@@ -7,6 +7,8 @@
     summary = layerwise.fit_rl("recipes/cartpole.yaml", "--train.seed=1")   # PPO (needs layerwise[rl])
     result = layerwise.probe(summary["run_dir"])   # linear probe accuracy per depth, with pictures
     result = layerwise.attack(summary["run_dir"], "pgd", "linf", [0, 0.1, 0.3])  # accuracy under attack
+    page = layerwise.report(summary["run_dir"])    # RUN_DIR/report.html (also written at the end of a run)
+    page = layerwise.compare([run_a, run_b], out="compare.html")  # runs side by side
 """
 
 from __future__ import annotations
