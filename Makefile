@@ -62,7 +62,12 @@ $(VENV)/.hub-tests: $(VENV)/.installed
 # Two pytest-xdist workers (TEST_WORKERS=0 runs them in one process); a test file stays on one worker, so its
 # module fixtures (trained runs shared by its tests) are built once.
 TEST_WORKERS ?= 2
+# The report's browser test drives the system's Chromium with Playwright (no browser download): as root with
+# apt-get, Debian's chromium is installed when missing; elsewhere, or if that fails, the test skips and says why.
 test: install $(VENV)/.hub-tests
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+		echo "chromium not installed: the report's browser test will skip"
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:

@@ -7,6 +7,8 @@
     summary = layerwise.fit_rl("recipes/cartpole.yaml", "--train.seed=1")   # PPO (needs layerwise[rl])
     result = layerwise.probe(summary["run_dir"])   # linear probe accuracy per depth, with pictures
     result = layerwise.attack(summary["run_dir"], "pgd", "linf", [0, 0.1, 0.3])  # accuracy under attack
+    page = layerwise.report(summary["run_dir"])    # RUN_DIR/report.html (also written at the end of a run)
+    page = layerwise.compare([run_a, run_b], out="compare.html")  # runs side by side
 """
 
 from __future__ import annotations
@@ -146,3 +148,23 @@ def attack(run_dir: str | Path, method: str = "pgd", norm: str = "linf", eps: An
 
     return _attack(run_dir, method, norm, eps, steps=steps, restarts=restarts, step_factor=step_factor, n=n,
                    seed=seed, out=out, device=device, data_root=data_root)
+
+
+def report(run_dir: str | Path, out: str | Path | None = None, *, device: str = "cpu", data_root: str = "",
+           max_examples: int = 1000) -> Path:
+    """Write a run's self-contained HTML report (default ``run_dir/report.html``); returns its path.
+    See :func:`layerwise.serve.report.write_report`."""
+    from layerwise.serve.report import write_report
+
+    if max_examples < 1:
+        from layerwise.config import ConfigError
+        raise ConfigError(f"max_examples must be >= 1, got {max_examples}.")
+    return write_report(run_dir, out, device, data_root, None, max_examples)
+
+
+def compare(run_dirs: list[str | Path], out: str | Path = "compare.html") -> Path:
+    """Write one HTML page comparing two or more runs (metrics, config diff, overlaid curves);
+    returns its path. See :func:`layerwise.serve.compare.compare_runs`."""
+    from layerwise.serve.compare import compare_runs
+
+    return compare_runs(run_dirs, out)

@@ -17,6 +17,8 @@
                      [--restarts 1] [--n 1000] [--out DIR]
     layerwise probe RUN_DIR [--train-n N] [--test-n N] [--layer L] [--head H] [--out DIR]
     layerwise info RUN_DIR
+    layerwise report RUN_DIR [--out PATH] [--max-examples N]
+    layerwise compare RUN_DIR RUN_DIR... [--out compare.html]
     layerwise models [NAME] [--pretrained]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
     layerwise scale fit TABLE --law n|d|nd [--json] [--holdout K] [--boot B] [--seed S]
@@ -238,6 +240,21 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="summary table of a run")
     i.add_argument("run_dir")
+
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run (RUN_DIR/report.html)",
+                        description="Write RUN_DIR/report.html: headline metrics, curves, the task's section "
+                                    "(confusion matrix and worst-classified examples, residuals, a text sample), "
+                                    "energy, explain/probe/attack results, config and environment. No external "
+                                    "resource: it reads offline and can be mailed.")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", help="the HTML file to write (default RUN_DIR/report.html)")
+    rp.add_argument("--max-examples", type=int, default=1000, help="test examples read for the task's section")
+    rp.add_argument("--device", default="cpu")
+    rp.add_argument("--data-root", default="", help="where the run's dataset is (default: the run's data.root)")
+
+    cp = sub.add_parser("compare", help="one HTML page setting runs side by side: metrics, config diff, curves")
+    cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cp.add_argument("--out", default="compare.html", help="the HTML file to write (default ./compare.html)")
 
     m = sub.add_parser("models", help="list registered models, or one model's arguments")
     m.add_argument("name", nargs="?")
@@ -568,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
             if "resume_with" in info and is_rl_run(args.run_dir):
                 info["resume_with"] = f"layerwise rl --resume {args.run_dir}"
             print_table(info, title=f"run {args.run_dir}")
+        elif args.command == "report":
+            from layerwise.serve.report import write_report
+            if args.max_examples < 1:
+                raise ConfigError(f"--max-examples must be >= 1, got {args.max_examples}.")
+            print(f"wrote {write_report(args.run_dir, args.out, args.device, args.data_root, None, args.max_examples)}")
+        elif args.command == "compare":
+            from layerwise.serve.compare import compare_runs
+            print(f"wrote {compare_runs(args.run_dirs, args.out)}")
         elif args.command == "models":
             from layerwise.models import list_models, model_args
             if args.pretrained:

@@ -260,6 +260,8 @@ class RunConfig:
     checkpoint_every: int = _f(0, "write a resumable checkpoint every N optimizer steps (0 = each epoch)")
     keep_checkpoints: int = _f(3, "keep the last K checkpoints")
     plots: bool = _f(True, "write PNG plots of loss, accuracy and learning rate")
+    report: bool = _f(True, "write report.html (one self-contained page: curves, metrics, worst examples, config; "
+                      "`layerwise report RUN_DIR` writes it on demand) at the end of the run")
     tensorboard: bool = _f(True, "also log to TensorBoard when it is installed")
     energy: bool = _f(True, "meter the energy of training and evaluation: NVML on NVIDIA GPUs, RAPL on Intel/AMD "
                       "CPUs where readable, else an estimate labelled estimated (README: Energy)")

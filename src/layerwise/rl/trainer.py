@@ -366,6 +366,9 @@ class PPOTrainer:
             records = self.log.records or _read_records(self.log.path)
             plot_metrics(records, self.run_dir / "plots", "episodic_return", xlabel="environment step",
                          extra=("value_loss", "entropy"))
+        if cfg.run.report:  # curves, config, environment, energy (serve/report.py); never fails the run
+            from layerwise.serve.report import write_report_after_run
+            write_report_after_run(self.run_dir)
         return summary
 
 

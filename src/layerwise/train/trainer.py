@@ -27,6 +27,7 @@ import random
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -273,6 +274,8 @@ class Trainer:
         # for models that initialize from data, and for the task's target preparation
         self._x_train, self._y_train, self._transform = loaders.x_train, loaders.y_train, loaders.transform
         self._y_test = ds.y_test
+        # the end-of-run report reads (a bounded part of) the test split: kept, not loaded again
+        self._test_split = SimpleNamespace(x_test=ds.x_test, y_test=ds.y_test) if self.cfg.run.report else None
         return ds.source | ({"warnings": ds.warnings} if ds.warnings else {})
 
     def _build_model(self, resume: bool = False) -> None:
@@ -966,6 +969,9 @@ class Trainer:
                 plot_metrics(self.log.records or _read_records(self.log.path), self.run_dir / "plots", h)
         self.log.close()
         self.par.barrier()  # no rank leaves (and tears the group down) before the files exist
+        if self.par.is_rank0 and self.cfg.run.report:  # after the barrier: the other ranks need not wait
+            from layerwise.serve.report import write_report_after_run
+            write_report_after_run(self.run_dir, self.device, self._test_split)
         return summary
 
 
