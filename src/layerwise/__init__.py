@@ -7,6 +7,7 @@
     summary = layerwise.fit_rl("recipes/cartpole.yaml", "--train.seed=1")   # PPO (needs layerwise[rl])
     result = layerwise.probe(summary["run_dir"])   # linear probe accuracy per depth, with pictures
     result = layerwise.attack(summary["run_dir"], "pgd", "linf", [0, 0.1, 0.3])  # accuracy under attack
+    rows = layerwise.runs("runs", sort="-test_accuracy", where=["dataset=mnist"])  # the runs index
 """
 
 from __future__ import annotations
@@ -146,3 +147,17 @@ def attack(run_dir: str | Path, method: str = "pgd", norm: str = "linf", eps: An
 
     return _attack(run_dir, method, norm, eps, steps=steps, restarts=restarts, step_factor=step_factor, n=n,
                    seed=seed, out=out, device=device, data_root=data_root)
+
+
+def runs(root: str | Path = "runs", sort: str | list[str] | None = None, where: str | list[str] = (),
+         limit: int | None = None, max_depth: int = 4) -> list[dict[str, Any]]:
+    """The runs under ``root`` (``layerwise runs``), one dict each: name, status (finished, running,
+    unknown, resumable, crashed), task, model, dataset, headline, metric, steps, train_seconds,
+    energy_train_j/_kwh, ..., the summary's keys and ``config`` ({"section.key": value}).
+    ``sort``: a key or ``-KEY`` (descending), or a list; ``where``: conditions such as
+    ``"dataset=mnist"`` or ``"test_accuracy>0.99"``. Uses and refreshes the index
+    ``root/.layerwise-runs.sqlite``. Raises ConfigError for a bad condition or unknown key, RunsError
+    (a ValueError) when ``root`` is not a folder. See layerwise.serve.listing."""
+    from layerwise.serve.listing import list_runs
+
+    return list_runs(root, sort, where, limit, max_depth)
