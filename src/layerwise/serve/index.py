@@ -249,6 +249,8 @@ def refresh(root: str | Path, max_depth: int = 4,
                           stacklevel=2)
             con.close()
             con = None
+    # a signature is taken before its run's files are read: a file that changes in between leaves a
+    # row newer than its signature, which the next listing reads again (never a stale row kept)
     rows, changed = {}, {}
     for name, (path, sig) in on_disk.items():
         hit = cached.get(name)
