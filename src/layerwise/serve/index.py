@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import warnings
 from pathlib import Path
@@ -54,16 +55,74 @@ def _read_json(path: str) -> Any:
         return None
 
 
-def _read_config(path: str) -> dict[str, Any]:
-    """config.yaml flattened to {"section.key": value}; {} when missing or unreadable. libyaml's
-    loader where PyYAML has it (7x faster than the pure-Python one: ~1 ms a config)."""
-    import yaml
+_SECTION = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):")
+_KEY = re.compile(r"  ([A-Za-z_][A-Za-z0-9_]*):(?: (\S.*))?")
+_SCALARS: dict[str, Any] = {}  # a value's YAML text -> its value (runs share most values: the defaults)
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+def _scalar(text: str) -> Any:
+    if text not in _SCALARS:
+        import yaml
+
+        if text[:2] in ("- ", "? ") or text[:1] in "&*!|>":  # a block entry, anchor, alias, tag or block scalar
+            raise ValueError(text)
+        value = yaml.safe_load(text)
+        if isinstance(value, dict):
+            raise ValueError(text)  # a mapping, an anchor, a tag or a block scalar: not a one-line value
+        if len(_SCALARS) > 100_000:
+            _SCALARS.clear()
+        _SCALARS[text] = value
+    value = _SCALARS[text]
+    return list(value) if isinstance(value, list) else value  # rows never share a list
+
+
+def _flat_sections(text: str) -> dict[str, Any] | None:
+    """A config.yaml as ``yaml.safe_dump`` writes the resolved config (``section:`` lines, then
+    ``  key: value`` lines, or ``  key:`` and its list as ``  - item`` lines), flattened to
+    {"section.key": value}, each value parsed by PyYAML on its own and remembered; None for any
+    other shape (nested mappings or lists, wrapped strings, comments), which the caller hands to
+    the full YAML loader. Reading 5,000 configs this way takes a tenth of loading each whole (the
+    loader builds every node in Python: ~1.5 ms a config even with libyaml)."""
+    out: dict[str, Any] = {}
+    section = listed = None  # listed: the key whose block list the next "  - item" lines extend
+    for line in text.splitlines():
+        try:
+            if listed is not None and line.startswith("  - "):
+                out[listed] = (out[listed] or []) + [_scalar(line[4:])]
+                continue
+            listed = None
+            m = _KEY.fullmatch(line)
+            if m is not None and section is not None:
+                key = f"{section}.{m[1]}"
+                if m[2] is None:  # a null, or a block list below
+                    out[key], listed = None, key
+                else:
+                    out[key] = _scalar(m[2])
+                continue
+        except Exception:  # noqa: BLE001 (any YAML error: let the full loader judge the file)
+            return None
+        m = _SECTION.fullmatch(line)
+        if m is None:
+            return None
+        section = m[1]
+    return out
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    """config.yaml flattened to {"section.key": value}; {} when missing or unreadable."""
     try:
         with open(path, "rb") as f:
-            raw = yaml.load(f, Loader=loader)  # noqa: S506 (a safe loader)
-    except (OSError, yaml.YAMLError, ValueError):
+            text = f.read().decode()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    fast = _flat_sections(text)
+    if fast is not None:
+        return fast
+    import yaml
+
+    try:  # libyaml's loader where PyYAML has it
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
+    except (yaml.YAMLError, ValueError):
         return {}
     if not isinstance(raw, dict):
         return {}

@@ -162,8 +162,11 @@ def list_runs(root: str | Path = "runs", sort: str | Sequence[str] | None = None
     run directory, leave the index alone)."""
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ConfigError(f"--limit takes a whole number >= 0, got {limit!r}.")
-    sort = [sort] if isinstance(sort, str) else list(sort or [])
-    where = [where] if isinstance(where, str) else list(where)
+    sort = list(sort) if isinstance(sort, (list, tuple)) else [] if sort is None else [sort]
+    where = list(where) if isinstance(where, (list, tuple)) else [where]
+    if not all(isinstance(k, str) for k in sort + where):
+        raise ConfigError("layerwise.runs(sort=..., where=...) take a string or a list of strings, e.g. "
+                          "sort='-test_accuracy', where=['dataset=mnist', 'test_accuracy>0.99'].")
     conditions = [parse_condition(w) for w in where]
     root = Path(root)
     stored, _stats = refresh(root, max_depth, use_index)
