@@ -459,6 +459,9 @@ def _runs(args: argparse.Namespace) -> int:
     except RunsError as e:
         print(f"layerwise: error: {e}", file=sys.stderr)
         return RUN_ERROR
+    except BrokenPipeError:  # `layerwise runs --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 def _play(args: argparse.Namespace) -> int:

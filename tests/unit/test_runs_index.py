@@ -124,11 +124,14 @@ def test_configs_read_line_by_line_equal_pyyaml_and_odd_ones_fall_back(tmp_path)
         return {f"{s}.{k}": v for s, vals in yaml.safe_load(text).items() if isinstance(vals, dict) for k, v in vals.items()}
 
     cfg = apply_overrides(Config(), ["--data.classes=[cat, 'dog: 2']", "--run.name=it's #1", "--optim.lr=1e-5"])
+    fast = {}
     for c in (cfg, RLConfig()):
         text = yaml.safe_dump(c.to_dict(), sort_keys=False)  # as save_config writes it
-        fast = _flat_sections(text)
-        assert fast == flat(text) and len(fast) > 50
-    assert fast["optim.betas"] == [0.9, 0.999] or "optim.betas" not in fast
+        fast[type(c).__name__] = _flat_sections(text)
+        assert fast[type(c).__name__] == flat(text) and len(fast[type(c).__name__]) > 50
+    got = fast["Config"]
+    assert (got["data.classes"], got["run.name"], got["optim.lr"]) == (["cat", "dog: 2"], "it's #1", 1e-5)
+    assert got["optim.betas"] == list(Config().optim.betas) and fast["RLConfig"]["env.id"] == "CartPole-v1"
     odd = {"nested": "model:\n  name: x\n  kwargs:\n    depth: 3\n", "comment": "# hand-edited\ndata:\n  name: y\n",
            "mapping": "data:\n  name: {a: 1}\n", "wrapped": "run:\n  name: 'a long\n    name'\n"}
     for kind, text in odd.items():
@@ -343,3 +346,23 @@ def test_cli_table_json_csv_and_errors_without_torch(tmp_path):
     missing = _cli("runs", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     assert _cli("runs", "--help").returncode == 0
+
+
+def test_thousands_of_rows_print_as_plain_columns(tmp_path, monkeypatch, capsys):
+    from argparse import Namespace
+
+    from layerwise.serve import listing
+
+    make_run(tmp_path / "a", acc=0.91)
+    make_run(tmp_path / "long-name-b", "crashed")
+    monkeypatch.setattr(listing, "RICH_ROWS", 1)  # 2 rows count as "many"
+    args = Namespace(root=str(tmp_path), sort=["-optim.lr"], where=None, limit=None, max_depth=4, no_index=False,
+                     json=False, csv=False)
+    assert listing.runs_command(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "status", "task", "model", "dataset", "headline", "metric", "steps", "time",
+                                "energy", "kWh", "optim.lr"]
+    assert lines[1].split() == ["a", "finished", "classify", "convnet", "mnist", "accuracy", "0.91", "100", "12.5",
+                                "s", "1.5", "kJ", "0.000417", "0.1"]
+    assert lines[2].split() == ["long-name-b", "crashed", "convnet", "mnist", "100", "0.1"]
+    assert lines[1].index("finished") == lines[2].index("crashed") and lines[3] == "2 runs (1 finished, 1 crashed)"

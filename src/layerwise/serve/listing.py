@@ -194,7 +194,7 @@ def _seconds(v: Any) -> str:
     v = _number(v)
     if v is None:
         return ""
-    return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.1f} h"
+    return f"{v:.2g} s" if v < 1 else f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.1f} h"
 
 
 def _cell(v: Any) -> str:
@@ -210,6 +210,19 @@ def _cell(v: Any) -> str:
 _STYLE = {"finished": "green", "running": "cyan", "unknown": "magenta", "resumable": "yellow", "crashed": "red"}
 
 
+_HEADERS = ("name", "status", "task", "model", "dataset", "headline metric", "steps", "time", "energy", "kWh")
+_LEFT = 5  # the first five columns are text, aligned left; the rest are numbers
+RICH_ROWS = 500  # above this many rows the table is plain aligned text: rich lays out ~1 ms a row
+
+
+def _cells(r: dict[str, Any], extra: Sequence[str]) -> list[str]:
+    metric = f"{r['headline'].removeprefix('test_')} {_cell(r['metric'])}" if r["headline"] else ""
+    joules, kwh = _number(r["energy_train_j"]), _number(r["energy_train_kwh"])
+    return [r["name"], r["status"], _cell(r["task"]), _cell(r["model"]), _cell(r["dataset"]), metric,
+            _cell(r["steps"]), _seconds(r["train_seconds"]), "" if joules is None else _si(joules, "J"),
+            "" if kwh is None else f"{kwh:.3g}", *(_cell(_value(r, k)) for k in extra)]
+
+
 def table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = (), title: str = "runs"):
     """A rich Table of ``rows``: name, status, task, model, dataset, the headline metric, steps,
     training time, training energy (J, and kWh), then the ``extra`` keys (e.g. the sort key)."""
@@ -220,16 +233,21 @@ def table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = (), title: str 
     t.add_column("status", no_wrap=True)
     for col in ("task", "model", "dataset"):
         t.add_column(col)
-    for col in ("headline metric", "steps", "time", "energy", "kWh", *extra):
+    for col in (*_HEADERS[_LEFT:], *extra):
         t.add_column(col, justify="right", no_wrap=col != "headline metric")
     for r in rows:
-        metric = f"{r['headline'].removeprefix('test_')} {_cell(r['metric'])}" if r["headline"] else ""
-        joules, kwh = _number(r["energy_train_j"]), _number(r["energy_train_kwh"])
-        status = f"[{_STYLE.get(r['status'], '')}]{r['status']}[/]"
-        t.add_row(r["name"], status, _cell(r["task"]), _cell(r["model"]), _cell(r["dataset"]), metric,
-                  _cell(r["steps"]), _seconds(r["train_seconds"]), "" if joules is None else _si(joules, "J"),
-                  "" if kwh is None else f"{kwh:.3g}", *(_cell(_value(r, k)) for k in extra))
+        cells = _cells(r, extra)
+        cells[1] = f"[{_STYLE.get(r['status'], '')}]{r['status']}[/]"
+        t.add_row(*cells)
     return t
+
+
+def plain_table(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> str:
+    """The same columns as :func:`table`, as aligned plain text (for thousands of rows)."""
+    lines = [list(_HEADERS) + list(extra)] + [_cells(r, extra) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i < _LEFT else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     .rstrip() for line in lines)
 
 
 def flat_rows(rows: Sequence[dict[str, Any]], config_keys: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -281,12 +299,16 @@ def runs_command(args: Any) -> int:
     else:
         from rich.console import Console
 
-        shown = {"name", "status", "task", "model", "dataset", "steps"}
+        shown = {"name", "status", "task", "model", "dataset", "headline", "metric", "steps", "train_seconds",
+                 "energy_train_j", "energy_train_kwh"}
         extra = list(dict.fromkeys(k for k in keys if k not in shown))
-        console = Console(file=sys.stdout)
-        if not console.is_terminal:  # a file or a pipe: no terminal width to fit, keep rows on one line
-            console = Console(file=sys.stdout, width=220)
-        console.print(table(rows, extra, title=f"runs under {root}"))
+        if len(rows) > RICH_ROWS:
+            print(plain_table(rows, extra))
+        else:
+            console = Console(file=sys.stdout)
+            if not console.is_terminal:  # a file or a pipe: no terminal width to fit, keep rows on one line
+                console = Console(file=sys.stdout, width=220)
+            console.print(table(rows, extra, title=f"runs under {root}"))
         counts = {}
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
