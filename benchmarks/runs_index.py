@@ -103,7 +103,7 @@ def measure(n: int, repeats: int, tmp: Path) -> dict:
                 for p in paths[r::100]:  # 1%: a different 1% each repeat
                     with open(p / "metrics.jsonl", "a") as f:
                         f.write(json.dumps({"kind": "train", "step": 1020, "loss": 0.1}) + "\n")
-            c, w, rows = timed(lambda: list_runs(root, use_index=mode != "no_index"))
+            c, w, rows = timed(lambda use=mode != "no_index": list_runs(root, use_index=use))
             assert len(rows) == n, (len(rows), n)
             cpu.append(c)
             wall.append(w)

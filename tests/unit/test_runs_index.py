@@ -62,7 +62,8 @@ def test_statuses_from_summary_marker_and_checkpoints(tmp_path):
     (half / "checkpoints" / "step_00000020.json").write_text(json.dumps({"step": 20, "bytes": 99}))
     live = make_run(tmp_path / "live", "resumable")
     (live / MARKER).write_text(json.dumps(marker_record("train")))  # this very process
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
     killed = make_run(tmp_path / "killed", "resumable")  # SIGKILLed: its marker names a pid that has exited
     (killed / MARKER).write_text(json.dumps(marker_record("train") | {"pid": int(child.stdout)}))
     reused = make_run(tmp_path / "reused", "crashed")  # our pid, but another process start time
@@ -207,7 +208,9 @@ def test_sort_and_where(tmp_path):
     make_run(tmp_path / "b", acc=0.99, lr=0.01, extra={"params": 900})
     make_run(tmp_path / "c", acc=0.95, dataset="cifar10", lr=0.001, extra={"params": 80})
     make_run(tmp_path / "d", "crashed")
-    names = lambda **kw: [r["name"] for r in list_runs(tmp_path, **kw)]  # noqa: E731
+    def names(**kw):
+        return [r["name"] for r in list_runs(tmp_path, **kw)]
+
     assert names() == ["a", "b", "c", "d"]
     assert names(sort="-test_accuracy") == ["b", "c", "a", "d"]  # missing last, descending too
     assert names(sort="test_accuracy") == ["a", "c", "b", "d"]
@@ -265,7 +268,7 @@ def test_a_process_killed_mid_refresh_leaves_a_consistent_index(tmp_path):
     code = (f"import sqlite3, os; c = sqlite3.connect({str(tmp_path / INDEX_NAME)!r}, isolation_level=None); "
             f"c.execute('BEGIN IMMEDIATE'); c.execute(\"DELETE FROM runs\"); "
             f"c.execute(\"INSERT INTO runs VALUES ('ghost', 'x', '{{}}')\"); os._exit(9)")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 9
     rows, stats = refresh(tmp_path)
     assert sorted(rows) == ["r0", "r1", "r2"] and stats["read"] == 0  # the transaction rolled back
 
@@ -324,7 +327,7 @@ def test_concurrent_listings_and_a_run_writing_keep_the_index_whole(tmp_path):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     code = ("import sys; from layerwise.cli import main; c = main(sys.argv[1:]); "
             "print('TORCH' if 'torch' in sys.modules else '', file=sys.stderr); sys.exit(c)")
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True,
                           env=os.environ | {"PYTHONPATH": SRC, "COLUMNS": "200"})
 
 

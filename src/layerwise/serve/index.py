@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from layerwise.serve.status import MARKER, has_checkpoint, run_status
+from layerwise.serve.status import MARKER, has_checkpoint
 
 INDEX_NAME = ".layerwise-runs.sqlite"
 # How rows are built from run directories; an index written under another version is rebuilt.
@@ -121,7 +121,7 @@ def _read_config(path: str) -> dict[str, Any]:
     import yaml
 
     try:  # libyaml's loader where PyYAML has it
-        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (yaml.YAMLError, ValueError):
         return {}
     if not isinstance(raw, dict):

@@ -171,7 +171,7 @@ def list_runs(root: str | Path = "runs", sort: str | Sequence[str] | None = None
     root = Path(root)
     stored, _stats = refresh(root, max_depth, use_index)
     rows = [public_row(name, path, r) for name, (path, r) in sorted(stored.items())]
-    if rows:
+    if rows and (conditions or sort):
         known = known_keys(rows)
         for key, _op, _v in conditions:
             _check_key(key, known, "--where", root)

@@ -151,10 +151,9 @@ def has_checkpoint(checkpoints: str | Path) -> bool:
                 info = json.loads(Path(meta.path).read_text())
                 if isinstance(info, dict) and info.get("bytes") == e.stat().st_size:
                     return True
-            elif name.endswith(".dcp") and e.is_dir():
-                if os.path.isfile(os.path.join(e.path, ".metadata")) and os.path.isfile(
-                        os.path.join(e.path, "trainer.json")):
-                    return True
+            elif (name.endswith(".dcp") and e.is_dir() and os.path.isfile(os.path.join(e.path, ".metadata"))
+                  and os.path.isfile(os.path.join(e.path, "trainer.json"))):
+                return True
         except (OSError, ValueError):
             continue
     return False
