@@ -37,8 +37,8 @@ ROW_VERSION = 1
 # Files whose presence makes a directory a run (a crashed run may lack config.yaml or summary.json).
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "env.json")
 SIGNATURE_FILES = RUN_FILES + (MARKER, "checkpoints")
-# Folders inside a run directory, or beside runs, that never hold runs.
-NOT_RUNS = {"checkpoints", "plots", "tensorboard", "__pycache__", "probe", "attack", "explain"}
+# Folders that never hold runs (a run directory's own folders are not entered anyway).
+NOT_RUNS = {"checkpoints", "plots", "tensorboard", "__pycache__", "node_modules"}
 LOCK_TIMEOUT_S = 2.0  # how long a listing waits for another process's refresh before going on without the index
 
 
