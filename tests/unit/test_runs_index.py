@@ -60,6 +60,11 @@ def test_statuses_from_summary_marker_and_checkpoints(tmp_path):
     (half / "checkpoints" / "step_00000010.pt").write_bytes(b"x" * 10)
     (half / "checkpoints" / "step_00000020.pt").write_bytes(b"x" * 10)
     (half / "checkpoints" / "step_00000020.json").write_text(json.dumps({"step": 20, "bytes": 99}))
+    dcp = make_run(tmp_path / "dcp", "crashed")  # a distributed checkpoint: a folder with .metadata and trainer.json
+    (dcp / "checkpoints" / "step_00000030.dcp").mkdir(parents=True)
+    (dcp / "checkpoints" / "step_00000030.dcp" / ".metadata").write_bytes(b"m")
+    (dcp / "checkpoints" / "step_00000030.dcp" / "trainer.json").write_text("{}")
+    (dcp / "checkpoints" / "step_00000040.dcp.tmp").mkdir()  # one cut off mid-write: not complete
     live = make_run(tmp_path / "live", "resumable")
     (live / MARKER).write_text(json.dumps(marker_record("train")))  # this very process
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
@@ -72,7 +77,7 @@ def test_statuses_from_summary_marker_and_checkpoints(tmp_path):
     (far / MARKER).write_text(json.dumps(marker_record("rl") | {"host": "another-host.example"}))
     rows = by_name(list_runs(tmp_path))
     status = {n: r["status"] for n, r in rows.items()}
-    assert status == {"done": "finished", "cut": "resumable", "dead": "crashed", "halfckpt": "crashed",
+    assert status == {"done": "finished", "cut": "resumable", "dead": "crashed", "halfckpt": "crashed", "dcp": "resumable",
                       "live": "running", "killed": "resumable", "reused": "crashed", "far": "unknown"}
     assert rows["far"]["host"] == "another-host.example"
     assert rows["done"]["metric"] == 0.9 and rows["done"]["headline"] == "test_accuracy"
