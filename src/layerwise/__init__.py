@@ -9,6 +9,7 @@
     result = layerwise.attack(summary["run_dir"], "pgd", "linf", [0, 0.1, 0.3])  # accuracy under attack
     page = layerwise.report(summary["run_dir"])    # RUN_DIR/report.html (also written at the end of a run)
     page = layerwise.compare([run_a, run_b], out="compare.html")  # runs side by side
+    rows = layerwise.runs("runs", sort="-test_accuracy", where=["dataset=mnist"])  # the runs index
 """
 
 from __future__ import annotations
@@ -168,3 +169,17 @@ def compare(run_dirs: list[str | Path], out: str | Path = "compare.html") -> Pat
     from layerwise.serve.compare import compare_runs
 
     return compare_runs(run_dirs, out)
+
+
+def runs(root: str | Path = "runs", sort: str | list[str] | None = None, where: str | list[str] = (),
+         limit: int | None = None, max_depth: int = 4) -> list[dict[str, Any]]:
+    """The runs under ``root`` (``layerwise runs``), one dict each: name, status (finished, running,
+    unknown, resumable, crashed), task, model, dataset, headline, metric, steps, train_seconds,
+    energy_train_j/_kwh, ..., the summary's keys and ``config`` ({"section.key": value}).
+    ``sort``: a key or ``-KEY`` (descending), or a list; ``where``: conditions such as
+    ``"dataset=mnist"`` or ``"test_accuracy>0.99"``. Uses and refreshes the index
+    ``root/.layerwise-runs.sqlite``. Raises ConfigError for a bad condition or unknown key, RunsError
+    (a ValueError) when ``root`` is not a folder. See layerwise.serve.listing."""
+    from layerwise.serve.listing import list_runs
+
+    return list_runs(root, sort, where, limit, max_depth)

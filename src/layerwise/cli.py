@@ -19,6 +19,7 @@
     layerwise info RUN_DIR
     layerwise report RUN_DIR [--out PATH] [--max-examples N]
     layerwise compare RUN_DIR RUN_DIR... [--out compare.html]
+    layerwise runs [ROOT] [--sort [-]KEY] [--where KEY=VALUE|KEY>N|KEY<N ...] [--limit N] [--json|--csv]
     layerwise models [NAME] [--pretrained]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
     layerwise scale fit TABLE --law n|d|nd [--json] [--holdout K] [--boot B] [--seed S]
@@ -255,6 +256,21 @@ def _parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="one HTML page setting runs side by side: metrics, config diff, curves")
     cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cp.add_argument("--out", default="compare.html", help="the HTML file to write (default ./compare.html)")
+    r = sub.add_parser("runs", help="table of the runs under a folder: status, metric, time, energy; sort, filter",
+                       description="List the runs under ROOT (any depth up to --max-depth), kept fast by an index "
+                                   "ROOT/.layerwise-runs.sqlite that is refreshed from the run directories.")
+    r.add_argument("root", nargs="?", default="runs", help="folder holding run directories (default: runs)")
+    r.add_argument("--sort", action="append", metavar="KEY",
+                   help="sort by a column, summary key or config key (section.key); -KEY descending "
+                        "(--sort=-test_accuracy); repeatable")
+    r.add_argument("--where", action="append", metavar="COND",
+                   help="keep runs where KEY=VALUE (wildcards * ?), KEY!=VALUE, KEY>N, KEY<N, KEY>=N, KEY<=N; repeatable")
+    r.add_argument("--limit", type=int, metavar="N", help="show the first N runs only")
+    r.add_argument("--max-depth", type=int, default=4, help="folders to walk down looking for runs (default 4)")
+    r.add_argument("--no-index", action="store_true", help="read every run directory; neither read nor write the index")
+    out = r.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list of dicts instead of the table")
+    out.add_argument("--csv", action="store_true", help="print CSV instead of the table")
 
     m = sub.add_parser("models", help="list registered models, or one model's arguments")
     m.add_argument("name", nargs="?")
@@ -445,6 +461,25 @@ def _rl(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace) -> int:
+    """`layerwise runs [ROOT]`: the runs index (serve/listing.py), with its errors as exit codes."""
+    from layerwise.serve.index import RunsError
+    from layerwise.serve.listing import runs_command
+
+    warnings.formatwarning = lambda msg, category, *_a, **_k: f"layerwise: warning: {msg}\n"
+    try:
+        return runs_command(args)
+    except ConfigError as e:
+        print(f"layerwise: config error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except RunsError as e:
+        print(f"layerwise: error: {e}", file=sys.stderr)
+        return RUN_ERROR
+    except BrokenPipeError:  # `layerwise runs --json | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
+
+
 def _play(args: argparse.Namespace) -> int:
     """`layerwise play RUN_DIR`: the agent's returns per episode (and a GIF)."""
     from layerwise.rl.play import play
@@ -483,6 +518,9 @@ def _elastic_restart(cfg) -> tuple[Path, bool] | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = _join_spaced_overrides(list(sys.argv[1:] if argv is None else argv))
+    if argv[:1] == ["runs"]:
+        from layerwise.serve.listing import join_sort_value
+        argv = join_sort_value(argv)  # `--sort -KEY`: argparse would read -KEY as a flag
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "scale":
@@ -502,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:  # ScalingError: a missing or bad table, too few runs: the data's fault
             print(f"layerwise: error: {e}", file=sys.stderr)
             return RUN_ERROR
+
+    if args.command == "runs":  # reads run directories and an SQLite index, never torch
+        return _runs(args)
 
     from layerwise.data import DataError
     from layerwise.distributed.parallel import DistributedError

@@ -136,9 +136,12 @@ class PPOTrainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Train to ``num_updates``, evaluate, save the model; returns the summary."""
+        from layerwise.serve.status import running_marker  # RUN_DIR/running.json: `layerwise runs` says running
+
         try:
-            self._fit()
-            return self._finish()
+            with running_marker(self.run_dir, "rl"):
+                self._fit()
+                return self._finish()
         finally:
             self.display.close()
             self.envs.close()

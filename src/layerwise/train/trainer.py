@@ -405,8 +405,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``, evaluate, save the model; returns the summary."""
+        from layerwise.serve.status import running_marker  # RUN_DIR/running.json: `layerwise runs` says running
+
         try:
-            summary = self._fit()
+            with running_marker(self.run_dir, "train", enabled=self.par.is_rank0):
+                summary = self._fit()
         except (DistributedError, KeyboardInterrupt):
             raise
         except RuntimeError as e:
