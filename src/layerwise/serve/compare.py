@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layerwise.serve.html import Markup, esc, figure_uri, img, new_figure, note, page, section, table, write_page
+from layerwise.serve.html import Markup, check_out, esc, figure_uri, img, new_figure, note, page, section, table, write_page
 from layerwise.serve.report import check_run_dir, read_json, read_records
 
 SUMMARY_KEYS = ("params", "steps", "epochs", "env_steps", "train_seconds", "energy_train_j", "energy_method")
@@ -190,12 +190,8 @@ def build_compare(run_dirs: list[str | Path]) -> str:
 def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare.html") -> Path:
     """Write the comparison page of ``run_dirs`` (at least two run directories) to ``out``
     (default ./compare.html; replaced whole); returns its path. Raises ConfigError (fewer than
-    two runs, one given twice, ``out`` a folder), RunDirError (a path that is not a run
+    two runs, one given twice, ``out`` a folder or a file that is not a layerwise page), RunDirError (a path that is not a run
     directory) or OSError (``out`` cannot be written)."""
-    from layerwise.config import ConfigError
-
-    target = Path(out)
-    if target.is_dir():
-        raise ConfigError(f"--out '{target}' is a folder; give the path of the HTML file to write.")
+    target = check_out(Path(out))
     return write_page(target, build_compare(list(run_dirs)))
 

@@ -160,13 +160,43 @@ border:1px solid #e3e8ee;font-size:12px;vertical-align:top;max-width:210px}
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
+# Marks the pages written here, so that --out replaces a page of ours and never another file.
+GENERATOR = '<meta name="generator" content="layerwise">'
+
+
+def is_our_page(path: Path) -> bool:
+    """Whether the file ``path`` is a page this module wrote (its head names layerwise as the
+    generator; pages written before that mark existed: a layerwise title)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head.startswith("<!DOCTYPE html>") and (GENERATOR in head or "<title>layerwise" in head)
+
+
+def check_out(path: Path, option: str = "--out") -> Path:
+    """``path`` when a page may be written there: nothing is there yet, or a page of ours (which
+    is replaced). ConfigError for a folder, or a file that is not such a page (a run's
+    summary.json, someone's notes): never overwritten."""
+    from layerwise.config import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} '{path}' is a folder; give the path of the HTML file to write.")
+    if path.exists() and not is_our_page(path):
+        raise ConfigError(f"{option} '{path}' is an existing file that is not a layerwise page; it is left as it "
+                          f"is. Give the path of a new .html file, or remove that file first.")
+    return path
+
+
 def page(title: str, subtitle: str, sections: Sequence[Markup], nav: Sequence[tuple[str, str]] = ()) -> str:
     """The whole HTML document: title, a line under it, a bar of links to the sections
     (``nav``: (anchor, label) pairs) and the sections."""
     links = "".join(f'<a href="#{esc(a)}">{esc(label)}</a>' for a, label in nav)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{GENERATOR}'
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body><header><h1>{esc(title)}</h1>"
             f"<p>{esc(subtitle)}</p></header>" + (f"<nav>{links}</nav>" if links else "")
             + "<main>\n" + "\n".join(sections) + "\n</main></body></html>\n")

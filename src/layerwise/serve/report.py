@@ -25,6 +25,7 @@ from typing import Any
 
 from layerwise.serve.html import (
     Markup,
+    check_out,
     esc,
     figure_uri,
     fmt,
@@ -332,12 +333,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, device: str
                  run: Any = None, max_examples: int | None = None, draw: bool = True) -> Path:
     """Write :func:`build_report`'s page to ``out`` (default RUN_DIR/report.html, replaced whole:
     an earlier report is kept until the new one is complete); returns its path. Raises RunDirError
-    (not a run directory), ConfigError (``out`` is a folder) or OSError (it cannot be written)."""
+    (not a run directory), ConfigError (``out`` is a folder, or a file that is not a layerwise page) or OSError (it cannot be written)."""
     path = check_run_dir(run_dir)
-    target = Path(out) if out else path / REPORT_NAME
-    if target.is_dir():
-        from layerwise.config import ConfigError
-        raise ConfigError(f"--out '{target}' is a folder; give the path of the HTML file to write.")
+    target = check_out(Path(out) if out else path / REPORT_NAME, "--out" if out else "the report")
     text = build_report(path, device, data_root, run, max_examples, draw)
     return write_page(target, text)
 

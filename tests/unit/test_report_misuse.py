@@ -1,0 +1,44 @@
+"""Misuse of `layerwise report`, `compare` and `runs` found by trying to break them: each refused
+with a one-paragraph error and a non-zero exit, no traceback, and no earlier file harmed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from layerwise.cli import main
+
+
+def _fake_run(path: Path, summary: dict | None = None, records: list[dict] | None = None) -> Path:
+    """A run directory of the files the pages read (no model): an unfinished run unless ``summary``."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text("data:\n  name: digits\n  task: classify\nmodel:\n  name: mlp\n"
+                                      "optim:\n  lr: 0.001\n")
+    if summary is not None:
+        (path / "summary.json").write_text(json.dumps(summary))
+    if records is not None:
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_out_onto_a_file_that_is_not_a_page_is_refused_and_the_file_kept(tmp_path, capsys):
+    run = _fake_run(tmp_path / "a", {"task": "classify", "headline": "test_accuracy", "test_accuracy": 0.5})
+    other = _fake_run(tmp_path / "b")
+    summary = (run / "summary.json").read_text()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for argv in (["report", str(run), "--out", str(run / "summary.json")],
+                 ["report", str(run), "--out", str(notes)],
+                 ["compare", str(run), str(other), "--out", str(notes)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "not a layerwise page" in err and "Traceback" not in err
+    assert (run / "summary.json").read_text() == summary and notes.read_text() == "mine"
+    # a page of ours is replaced, again and again
+    page = tmp_path / "page.html"
+    assert main(["report", str(run), "--out", str(page)]) == 0
+    assert main(["report", str(run), "--out", str(page)]) == 0
+    assert main(["compare", str(run), str(other), "--out", str(page)]) == 0
+    assert "compared" in page.read_text()
