@@ -42,3 +42,15 @@ def test_out_onto_a_file_that_is_not_a_page_is_refused_and_the_file_kept(tmp_pat
     assert main(["report", str(run), "--out", str(page)]) == 0
     assert main(["compare", str(run), str(other), "--out", str(page)]) == 0
     assert "compared" in page.read_text()
+
+
+def test_runs_sort_puts_nan_metrics_last_and_orders_the_rest(tmp_path):
+    from layerwise.serve.listing import list_runs
+
+    values = [0.5, float("nan"), 0.9, 0.1, float("nan"), 0.7]
+    for i, v in enumerate(values):
+        _fake_run(tmp_path / f"r{i}", {"task": "classify", "headline": "test_accuracy", "test_accuracy": v})
+    _fake_run(tmp_path / "unfinished")
+    for sort, order in (("-test_accuracy", ["r2", "r5", "r0", "r3"]), ("test_accuracy", ["r3", "r0", "r5", "r2"])):
+        names = [r["name"] for r in list_runs(tmp_path, sort=sort, use_index=False)]
+        assert names == order + ["r1", "r4", "unfinished"], (sort, names)

@@ -19,6 +19,7 @@ import csv
 import fnmatch
 import io
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -139,15 +140,18 @@ def _matches(v: Any, op: str, want: str) -> bool:
 
 
 def _sort(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Stable sort by each key, the last first; missing values last whatever the direction."""
+    """Stable sort by each key, the last first; missing values last whatever the direction, and
+    so are NaN (a diverged run's metric), which orders with nothing and would scramble the rest."""
     for spec in reversed(keys):
         desc, key = spec.startswith("-"), spec.lstrip("-")
         values = [_value(r, key) for r in rows]
         present = [v for v in values if v is not None]
         numeric = all(_number(v) is not None and not isinstance(v, str) for v in present)
-        have = [(v, r) for v, r in zip(values, rows) if v is not None]
+        last = [v is None or (numeric and math.isnan(_number(v))) for v in values]
+        have = [(v, r) for v, r, end in zip(values, rows, last) if not end]
         have.sort(key=(lambda t: _number(t[0])) if numeric else (lambda t: str(t[0])), reverse=desc)
-        rows = [r for _, r in have] + [r for v, r in zip(values, rows) if v is None]
+        rows = ([r for _, r in have] + [r for v, r, end in zip(values, rows, last) if end and v is not None]
+                + [r for v, r in zip(values, rows) if v is None])
     return rows
 
 
