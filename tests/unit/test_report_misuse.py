@@ -54,3 +54,33 @@ def test_runs_sort_puts_nan_metrics_last_and_orders_the_rest(tmp_path):
     for sort, order in (("-test_accuracy", ["r2", "r5", "r0", "r3"]), ("test_accuracy", ["r3", "r0", "r5", "r2"])):
         names = [r["name"] for r in list_runs(tmp_path, sort=sort, use_index=False)]
         assert names == order + ["r1", "r4", "unfinished"], (sort, names)
+
+
+def test_a_curve_of_one_point_is_drawn_with_a_marker(tmp_path, monkeypatch):
+    """A run shorter than log_every_steps logs one training record: a line through one point is
+    invisible, in the run's plots, the report's curves and the comparison alike."""
+    from matplotlib.axes import Axes
+
+    from layerwise.serve.compare import build_compare
+    from layerwise.serve.report import build_report
+    from layerwise.train.metrics import plot_metrics
+
+    drawn = []
+    plot = Axes.plot
+
+    def spy(self, *args, **kwargs):
+        lines = plot(self, *args, **kwargs)
+        drawn.extend((len(line.get_xdata()), line.get_marker()) for line in lines)
+        return lines
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    records = [{"step": 20, "kind": "train", "loss": 2.3, "lr": 1e-3},
+               {"step": 20, "kind": "test", "loss": 2.2, "accuracy": 0.3}]
+    summary = {"task": "classify", "headline": "test_accuracy", "test_accuracy": 0.3}
+    a = _fake_run(tmp_path / "a", summary, records)
+    b = _fake_run(tmp_path / "b", summary, records)
+    plot_metrics(records, tmp_path / "plots")
+    build_report(a)
+    build_compare([a, b])
+    singles = [marker for n, marker in drawn if n == 1]
+    assert singles and all(marker not in ("None", "", " ", None) for marker in singles), drawn

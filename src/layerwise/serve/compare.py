@@ -134,7 +134,7 @@ def curves_html(runs: list[dict[str, Any]], max_panels: int = 8) -> tuple[Markup
                        if rec.get("kind") == kind and isinstance(rec.get(k), (int, float))]
                 if pts:
                     positive &= all(v > 0 for _, v in pts)
-                    ax.plot(*zip(*pts, strict=True), style, color=color, ms=3, lw=1.3)
+                    ax.plot(*zip(*pts, strict=True), style if len(pts) > 1 else "o", color=color, ms=3, lw=1.3)
         if k == "loss" and positive:
             ax.set_yscale("log")
         ax.set_title(k.replace("_", " ") + ("" if task == "any" or len(tasks) == 1 else f" ({task})"), fontsize=10)

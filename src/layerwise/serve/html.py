@@ -148,11 +148,12 @@ nav a{margin-right:12px;color:#1f3b57}main{padding:8px 24px 32px;max-width:1200p
 h2{font-size:17px;border-bottom:1px solid #d5dde5;padding-bottom:3px;margin-top:28px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #d5dde5;padding:3px 7px;
 text-align:left;vertical-align:top}th{background:#f3f6f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
-table.cm td{text-align:right;min-width:2.2em}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px;
+table.cm td{text-align:right;min-width:2.2em}
+table.cm th,table.cm td:first-child,table.diff th,table.diff td{max-width:16em;overflow-wrap:anywhere}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px;
 max-height:420px}.note{background:#f3f6f9;border-left:4px solid #7a8b9c;padding:6px 10px}
 .warn{background:#fff4e0;border-left:4px solid #d08a00;padding:6px 10px}.figs{display:flex;flex-wrap:wrap;gap:8px}
 .figs img{border:1px solid #e3e8ee;max-width:100%}.ex{display:inline-block;margin:4px;padding:4px;
-border:1px solid #e3e8ee;font-size:12px;vertical-align:top;max-width:210px}
+border:1px solid #e3e8ee;font-size:12px;vertical-align:top;max-width:210px;overflow-wrap:anywhere}
 .ex img{image-rendering:pixelated;display:block}.same{color:#7a8b9c}.diff{background:#fff8d6}
 """
 

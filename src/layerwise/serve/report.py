@@ -124,7 +124,7 @@ def curves_figure(records: list[dict[str, Any]], keys: list[str], xlabel: str) -
         for kind, style in (("train", "-"), ("test", "o-")):
             pts = [(r["step"], r[k]) for r in records if r.get("kind") == kind and isinstance(r.get(k), (int, float))]
             if pts:
-                ax.plot(*zip(*pts, strict=True), style, ms=3, label=kind)
+                ax.plot(*zip(*pts, strict=True), style if len(pts) > 1 else "o-", ms=3, label=kind)  # one point: a dot
         if k == "loss" and all(r.get(k) is None or r[k] > 0 for r in records):
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
