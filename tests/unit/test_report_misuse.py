@@ -84,3 +84,30 @@ def test_a_curve_of_one_point_is_drawn_with_a_marker(tmp_path, monkeypatch):
     build_compare([a, b])
     singles = [marker for n, marker in drawn if n == 1]
     assert singles and all(marker not in ("None", "", " ", None) for marker in singles), drawn
+
+
+def test_a_killed_process_not_yet_reaped_is_not_running(tmp_path):
+    """kill -9 leaves a zombie until its parent waits for it (a launcher, a notebook): its pid still
+    answers kill(pid, 0), but the run is no longer running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from layerwise.serve.status import _boot_id, _process_start, marker_state
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        marker = {"host": __import__("socket").gethostname(), "pid": child.pid, "boot_id": _boot_id(),
+                  "proc_start": _process_start(child.pid)}
+        assert marker_state(marker) == "running"
+        os.kill(child.pid, signal.SIGKILL)
+        for _ in range(100):  # until the kernel has made it a zombie (not reaped: no wait yet)
+            if Path(f"/proc/{child.pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break
+            time.sleep(0.02)
+        assert marker_state(marker) == "dead"
+    finally:
+        child.kill()
+        child.wait()

@@ -42,16 +42,26 @@ def _boot_id() -> str | None:
         return None
 
 
-def _process_start(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22), or
-    None where /proc cannot tell (no /proc, or no such process)."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first), or None
+    where /proc cannot tell (no /proc, or no such process)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name (field 2) is in parentheses and may hold spaces: count fields after the last ')'
     try:
-        return int(stat[stat.rindex(")") + 2:].split()[19])
+        return stat[stat.rindex(")") + 2:].split()
+    except ValueError:
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22), or
+    None where /proc cannot tell (no /proc, or no such process)."""
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None
     except (ValueError, IndexError):
         return None
 
@@ -111,6 +121,9 @@ def marker_state(marker: dict[str, Any] | None) -> str:
         pass  # alive, another user's
     except OSError:
         return "dead"
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return "dead"  # a zombie: killed (-9) or ended, its parent has not reaped it yet; it runs no more
     start = _process_start(pid)
     if marker.get("proc_start") is not None and start is not None and start != marker["proc_start"]:
         return "dead"  # the pid was reused by another process
