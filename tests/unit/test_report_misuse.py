@@ -111,3 +111,19 @@ def test_a_killed_process_not_yet_reaped_is_not_running(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+def test_an_unfinished_run_of_task_auto_is_compared_as_the_task_its_metrics_show(tmp_path):
+    """data.task=auto (the default) and no summary.json yet (running, killed): the task is what the
+    records log, so a running classifier's curves overlay a finished classifier's."""
+    from layerwise.serve.compare import build_compare, load_runs
+    from layerwise.serve.report import build_report
+
+    recs = [{"step": s, "kind": k, "loss": 1.0 / s, "accuracy": 0.1 * s} for s in (1, 2) for k in ("train", "test")]
+    done = _fake_run(tmp_path / "done", {"task": "classify", "headline": "test_accuracy", "test_accuracy": 0.2}, recs)
+    live = _fake_run(tmp_path / "live", None, recs)
+    (live / "config.yaml").write_text((live / "config.yaml").read_text().replace("task: classify", "task: auto"))
+    assert [r["task"] for r in load_runs([done, live])] == ["classify", "classify"]
+    page = build_compare([done, live])
+    assert "different tasks" not in page
+    assert "classify" in build_report(live).split("</header>")[0]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from layerwise.serve.html import Markup, check_out, esc, figure_uri, img, new_figure, note, page, section, table, write_page
-from layerwise.serve.report import check_run_dir, read_json, read_records
+from layerwise.serve.report import check_run_dir, read_json, read_records, task_from_records
 
 SUMMARY_KEYS = ("params", "steps", "epochs", "env_steps", "train_seconds", "energy_train_j", "energy_method")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
@@ -47,10 +47,13 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
         label = p.name if names.count(p.name) == 1 else f"{p.name} ({i + 1})"
         summary = read_json(p / "summary.json")
         flat = flat_run_config(p / "config.yaml")
+        records = read_records(p / "metrics.jsonl")
+        data_task = str(flat.get("data.task") or "auto")
         task = (summary or {}).get("task") or ("rl" if any(k.startswith("ppo.") for k in flat) else
-                                               str(flat.get("data.task") or "unknown"))
+                                               data_task if data_task != "auto" else
+                                               task_from_records(records) or "unknown")
         runs.append({"path": p, "label": label, "summary": summary, "config": flat,
-                     "records": read_records(p / "metrics.jsonl"), "task": task,
+                     "records": records, "task": task,
                      "headline": (summary or {}).get("headline")})
     return runs
 

@@ -118,7 +118,8 @@ def curves_figure(records: list[dict[str, Any]], keys: list[str], xlabel: str) -
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = new_figure(4.2 * cols, 2.9 * rows)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.12 / rows, top=1 - 0.05 / rows, hspace=0.45, wspace=0.28)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.5 / (2.9 * rows), top=1 - 0.05 / rows, hspace=0.45,
+                        wspace=0.28)  # 0.5 inch under the last row: its axis label
     for i, k in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         for kind, style in (("train", "-"), ("test", "o-")):
@@ -264,7 +265,7 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     records = read_records(path / "metrics.jsonl")
     config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
     rl = "env:" in config_text and "ppo:" in config_text
-    task = summary.get("task") or ("rl" if rl else _task_from_config(config_text))
+    task = summary.get("task") or ("rl" if rl else _task_from_config(config_text, records))
     headline = str(summary.get("headline", "")).removeprefix("test_") or ("episodic_return" if rl else "accuracy")
     if task == "rl":
         headline = "episodic_return"
@@ -318,15 +319,29 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _task_from_config(text: str) -> str:
-    """An unfinished run's task, from its config.yaml (data.task; "auto" stays unknown)."""
+def _task_from_config(text: str, records: list[dict[str, Any]] = ()) -> str:
+    """An unfinished run's task, from its config.yaml (data.task), or when that says "auto" (the
+    data decides), from the metrics its records log (:func:`task_from_records`); "" when unknown."""
     try:
         import yaml
 
         d = yaml.safe_load(text) or {}
-        return str((d.get("data") or {}).get("task") or "")
+        task = str((d.get("data") or {}).get("task") or "")
     except Exception:  # noqa: BLE001 - a torn file: the page says the task is unknown
-        return ""
+        task = ""
+    return task_from_records(records) if task in ("", "auto") else task
+
+
+# The metric a task logs that no other task does (tasks/*.py), in the order they are tested.
+TASK_METRICS = (("episodic_return", "rl"), ("perplexity", "lm"), ("micro_f1", "multilabel"),
+                ("accuracy", "classify"), ("rmse", "regress"), ("r2", "regress"))
+
+
+def task_from_records(records: list[dict[str, Any]]) -> str:
+    """The task of a run whose config says data.task=auto and that has no summary.json yet (crashed,
+    running), from the metrics its records log; "" when they say nothing."""
+    logged = {k for r in records[-50:] for k in r}
+    return next((task for key, task in TASK_METRICS if key in logged), "")
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, device: str = "cpu", data_root: str = "",
