@@ -127,3 +127,16 @@ def test_an_unfinished_run_of_task_auto_is_compared_as_the_task_its_metrics_show
     page = build_compare([done, live])
     assert "different tasks" not in page
     assert "classify" in build_report(live).split("</header>")[0]
+
+
+def test_runs_reached_twice_through_links_are_listed_once(tmp_path):
+    from layerwise.serve.listing import list_runs
+
+    root = tmp_path / "root"
+    _fake_run(root / "a" / "b" / "r", {"task": "classify", "headline": "test_accuracy", "test_accuracy": 0.5})
+    (root / "alias").symlink_to(root / "a" / "b" / "r")  # a link to a run under the root
+    (root / "a" / "up").symlink_to(root)  # a link back up: a loop
+    outside = _fake_run(tmp_path / "elsewhere", {"task": "classify"})
+    (root / "ext").symlink_to(outside)  # a link to a run outside the root: listed (once)
+    names = [r["name"] for r in list_runs(root, max_depth=8, use_index=False)]
+    assert names == ["a/b/r", "ext"], names

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 import re
 import sqlite3
 import warnings
@@ -204,12 +205,19 @@ def find_runs(root: Path, max_depth: int = 4) -> dict[str, tuple[str, str]]:
     """{name: (absolute path, signature)} of every run directory under ``root`` (``root`` itself
     when it is one), found by walking at most ``max_depth`` folders down; hidden folders and the
     folders inside a run are not entered. A run's name is its path relative to ``root`` (POSIX
-    separators; the root's own name when the root is the run)."""
+    separators; the root's own name when the root is the run). A folder reached twice (a symbolic
+    link to a run under the root, a link back up to the root) is listed once, under its path
+    without links when it has one: folders are walked shallowest first, links after the rest."""
     out: dict[str, tuple[str, str]] = {}
-    stack = [(str(root), "", 0)]
-    while stack:
-        path, rel, depth = stack.pop()
+    queue, links = deque([(str(root), "", 0)]), deque()
+    seen: set[tuple[int, int]] = set()
+    while queue or links:
+        path, rel, depth = queue.popleft() if queue else links.popleft()
         try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
             with os.scandir(path) as it:
                 entries = {e.name: e for e in it}
         except OSError:  # unreadable, or deleted while we walk: not listed
@@ -219,12 +227,12 @@ def find_runs(root: Path, max_depth: int = 4) -> dict[str, tuple[str, str]]:
             continue
         if depth >= max_depth:
             continue
-        for name, e in entries.items():
+        for name, e in sorted(entries.items()):
             if name.startswith(".") or name in NOT_RUNS:
                 continue
             try:
                 if e.is_dir():
-                    stack.append((e.path, f"{rel}/{name}" if rel else name, depth + 1))
+                    (links if e.is_symlink() else queue).append((e.path, f"{rel}/{name}" if rel else name, depth + 1))
             except OSError:
                 continue
     return out
