@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from layerwise.cli import main
 
 
@@ -140,3 +138,11 @@ def test_runs_reached_twice_through_links_are_listed_once(tmp_path):
     (root / "ext").symlink_to(outside)  # a link to a run outside the root: listed (once)
     names = [r["name"] for r in list_runs(root, max_depth=8, use_index=False)]
     assert names == ["a/b/r", "ext"], names
+
+
+def test_runs_lists_the_task_of_an_unfinished_run_of_task_auto(tmp_path):
+    from layerwise.serve.listing import list_runs
+
+    live = _fake_run(tmp_path / "live", None, [{"step": 5, "kind": "train", "loss": 1.0, "accuracy": 0.3}])
+    (live / "config.yaml").write_text((live / "config.yaml").read_text().replace("task: classify", "task: auto"))
+    assert [r["task"] for r in list_runs(tmp_path)] == ["classify"]

@@ -18,8 +18,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layerwise.serve.html import Markup, check_out, esc, figure_uri, img, new_figure, note, page, section, table, write_page
-from layerwise.serve.report import check_run_dir, read_json, read_records, task_from_records
+from layerwise.serve.html import (
+    Markup,
+    check_out,
+    esc,
+    figure_uri,
+    img,
+    new_figure,
+    note,
+    page,
+    section,
+    table,
+    write_page,
+)
+from layerwise.serve.report import check_run_dir, read_json, read_records
+from layerwise.serve.status import task_from_records
 
 SUMMARY_KEYS = ("params", "steps", "epochs", "env_steps", "train_seconds", "energy_train_j", "energy_method")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",

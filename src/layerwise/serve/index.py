@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections import deque
 import re
 import sqlite3
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-from layerwise.serve.status import MARKER, has_checkpoint
+from layerwise.serve.status import MARKER, has_checkpoint, task_from_records
 
 INDEX_NAME = ".layerwise-runs.sqlite"
 # How rows are built from run directories; an index written under another version is rebuilt.
-ROW_VERSION = 1
+ROW_VERSION = 2  # 2: task_hint
 # Files whose presence makes a directory a run (a crashed run may lack config.yaml or summary.json).
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "env.json")
 SIGNATURE_FILES = RUN_FILES + (MARKER, "checkpoints")
@@ -135,8 +135,9 @@ def _read_config(path: str) -> dict[str, Any]:
 
 
 def _metrics_tail(path: str, size: int) -> dict[str, Any]:
-    """The last step logged in metrics.jsonl, reading only its last 16 KiB; a line cut off by a
-    crash mid-write (no newline, not JSON) is skipped."""
+    """The last step logged in metrics.jsonl, and the task its metrics show (task_hint: for a run of
+    data.task=auto without a summary), reading only its last 16 KiB; a line cut off by a crash
+    mid-write (no newline, not JSON) is skipped."""
     if size <= 0:
         return {}
     try:
@@ -151,7 +152,7 @@ def _metrics_tail(path: str, size: int) -> dict[str, Any]:
         except ValueError:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            return {"last_step": rec["step"], "last_kind": rec.get("kind")}
+            return {"last_step": rec["step"], "last_kind": rec.get("kind"), "task_hint": task_from_records([rec])}
     return {}
 
 

@@ -54,7 +54,8 @@ def public_row(name: str, path: str, stored: dict[str, Any]) -> dict[str, Any]:
     row = {
         "name": name,
         "status": run_status(stored.get("summary") is not None, marker, bool(stored.get("resumable"))),
-        "task": s.get("task") or ("rl" if rl else data_task if data_task not in (None, "auto") else None),
+        "task": s.get("task") or ("rl" if rl else data_task if data_task not in (None, "auto") else
+                                  stored.get("task_hint") or None),
         "model": s.get("model") or c.get("model.name"),
         "dataset": s.get("dataset") or s.get("env") or c.get("data.name") or c.get("env.id"),
         "headline": headline, "metric": s.get(headline) if headline else None, "steps": steps,

@@ -39,6 +39,7 @@ from layerwise.serve.html import (
     table,
     write_page,
 )
+from layerwise.serve.status import task_from_records
 
 REPORT_NAME = "report.html"
 MAX_INSIGHT_FOLDERS = 3  # explain results per run: the newest folders
@@ -330,18 +331,6 @@ def _task_from_config(text: str, records: list[dict[str, Any]] = ()) -> str:
     except Exception:  # noqa: BLE001 - a torn file: the page says the task is unknown
         task = ""
     return task_from_records(records) if task in ("", "auto") else task
-
-
-# The metric a task logs that no other task does (tasks/*.py), in the order they are tested.
-TASK_METRICS = (("episodic_return", "rl"), ("perplexity", "lm"), ("micro_f1", "multilabel"),
-                ("accuracy", "classify"), ("rmse", "regress"), ("r2", "regress"))
-
-
-def task_from_records(records: list[dict[str, Any]]) -> str:
-    """The task of a run whose config says data.task=auto and that has no summary.json yet (crashed,
-    running), from the metrics its records log; "" when they say nothing."""
-    logged = {k for r in records[-50:] for k in r}
-    return next((task for key, task in TASK_METRICS if key in logged), "")
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, device: str = "cpu", data_root: str = "",

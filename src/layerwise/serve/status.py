@@ -130,6 +130,18 @@ def marker_state(marker: dict[str, Any] | None) -> str:
     return "running"
 
 
+# The metric a task logs that no other task does (tasks/*.py), in the order they are tested.
+TASK_METRICS = (("episodic_return", "rl"), ("perplexity", "lm"), ("micro_f1", "multilabel"),
+                ("accuracy", "classify"), ("rmse", "regress"), ("r2", "regress"))
+
+
+def task_from_records(records: list[dict[str, Any]]) -> str:
+    """The task of a run whose config says data.task=auto and that has no summary.json yet (crashed,
+    running), from the metrics its last records log (metrics.jsonl); "" when they say nothing."""
+    logged = {k for r in records[-50:] for k in r}
+    return next((task for key, task in TASK_METRICS if key in logged), "")
+
+
 def run_status(finished: bool, marker: dict[str, Any] | None, resumable: bool) -> str:
     """One of :data:`STATUSES`, from what a run directory holds (see the module docstring)."""
     if finished:
