@@ -146,3 +146,18 @@ def test_runs_lists_the_task_of_an_unfinished_run_of_task_auto(tmp_path):
     live = _fake_run(tmp_path / "live", None, [{"step": 5, "kind": "train", "loss": 1.0, "accuracy": 0.3}])
     (live / "config.yaml").write_text((live / "config.yaml").read_text().replace("task: classify", "task: auto"))
     assert [r["task"] for r in list_runs(tmp_path)] == ["classify"]
+
+
+def test_damaged_confusion_csv_and_metrics_records_still_give_a_report(tmp_path, capsys):
+    """A truncated or emptied confusion.csv and records with null steps or text values: the page
+    is written, the damaged part replaced by a note naming the file; no traceback."""
+    recs = [{"step": s, "kind": "train", "loss": 1.0 / s, "accuracy": 0.1} for s in (1, 2)]
+    run = _fake_run(tmp_path / "a", {"task": "classify", "headline": "test_accuracy", "test_accuracy": 0.5}, recs)
+    (run / "model.safetensors").write_bytes(b"")  # the task section is entered; the model is not needed to fail
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": null, "kind": "test", "loss": 1}\n{"step": 3, "kind": "test", "loss": "x", "accuracy": [1]}\n')
+    for damaged in ("true \\ predicted,0,1\n0,5,", ""):
+        (run / "confusion.csv").write_text(damaged)
+        assert main(["report", str(run)]) == 0, capsys.readouterr().err
+        text = (run / "report.html").read_text()
+        assert "the confusion matrix not shown" in text and "confusion.csv&#x27; is damaged" in text

@@ -83,7 +83,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; a torn last line (a run killed while writing) is skipped."""
+    """The records of metrics.jsonl; a torn last line (a run killed while writing), a record without
+    a numeric step, and values that are not numbers where numbers belong (an edited or damaged
+    file) are skipped."""
     if not path.is_file():
         return []
     out = []
@@ -92,9 +94,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             r = json.loads(line)
         except ValueError:
             continue
-        if isinstance(r, dict) and "step" in r:
-            out.append(r)
+        if not isinstance(r, dict) or not _is_number(r.get("step")):
+            continue
+        out.append({k: v for k, v in r.items() if k in ("kind", "step") or _is_number(v) or not isinstance(
+            v, (str, list, dict))})
     return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def headline_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -127,7 +135,7 @@ def curves_figure(records: list[dict[str, Any]], keys: list[str], xlabel: str) -
             pts = [(r["step"], r[k]) for r in records if r.get("kind") == kind and isinstance(r.get(k), (int, float))]
             if pts:
                 ax.plot(*zip(*pts, strict=True), style if len(pts) > 1 else "o-", ms=3, label=kind)  # one point: a dot
-        if k == "loss" and all(r.get(k) is None or r[k] > 0 for r in records):
+        if k == "loss" and all(not _is_number(r.get(k)) or r[k] > 0 for r in records):
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(k.replace("_", " "))
