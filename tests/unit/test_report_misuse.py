@@ -161,3 +161,15 @@ def test_damaged_confusion_csv_and_metrics_records_still_give_a_report(tmp_path,
         assert main(["report", str(run)]) == 0, capsys.readouterr().err
         text = (run / "report.html").read_text()
         assert "the confusion matrix not shown" in text and "confusion.csv&#x27; is damaged" in text
+
+
+def test_runs_json_is_strict_json_when_a_metric_is_nan(tmp_path, capsys):
+    _fake_run(tmp_path / "diverged", {"task": "classify", "headline": "test_loss", "test_loss": float("nan"),
+                                      "test_accuracy": float("inf")})
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert rows[0]["test_loss"] is None and rows[0]["metric"] is None and rows[0]["test_accuracy"] is None

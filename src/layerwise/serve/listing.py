@@ -266,6 +266,18 @@ def flat_rows(rows: Sequence[dict[str, Any]], config_keys: Sequence[str] = ()) -
     return out
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities (a diverged run's metrics) as null: JSON has no such numbers,
+    and Python's NaN token makes strict readers (jq, JSON.parse) reject the whole listing."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     keys = list(COLUMNS)
     for r in rows:
@@ -298,7 +310,7 @@ def runs_command(args: Any) -> int:
     keys = [k.lstrip("-") for k in (args.sort or [])] + [parse_condition(w)[0] for w in args.where or []]
     config_keys = list(dict.fromkeys(k for k in keys if k not in COLUMNS and any(k in r["config"] for r in rows)))
     if args.json:
-        print(json.dumps(flat_rows(rows, config_keys), indent=1, default=str))
+        print(json.dumps(json_safe(flat_rows(rows, config_keys)), indent=1, default=str, allow_nan=False))
     elif args.csv:
         sys.stdout.write(to_csv(flat_rows(rows, config_keys)))
     else:
