@@ -173,3 +173,31 @@ def test_runs_json_is_strict_json_when_a_metric_is_nan(tmp_path, capsys):
     assert main(["runs", str(tmp_path), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out, parse_constant=refuse)
     assert rows[0]["test_loss"] is None and rows[0]["metric"] is None and rows[0]["test_accuracy"] is None
+
+
+def test_a_molecules_regression_report_has_its_residuals_with_the_runs_rmse(tmp_path):
+    """Molecular graphs are not a tensor of examples: the residuals are computed on graph batches,
+    over the whole (small) test split, and give the RMSE of summary.json."""
+    import re
+
+    import pytest
+
+    pytest.importorskip("rdkit")
+    from layerwise.config import load_config
+    from layerwise.serve.report import build_report
+    from layerwise.train.trainer import fit
+
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "C", "CCN(CC)CC", "c1ccc2ccccc2c1", "OCC(O)CO",
+              "Clc1ccc(Cl)cc1", "CCCCCCCC", "c1ccncc1", "CC(C)O", "O=C1CCCCC1", "CCOC(=O)C", "c1ccc(cc1)C(=O)N",
+              "CCCCl", "C1CCCCC1", "CC#N", "Oc1ccc(cc1)C", "CCOCC", "NC(=O)N"]
+    (tmp_path / "m.csv").write_text("name,smiles,logS\n" + "".join(
+        f"m{i},{s},{-0.1 * len(s) + 0.05 * i:.3f}\n" for i, s in enumerate(smiles)))
+    s = fit(load_config(None, [f"--run.dir={tmp_path / 'run'}", "--run.plots=false", "--run.tensorboard=false",
+                               "--run.report=false", "--train.threads=1", "--data.name=molecules",
+                               f"--data.path={tmp_path / 'm.csv'}", "--data.batch_size=4", "--model.name=mpnn",
+                               "--model.hidden=8", "--train.max_steps=2", "--train.eval_every=0",
+                               "--data.descriptors=false", "--run.energy=false"]), show_progress=False)
+    text = build_report(tmp_path / "run")
+    m = re.search(r"(\d+) test examples \(logS: RMSE ([\d.e-]+)\)", text)
+    assert m, re.findall(r'class="warn">[^<]*', text)
+    assert float(m[2]) == pytest.approx(s["test_rmse"], rel=1e-3)

@@ -178,7 +178,19 @@ def worst_html(run: Any, result: dict[str, Any]) -> Markup:
 
 def residuals(run: Any, n: int = MAX_EXAMPLES, seed: int = 0) -> tuple[Any, Any]:
     """(true, predicted) values in the target's units, (n, K) float64 each, of ``n`` test examples
-    drawn by ``seed`` (a regression run; the model's outputs through the task's ``to_units``)."""
+    drawn by ``seed`` (a regression run; the model's outputs through the task's ``to_units``).
+    Molecular graphs (a GraphSet, not a tensor of examples) are batched as the run's loader does."""
+    import torch
+
+    x_all = run.dataset.x_test
+    if not isinstance(x_all, torch.Tensor) and hasattr(x_all, "collate"):
+        pos = _split_positions(run, n, seed)
+        with torch.no_grad():
+            out = torch.cat([run.model(x_all.collate(pos[i:i + 256]).to(run.device)).float()
+                             for i in range(0, len(pos), 256)])
+        pred = run.task.to_units(out).cpu()
+        y = run.dataset.y_test[pos]
+        return y.double().reshape(len(y), -1).cpu(), pred
     x, y = run.examples("test", n=n, seed=seed)
     model = run.pixel_model() if run.has_pixels else run.model
     pred = run.task.to_units(_forward(model, x)).cpu()
