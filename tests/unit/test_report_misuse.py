@@ -201,3 +201,22 @@ def test_a_molecules_regression_report_has_its_residuals_with_the_runs_rmse(tmp_
     m = re.search(r"(\d+) test examples \(logS: RMSE ([\d.e-]+)\)", text)
     assert m, re.findall(r'class="warn">[^<]*', text)
     assert float(m[2]) == pytest.approx(s["test_rmse"], rel=1e-3)
+
+
+def test_the_python_api_refuses_a_single_path_or_none_clearly(tmp_path):
+    import pytest
+
+    import layerwise
+    from layerwise.config import ConfigError
+    from layerwise.serve.index import RunsError
+    from layerwise.train.run import RunDirError
+
+    run = _fake_run(tmp_path / "a")
+    with pytest.raises(ConfigError, match="list of run directories"):
+        layerwise.compare(str(run))  # a string is not a list of one-letter runs
+    with pytest.raises(ConfigError, match="list of run directories"):
+        layerwise.compare(run)
+    with pytest.raises(RunDirError, match="got None"):
+        layerwise.report(None)
+    with pytest.raises(RunsError, match="got None"):
+        layerwise.runs(None)

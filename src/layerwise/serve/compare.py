@@ -45,6 +45,9 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     one given twice, RunDirError (naming the path) for a path that is not a run directory."""
     from layerwise.config import ConfigError
 
+    if isinstance(run_dirs, (str, bytes, Path)) or not all(isinstance(p, (str, Path)) for p in run_dirs):
+        raise ConfigError(f"layerwise.compare takes a list of run directories (paths), got {run_dirs!r}; e.g. "
+                          f"layerwise.compare(['runs/a', 'runs/b']).")
     if len(run_dirs) < 2:
         raise ConfigError(f"`layerwise compare` needs at least two run directories, got {len(run_dirs)}; "
                           f"for one run write its page with `layerwise report RUN_DIR`.")
@@ -209,5 +212,5 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare.html") -
     two runs, one given twice, ``out`` a folder or a file that is not a layerwise page), RunDirError (a path that is not a run
     directory) or OSError (``out`` cannot be written)."""
     target = check_out(Path(out))
-    return write_page(target, build_compare(list(run_dirs)))
+    return write_page(target, build_compare(run_dirs if isinstance(run_dirs, (str, bytes, Path)) else list(run_dirs)))
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from layerwise.config import ConfigError
-from layerwise.serve.index import refresh
+from layerwise.serve.index import RunsError, refresh
 from layerwise.serve.status import run_status
 
 COLUMNS = ("name", "status", "task", "model", "dataset", "headline", "metric", "steps", "train_seconds",
@@ -173,6 +173,9 @@ def list_runs(root: str | Path = "runs", sort: str | Sequence[str] | None = None
         raise ConfigError("layerwise.runs(sort=..., where=...) take a string or a list of strings, e.g. "
                           "sort='-test_accuracy', where=['dataset=mnist', 'test_accuracy>0.99'].")
     conditions = [parse_condition(w) for w in where]
+    if not isinstance(root, (str, Path)):
+        raise RunsError(f"runs root must be a path (str or Path), got {root!r}; give the folder that holds your run "
+                        f"directories (default 'runs').")
     root = Path(root)
     stored, _stats = refresh(root, max_depth, use_index)
     rows = [public_row(name, path, r) for name, (path, r) in sorted(stored.items())]

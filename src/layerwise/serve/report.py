@@ -55,6 +55,9 @@ def _run_error(message: str) -> Exception:
 def check_run_dir(run_dir: str | Path) -> Path:
     """``run_dir`` as a Path when it is a run directory (it holds config.yaml); RunDirError naming
     what was given and what to give otherwise (a missing path, a file, a folder of runs)."""
+    if not isinstance(run_dir, (str, Path)):
+        raise _run_error(f"a run directory is a path (str or Path), got {run_dir!r}; give the directory a "
+                         f"`layerwise train` or `layerwise rl` run wrote.")
     path = Path(run_dir)
     if not path.exists():
         raise _run_error(f"'{path}' does not exist; give a run directory (runs/<name>-<time>) that `layerwise "
