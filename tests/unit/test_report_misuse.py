@@ -220,3 +220,21 @@ def test_the_python_api_refuses_a_single_path_or_none_clearly(tmp_path):
         layerwise.report(None)
     with pytest.raises(RunsError, match="got None"):
         layerwise.runs(None)
+
+
+def test_an_unfinished_runs_page_says_whether_it_runs_can_resume_or_must_train_again(tmp_path):
+    import os
+
+    from layerwise.serve.compare import build_compare
+    from layerwise.serve.report import build_report
+    from layerwise.serve.status import marker_record
+
+    crashed = _fake_run(tmp_path / "crashed")
+    text = build_report(crashed)
+    assert "cannot be resumed" in text and "--resume" not in text
+    live = _fake_run(tmp_path / "live")
+    (live / "running.json").write_text(json.dumps(marker_record("train")))  # this process: alive
+    text = build_report(live)
+    assert f"still running (pid {os.getpid()})" in text and "--resume" not in text
+    page = build_compare([crashed, live])
+    assert "<td>crashed</td>" in page and "<td>running</td>" in page

@@ -174,6 +174,17 @@ def legend_html(runs: list[dict[str, Any]]) -> Markup:
     return Markup(f"<p>{spans}</p>")
 
 
+def run_state(path: Path, finished: bool) -> str:
+    """finished, running, unknown (another host's), resumable or crashed (serve/status.py)."""
+    from layerwise.serve.status import MARKER, has_checkpoint, run_status
+
+    if finished:
+        return "finished"
+    marker = read_json(path / MARKER) if (path / MARKER).exists() else None
+    return run_status(False, marker if marker is not None or not (path / MARKER).exists() else {},
+                      has_checkpoint(path / "checkpoints"))
+
+
 def build_compare(run_dirs: list[str | Path]) -> str:
     """The comparison page of ``run_dirs`` as a string (see the module docstring)."""
     runs = load_runs(run_dirs)
@@ -182,7 +193,7 @@ def build_compare(run_dirs: list[str | Path]) -> str:
     rows = []
     for r in runs:
         s = r["summary"] or {}
-        rows.append([r["label"], r["task"], "finished" if r["summary"] is not None else "unfinished",
+        rows.append([r["label"], r["task"], run_state(r["path"], r["summary"] is not None),
                      *[s.get(h, "") for h in heads], s.get("test_loss", ""), *[s.get(k, "") for k in SUMMARY_KEYS]])
     keep = [j for j in range(len(cols)) if j < 3 or any(row[j] not in ("", None) for row in rows)]
     summary = table([cols[j] for j in keep], [[row[j] for j in keep] for row in rows])

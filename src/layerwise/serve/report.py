@@ -285,9 +285,7 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     sections: list[Markup] = []
     status = (note(f"Finished: summary.json written; headline {summary.get('headline')} = "
                    f"{fmt(summary.get(summary.get('headline')))}.") if finished else
-              note("Unfinished run: no summary.json (the run crashed, was stopped, or is still running). This "
-                   "report shows what exists; finish it with `layerwise train --resume "
-                   f"{path}` (or `layerwise rl --resume`), then write the report again.", "warn"))
+              note(unfinished_text(path, "rl" if task == "rl" else "train"), "warn"))
     metric_rows = headline_rows(summary)
     run_rows = [(k, summary[k]) for k in RUN_KEYS if summary.get(k) not in (None, "")]
     sections.append(section("summary", "Summary", status,
@@ -319,6 +317,28 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     sub = " | ".join(str(v) for v in (task, summary.get("model"), summary.get("dataset") or summary.get("env"),
                                       env.get("started")) if v)
     return page(title, sub, sections, [(a, Markup(label)) for a, label in nav])
+
+
+def unfinished_text(path: Path, command: str) -> str:
+    """What an unfinished run's page says it is (serve/status.py: running, another host's,
+    resumable or crashed) and what to do: wait, resume from its checkpoint, or train again."""
+    from layerwise.serve.status import MARKER, has_checkpoint, run_status
+
+    marker = read_json(path / MARKER) if (path / MARKER).exists() else None
+    state = run_status(False, marker if marker is not None or not (path / MARKER).exists() else {},
+                       has_checkpoint(path / "checkpoints"))
+    head = "Unfinished run: no summary.json; "
+    if state == "running":
+        return (head + f"it is still running (pid {marker.get('pid')}). This report shows what exists so far; the "
+                "run writes its report when it ends (run.report), or write it again then.")
+    if state == "unknown":
+        return (head + f"running.json says it runs on host {marker.get('host')}, which cannot be checked from here. "
+                "This report shows what exists so far; write it again when the run has ended.")
+    if state == "resumable":
+        return (head + f"it was stopped or crashed. This report shows what exists; finish it from its last checkpoint "
+                f"with `layerwise {command} --resume {path}`, then write the report again.")
+    return (head + "it crashed or was stopped before writing a complete checkpoint, so it cannot be resumed. This "
+            "report shows what exists; train it again (the same config: config.yaml).")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
