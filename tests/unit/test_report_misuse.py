@@ -238,3 +238,12 @@ def test_an_unfinished_runs_page_says_whether_it_runs_can_resume_or_must_train_a
     assert f"still running (pid {os.getpid()})" in text and "--resume" not in text
     page = build_compare([crashed, live])
     assert "<td>crashed</td>" in page and "<td>running</td>" in page
+
+
+def test_runs_where_equal_nan_finds_the_diverged_runs(tmp_path):
+    from layerwise.serve.listing import list_runs
+
+    for name, v in (("ok", 0.5), ("diverged", float("nan"))):
+        _fake_run(tmp_path / name, {"task": "classify", "headline": "test_loss", "test_loss": v})
+    assert [r["name"] for r in list_runs(tmp_path, where="test_loss=nan", use_index=False)] == ["diverged"]
+    assert [r["name"] for r in list_runs(tmp_path, where="test_loss!=nan", use_index=False)] == ["ok"]

@@ -129,7 +129,7 @@ def _matches(v: Any, op: str, want: str) -> bool:
         if v is None:
             same = want == ""
         elif a is not None and b is not None:
-            same = a == b
+            same = a == b or (math.isnan(a) and math.isnan(b))  # --where test_loss=nan finds the diverged runs
         else:
             text = str(v).lower() if isinstance(v, bool) else str(v)
             same = fnmatch.fnmatchcase(text, want) if any(ch in want for ch in "*?[") else text == want
