@@ -247,3 +247,14 @@ def test_runs_where_equal_nan_finds_the_diverged_runs(tmp_path):
         _fake_run(tmp_path / name, {"task": "classify", "headline": "test_loss", "test_loss": v})
     assert [r["name"] for r in list_runs(tmp_path, where="test_loss=nan", use_index=False)] == ["diverged"]
     assert [r["name"] for r in list_runs(tmp_path, where="test_loss!=nan", use_index=False)] == ["ok"]
+
+
+def test_compare_gives_each_of_many_runs_its_own_colour(tmp_path):
+    import re
+
+    from layerwise.serve.compare import build_compare
+
+    recs = [{"step": s, "kind": "train", "loss": 1.0 / s} for s in (1, 2)]
+    runs = [_fake_run(tmp_path / f"r{i:02d}", {"task": "classify"}, recs) for i in range(12)]
+    colours = re.findall(r'<span style="color:(#[0-9a-f]{6});', build_compare(runs))
+    assert len(colours) == 12 and len(set(colours)) == 12

@@ -39,6 +39,17 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e3
           "#bcbd22")
 
 
+def run_colors(n: int) -> list[str]:
+    """A distinct colour per run: :data:`COLORS` for up to 10 runs, else hues spaced evenly around
+    the wheel (cycling 10 colours gave two runs of 11 the same line and legend entry)."""
+    if n <= len(COLORS):
+        return list(COLORS[:n])
+    import colorsys
+
+    rgb = [colorsys.hsv_to_rgb(k / n, 0.75, 0.6 + 0.25 * (k % 2)) for k in range(n)]
+    return ["#" + "".join(f"{round(255 * c):02x}" for c in color) for color in rgb]
+
+
 def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """Each run's path, label (its folder name, numbered when two share one), summary (None when
     unfinished), flat config, records and task. Raises ConfigError for fewer than two runs or
@@ -143,11 +154,12 @@ def curves_html(runs: list[dict[str, Any]], max_panels: int = 8) -> tuple[Markup
     fig = new_figure(4.6 * cols, 3.0 * rows + 0.5)
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.35 / (3.0 * rows + 0.5) + 0.06 / rows,
                         top=1 - 0.5 / (3.0 * rows + 0.5), hspace=0.5, wspace=0.25)
+    colors = run_colors(len(runs))
     for n, (k, task, idx) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, n + 1)
         positive = True
         for i in idx:
-            color = COLORS[i % len(COLORS)]
+            color = colors[i]
             for kind, style in (("train", "-"), ("test", "o")):
                 pts = [(rec["step"], rec[k]) for rec in runs[i]["records"]
                        if rec.get("kind") == kind and isinstance(rec.get(k), (int, float))]
@@ -161,7 +173,7 @@ def curves_html(runs: list[dict[str, Any]], max_panels: int = 8) -> tuple[Markup
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=COLORS[i % len(COLORS)], lw=2) for i in range(len(runs))]
+    handles = [Line2D([], [], color=colors[i], lw=2) for i in range(len(runs))]
     handles += [Line2D([], [], color="k", lw=1.3), Line2D([], [], color="k", marker="o", ls="")]
     fig.legend(handles, [r["label"] for r in runs] + ["train", "test"], loc="upper center",
                ncol=min(len(runs) + 2, 4), fontsize=8, frameon=False)
@@ -169,7 +181,8 @@ def curves_html(runs: list[dict[str, Any]], max_panels: int = 8) -> tuple[Markup
 
 
 def legend_html(runs: list[dict[str, Any]]) -> Markup:
-    spans = "".join(f'<span style="color:{COLORS[i % len(COLORS)]};margin-right:14px">&#9632; {esc(r["label"])}</span>'
+    colors = run_colors(len(runs))
+    spans = "".join(f'<span style="color:{colors[i]};margin-right:14px">&#9632; {esc(r["label"])}</span>'
                     for i, r in enumerate(runs))
     return Markup(f"<p>{spans}</p>")
 
