@@ -258,3 +258,18 @@ def test_compare_gives_each_of_many_runs_its_own_colour(tmp_path):
     runs = [_fake_run(tmp_path / f"r{i:02d}", {"task": "classify"}, recs) for i in range(12)]
     colours = re.findall(r'<span style="color:(#[0-9a-f]{6});', build_compare(runs))
     assert len(colours) == 12 and len(set(colours)) == 12
+
+
+def test_the_report_shows_the_newest_explain_folders_by_time_not_by_name(tmp_path):
+    import os
+
+    from layerwise.serve.report import build_report
+
+    run = _fake_run(tmp_path / "a")
+    for t, name in enumerate(["saliency-001", "saliency-002", "ig-001", "ig-002"]):  # written in this order
+        (run / "explain" / name).mkdir(parents=True)
+        (run / "explain" / name / "summary.json").write_text(json.dumps({"method": name.split("-")[0], "results": []}))
+        os.utime(run / "explain" / name / "summary.json", (1e9 + t, 1e9 + t))
+    text = build_report(run)
+    shown = [n for n in ("saliency-001", "saliency-002", "ig-001", "ig-002") if f"explain/{n}:" in text]
+    assert shown == ["saliency-002", "ig-001", "ig-002"], shown

@@ -191,7 +191,9 @@ def energy_section(summary: dict[str, Any]) -> Markup | None:
 
 def _explain_section(base: Path) -> list[Markup]:
     parts = []
-    folders = sorted((p for p in base.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name)
+    # oldest first, by when each was written (a name sorts by method, ig-* before saliency-*, not by time)
+    folders = sorted((p for p in base.iterdir() if (p / "summary.json").is_file()),
+                     key=lambda p: ((p / "summary.json").stat().st_mtime_ns, p.name))
     for folder in folders[-MAX_INSIGHT_FOLDERS:]:
         s = read_json(folder / "summary.json") or {}
         rows, pics = [], []
