@@ -273,3 +273,12 @@ def test_the_report_shows_the_newest_explain_folders_by_time_not_by_name(tmp_pat
     text = build_report(run)
     shown = [n for n in ("saliency-001", "saliency-002", "ig-001", "ig-002") if f"explain/{n}:" in text]
     assert shown == ["saliency-002", "ig-001", "ig-002"], shown
+
+
+def test_a_summary_with_a_headline_or_task_of_the_wrong_type_is_listed_reported_and_compared(tmp_path, capsys):
+    a = _fake_run(tmp_path / "a", {"headline": 5, "task": ["x"], "steps": "abc"})
+    b = _fake_run(tmp_path / "b", {"headline": ["test_x"], "task": {"k": 1}, "test_x": {"a": 1}})
+    for argv in (["runs", str(tmp_path)], ["runs", str(tmp_path), "--sort=steps"], ["report", str(a)],
+                 ["report", str(b)], ["compare", str(a), str(b), "--out", str(tmp_path / "c.html")]):
+        assert main(argv) == 0, argv
+    assert "Traceback" not in capsys.readouterr().err

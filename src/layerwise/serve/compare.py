@@ -32,7 +32,7 @@ from layerwise.serve.html import (
     write_page,
 )
 from layerwise.serve.report import check_run_dir, read_json, read_records
-from layerwise.serve.status import task_from_records
+from layerwise.serve.status import clean_summary, task_from_records
 
 SUMMARY_KEYS = ("params", "steps", "epochs", "env_steps", "train_seconds", "energy_train_j", "energy_method")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
@@ -72,7 +72,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     runs = []
     for i, p in enumerate(paths):
         label = p.name if names.count(p.name) == 1 else f"{p.name} ({i + 1})"
-        summary = read_json(p / "summary.json")
+        summary = clean_summary(read_json(p / "summary.json"))
         flat = flat_run_config(p / "config.yaml")
         records = read_records(p / "metrics.jsonl")
         data_task = str(flat.get("data.task") or "auto")

@@ -28,7 +28,7 @@ from typing import Any
 
 from layerwise.config import ConfigError
 from layerwise.serve.index import RunsError, refresh
-from layerwise.serve.status import run_status
+from layerwise.serve.status import clean_summary, run_status
 
 COLUMNS = ("name", "status", "task", "model", "dataset", "headline", "metric", "steps", "train_seconds",
            "energy_train_j", "energy_train_kwh", "started", "group", "host", "path", "note")
@@ -39,7 +39,7 @@ def public_row(name: str, path: str, stored: dict[str, Any]) -> dict[str, Any]:
     """A run's row as ``layerwise.runs`` returns it: :data:`COLUMNS`, then the summary's other
     keys, then ``config`` ({"section.key": value}). The status is decided now (a live process
     may have ended since the run directory last changed)."""
-    s = stored.get("summary") or {}
+    s = clean_summary(stored.get("summary")) or {}
     c = stored.get("config") or {}
     marker = stored.get("marker")
     rl = s.get("task") == "rl" or "env.id" in c

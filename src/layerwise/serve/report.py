@@ -39,7 +39,7 @@ from layerwise.serve.html import (
     table,
     write_page,
 )
-from layerwise.serve.status import task_from_records
+from layerwise.serve.status import clean_summary, task_from_records
 
 REPORT_NAME = "report.html"
 MAX_INSIGHT_FOLDERS = 3  # explain results per run: the newest folders
@@ -272,7 +272,7 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     from layerwise.serve import report_task
 
     path = check_run_dir(run_dir)
-    summary = read_json(path / "summary.json")
+    summary = clean_summary(read_json(path / "summary.json"))
     finished = summary is not None
     summary = summary or {}
     env = read_json(path / "env.json") or {}

@@ -130,6 +130,19 @@ def marker_state(marker: dict[str, Any] | None) -> str:
     return "running"
 
 
+def clean_summary(summary: Any) -> dict[str, Any] | None:
+    """A summary.json object with the keys the pages and the listing name things by made safe: an
+    edited or damaged file's ``headline`` that is not a string dropped, a ``task``, ``model``,
+    ``dataset`` or ``env`` that is not one written as text; None when it is not an object."""
+    if not isinstance(summary, dict):
+        return None
+    out = dict(summary)
+    for key in ("headline", "task", "model", "dataset", "env"):
+        if out.get(key) is not None and not isinstance(out[key], str):
+            out[key] = None if key == "headline" else json.dumps(out[key])
+    return out
+
+
 # The metric a task logs that no other task does (tasks/*.py), in the order they are tested.
 TASK_METRICS = (("episodic_return", "rl"), ("perplexity", "lm"), ("micro_f1", "multilabel"),
                 ("accuracy", "classify"), ("rmse", "regress"), ("r2", "regress"))
