@@ -246,15 +246,23 @@ def _readme_snippet(path: Path, raw: np.ndarray) -> tuple[list[str], np.ndarray]
     return [classes[i] for i in logits.argmax(1)], logits
 
 
-def test_readme_example_gives_pytorchs_predictions(exported):
+def test_readme_example_runs_as_written_and_gives_pytorchs_predictions(exported, tmp_path, monkeypatch, capsys):
+    """The README's onnxruntime block, taken from the README and run in a folder holding the
+    convnet's model.onnx and raw 8-bit pixels in images.npy."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = readme.split("<!-- export-example -->\n```python\n", 1)[1].split("```", 1)[0]
     run = exported["convnet"]
     model, _ = load_model(run)
-    raw = np.random.default_rng(0).integers(0, 256, (5, 3, 12, 12)).astype(np.float32)  # 8-bit pixels
-    names, logits = _readme_snippet(run / "model.onnx", raw)
+    raw = np.random.default_rng(0).integers(0, 256, (5, 3, 12, 12)).astype(np.float32)
+    np.save(tmp_path / "images.npy", raw)
+    (tmp_path / "model.onnx").write_bytes((run / "model.onnx").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
     with torch.no_grad():
         want = model((torch.from_numpy(raw) / 255.0 - 0.5) / 0.25).numpy()
-    np.testing.assert_allclose(logits, want, rtol=RTOL, atol=ATOL)
-    assert names == [f"c{i}" for i in want.argmax(1)]
+    np.testing.assert_allclose(scope["logits"], want, rtol=RTOL, atol=ATOL)
+    assert capsys.readouterr().out.strip() == str([f"c{i}" for i in want.argmax(1)])
 
 
 def test_cli_exports_pretrained_mnist_and_matches_on_real_digits(tmp_path):

@@ -210,19 +210,25 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
         return out
     if spec.kind == "indices":
         return {"kind": "indices", "ratings": x.get("ratings"),
-                "formula": "column k is an index into ratings[columns[k]]'s table; user and item indices are "
-                           "1 + their position in ratings.user_ids / ratings.item_ids, 0 = unknown"}
+                "formula": "one int64 column per name in ratings.columns: the user and item index is 1 + the id's "
+                           "position in ratings.user_ids / ratings.item_ids (0 = unknown); side features (age "
+                           "bucket, gender, occupation 1-based in ratings.occupations, genre flags) 0 = unknown"}
     if spec.kind == "molecular_graph":
         return {"kind": "molecular_graph", "featurization": x.get("molecules"),
                 "formula": "molecules concatenated: atom_x (atoms, F_a), bond_x (2 per bond, F_b), edge_index (2, E) "
                            "source/target atom of each directed bond, rev_index[e] = e ^ 1 (the same bond reversed), "
                            "graph_index (atoms,) the molecule of each atom, features (B, D) standardized descriptors"}
     out = {"kind": "normalize", "scale": info.scale, "mean": info.mean, "std": info.std, "channel_axis": 1,
-           "raw_range": [0.0, info.scale],
            "formula": "input = (raw / scale - mean[c]) / std[c], c along channel_axis (the feature axis of a table)"}
-    for key in ("audio", "table", "image_size", "resample", "field"):
-        if key in x:
-            out[key] = x[key]
+    if "audio" in x:  # what raw is: the recording's log-mel features, computed with these settings
+        out |= {"raw": "log-mel features (1, n_mels, frames) of the recording", "audio": x["audio"]}
+    elif "table" in x:
+        out |= {"raw": "the row's columns encoded as table describes", "table": x["table"]}
+    elif "field" in x:
+        out |= {"raw": "the field's values on the grid", "field": x["field"]}
+    elif len(info.in_shape) == 3:  # an image: raw pixel values in [0, scale] (8-bit: 0..255), channels first
+        out |= {"raw": f"pixels in [0, {info.scale:g}], channels first (N, C, H, W)", "raw_range": [0.0, info.scale]}
+        out |= {k: x[k] for k in ("image_size", "resample") if k in x}
     return out
 
 
