@@ -220,6 +220,22 @@ def test_overwrites_only_an_export_of_the_same_weights(exported, tmp_path):
         export_run(tmp_path / "nope")
 
 
+def test_nan_weights_and_a_folder_as_out(exported, tmp_path):
+    """A model whose weights hold NaN is refused (nothing sound to export); --out a folder puts the
+    default name inside it."""
+    result = export_run(exported["mlp"], out=tmp_path)
+    assert result.path == tmp_path / "model.onnx" and result.path.is_file()
+    model, meta = load_model(exported["mlp"])
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    bad = tmp_path / "nan-run"
+    bad.mkdir()
+    save_model(bad / "model.safetensors", model, meta)
+    with pytest.raises(ExportError, match="own outputs hold NaN or Inf"):
+        export_run(bad)
+    assert sorted(p.name for p in bad.iterdir()) == ["model.safetensors"]
+
+
 def test_pt2_exports_what_onnx_cannot(exported, tmp_path):
     """fno (complex FFTs) has no ONNX form, but torch.export captures it with a dynamic batch."""
     model, _ = load_model(exported["fno"])

@@ -309,13 +309,17 @@ def check_export(path: Path, fmt: str, spec: InputSpec, batch: int = CHECK_BATCH
     inputs = spec.sample(batch, g, True) if spec.kind in ("token_ids", "text_ids") else spec.sample(batch, g)
     want = spec.module(*inputs)
     want = [w.detach().float().cpu().numpy() for w in (want if isinstance(want, (tuple, list)) else (want,))]
+    import numpy as np
+
+    if not all(np.isfinite(w).all() for w in want):  # checked before exporting too (export_run)
+        raise ExportError(f"the model's own outputs hold NaN or Inf on a sample batch of {batch}: its weights are "
+                          f"broken (a diverged run?), so there is nothing sound to export. Retrain it, or export "
+                          f"an earlier run.")
     try:
         got = run_onnx(path, inputs) if fmt == "onnx" else _run_pt2(path, inputs)
     except Exception as e:  # onnxruntime's InvalidArgument, torch's guard failures: a dimension was frozen
         raise ExportError(f"the exported file does not take a sample batch of {batch} ({_short_reason(e)}); a "
                           f"dimension meant to be dynamic was fixed during export, so the file was not kept.") from None
-    import numpy as np
-
     worst = 0.0
     for w, o in zip(want, got, strict=True):
         if w.shape != o.shape:
@@ -411,12 +415,13 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
         raise ExportError(f"the {name} model of '{source}' cannot be exported to ONNX: {NOT_EXPORTABLE[name]}. "
                           f"Export it with --format pt2 (a torch.export program) or serve it with PyTorch.")
     given = str(source)
-    if out is None:
-        from layerwise.models.pretrained import PREFIX
+    from layerwise.models.pretrained import PREFIX
 
-        stem = given[len(PREFIX):] if given.startswith(PREFIX) else None
-        out = Path(f"{stem}{FORMATS[format]}") if stem else weights.with_name(f"model{FORMATS[format]}")
-    out = Path(out)
+    stem = given[len(PREFIX):] if given.startswith(PREFIX) else None
+    default = f"{stem or 'model'}{FORMATS[format]}"
+    out = Path(out) if out is not None else Path(default) if stem else weights.with_name(default)
+    if out.is_dir():  # a folder: the default file name inside it
+        out = out / default
     sha = _sha256(weights)
     earlier = _existing_export_of(out)
     if earlier is not None and earlier != sha and not force:
@@ -426,6 +431,12 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
     if not out.parent.is_dir():
         raise ConfigError(f"the folder of --out '{out}' does not exist; create it or give another path.")
     spec = input_spec(model, meta, info)
+    with torch.no_grad():
+        out_1 = spec.module(*spec.sample(1, torch.Generator().manual_seed(0)))
+    if not all(bool(torch.isfinite(o).all()) for o in (out_1 if isinstance(out_1, (tuple, list)) else (out_1,))):
+        raise ExportError(f"the {name} model of '{given}' gives NaN or Inf on a sample input: its own outputs hold "
+                          f"NaN or Inf, so its weights are broken (a diverged run?) and there is nothing sound to "
+                          f"export. Retrain it, or export an earlier run.")
     props = export_metadata(meta, info, spec, sha)
     tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")  # torch.export.save wants the .pt2 suffix
     try:
@@ -457,18 +468,20 @@ def _write(spec: InputSpec, fmt: str, path: Path, props: dict[str, str], name: s
                 prog = torch.onnx.export(spec.module, args, dynamic_shapes=spec.dynamic, dynamo=True,
                                          input_names=spec.names, output_names=[o["name"] for o in spec.outputs],
                                          external_data=False, verbose=False)
-                prog.model.metadata_props.update(props)
-                prog.save(str(path))
             else:
-                ep = torch.export.export(spec.module, args, dynamic_shapes=spec.dynamic)
-                torch.export.save(ep, str(path), extra_files={PT2_METADATA: json.dumps(props)})
-    except ExportError:
-        raise
+                prog = torch.export.export(spec.module, args, dynamic_shapes=spec.dynamic)
     except Exception as e:  # the exporters raise many kinds (UserError, ConversionError, ...)
         raise ExportError(f"the {name} model of '{source}' cannot be exported to {_SHOWN[fmt]}: {_short_reason(e)}. "
                           f"Its forward has a step the exporter cannot trace with a dynamic batch (typically a "
                           f"shape or a branch that depends on the input's values); serve it with PyTorch "
                           f"(`layerwise predict`) instead.") from None
+    # writing is outside the try: a full disk or a read-only folder is an OSError, not the model's fault
+    with _quiet():
+        if fmt == "onnx":
+            prog.model.metadata_props.update(props)
+            prog.save(str(path))
+        else:
+            torch.export.save(prog, str(path), extra_files={PT2_METADATA: json.dumps(props)})
 
 
 def describe(result: ExportResult) -> str:
