@@ -130,6 +130,10 @@ def test_onnxruntime_matches_pytorch_at_batch_1_2_7(exported, family):
     model, meta = load_model(run)
     info = None if family == "actor-critic" else FAMILIES[family][1]
     spec = input_spec(model, meta, info)
+    import onnx
+
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(run / "model.onnx")).metadata_props}
+    (described,) = props["outputs"]  # the shape the metadata promises, its named dimensions aside
     g = torch.Generator().manual_seed(1)
     for batch in (1, 2, 7):
         inputs = spec.sample(batch, g)
@@ -137,6 +141,8 @@ def test_onnxruntime_matches_pytorch_at_batch_1_2_7(exported, family):
             want = spec.module(*inputs).numpy()
         got = run_onnx(run / "model.onnx", inputs)[0]
         assert got.shape == want.shape and got.shape[0] == batch
+        assert len(described["shape"]) == got.ndim
+        assert all(d == n for d, n in zip(described["shape"], got.shape, strict=True) if isinstance(d, int))
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
     if family in ("gpt", "text-transformer"):  # the sequence length is dynamic too
         for T in (1, 7, 10):

@@ -66,8 +66,8 @@ class ExportError(RunDirError):
 
 @dataclass
 class InputSpec:
-    """How to call a model for export: example inputs of batch 2, their names, dtypes and
-    dynamic dimensions, and a way to draw sample inputs of any batch size.
+    """How to call a model for export: its inputs' names, dtypes, shapes and dynamic dimensions,
+    its outputs, and a way to draw sample inputs of any batch size.
 
     ``module`` is what is exported: the model itself, or a wrapper taking plain tensors (a
     molecular graph's arrays). ``sample(batch, generator)`` returns a tuple of tensors; for token
@@ -108,17 +108,17 @@ def _output_spec(meta: dict[str, Any], config: dict[str, Any], info: Any) -> lis
     if task == "rl":
         gaussian = config.get("policy") == "gaussian"
         return [{"name": "action_mean" if gaussian else "logits", "shape": ["batch", K],
-                 "meaning": "the mean of the Gaussian policy's action (log_std in the task metadata)" if gaussian
+                 "meaning": "the mean of the Gaussian policy's action (log_std in postprocessing)" if gaussian
                  else "the policy's logits over the actions"}]
     if task == "lm":
         return [{"name": "logits", "shape": ["batch", "sequence", K],
                  "meaning": "next-token logits at every position"}]
-    if task == "regress":
-        return [{"name": "prediction", "shape": ["batch", K],
-                 "meaning": "standardized targets; see postprocessing for the units"}]
     if info is not None and "field" in info.extra:  # an operator (fno, cnn1d): a field in, a field out
         return [{"name": "prediction", "shape": ["batch", K, config["in_shape"][-1]],
                  "meaning": "the predicted field (standardized; see postprocessing)"}]
+    if task == "regress":
+        return [{"name": "prediction", "shape": ["batch", K],
+                 "meaning": "standardized targets; see postprocessing for the units"}]
     return [{"name": "logits", "shape": ["batch", K],
              "meaning": "independent per-label logits (sigmoid)" if task == "multilabel"
              else "class logits (softmax gives probabilities)"}]
@@ -232,7 +232,7 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
     return out
 
 
-def _postprocessing(meta: dict[str, Any], info: Any) -> dict[str, Any]:
+def _postprocessing(meta: dict[str, Any], info: Any, model: torch.nn.Module) -> dict[str, Any]:
     task = dict(meta.get("task") or {})
     name = task.get("name") or (info.task if info is not None else "")
     if name in ("regress", "field") and "mean" in task:
@@ -242,8 +242,10 @@ def _postprocessing(meta: dict[str, Any], info: Any) -> dict[str, Any]:
     if name == "lm":
         return {"task": "lm", "formula": "softmax(logits[:, -1]) is the next token's distribution"}
     if name == "rl":
-        return {"task": "rl", "formula": "the greedy action is argmax(logits)" if not task.get("continuous")
-                else "the action is action_mean (plus exp(log_std) noise when sampling)"}
+        log_std = getattr(model, "log_std", None)  # a Gaussian policy's state-independent log sigma
+        return {"task": "rl", "formula": "the greedy action is argmax(logits)" if log_std is None
+                else "the action is action_mean (plus exp(log_std) * N(0, 1) noise when sampling)"} | (
+            {} if log_std is None else {"log_std": log_std.detach().cpu().tolist()})
     classes = list(info.classes) if info is not None else []
     return {"task": name or "classify", "classes": classes,
             "formula": "sigmoid(logits) per label" if name == "multilabel" else "argmax(logits) indexes classes"}
@@ -261,7 +263,7 @@ def export_metadata(meta: dict[str, Any], info: Any, spec: InputSpec, weights_sh
     props = {"layerwise": {"format_version": METADATA_VERSION, "version": __version__, "weights_sha256": weights_sha256},
              "model": meta["model"], "task": meta.get("task"), "data": info.to_dict() if info is not None else None,
              "inputs": inputs, "outputs": spec.outputs, "preprocessing": _preprocessing(spec, info, meta),
-             "postprocessing": _postprocessing(meta, info)}
+             "postprocessing": _postprocessing(meta, info, spec.module)}
     return {k: json.dumps(v) for k, v in props.items()}
 
 
