@@ -169,6 +169,8 @@ def test_metadata_describes_inputs_outputs_and_preprocessing(exported):
     assert len(p["layerwise"]["weights_sha256"]) == 64
     p, _ = props("text-transformer")
     assert p["preprocessing"]["tokenizer"] == TOKENIZER and p["preprocessing"]["max_length"] == 10
+    assert p["preprocessing"]["sequence_lengths"] == [1, 10]
+    assert props("ngram-bag")[0]["preprocessing"]["sequence_lengths"] == [2, 10]  # it pairs neighbours
     assert p["inputs"][0] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
     p, _ = props("mf")
     assert p["postprocessing"]["mean"] == [3.5] and p["postprocessing"]["std"] == [1.1]
@@ -240,6 +242,15 @@ def test_nan_weights_and_a_folder_as_out(exported, tmp_path):
     with pytest.raises(ExportError, match="own outputs hold NaN or Inf"):
         export_run(bad)
     assert sorted(p.name for p in bad.iterdir()) == ["model.safetensors"]
+
+
+def test_without_the_export_extra_says_what_to_install(exported, monkeypatch):
+    from layerwise.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: importing it raises
+    with pytest.raises(ConfigError, match=r"onnxscript is not installed: pip install 'layerwise\[export\]'"):
+        export_run(exported["mlp"], out=exported["mlp"] / "other.onnx")
+    assert not (exported["mlp"] / "other.onnx").exists()
 
 
 def test_pt2_exports_what_onnx_cannot(exported, tmp_path):

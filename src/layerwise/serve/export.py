@@ -81,6 +81,7 @@ class InputSpec:
     dynamic: tuple[dict[int, Any], ...]
     sample: Callable[..., tuple[torch.Tensor, ...]]
     outputs: list[dict[str, Any]]
+    lengths: tuple[int, int] | None = None  # token ids: the shortest and longest sequence the file takes
 
 
 class _GraphModel(torch.nn.Module):
@@ -155,7 +156,7 @@ def input_spec(model: torch.nn.Module, meta: dict[str, Any], info: Any) -> Input
             return (x,)
 
         return InputSpec("token_ids" if lm else "text_ids", model, ["input_ids"], [["batch", "sequence"]], ["int64"],
-                         ({0: B, 1: T},), tokens, outputs)
+                         ({0: B, 1: T},), tokens, outputs, (min_t, max_t))
     if extra.get("inputs") == "indices":
         sizes = [int(config.get("num_users", 2)), int(config.get("num_items", 2))]
         sizes += [int(s) for s in config.get("feature_sizes", ())]
@@ -200,7 +201,7 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
                 "formula": "the environment's observation vector, float32, unscaled"}
     x = info.extra
     if spec.kind in ("token_ids", "text_ids"):
-        out = {"kind": spec.kind, "tokenizer": x.get("tokenizer")}
+        out = {"kind": spec.kind, "tokenizer": x.get("tokenizer"), "sequence_lengths": list(spec.lengths or ())}
         if spec.kind == "text_ids":
             t = x.get("text", {})
             out |= {"max_length": t.get("max_length"), "pad_id": t.get("pad_id", 0), "id_offset": t.get("id_offset", 1),
@@ -399,18 +400,30 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
                force: bool = False) -> ExportResult:
     """Export a run's model (a run directory, its model.safetensors, or pretrained:NAME) to
     ``format`` (onnx, or pt2: a torch.export program saved with torch.export.save) at ``out``
-    (default: model.onnx / model.pt2 next to the weights; ./NAME.onnx for pretrained:NAME).
+    (default: model.onnx / model.pt2 next to the weights; ./NAME.onnx for pretrained:NAME; a
+    folder gets that name inside it). Follows PyTorch's exporters as documented for torch 2.13
+    (torch.onnx.export with dynamo=True, torch.export.export / save); the metadata goes into the
+    ONNX model's metadata_props (string key/value pairs, ONNX IR spec).
 
     The file is written atomically and kept only if it reproduces PyTorch on a sample batch of 2
     within rtol 1e-3 / atol 1e-5. An existing file at ``out`` is replaced when it is an export of
     the same weights (or with ``force``); otherwise ConfigError. Raises RunDirError for a path
     that holds no layerwise model, ExportError naming the model and the reason when its forward
-    cannot be exported (e.g. a data-dependent shape) or the check fails, ConfigError for an
-    unknown format."""
+    cannot be exported (e.g. a data-dependent shape), its outputs are NaN, or the check fails;
+    ConfigError for an unknown format or a missing ``layerwise[export]`` extra; OSError when the
+    file cannot be written."""
     from layerwise.config import ConfigError
 
     if format not in FORMATS:
         raise ConfigError(f"unknown export format '{format}'; choose one of {', '.join(FORMATS)} (--format).")
+    if format == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as e:
+            raise ConfigError(f"ONNX export needs onnx, onnxscript (PyTorch's exporter) and onnxruntime (the check), "
+                              f"and {e.name} is not installed: pip install 'layerwise[export]'.") from None
     model, meta, info, weights = _load(source)
     name = _family(meta["model"])
     if name in NOT_EXPORTABLE and format == "onnx":
