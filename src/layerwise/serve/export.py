@@ -282,8 +282,10 @@ def _short_reason(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter prints its progress to stdout and warns freely: keep the command's output clean."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    """The exporter prints its progress to stdout, notes to stderr and warns freely: keep the
+    command's output clean (a failure still reaches the user, as an ExportError with its reason)."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
 
