@@ -10,6 +10,7 @@
     page = layerwise.report(summary["run_dir"])    # RUN_DIR/report.html (also written at the end of a run)
     page = layerwise.compare([run_a, run_b], out="compare.html")  # runs side by side
     rows = layerwise.runs("runs", sort="-test_accuracy", where=["dataset=mnist"])  # the runs index
+    path = layerwise.export(summary["run_dir"])   # model.onnx, checked against PyTorch
 """
 
 from __future__ import annotations
@@ -135,6 +136,16 @@ def probe(run_dir: str | Path, train_n: int = 5000, test_n: int = 2000, seed: in
     from layerwise.insight.probe import probe as _probe
 
     return _probe(run_dir, train_n, test_n, seed, out, device, data_root, max_features, layer=layer, head=head)
+
+
+def export(run: str | Path, format: str = "onnx", out: str | Path | None = None, force: bool = False) -> Path:
+    """Export a run's model (a run directory, its model.safetensors, or ``pretrained:NAME``) to
+    ONNX or a torch.export ``.pt2`` (``layerwise export``), checked against PyTorch on a sample
+    batch; returns the file's path (default RUN_DIR/model.onnx). Metadata, errors: see
+    :func:`layerwise.serve.export.export_run`."""
+    from layerwise.serve.export import export_run
+
+    return export_run(run, format, out, force).path
 
 
 def attack(run_dir: str | Path, method: str = "pgd", norm: str = "linf", eps: Any = (0, 0.1, 0.2, 0.3), *,

@@ -20,6 +20,7 @@
     layerwise report RUN_DIR [--out PATH] [--max-examples N]
     layerwise compare RUN_DIR RUN_DIR... [--out compare.html]
     layerwise runs [ROOT] [--sort [-]KEY] [--where KEY=VALUE|KEY>N|KEY<N ...] [--limit N] [--json|--csv]
+    layerwise export RUN_DIR [--format onnx|pt2] [--out PATH] [--force]
     layerwise models [NAME] [--pretrained]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
     layerwise scale fit TABLE --law n|d|nd [--json] [--holdout K] [--boot B] [--seed S]
@@ -200,6 +201,19 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--check-syntax", choices=("python",), default=None,
                    help="parse each sample (Python's ast; nothing runs) and report which parse, and the fraction")
     g.add_argument("--device", default="auto")
+
+    ex = sub.add_parser("export", help="the run's model as an ONNX file (or a torch.export .pt2), checked against "
+                                       "PyTorch",
+                        description="Export a run's model (dynamic batch; eval mode) with the preprocessing, class "
+                                    "names and task in the file's metadata, then check it against PyTorch on a "
+                                    "sample batch (onnxruntime for ONNX). The file is written atomically.")
+    ex.add_argument("run_dir", help="a run directory, its model.safetensors, or pretrained:NAME")
+    ex.add_argument("--format", choices=("onnx", "pt2"), default="onnx",
+                    help="onnx (torch.onnx.export, dynamo) or pt2 (torch.export.save; PyTorch only)")
+    ex.add_argument("--out", default=None, help="output file (default RUN_DIR/model.onnx; ./NAME.onnx for "
+                                                "pretrained:NAME)")
+    ex.add_argument("--force", action="store_true", help="replace an existing --out that is not an export of "
+                                                          "the same weights")
 
     pb = sub.add_parser("probe", help="linear probes of every block's output (accuracy per depth), first-layer "
                                       "filters, one attention head",
@@ -615,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
                            args.max_features, layer=args.layer, head=args.head)
             print(format_table(result) if "depths" in result else f"not probed: {result['refused']}")
             print("wrote " + ", ".join(result["files"]))
+        elif args.command == "export":
+            from layerwise.serve.export import describe, export_run
+            print(describe(export_run(args.run_dir, args.format, args.out, args.force)))
         elif args.command == "attack":
             from layerwise.insight.attack_report import run_command
             run_command(args)
