@@ -51,12 +51,6 @@ NOT_EXPORTABLE = {
     "fno": "its spectral convolutions compute in complex numbers (torch.fft.rfft, complex weights, irfft) and "
            "ONNX has no complex tensor type, so PyTorch's exporter has no translation for them",
 }
-# why a family's export comes out with frozen sizes (the check names it when it happens)
-FROZEN_SIZES = {
-    "mpnn": "its message passing sizes its buffers with Python ints taken from the graph batch (len(atom_x), "
-            "int(num_graphs)), which the tracer freezes at the example's atom and molecule counts: the graph "
-            "batching is data-dependent",
-}
 
 
 class ExportError(RunDirError):
@@ -461,8 +455,8 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
         try:
             diff = check_export(tmp, format, spec)
         except ExportError as e:
-            why = f" ({FROZEN_SIZES[name]})" if name in FROZEN_SIZES else ""
-            raise ExportError(f"the {name} model of '{given}' cannot be exported to {_SHOWN[format]}{why}: {e} Serve "
+            # e.g. a size the tracer froze (a Python int taken from a shape) or a data-dependent shape
+            raise ExportError(f"the {name} model of '{given}' cannot be exported to {_SHOWN[format]}: {e} Serve "
                               f"it with PyTorch (`layerwise predict`) instead.") from None
         os.replace(tmp, out)
     finally:
