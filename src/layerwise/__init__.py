@@ -7,6 +7,7 @@
     summary = layerwise.fit_rl("recipes/cartpole.yaml", "--train.seed=1")   # PPO (needs layerwise[rl])
     result = layerwise.probe(summary["run_dir"])   # linear probe accuracy per depth, with pictures
     result = layerwise.attack(summary["run_dir"], "pgd", "linf", [0, 0.1, 0.3])  # accuracy under attack
+    layerwise.serve(summary["run_dir"], port=8000)   # HTTP predictions with dynamic batching (blocks)
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
     from layerwise.config import Config
 
 __version__ = "0.1.0"
+
+# layerwise.serve is both the subpackage and the blocking call layerwise.serve(run, port=...): a
+# function here would be replaced by the subpackage as soon as layerwise.serve.server is imported,
+# so the subpackage itself is callable (see layerwise/serve/__init__.py). It imports nothing heavy.
+from layerwise import serve  # noqa: E402
 
 
 def cross_validate(recipe: str | Path | Config | None = None, *overrides: str, folds: int = 10,
@@ -146,3 +152,4 @@ def attack(run_dir: str | Path, method: str = "pgd", norm: str = "linf", eps: An
 
     return _attack(run_dir, method, norm, eps, steps=steps, restarts=restarts, step_factor=step_factor, n=n,
                    seed=seed, out=out, device=device, data_root=data_root)
+
