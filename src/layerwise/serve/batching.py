@@ -2,12 +2,22 @@
 
 One :class:`DynamicBatcher` per model. Requests wait in an asyncio queue; the batcher takes the
 first, then keeps collecting until the batch holds ``max_batch`` examples or ``max_wait_s`` has
-passed since the first arrived, runs one forward in its own worker thread (so the event loop keeps
-accepting requests meanwhile) and hands each request its slice of the output. While a forward
-runs, the next requests queue up, so under load batches fill without waiting: the wait bounds the
-extra latency only when traffic is light. This is the scheme of NVIDIA Triton's dynamic batcher
-(``max_queue_delay_microseconds``, ``preferred_batch_size``) and of TorchServe's ``batch_size`` /
-``max_batch_delay``.
+passed since the first arrived, runs one forward (in a worker thread, or inline: see below) and
+hands each request its slice of the output. This is the scheme of NVIDIA Triton's dynamic
+batcher (``max_queue_delay_microseconds``) and of TorchServe's ``batch_size`` / ``max_batch_delay``.
+
+While a forward runs, the next requests queue up, so under load batches fill without any wait.
+The wait is therefore spent only when it can gather company: while other requests are being
+received or decoded (the server counts them with :meth:`DynamicBatcher.arriving`). A lone client
+(concurrency 1) gets its answer without the wait; benchmarks/serve_load.py measures both.
+
+On the CPU the forward runs *inline*, on the event loop's own thread. In a worker thread it must
+take the GIL back after every torch op while the loop thread parses requests, and a waiting
+thread may be kept out for Python's switch interval (5 ms) each time: measured on the MNIST
+convnet at concurrency 32, the worker thread gave p99 275 ms and 521 requests/s, inline 132 ms
+and 950 requests/s (benchmarks/RESULTS.md, serve). Inline, requests that arrive during a forward
+wait in the socket buffers. On a GPU the forward thread mostly waits for the device with the GIL
+released, so there it keeps its own thread and the loop goes on decoding.
 
 A failing forward fails only the requests of that batch (each gets a :class:`ModelError`); the
 batcher keeps serving the next.
@@ -16,8 +26,9 @@ batcher keeps serving the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,18 +72,21 @@ class DynamicBatcher:
     thread (one forward at a time: the model's own threads use the cores). ``max_wait_s``: how long
     the first request of a batch waits for company (seconds; 0 = take only what is already
     queued). ``max_queue``: requests allowed to wait; beyond it :meth:`submit` raises QueueFull.
+    ``inline``: run the forward on the event loop's thread (the CPU's better choice, see above).
     A request larger than ``max_batch`` runs as a batch of its own."""
 
     def __init__(self, forward: Callable[[torch.Tensor, list[int], list[int]], list[list[dict[str, Any]]]],
-                 max_batch: int = 32, max_wait_s: float = 0.005, max_queue: int = 1024):
+                 max_batch: int = 32, max_wait_s: float = 0.005, max_queue: int = 1024, inline: bool = False):
         if max_batch < 1 or max_wait_s < 0 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be >= 1 and max_wait_s >= 0; got {max_batch}, "
                              f"{max_queue}, {max_wait_s}.")
         self.forward, self.max_batch, self.max_wait_s, self.max_queue = forward, max_batch, max_wait_s, max_queue
+        self.inline = inline
         self._queue: asyncio.Queue[_Pending] | None = None
         self._held: _Pending | None = None  # a request that did not fit the last batch: first of the next
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="layerwise-forward")
+        self.incoming = 0  # requests being received or decoded, not yet submitted (see arriving())
         self.batches = 0  # forwards run
         self.examples = 0  # examples answered
         self.failures = 0  # forwards that raised
@@ -101,6 +115,16 @@ class DynamicBatcher:
         """Requests queued, not yet in a forward."""
         return (self._queue.qsize() if self._queue is not None else 0) + (self._held is not None)
 
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request as on its way (being read and decoded) for the duration of the block, so
+        that a batch being collected waits for it (up to ``max_wait_s``)."""
+        self.incoming += 1
+        try:
+            yield
+        finally:
+            self.incoming -= 1
+
     async def submit(self, x: torch.Tensor, top_k: int) -> list[dict[str, Any]]:
         """Queue one request's examples x: (n, ...) and wait for their n results. Raises QueueFull when
         ``max_queue`` requests wait already, ModelError when the forward of its batch failed."""
@@ -122,7 +146,7 @@ class DynamicBatcher:
             return await self._queue.get()
         if not self._queue.empty():
             return self._queue.get_nowait()
-        if timeout <= 0:
+        if timeout <= 0 or not self.incoming:  # nobody else on the way: waiting would only add latency
             return None
         try:
             return await asyncio.wait_for(self._queue.get(), timeout)
@@ -148,7 +172,10 @@ class DynamicBatcher:
             if not batch:
                 continue
             try:
-                results = await loop.run_in_executor(self._pool, self._run, batch)
+                if self.inline:
+                    results = self._run(batch)
+                else:
+                    results = await loop.run_in_executor(self._pool, self._run, batch)
             except Exception as e:  # the model's failure: answer this batch, keep serving
                 self.failures += 1
                 detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]

@@ -87,6 +87,12 @@ class Predictor:
         ``top_ks[i]`` classes shown) its list of presented results."""
         with torch.inference_mode():
             out = self.run.model(self._prepare(x))  # (B, outputs)
+        if len(set(top_ks)) == 1:  # one present() for the batch, then split: fewer small ops per request
+            flat, results, i = self.task.present(out, top_ks[0]), [], 0
+            for n in sizes:
+                results.append(flat[i:i + n])
+                i += n
+            return results
         results, i = [], 0
         for k, n in zip(top_ks, sizes, strict=True):
             results.append(self.task.present(out[i:i + n], k))
@@ -209,7 +215,7 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
     answer (language models, recommenders; the message names the command that does), ValueError
     for bad settings, ConfigError when FastAPI is not installed."""
     fastapi_modules()
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, Response
 
     from layerwise.insight.runs import LoadedRun, open_run
 
@@ -225,7 +231,8 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
         torch.set_num_threads(threads)
     loaded = run if isinstance(run, LoadedRun) else open_run(run, device)
     predictor = Predictor(loaded, channels_last)
-    batcher = DynamicBatcher(predictor.forward, max_batch, max_wait_ms / 1000, max_queue)
+    batcher = DynamicBatcher(predictor.forward, max_batch, max_wait_ms / 1000, max_queue,
+                             inline=loaded.device.type == "cpu")  # see layerwise.serve.batching: the GIL
     limit = int(max_upload_mb * 2 ** 20)
     settings = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_examples": max_examples,
                 "max_upload_mb": max_upload_mb, "timeout_s": timeout_s, "max_queue": max_queue, "top_k": top_k,
@@ -249,29 +256,33 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
     async def metadata() -> dict[str, Any]:
         return predictor.metadata() | {"settings": settings}
 
-    @app.post("/predict")
-    async def predict(request: Request):
+    async def decode(request: Request) -> Examples:
+        """The request's examples (PayloadError for anything the model cannot take)."""
         from starlette.concurrency import run_in_threadpool
 
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in ("application/json", "multipart/form-data") and not ctype.endswith("+json"):
+            raise PayloadError(415, f"Content-Type {ctype or '(none)'} is not accepted; send application/json "
+                                    f"({{\"{JSON_FIELDS[predictor.kind]}\": ...}}) or multipart/form-data (files).")
+        body = await _read_body(request, limit)
+        if ctype == "multipart/form-data":
+            files, fields = await _form(request, body, max_files=max_examples)
+            return await run_in_threadpool(decode_files, files, fields, predictor.info, predictor.max_image_pixels,
+                                           max_examples, top_k)
+        if len(body) > _THREADPOOL_BYTES:
+            return await run_in_threadpool(decode_json, body, predictor.info, max_examples, top_k)
+        return decode_json(body, predictor.info, max_examples, top_k)
+
+    @app.post("/predict")
+    async def predict(request: Request):
         try:
-            if ctype not in ("application/json", "multipart/form-data") and not ctype.endswith("+json"):
-                raise PayloadError(415, f"Content-Type {ctype or '(none)'} is not accepted; send application/json "
-                                        f"({{\"{JSON_FIELDS[predictor.kind]}\": ...}}) or multipart/form-data "
-                                        f"(files).")
-            body = await _read_body(request, limit)
-            if ctype == "multipart/form-data":
-                files, fields = await _form(request, body, max_files=max_examples)
-                ex: Examples = await run_in_threadpool(decode_files, files, fields, predictor.info,
-                                                       predictor.max_image_pixels, max_examples, top_k)
-            elif len(body) > _THREADPOOL_BYTES:
-                ex = await run_in_threadpool(decode_json, body, predictor.info, max_examples, top_k)
-            else:
-                ex = decode_json(body, predictor.info, max_examples, top_k)
+            with batcher.arriving():  # a batch being collected waits for this request
+                ex = await decode(request)
         except PayloadError as e:
             return _error(e.status, str(e))
         try:
-            results = await asyncio.wait_for(batcher.submit(ex.x, ex.top_k), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                results = await batcher.submit(ex.x, ex.top_k)
         except TimeoutError:
             return _error(503, f"no answer from the model within {timeout_s:g} s (--timeout-s): the server is "
                                f"overloaded; retry later.", {"Retry-After": "1"})
@@ -279,7 +290,10 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
             return _error(503, str(e), {"Retry-After": "1"})
         except ModelError as e:
             return _error(500, str(e))
-        return {"predictions": [{"input": n, **r} for n, r in zip(ex.names, results, strict=True)]}
+        # json.dumps straight away: FastAPI's jsonable_encoder walk of a returned dict would cost more
+        # CPU than the forward's share of a request (benchmarks/serve_load.py)
+        return Response(json.dumps({"predictions": [{"input": n, **r} for n, r in zip(ex.names, results, strict=True)]}),
+                        media_type="application/json")
 
     return app
 
@@ -312,10 +326,30 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
               timeout_s=timeout_s, max_queue=max_queue, top_k=top_k, device=device, threads=threads)
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout_s) + 5)
     if workers == 1:
-        uvicorn.run(create_app(run, **kw), **common)
+        app = create_app(run, **kw)
+        with stop_signals():
+            uvicorn.run(app, **common)
         return
     from layerwise.insight.runs import open_run
 
     input_kind(open_run(run, "cpu").info)  # the run's errors before any worker starts
     os.environ[ENV_SETTINGS] = json.dumps({"run": str(run)} | kw)
-    uvicorn.run("layerwise.serve.server:app_from_env", factory=True, workers=workers, **common)
+    with stop_signals():
+        uvicorn.run("layerwise.serve.server:app_from_env", factory=True, workers=workers, **common)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM and SIGINT as the normal way to stop a server: exit code 0 after uvicorn's graceful
+    shutdown. uvicorn handles them while it runs (stop accepting, let requests in flight finish),
+    then restores the handlers it found and raises the signal again; without handlers of our own
+    that second delivery would kill the process (143) or raise KeyboardInterrupt."""
+    import signal
+
+    received: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
