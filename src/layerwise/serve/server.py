@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -334,7 +335,9 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
 
     input_kind(open_run(run, "cpu").info)  # the run's errors before any worker starts
     os.environ[ENV_SETTINGS] = json.dumps({"run": str(run)} | kw)
-    with stop_signals():
+    with stop_signals(), warnings.catch_warnings():
+        # uvicorn's supervisor leaves its listening socket to the garbage collector at exit
+        warnings.simplefilter("ignore", ResourceWarning)
         uvicorn.run("layerwise.serve.server:app_from_env", factory=True, workers=workers, **common)
 
 
