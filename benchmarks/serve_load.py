@@ -28,6 +28,9 @@ JSON, NaN, a wrong shape, an unknown field, strings, a body over --max-upload-mb
 upload, a wrong content type). Passing: zero 5xx, every malformed request refused with a 4xx,
 every good one answered with the right class.
 
+Before the servers, the forward alone: CPU milliseconds per forward at batch 1 and 32, in the
+default memory format and in channels_last (process time, one thread).
+
 Threads are pinned (torch.set_num_threads(--threads), default 1, in both servers) so that the
 comparison is not one of thread counts on a shared machine.
 
@@ -284,6 +287,32 @@ def measure(server: "Server", kind: str, bodies: list, c: int, n: int) -> dict:
     return row
 
 
+def forward_costs(run_source: str, device: str = "cpu", reps: int = 20) -> list[dict]:
+    """CPU milliseconds of one forward (process time; normalization included) at batch 1 and 32,
+    in the default memory format and in channels_last: what batching and NHWC save per example."""
+    import torch
+
+    from layerwise.data.inputs import prepare_inputs
+    from layerwise.insight.runs import open_run
+
+    run = open_run(run_source, device)
+    rows = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        run.model.to(memory_format=fmt)
+        for B in (1, 32):
+            x = torch.rand(B, *run.info.in_shape, generator=torch.Generator().manual_seed(0)) * run.info.scale
+            with torch.inference_mode():
+                for _ in range(3):
+                    run.model(prepare_inputs(x, run.info, run.device).contiguous(memory_format=fmt))
+                t = time.process_time()
+                for _ in range(reps):
+                    run.model(prepare_inputs(x, run.info, run.device).contiguous(memory_format=fmt))
+                ms = 1000 * (time.process_time() - t) / reps
+            rows.append({"memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
+                         "batch": B, "cpu_ms_per_forward": round(ms, 3), "cpu_ms_per_example": round(ms / B, 3)})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="pretrained:mnist-convnet")
@@ -296,6 +325,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--plot", help="also draw requests/s and p99 latency against concurrency into this PNG")
     p.add_argument("--server", choices=("batched", "per-request"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--channels-last", choices=("yes", "no"), default="no", help=argparse.SUPPRESS)
@@ -313,6 +343,9 @@ def main() -> None:
     result = {"run": args.run, "requests": args.requests, "repeats": args.repeats, "threads": args.threads,
               "device": args.device, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
               "torch": torch.__version__, "cpus": os.cpu_count(), "runs": [], "exit_codes": []}
+    result["forward"] = forward_costs(args.run, args.device)
+    for row in result["forward"]:
+        print("forward:", json.dumps(row), flush=True)
     channels_last = None
     for rep in range(args.repeats):
         for kind in ("batched", "per-request"):
@@ -337,7 +370,8 @@ def main() -> None:
         for c in levels:
             rows = [r for r in result["runs"] if r["server"] == kind and r["concurrency"] == c]
             table[kind, c] = {k: round(statistics.median(r[k] for r in rows), 3) for k in keys if k in rows[0]}
-            table[kind, c] |= {"errors": sum(r["errors"] for r in rows), "wrong": sum(r["wrong"] for r in rows)}
+            table[kind, c] |= {"rps_min": min(r["rps"] for r in rows), "rps_max": max(r["rps"] for r in rows),
+                               "errors": sum(r["errors"] for r in rows), "wrong": sum(r["wrong"] for r in rows)}
     result["median"] = [{"server": k, "concurrency": c} | v for (k, c), v in table.items()]
     result["ratios"] = []
     print(f"median of {args.repeats} rounds, {args.requests} requests each:")
@@ -353,6 +387,34 @@ def main() -> None:
               f"{ratio['p99_ratio']}x; per-request / batched server CPU per request {ratio['cpu_per_request_ratio']}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot(result, args.plot)
+
+
+def plot(result: dict, path: str) -> None:
+    """Requests/s and p99 latency (medians over the rounds) against concurrency, both servers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2))
+    FigureCanvasAgg(fig)
+    for j, (key, label) in enumerate((("rps", "requests per second"), ("p99_ms", "p99 latency (ms)"))):
+        ax = fig.add_subplot(1, 2, j + 1)
+        for kind, style in (("batched", "o-"), ("per-request", "s--")):
+            rows = [r for r in result["median"] if r["server"] == kind]
+            ax.plot([r["concurrency"] for r in rows], [r[key] for r in rows], style,
+                    label="layerwise serve (dynamic batching)" if kind == "batched" else "one forward per request")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([r["concurrency"] for r in result["median"] if r["server"] == "batched"])
+        ax.set_xticklabels([str(r["concurrency"]) for r in result["median"] if r["server"] == "batched"])
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if j == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{result['run']} on {result['device']}, {result['threads']} torch thread(s) per server", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
 
 
 def _health(server: Server) -> dict:

@@ -82,6 +82,7 @@ class DynamicBatcher:
                              f"{max_queue}, {max_wait_s}.")
         self.forward, self.max_batch, self.max_wait_s, self.max_queue = forward, max_batch, max_wait_s, max_queue
         self.inline = inline
+        self.polls = 3  # event-loop turns given to requests already received before a batch is closed
         self._queue: asyncio.Queue[_Pending] | None = None
         self._held: _Pending | None = None  # a request that did not fit the last batch: first of the next
         self._task: asyncio.Task | None = None
@@ -144,6 +145,10 @@ class DynamicBatcher:
         assert self._queue is not None
         if timeout is None:
             return await self._queue.get()
+        for _ in range(self.polls):  # let the loop read requests already in the socket buffers
+            if not self._queue.empty() or self.incoming:
+                break
+            await asyncio.sleep(0)
         if not self._queue.empty():
             return self._queue.get_nowait()
         if timeout <= 0 or not self.incoming:  # nobody else on the way: waiting would only add latency
