@@ -280,9 +280,14 @@ def test_cli_refuses_what_it_cannot_serve(tmp_path, capsys):
         (["serve", MNIST, "--max-batch", "0", "--device", "cpu"], 2, "--max-batch must be an integer >= 1"),
         (["serve", MNIST, "--workers", "0"], 2, "--workers must be an integer >= 1"),
     ]
-    for argv, code, pattern in cases:
-        assert main(argv) == code, argv
-        assert re.search(pattern, capsys.readouterr().err), pattern
+    with socket.socket() as held:  # a port another program listens on
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        cases.append((["serve", MNIST, "--port", str(held.getsockname()[1]), "--device", "cpu"], 2,
+                      "cannot listen on 127.0.0.1:.*choose another port with --port"))
+        for argv, code, pattern in cases:
+            assert main(argv) == code, argv
+            assert re.search(pattern, capsys.readouterr().err), pattern
     import layerwise
     with pytest.raises(TypeError, match="max_batches"):
         layerwise.serve(MNIST, max_batches=3)

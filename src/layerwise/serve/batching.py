@@ -105,8 +105,11 @@ class DynamicBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        while self._queue is not None and not self._queue.empty():
-            p = self._queue.get_nowait()
+        queue, self._queue = self._queue, None  # submit() refuses from now on
+        pending = ([self._held] if self._held is not None else []) + \
+            ([queue.get_nowait() for _ in range(queue.qsize())] if queue is not None else [])
+        self._held = None
+        for p in pending:
             if not p.future.done():
                 p.future.set_exception(ModelError("the server is shutting down; send the request again."))
         self._pool.shutdown(wait=True)

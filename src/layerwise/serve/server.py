@@ -20,6 +20,7 @@ stops accepting, lets requests in flight finish, then the batcher stops (exit co
 import asyncio
 import contextlib
 import json
+import math
 import os
 import warnings
 from collections.abc import AsyncIterator
@@ -199,6 +200,20 @@ async def _form(request: Any, body: bytes, max_files: int) -> tuple[list[tuple[s
     return files, fields
 
 
+def check_settings(max_batch: int, max_wait_ms: float, max_examples: int, max_upload_mb: float, timeout_s: float,
+                   max_queue: int, top_k: int) -> None:
+    """ValueError naming the flag for a setting out of range (see :func:`create_app`)."""
+    for name, v in (("max_batch", max_batch), ("max_examples", max_examples), ("max_queue", max_queue),
+                    ("top_k", top_k)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}.")
+    for name, v in (("max_wait_ms", max_wait_ms), ("max_upload_mb", max_upload_mb), ("timeout_s", timeout_s)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or not (v >= 0 if name == "max_wait_ms" else v > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number "
+                             f"{'>= 0' if name == 'max_wait_ms' else '> 0'}, got {v!r}.")
+
+
 def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_examples: int = 256,
                max_upload_mb: float = 16.0, timeout_s: float = 30.0, max_queue: int = 1024, top_k: int = 3,
                device: str = "auto", threads: int | None = None, channels_last: bool | None = None):
@@ -210,7 +225,8 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
     ``max_upload_mb`` per request body (413), ``timeout_s`` seconds waiting for the model (503),
     ``max_queue`` requests waiting (503). ``top_k``: classes shown when a request does not say.
     ``threads``: torch's intra-op threads for this process (None: leave as is).
-    ``channels_last``: None tries NHWC for image models and keeps it when the output is the same.
+    ``channels_last``: None tries NHWC for image models and keeps it when the output is the same
+    (the model is converted in place, also when a LoadedRun is given).
 
     Raises RunDirError for a path that is not a model, DataError for a model the server does not
     answer (language models, recommenders; the message names the command that does), ValueError
@@ -220,14 +236,7 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
 
     from layerwise.insight.runs import LoadedRun, open_run
 
-    for name, v in (("max_batch", max_batch), ("max_examples", max_examples), ("max_queue", max_queue),
-                    ("top_k", top_k)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}.")
-    for name, v in (("max_wait_ms", max_wait_ms), ("max_upload_mb", max_upload_mb), ("timeout_s", timeout_s)):
-        if not isinstance(v, (int, float)) or not (v >= 0 if name == "max_wait_ms" else v > 0) or v != v:
-            raise ValueError(f"--{name.replace('_', '-')} must be a number {'>= 0' if name == 'max_wait_ms' else '> 0'}, "
-                             f"got {v!r}.")
+    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k)
     if threads is not None:
         torch.set_num_threads(threads)
     loaded = run if isinstance(run, LoadedRun) else open_run(run, device)
@@ -315,7 +324,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
     ``threads`` torch threads each (default: the machine's cores divided by ``workers``, at least 1,
     so that the workers do not oversubscribe the cores). Other arguments: see :func:`create_app`.
     Errors in the run or settings are raised before the port is bound (RunDirError, DataError,
-    ValueError)."""
+    ValueError; ConfigError for an address or port that cannot be listened on)."""
     fastapi_modules()
     import uvicorn
 
@@ -325,9 +334,15 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
         threads = max(1, (os.cpu_count() or 1) // workers)
     kw = dict(max_batch=max_batch, max_wait_ms=max_wait_ms, max_examples=max_examples, max_upload_mb=max_upload_mb,
               timeout_s=timeout_s, max_queue=max_queue, top_k=top_k, device=device, threads=threads)
+    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k)
+    _check_port(host, port)
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout_s) + 5)
     if workers == 1:
         app = create_app(run, **kw)
+        info = app.state.predictor.info
+        print(f"layerwise serve: {run} ({info.task}, {info.name}, {app.state.predictor.kind} inputs "
+              f"{tuple(info.in_shape)}) on http://{host}:{port}: POST /predict, GET /metadata, GET /health; "
+              f"batches of up to {max_batch} examples, {max_wait_ms:g} ms wait, {threads} torch thread(s)", flush=True)
         with stop_signals():
             uvicorn.run(app, **common)
         return
@@ -339,6 +354,26 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
         # uvicorn's supervisor leaves its listening socket to the garbage collector at exit
         warnings.simplefilter("ignore", ResourceWarning)
         uvicorn.run("layerwise.serve.server:app_from_env", factory=True, workers=workers, **common)
+
+
+def _check_port(host: str, port: int) -> None:
+    """ConfigError naming the fix when ``host:port`` cannot be bound (in use, not an address of this
+    machine, a privileged port), before the model is loaded; uvicorn would only log and exit."""
+    import socket
+
+    from layerwise.config import ConfigError
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be an integer from 0 to 65535 (0: any free port), got {port!r}.")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another port with --port "
+                          f"(or stop the program that holds it), or an address of this machine with --host "
+                          f"(127.0.0.1: this machine only, 0.0.0.0: every interface).") from None
 
 
 @contextlib.contextmanager
