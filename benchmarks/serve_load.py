@@ -307,6 +307,8 @@ def forward_costs(run_source: str, device: str = "cpu", reps: int = 20) -> list[
                 t = time.process_time()
                 for _ in range(reps):
                     run.model(prepare_inputs(x, run.info, run.device).contiguous(memory_format=fmt))
+                if run.device.type == "cuda":  # the launches are asynchronous: count the device's work too
+                    torch.cuda.synchronize()
                 ms = 1000 * (time.process_time() - t) / reps
             rows.append({"memory_format": "channels_last" if fmt == torch.channels_last else "contiguous",
                          "batch": B, "cpu_ms_per_forward": round(ms, 3), "cpu_ms_per_example": round(ms / B, 3)})

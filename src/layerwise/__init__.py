@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 # layerwise.serve is both the subpackage and the blocking call layerwise.serve(run, port=...): a
 # function here would be replaced by the subpackage as soon as layerwise.serve.server is imported,
 # so the subpackage itself is callable (see layerwise/serve/__init__.py). It imports nothing heavy.
-from layerwise import serve  # noqa: E402
+from layerwise import serve as serve
 
 
 def cross_validate(recipe: str | Path | Config | None = None, *overrides: str, folds: int = 10,

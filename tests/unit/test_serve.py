@@ -26,17 +26,17 @@ import torch
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")  # the TestClient's transport
 
-from fastapi.testclient import TestClient  # noqa: E402
-from PIL import Image  # noqa: E402
+from fastapi.testclient import TestClient
+from PIL import Image
 
-from layerwise.cli import main  # noqa: E402
-from layerwise.data import DatasetInfo  # noqa: E402
-from layerwise.models import create_model  # noqa: E402
-from layerwise.models.pretrained import resolve_pretrained  # noqa: E402
-from layerwise.serve.batching import DynamicBatcher, ModelError, stack  # noqa: E402
-from layerwise.serve.server import create_app  # noqa: E402
-from layerwise.train.inference import predict  # noqa: E402
-from layerwise.train.run import save_model  # noqa: E402
+from layerwise.cli import main
+from layerwise.data import DatasetInfo
+from layerwise.models import create_model
+from layerwise.models.pretrained import resolve_pretrained
+from layerwise.serve.batching import DynamicBatcher, ModelError, stack
+from layerwise.serve.server import create_app
+from layerwise.train.inference import predict
+from layerwise.train.run import save_model
 
 MNIST = "pretrained:mnist-convnet"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -110,26 +110,26 @@ def test_bad_requests_get_a_4xx_that_names_the_fix_and_the_server_keeps_serving(
     png = io.BytesIO()
     Image.new("L", (8, 8)).save(png, format="PNG")
     cases = [
-        (dict(content=b"{oops", headers={"content-type": "application/json"}), 400, "not valid JSON"),
-        (dict(content=b'{"inputs": [[NaN]]}', headers={"content-type": "application/json"}), 422, "NaN"),
-        (dict(content=json.dumps({"inputs": ok}).replace("0.0", "1e999", 1).encode(),
-              headers={"content-type": "application/json"}), 422, "NaN or Inf"),
-        (dict(json={"inputs": ok, "image": 1}), 422, r"unknown field\(s\) 'image'.*'inputs', 'top_k'"),
-        (dict(json={"texts": ["hi"]}), 422, "'texts' is for another kind of model"),
-        (dict(json={"inputs": [[1, 2], [3, 4]]}), 422, r"shape \(2, 2\).*\(1, 28, 28\)"),
-        (dict(json={"inputs": [[1, 2], [3]]}), 422, "not a rectangular array"),
-        (dict(json={"inputs": [["a"] * 28] * 28}), 422, "numeric array"),
-        (dict(json={"inputs": ok, "top_k": 0}), 422, "top_k must be an integer >= 1"),
-        (dict(json=[1, 2]), 422, "must be an object"),
-        (dict(json={}), 422, "lacks 'inputs'"),
-        (dict(json={"inputs": [ok] * 9}), 413, "9 examples.*limit of 8.*--max-examples"),
-        (dict(json={"inputs": [[[0.5] * 28] * 28] * 8, "pad": "x" * 300_000}), 413, "--max-upload-mb"),
-        (dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "application/json"),
-        (dict(files={"file": ("cat.png", b"\x89PNG\r\n\x1a\nnot really")}), 400, "'cat.png' is not a readable image"),
-        (dict(files={"file": ("ok.png", png.getvalue())}, data={"colour": "red"}), 422, "unknown form field"),
-        (dict(files={"file": ("ok.png", png.getvalue())}, data={"invert": "maybe"}), 422, "invert must be"),
-        (dict(files={"top_k": (None, "2")}), 422, "no file"),  # multipart with a field only
-        (dict(data={"top_k": "2"}), 415, "multipart/form-data"),  # a urlencoded form
+        ({"content": b"{oops", "headers": {"content-type": "application/json"}}, 400, "not valid JSON"),
+        ({"content": b'{"inputs": [[NaN]]}', "headers": {"content-type": "application/json"}}, 422, "NaN"),
+        ({"content": json.dumps({"inputs": ok}).replace("0.0", "1e999", 1).encode(),
+          "headers": {"content-type": "application/json"}}, 422, "NaN or Inf"),
+        ({"json": {"inputs": ok, "image": 1}}, 422, r"unknown field\(s\) 'image'.*'inputs', 'top_k'"),
+        ({"json": {"texts": ["hi"]}}, 422, "'texts' is for another kind of model"),
+        ({"json": {"inputs": [[1, 2], [3, 4]]}}, 422, r"shape \(2, 2\).*\(1, 28, 28\)"),
+        ({"json": {"inputs": [[1, 2], [3]]}}, 422, "not a rectangular array"),
+        ({"json": {"inputs": [["a"] * 28] * 28}}, 422, "numeric array"),
+        ({"json": {"inputs": ok, "top_k": 0}}, 422, "top_k must be an integer >= 1"),
+        ({"json": [1, 2]}, 422, "must be an object"),
+        ({"json": {}}, 422, "lacks 'inputs'"),
+        ({"json": {"inputs": [ok] * 9}}, 413, "9 examples.*limit of 8.*--max-examples"),
+        ({"json": {"inputs": [[[0.5] * 28] * 28] * 8, "pad": "x" * 300_000}}, 413, "--max-upload-mb"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "application/json"),
+        ({"files": {"file": ("cat.png", b"\x89PNG\r\n\x1a\nnot really")}}, 400, "'cat.png' is not a readable image"),
+        ({"files": {"file": ("ok.png", png.getvalue())}, "data": {"colour": "red"}}, 422, "unknown form field"),
+        ({"files": {"file": ("ok.png", png.getvalue())}, "data": {"invert": "maybe"}}, 422, "invert must be"),
+        ({"files": {"top_k": (None, "2")}}, 422, "no file"),  # multipart with a field only
+        ({"data": {"top_k": "2"}}, 415, "multipart/form-data"),  # a urlencoded form
     ]
     for kw, status, pattern in cases:
         r = client.post("/predict", **kw)
@@ -158,7 +158,8 @@ def test_a_failing_model_answers_500_and_the_next_batch_is_served(client):
     assert r.status_code == 200 and client.get("/health").json()["failed_batches"] == 1
 
 
-def test_batcher_stacks_queued_requests_up_to_max_batch_and_splits_the_answers():
+@pytest.mark.parametrize("inline", [True, False])  # the CPU's way, and a GPU's (a worker thread)
+def test_batcher_stacks_queued_requests_up_to_max_batch_and_splits_the_answers(inline):
     calls = []
 
     def forward(x, top_ks, sizes):
@@ -172,7 +173,7 @@ def test_batcher_stacks_queued_requests_up_to_max_batch_and_splits_the_answers()
         return out
 
     async def run():
-        b = DynamicBatcher(forward, max_batch=4, max_wait_s=0.0, inline=True)
+        b = DynamicBatcher(forward, max_batch=4, max_wait_s=0.0, inline=inline)
         b.start()
         sizes = [1, 1, 2, 1, 3, 1]
         reqs = [torch.full((n, 2), float(k)) for k, n in enumerate(sizes)]

@@ -184,7 +184,7 @@ class DynamicBatcher:
                     results = self._run(batch)
                 else:
                     results = await loop.run_in_executor(self._pool, self._run, batch)
-            except Exception as e:  # the model's failure: answer this batch, keep serving
+            except Exception as e:  # noqa: BLE001  the model's failure, whatever it is: answer this batch, keep serving
                 self.failures += 1
                 detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 for p in batch:

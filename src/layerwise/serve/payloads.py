@@ -234,7 +234,7 @@ def decode_file(data: bytes, filename: str, info: DatasetInfo, invert: str, max_
             lines = [n for n, _ in text_lines(path)] if "text" in info.extra else None
         except DataError as e:
             raise PayloadError(400, str(e).replace(str(path), filename)) from None
-        except Exception as e:  # a decoder's own error on a hostile file (wave, numpy, Pillow internals)
+        except Exception as e:  # noqa: BLE001  a decoder's own error on a hostile file (wave, numpy, Pillow)
             raise PayloadError(400, f"'{filename}' could not be read as this model's input ({type(e).__name__}: "
                                     f"{str(e).replace(str(path), filename)[:200]}).") from None
     names = ([f"{filename}:{n}" for n in lines] if lines is not None else

@@ -30,8 +30,16 @@ from typing import Any
 import torch
 
 from layerwise.serve.batching import DynamicBatcher, ModelError, QueueFull
-from layerwise.serve.payloads import (FORM_FIELDS, JSON_FIELDS, Examples, PayloadError, decode_files, decode_json,
-                                      input_kind, upload_name)
+from layerwise.serve.payloads import (
+    FORM_FIELDS,
+    JSON_FIELDS,
+    Examples,
+    PayloadError,
+    decode_files,
+    decode_json,
+    input_kind,
+    upload_name,
+)
 
 ENV_SETTINGS = "LAYERWISE_SERVE_SETTINGS"  # JSON of create_app's arguments, for --workers > 1 (uvicorn's factory)
 FILE_SUFFIXES = {"array": [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".npy"],
@@ -332,11 +340,12 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}.")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    kw = dict(max_batch=max_batch, max_wait_ms=max_wait_ms, max_examples=max_examples, max_upload_mb=max_upload_mb,
-              timeout_s=timeout_s, max_queue=max_queue, top_k=top_k, device=device, threads=threads)
+    kw = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_examples": max_examples,
+          "max_upload_mb": max_upload_mb, "timeout_s": timeout_s, "max_queue": max_queue, "top_k": top_k,
+          "device": device, "threads": threads}
     check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k)
     _check_port(host, port)
-    common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout_s) + 5)
+    common = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": int(timeout_s) + 5}
     if workers == 1:
         app = create_app(run, **kw)
         info = app.state.predictor.info
