@@ -33,7 +33,7 @@ from layerwise.cli import main
 from layerwise.data import DatasetInfo
 from layerwise.models import create_model
 from layerwise.models.pretrained import resolve_pretrained
-from layerwise.serve.batching import DynamicBatcher, ModelError, stack
+from layerwise.serve.batching import DynamicBatcher, ModelError, QueueFull, stack
 from layerwise.serve.server import create_app
 from layerwise.train.inference import predict
 from layerwise.train.run import save_model
@@ -217,6 +217,25 @@ def test_batcher_waits_only_for_requests_on_their_way():
     alone, first, second, batches = asyncio.run(run())
     assert alone < 0.2 and first == [{"n": 1}] and second == [{"n": 2}] * 2
     assert batches == 2  # the lone one, then the two requests together
+
+
+def test_batcher_refuses_beyond_max_queue_and_after_stop():
+    def forward(x, top_ks, sizes):
+        return [[{"n": n}] * n for n in sizes]
+
+    async def run():
+        b = DynamicBatcher(forward, max_batch=8, max_wait_s=0.0, max_queue=1, inline=True)
+        b.start()
+        # both submits run before the batcher's loop wakes: the second finds the queue full
+        got = await asyncio.gather(b.submit(torch.zeros(1, 1), 1), b.submit(torch.zeros(1, 1), 1),
+                                   return_exceptions=True)
+        await b.stop()
+        late = await asyncio.gather(b.submit(torch.zeros(1, 1), 1), return_exceptions=True)
+        return got, late
+
+    got, late = asyncio.run(run())
+    assert got[0] == [{"n": 1}] and isinstance(got[1], QueueFull) and "--max-queue" in str(got[1])
+    assert isinstance(late[0], ModelError) and "shutting down" in str(late[0])
 
 
 def test_stack_pads_token_ids_to_the_longest():
