@@ -49,7 +49,7 @@ _THREADPOOL_BYTES = 1 << 16  # JSON bodies above this are decoded off the event 
 
 def _use_channels_last(model: torch.nn.Module, x: torch.Tensor) -> bool:
     """Whether the model gives the same output with channels_last weights and inputs (NHWC), which
-    cut the MNIST convnet's CPU forward at batch 32 from 17.7 ms to 7.7 ms (benchmarks/RESULTS.md:
+    cut the MNIST convnet's CPU forward at batch 32 from 15.8 ms to 7.5 ms (benchmarks/RESULTS.md:
     serve). Tried on a probe batch; a model that reshapes with .view or differs is left as it is."""
     if x.dim() != 4:
         return False
@@ -111,6 +111,8 @@ class Predictor:
 
     def metadata(self) -> dict[str, Any]:
         """What a client needs to send inputs and read answers (``GET /metadata``)."""
+        from layerwise.data.inputs import LIGHT_ON_DARK
+
         info, kind = self.info, self.kind
         pre: dict[str, Any] = {"raw_scale": info.scale, "mean": info.mean, "std": info.std,
                                "normalize": "v = raw / raw_scale, then (v - mean) / std per channel (feature)"}
@@ -119,7 +121,7 @@ class Predictor:
                                    "box filter when shrinking, bilinear when enlarging")
             pre["image_channels"] = info.in_shape[0]
             pre["invert"] = ("auto: a greyscale image brighter than 0.5 on average is inverted"
-                             if info.in_shape[0] == 1 and info.name in ("digits", "mnist") else "no")
+                             if info.in_shape[0] == 1 and info.name in LIGHT_ON_DARK else "no")
             pre["max_image_pixels"] = self.max_image_pixels
         elif kind == "audio":
             pre["audio"] = info.extra["audio"]
