@@ -11,6 +11,7 @@
     page = layerwise.compare([run_a, run_b], out="compare.html")  # runs side by side
     rows = layerwise.runs("runs", sort="-test_accuracy", where=["dataset=mnist"])  # the runs index
     path = layerwise.export(summary["run_dir"])   # model.onnx, checked against PyTorch
+    layerwise.serve(summary["run_dir"], port=8000)   # HTTP predictions with dynamic batching (blocks)
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ if TYPE_CHECKING:
     from layerwise.config import Config
 
 __version__ = "0.1.0"
+
+# layerwise.serve is both the subpackage and the blocking call layerwise.serve(run, port=...): a
+# function here would be replaced by the subpackage as soon as layerwise.serve.server is imported,
+# so the subpackage itself is callable (see layerwise/serve/__init__.py). It imports nothing heavy.
+from layerwise import serve as serve
 
 
 def cross_validate(recipe: str | Path | Config | None = None, *overrides: str, folds: int = 10,

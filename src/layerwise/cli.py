@@ -16,6 +16,8 @@
     layerwise attack RUN_DIR [--method fgsm|pgd] [--norm linf|l2] [--eps 0,0.1,0.2,0.3] [--steps 40]
                      [--restarts 1] [--n 1000] [--out DIR]
     layerwise probe RUN_DIR [--train-n N] [--test-n N] [--layer L] [--head H] [--out DIR]
+    layerwise serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 32] [--max-wait-ms 5] [--workers N]
+                    [--max-upload-mb 16] [--max-examples 256] [--timeout-s 30] [--threads T]
     layerwise info RUN_DIR
     layerwise report RUN_DIR [--out PATH] [--max-examples N]
     layerwise compare RUN_DIR RUN_DIR... [--out compare.html]
@@ -252,6 +254,27 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=500)
     a.add_argument("--device", default="auto")
     a.add_argument("--data-root", default="", help="where the run's dataset is (default: the run's data.root)")
+
+    sv = sub.add_parser("serve", help="an HTTP prediction server with dynamic batching (FastAPI + uvicorn)",
+                        description="Serve a run (RUN_DIR, a model.safetensors file, or pretrained:NAME) over HTTP: "
+                                    "POST /predict (JSON or multipart files), GET /health, GET /metadata. Requests "
+                                    "arriving within --max-wait-ms share one forward of up to --max-batch examples. "
+                                    "SIGTERM or Ctrl-C stops it after the requests in flight. README: Serving.")
+    sv.add_argument("run_dir")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=32, help="examples per forward pass (default 32)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="how long a request waits for others to share its forward, in ms (default 5)")
+    sv.add_argument("--max-examples", type=int, default=256, help="examples per request (more: 413)")
+    sv.add_argument("--max-upload-mb", type=float, default=16.0, help="request body size limit in MB (more: 413)")
+    sv.add_argument("--timeout-s", type=float, default=30.0, help="seconds a request may wait for the model (503)")
+    sv.add_argument("--max-queue", type=int, default=1024, help="requests allowed to wait (more: 503)")
+    sv.add_argument("--top-k", type=int, default=3, help="classes shown when a request does not say")
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each with the model (default 1)")
+    sv.add_argument("--threads", type=int, default=None,
+                    help="torch threads per worker (default: CPU cores / workers, at least 1)")
+    sv.add_argument("--device", default="auto")
 
     i = sub.add_parser("info", help="summary table of a run")
     i.add_argument("run_dir")
@@ -635,6 +658,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "attack":
             from layerwise.insight.attack_report import run_command
             run_command(args)
+        elif args.command == "serve":
+            from layerwise.serve.server import serve
+            serve(args.run_dir, args.host, args.port, workers=args.workers, threads=args.threads,
+                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_examples=args.max_examples,
+                  max_upload_mb=args.max_upload_mb, timeout_s=args.timeout_s, max_queue=args.max_queue,
+                  top_k=args.top_k, device=args.device)
         elif args.command == "info":
             from layerwise.train.inference import run_info
             from layerwise.train.progress import print_table
