@@ -43,7 +43,7 @@ def bench(name: str, out_dir: Path) -> dict:
     import onnxruntime as ort
     import torch
 
-    from layerwise.serve.export import export_run, input_spec
+    from layerwise.deploy.export import export_run, input_spec
     from layerwise.train.inference import _info
     from layerwise.train.run import load_model
     from layerwise.models.pretrained import resolve_pretrained

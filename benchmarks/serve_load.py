@@ -3,7 +3,7 @@
 Two servers, started one after the other in their own processes on free ports, serve the same
 model (default: the shipped MNIST convnet, pretrained:mnist-convnet):
 
-  batched      `layerwise serve`'s app (layerwise.serve.server.create_app): requests within
+  batched      `layerwise serve`'s app (layerwise.deploy.server.create_app): requests within
                --max-wait-ms share one forward of up to --max-batch examples.
   per-request  a minimal hand-written FastAPI endpoint (baseline_app below): a pydantic body, its
                array to a tensor through numpy, normalized, one forward per request (in FastAPI's
@@ -98,7 +98,7 @@ def _server_main(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     if args.server == "batched":
-        from layerwise.serve.server import create_app
+        from layerwise.deploy.server import create_app
 
         app = create_app(args.run, device=args.device, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                          threads=args.threads)

@@ -499,9 +499,9 @@ def _rl(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    """`layerwise runs [ROOT]`: the runs index (serve/listing.py), with its errors as exit codes."""
-    from layerwise.serve.index import RunsError
-    from layerwise.serve.listing import runs_command
+    """`layerwise runs [ROOT]`: the runs index (deploy/listing.py), with its errors as exit codes."""
+    from layerwise.deploy.index import RunsError
+    from layerwise.deploy.listing import runs_command
 
     warnings.formatwarning = lambda msg, category, *_a, **_k: f"layerwise: warning: {msg}\n"
     try:
@@ -556,7 +556,7 @@ def _elastic_restart(cfg) -> tuple[Path, bool] | None:
 def main(argv: list[str] | None = None) -> int:
     argv = _join_spaced_overrides(list(sys.argv[1:] if argv is None else argv))
     if argv[:1] == ["runs"]:
-        from layerwise.serve.listing import join_sort_value
+        from layerwise.deploy.listing import join_sort_value
         argv = join_sort_value(argv)  # `--sort -KEY`: argparse would read -KEY as a flag
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
@@ -653,13 +653,13 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(result) if "depths" in result else f"not probed: {result['refused']}")
             print("wrote " + ", ".join(result["files"]))
         elif args.command == "export":
-            from layerwise.serve.export import describe, export_run
+            from layerwise.deploy.export import describe, export_run
             print(describe(export_run(args.run_dir, args.format, args.out, args.force)))
         elif args.command == "attack":
             from layerwise.insight.attack_report import run_command
             run_command(args)
         elif args.command == "serve":
-            from layerwise.serve.server import serve
+            from layerwise.deploy.server import serve
             serve(args.run_dir, args.host, args.port, workers=args.workers, threads=args.threads,
                   max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_examples=args.max_examples,
                   max_upload_mb=args.max_upload_mb, timeout_s=args.timeout_s, max_queue=args.max_queue,
@@ -673,12 +673,12 @@ def main(argv: list[str] | None = None) -> int:
                 info["resume_with"] = f"layerwise rl --resume {args.run_dir}"
             print_table(info, title=f"run {args.run_dir}")
         elif args.command == "report":
-            from layerwise.serve.report import write_report
+            from layerwise.deploy.report import write_report
             if args.max_examples < 1:
                 raise ConfigError(f"--max-examples must be >= 1, got {args.max_examples}.")
             print(f"wrote {write_report(args.run_dir, args.out, args.device, args.data_root, None, args.max_examples)}")
         elif args.command == "compare":
-            from layerwise.serve.compare import compare_runs
+            from layerwise.deploy.compare import compare_runs
             print(f"wrote {compare_runs(args.run_dirs, args.out)}")
         elif args.command == "models":
             from layerwise.models import list_models, model_args

@@ -20,7 +20,7 @@ pytest.importorskip("onnxscript")
 from layerwise.data.datasets import DatasetInfo
 from layerwise.models import create_model
 from layerwise.models.registry import _MODELS, list_models
-from layerwise.serve.export import ATOL, RTOL, ExportError, export_run, input_spec, run_onnx
+from layerwise.deploy.export import ATOL, RTOL, ExportError, export_run, input_spec, run_onnx
 from layerwise.train.run import RunDirError, load_model, save_model
 
 from conftest import require_data
@@ -189,7 +189,7 @@ def test_a_model_that_cannot_export_fails_clearly_and_writes_nothing(exported):
 
 def test_a_data_dependent_shape_names_the_model_and_the_reason(exported, monkeypatch):
     """The generic path: a forward whose output size depends on the values (x[x > 0])."""
-    import layerwise.serve.export as ex
+    import layerwise.deploy.export as ex
 
     class Picky(torch.nn.Module):
         def forward(self, x):

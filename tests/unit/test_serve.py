@@ -33,8 +33,8 @@ from layerwise.cli import main
 from layerwise.data import DatasetInfo
 from layerwise.models import create_model
 from layerwise.models.pretrained import resolve_pretrained
-from layerwise.serve.batching import DynamicBatcher, ModelError, QueueFull, stack
-from layerwise.serve.server import create_app
+from layerwise.deploy.batching import DynamicBatcher, ModelError, QueueFull, stack
+from layerwise.deploy.server import create_app
 from layerwise.train.inference import predict
 from layerwise.train.run import save_model
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layerwise.serve.html import Markup, esc, figure_uri, img, new_figure, note, page, section, table, write_page
-from layerwise.serve.report import check_run_dir, read_json, read_records
+from layerwise.deploy.html import Markup, esc, figure_uri, img, new_figure, note, page, section, table, write_page
+from layerwise.deploy.report import check_run_dir, read_json, read_records
 
 SUMMARY_KEYS = ("params", "steps", "epochs", "env_steps", "train_seconds", "energy_train_j", "energy_method")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",

@@ -3,7 +3,7 @@
 Endpoints (FastAPI on uvicorn):
 
 - ``POST /predict``: JSON (``{"inputs": array}``, ``{"texts": [...]}``, ``{"rows": [...]}``, see
-  :mod:`layerwise.serve.payloads`) or multipart files (images, .npy, .wav, CSV, text) ->
+  :mod:`layerwise.deploy.payloads`) or multipart files (images, .npy, .wav, CSV, text) ->
   ``{"predictions": [{"input": name, ...}]}``, each prediction as `layerwise predict --json`
   gives it for the same input (classify: "top" classes with probabilities; multilabel: "labels"
   and "probabilities"; regress: "values" in the target's units).
@@ -11,7 +11,7 @@ Endpoints (FastAPI on uvicorn):
 - ``GET /metadata``: task, classes, input shape and kind, preprocessing, batching and limits.
 
 Requests are validated before the model sees them (4xx with a message naming the problem and the
-fix); valid ones wait in one :class:`~layerwise.serve.batching.DynamicBatcher` and share forward
+fix); valid ones wait in one :class:`~layerwise.deploy.batching.DynamicBatcher` and share forward
 passes. A model failure answers that batch 500 and the server keeps serving. On SIGTERM uvicorn
 stops accepting, lets requests in flight finish, then the batcher stops (exit code 0).
 """
@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from layerwise.serve.batching import DynamicBatcher, ModelError, QueueFull
-from layerwise.serve.payloads import (
+from layerwise.deploy.batching import DynamicBatcher, ModelError, QueueFull
+from layerwise.deploy.payloads import (
     FORM_FIELDS,
     JSON_FIELDS,
     Examples,
@@ -252,7 +252,7 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
     loaded = run if isinstance(run, LoadedRun) else open_run(run, device)
     predictor = Predictor(loaded, channels_last)
     batcher = DynamicBatcher(predictor.forward, max_batch, max_wait_ms / 1000, max_queue,
-                             inline=loaded.device.type == "cpu")  # see layerwise.serve.batching: the GIL
+                             inline=loaded.device.type == "cpu")  # see layerwise.deploy.batching: the GIL
     limit = int(max_upload_mb * 2 ** 20)
     settings = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_examples": max_examples,
                 "max_upload_mb": max_upload_mb, "timeout_s": timeout_s, "max_queue": max_queue, "top_k": top_k,
@@ -364,7 +364,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
     with stop_signals(), warnings.catch_warnings():
         # uvicorn's supervisor leaves its listening socket to the garbage collector at exit
         warnings.simplefilter("ignore", ResourceWarning)
-        uvicorn.run("layerwise.serve.server:app_from_env", factory=True, workers=workers, **common)
+        uvicorn.run("layerwise.deploy.server:app_from_env", factory=True, workers=workers, **common)
 
 
 def _check_port(host: str, port: int) -> None:
