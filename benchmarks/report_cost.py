@@ -28,7 +28,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from layerwise.config import load_config
-    from layerwise.serve.report import write_report_after_run
+    from layerwise.deploy.report import write_report_after_run
     from layerwise.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:

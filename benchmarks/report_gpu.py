@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from layerwise.config import load_config
-from layerwise.serve.report import write_report
+from layerwise.deploy.report import write_report
 from layerwise.train.trainer import fit
 
 PATTERN = r'data-position="(\d+)" data-p-true="([^"]+)"'

@@ -36,8 +36,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 from layerwise.config import Config  # noqa: E402
-from layerwise.serve.index import INDEX_NAME  # noqa: E402
-from layerwise.serve.listing import list_runs  # noqa: E402
+from layerwise.deploy.index import INDEX_NAME  # noqa: E402
+from layerwise.deploy.listing import list_runs  # noqa: E402
 
 
 def make_runs(root: Path, n: int) -> list[Path]:

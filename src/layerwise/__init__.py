@@ -10,6 +10,8 @@
     page = layerwise.report(summary["run_dir"])    # RUN_DIR/report.html (also written at the end of a run)
     page = layerwise.compare([run_a, run_b], out="compare.html")  # runs side by side
     rows = layerwise.runs("runs", sort="-test_accuracy", where=["dataset=mnist"])  # the runs index
+    path = layerwise.export(summary["run_dir"])   # model.onnx, checked against PyTorch
+    layerwise.serve(summary["run_dir"], port=8000)   # HTTP predictions with dynamic batching (blocks)
 """
 
 from __future__ import annotations
@@ -137,6 +139,16 @@ def probe(run_dir: str | Path, train_n: int = 5000, test_n: int = 2000, seed: in
     return _probe(run_dir, train_n, test_n, seed, out, device, data_root, max_features, layer=layer, head=head)
 
 
+def export(run: str | Path, format: str = "onnx", out: str | Path | None = None, force: bool = False) -> Path:
+    """Export a run's model (a run directory, its model.safetensors, or ``pretrained:NAME``) to
+    ONNX or a torch.export ``.pt2`` (``layerwise export``), checked against PyTorch on a sample
+    batch; returns the file's path (default RUN_DIR/model.onnx). Metadata, errors: see
+    :func:`layerwise.deploy.export.export_run`."""
+    from layerwise.deploy.export import export_run
+
+    return export_run(run, format, out, force).path
+
+
 def attack(run_dir: str | Path, method: str = "pgd", norm: str = "linf", eps: Any = (0, 0.1, 0.2, 0.3), *,
            steps: int = 40, restarts: int = 1, step_factor: float = 2.5, n: int = 1000, seed: int = 0,
            out: str | Path | None = None, device: str = "auto", data_root: str = "") -> dict[str, Any]:
@@ -154,8 +166,8 @@ def attack(run_dir: str | Path, method: str = "pgd", norm: str = "linf", eps: An
 def report(run_dir: str | Path, out: str | Path | None = None, *, device: str = "cpu", data_root: str = "",
            max_examples: int = 1000) -> Path:
     """Write a run's self-contained HTML report (default ``run_dir/report.html``); returns its path.
-    See :func:`layerwise.serve.report.write_report`."""
-    from layerwise.serve.report import write_report
+    See :func:`layerwise.deploy.report.write_report`."""
+    from layerwise.deploy.report import write_report
 
     if max_examples < 1:
         from layerwise.config import ConfigError
@@ -165,8 +177,8 @@ def report(run_dir: str | Path, out: str | Path | None = None, *, device: str = 
 
 def compare(run_dirs: list[str | Path], out: str | Path = "compare.html") -> Path:
     """Write one HTML page comparing two or more runs (metrics, config diff, overlaid curves);
-    returns its path. See :func:`layerwise.serve.compare.compare_runs`."""
-    from layerwise.serve.compare import compare_runs
+    returns its path. See :func:`layerwise.deploy.compare.compare_runs`."""
+    from layerwise.deploy.compare import compare_runs
 
     return compare_runs(run_dirs, out)
 
@@ -179,7 +191,18 @@ def runs(root: str | Path = "runs", sort: str | list[str] | None = None, where: 
     ``sort``: a key or ``-KEY`` (descending), or a list; ``where``: conditions such as
     ``"dataset=mnist"`` or ``"test_accuracy>0.99"``. Uses and refreshes the index
     ``root/.layerwise-runs.sqlite``. Raises ConfigError for a bad condition or unknown key, RunsError
-    (a ValueError) when ``root`` is not a folder. See layerwise.serve.listing."""
-    from layerwise.serve.listing import list_runs
+    (a ValueError) when ``root`` is not a folder. See layerwise.deploy.listing."""
+    from layerwise.deploy.listing import list_runs
 
     return list_runs(root, sort, where, limit, max_depth)
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, **settings: Any) -> None:
+    """Serve a run's model over HTTP until SIGTERM or Ctrl-C (``layerwise serve``; blocking):
+    POST /predict, GET /health, GET /metadata, with dynamic batching. ``run``: a run directory, a
+    model.safetensors file or ``pretrained:NAME``; ``settings``: the keyword arguments of
+    :func:`layerwise.deploy.server.serve` (workers, max_batch, max_wait_ms, ...; an unknown one is a
+    TypeError). :func:`layerwise.deploy.server.create_app` builds the ASGI app without running it."""
+    from layerwise.deploy.server import serve as _serve
+
+    return _serve(run, host, port, **settings)

@@ -16,10 +16,13 @@
     layerwise attack RUN_DIR [--method fgsm|pgd] [--norm linf|l2] [--eps 0,0.1,0.2,0.3] [--steps 40]
                      [--restarts 1] [--n 1000] [--out DIR]
     layerwise probe RUN_DIR [--train-n N] [--test-n N] [--layer L] [--head H] [--out DIR]
+    layerwise serve RUN_DIR [--host 127.0.0.1] [--port 8000] [--max-batch 32] [--max-wait-ms 5] [--workers N]
+                    [--max-upload-mb 16] [--max-examples 256] [--timeout-s 30] [--threads T]
     layerwise info RUN_DIR
     layerwise report RUN_DIR [--out PATH] [--max-examples N]
     layerwise compare RUN_DIR RUN_DIR... [--out compare.html]
     layerwise runs [ROOT] [--sort [-]KEY] [--where KEY=VALUE|KEY>N|KEY<N ...] [--limit N] [--json|--csv]
+    layerwise export RUN_DIR [--format onnx|pt2] [--out PATH] [--force]
     layerwise models [NAME] [--pretrained]
     layerwise scale SWEEP.yaml [--dir OUT] [--dry-run] [--max-runs K] [--section.key=value ...]
     layerwise scale fit TABLE --law n|d|nd [--json] [--holdout K] [--boot B] [--seed S]
@@ -201,6 +204,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="parse each sample (Python's ast; nothing runs) and report which parse, and the fraction")
     g.add_argument("--device", default="auto")
 
+    ex = sub.add_parser("export", help="the run's model as an ONNX file (or a torch.export .pt2), checked against "
+                                       "PyTorch",
+                        description="Export a run's model (dynamic batch; eval mode) with the preprocessing, class "
+                                    "names and task in the file's metadata, then check it against PyTorch on a "
+                                    "sample batch (onnxruntime for ONNX). The file is written atomically.")
+    ex.add_argument("run_dir", help="a run directory, its model.safetensors, or pretrained:NAME")
+    ex.add_argument("--format", choices=("onnx", "pt2"), default="onnx",
+                    help="onnx (torch.onnx.export, dynamo) or pt2 (torch.export.save; PyTorch only)")
+    ex.add_argument("--out", default=None, help="output file (default RUN_DIR/model.onnx; ./NAME.onnx for "
+                                                "pretrained:NAME)")
+    ex.add_argument("--force", action="store_true", help="replace an existing --out that is not an export of "
+                                                          "the same weights")
+
     pb = sub.add_parser("probe", help="linear probes of every block's output (accuracy per depth), first-layer "
                                       "filters, one attention head",
                         description="Fit a logistic-regression probe on each depth's pooled output (depth 0: the raw "
@@ -238,6 +254,27 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=500)
     a.add_argument("--device", default="auto")
     a.add_argument("--data-root", default="", help="where the run's dataset is (default: the run's data.root)")
+
+    sv = sub.add_parser("serve", help="an HTTP prediction server with dynamic batching (FastAPI + uvicorn)",
+                        description="Serve a run (RUN_DIR, a model.safetensors file, or pretrained:NAME) over HTTP: "
+                                    "POST /predict (JSON or multipart files), GET /health, GET /metadata. Requests "
+                                    "arriving within --max-wait-ms share one forward of up to --max-batch examples. "
+                                    "SIGTERM or Ctrl-C stops it after the requests in flight. README: Serving.")
+    sv.add_argument("run_dir")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-batch", type=int, default=32, help="examples per forward pass (default 32)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="how long a request waits for others to share its forward, in ms (default 5)")
+    sv.add_argument("--max-examples", type=int, default=256, help="examples per request (more: 413)")
+    sv.add_argument("--max-upload-mb", type=float, default=16.0, help="request body size limit in MB (more: 413)")
+    sv.add_argument("--timeout-s", type=float, default=30.0, help="seconds a request may wait for the model (503)")
+    sv.add_argument("--max-queue", type=int, default=1024, help="requests allowed to wait (more: 503)")
+    sv.add_argument("--top-k", type=int, default=3, help="classes shown when a request does not say")
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each with the model (default 1)")
+    sv.add_argument("--threads", type=int, default=None,
+                    help="torch threads per worker (default: CPU cores / workers, at least 1)")
+    sv.add_argument("--device", default="auto")
 
     i = sub.add_parser("info", help="summary table of a run")
     i.add_argument("run_dir")
@@ -462,9 +499,9 @@ def _rl(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    """`layerwise runs [ROOT]`: the runs index (serve/listing.py), with its errors as exit codes."""
-    from layerwise.serve.index import RunsError
-    from layerwise.serve.listing import runs_command
+    """`layerwise runs [ROOT]`: the runs index (deploy/listing.py), with its errors as exit codes."""
+    from layerwise.deploy.index import RunsError
+    from layerwise.deploy.listing import runs_command
 
     warnings.formatwarning = lambda msg, category, *_a, **_k: f"layerwise: warning: {msg}\n"
     try:
@@ -519,7 +556,7 @@ def _elastic_restart(cfg) -> tuple[Path, bool] | None:
 def main(argv: list[str] | None = None) -> int:
     argv = _join_spaced_overrides(list(sys.argv[1:] if argv is None else argv))
     if argv[:1] == ["runs"]:
-        from layerwise.serve.listing import join_sort_value
+        from layerwise.deploy.listing import join_sort_value
         argv = join_sort_value(argv)  # `--sort -KEY`: argparse would read -KEY as a flag
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
@@ -615,9 +652,18 @@ def main(argv: list[str] | None = None) -> int:
                            args.max_features, layer=args.layer, head=args.head)
             print(format_table(result) if "depths" in result else f"not probed: {result['refused']}")
             print("wrote " + ", ".join(result["files"]))
+        elif args.command == "export":
+            from layerwise.deploy.export import describe, export_run
+            print(describe(export_run(args.run_dir, args.format, args.out, args.force)))
         elif args.command == "attack":
             from layerwise.insight.attack_report import run_command
             run_command(args)
+        elif args.command == "serve":
+            from layerwise.deploy.server import serve
+            serve(args.run_dir, args.host, args.port, workers=args.workers, threads=args.threads,
+                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_examples=args.max_examples,
+                  max_upload_mb=args.max_upload_mb, timeout_s=args.timeout_s, max_queue=args.max_queue,
+                  top_k=args.top_k, device=args.device)
         elif args.command == "info":
             from layerwise.train.inference import run_info
             from layerwise.train.progress import print_table
@@ -627,12 +673,12 @@ def main(argv: list[str] | None = None) -> int:
                 info["resume_with"] = f"layerwise rl --resume {args.run_dir}"
             print_table(info, title=f"run {args.run_dir}")
         elif args.command == "report":
-            from layerwise.serve.report import write_report
+            from layerwise.deploy.report import write_report
             if args.max_examples < 1:
                 raise ConfigError(f"--max-examples must be >= 1, got {args.max_examples}.")
             print(f"wrote {write_report(args.run_dir, args.out, args.device, args.data_root, None, args.max_examples)}")
         elif args.command == "compare":
-            from layerwise.serve.compare import compare_runs
+            from layerwise.deploy.compare import compare_runs
             print(f"wrote {compare_runs(args.run_dirs, args.out)}")
         elif args.command == "models":
             from layerwise.models import list_models, model_args

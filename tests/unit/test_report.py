@@ -1,4 +1,4 @@
-"""The run report (serve/report.py) and the run comparison (serve/compare.py): self-contained pages
+"""The run report (deploy/report.py) and the run comparison (deploy/compare.py): self-contained pages
 whose numbers are the run's (confusion.csv, the lowest true-class probabilities, the residuals'
 RMSE), escaped, written at the end of a run unless run.report=false, refused clearly for paths
 that are not runs. Tiny runs on built-in or synthetic data, one per task kind, shared per module."""
@@ -167,7 +167,7 @@ def test_class_names_and_config_values_are_escaped(runs):
     assert "<script>alert" not in text.lower() and "<img src=x" not in text
     assert "name: &lt;script&gt;alert(1)&lt;/script&gt;\n" in text  # config.yaml's run.name
     assert "&lt;script&gt;alert(1)&lt;/script&gt;</b>" in text and "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;" in text
-    from layerwise.serve.html import Markup, esc
+    from layerwise.deploy.html import Markup, esc
 
     assert esc("<a href='x'>") == "&lt;a href=&#x27;x&#x27;&gt;" and Markup("<b>") + "<i>" == "<b>&lt;i&gt;"
 
@@ -186,7 +186,7 @@ def test_an_unfinished_run_gets_a_report_of_what_exists(runs, tmp_path):
 def test_run_report_false_writes_none_and_a_failing_report_only_warns(tmp_path, monkeypatch):
     run = _train(tmp_path, "off", "--model.name=mlp", "--model.width=8", "--train.max_steps=2", "--run.report=false")
     assert (run / "summary.json").is_file() and not (run / "report.html").exists()
-    from layerwise.serve import report
+    from layerwise.deploy import report
 
     def broken(*a, **k):
         raise RuntimeError("disk on fire")
@@ -225,7 +225,7 @@ def test_compare_overlays_curves_diffs_configs_and_tabulates_headlines(runs, tmp
     assert main(["compare", str(runs["digits"]), str(runs["table"]), str(runs["regress"]), "--out", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
     assert_self_contained(text)
-    from layerwise.serve.compare import config_diff, load_runs
+    from layerwise.deploy.compare import config_diff, load_runs
 
     loaded = load_runs([runs["digits"], runs["table"], runs["regress"]])
     diff = dict(config_diff(loaded))

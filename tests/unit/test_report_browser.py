@@ -37,7 +37,7 @@ def report(tmp_path_factory) -> Path:
     fit(load_config(None, [f"--run.dir={run}", f"--run.name={EVIL}", "--run.plots=false", "--run.tensorboard=false",
                            "--train.threads=1", "--model.name=mlp", "--model.width=16", "--train.max_steps=30"]),
         show_progress=False)
-    from layerwise.serve.report import write_report
+    from layerwise.deploy.report import write_report
 
     return write_report(run)
 

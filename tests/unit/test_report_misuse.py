@@ -43,7 +43,7 @@ def test_out_onto_a_file_that_is_not_a_page_is_refused_and_the_file_kept(tmp_pat
 
 
 def test_runs_sort_puts_nan_metrics_last_and_orders_the_rest(tmp_path):
-    from layerwise.serve.listing import list_runs
+    from layerwise.deploy.listing import list_runs
 
     values = [0.5, float("nan"), 0.9, 0.1, float("nan"), 0.7]
     for i, v in enumerate(values):
@@ -59,8 +59,8 @@ def test_a_curve_of_one_point_is_drawn_with_a_marker(tmp_path, monkeypatch):
     invisible, in the run's plots, the report's curves and the comparison alike."""
     from matplotlib.axes import Axes
 
-    from layerwise.serve.compare import build_compare
-    from layerwise.serve.report import build_report
+    from layerwise.deploy.compare import build_compare
+    from layerwise.deploy.report import build_report
     from layerwise.train.metrics import plot_metrics
 
     drawn = []
@@ -93,7 +93,7 @@ def test_a_killed_process_not_yet_reaped_is_not_running(tmp_path):
     import sys
     import time
 
-    from layerwise.serve.status import _boot_id, _process_start, marker_state
+    from layerwise.deploy.status import _boot_id, _process_start, marker_state
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -114,8 +114,8 @@ def test_a_killed_process_not_yet_reaped_is_not_running(tmp_path):
 def test_an_unfinished_run_of_task_auto_is_compared_as_the_task_its_metrics_show(tmp_path):
     """data.task=auto (the default) and no summary.json yet (running, killed): the task is what the
     records log, so a running classifier's curves overlay a finished classifier's."""
-    from layerwise.serve.compare import build_compare, load_runs
-    from layerwise.serve.report import build_report
+    from layerwise.deploy.compare import build_compare, load_runs
+    from layerwise.deploy.report import build_report
 
     recs = [{"step": s, "kind": k, "loss": 1.0 / s, "accuracy": 0.1 * s} for s in (1, 2) for k in ("train", "test")]
     done = _fake_run(tmp_path / "done", {"task": "classify", "headline": "test_accuracy", "test_accuracy": 0.2}, recs)
@@ -128,7 +128,7 @@ def test_an_unfinished_run_of_task_auto_is_compared_as_the_task_its_metrics_show
 
 
 def test_runs_reached_twice_through_links_are_listed_once(tmp_path):
-    from layerwise.serve.listing import list_runs
+    from layerwise.deploy.listing import list_runs
 
     root = tmp_path / "root"
     _fake_run(root / "a" / "b" / "r", {"task": "classify", "headline": "test_accuracy", "test_accuracy": 0.5})
@@ -141,7 +141,7 @@ def test_runs_reached_twice_through_links_are_listed_once(tmp_path):
 
 
 def test_runs_lists_the_task_of_an_unfinished_run_of_task_auto(tmp_path):
-    from layerwise.serve.listing import list_runs
+    from layerwise.deploy.listing import list_runs
 
     live = _fake_run(tmp_path / "live", None, [{"step": 5, "kind": "train", "loss": 1.0, "accuracy": 0.3}])
     (live / "config.yaml").write_text((live / "config.yaml").read_text().replace("task: classify", "task: auto"))
@@ -184,7 +184,7 @@ def test_a_molecules_regression_report_has_its_residuals_with_the_runs_rmse(tmp_
 
     pytest.importorskip("rdkit")
     from layerwise.config import load_config
-    from layerwise.serve.report import build_report
+    from layerwise.deploy.report import build_report
     from layerwise.train.trainer import fit
 
     smiles = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "C", "CCN(CC)CC", "c1ccc2ccccc2c1", "OCC(O)CO",
@@ -208,7 +208,7 @@ def test_the_python_api_refuses_a_single_path_or_none_clearly(tmp_path):
 
     import layerwise
     from layerwise.config import ConfigError
-    from layerwise.serve.index import RunsError
+    from layerwise.deploy.index import RunsError
     from layerwise.train.run import RunDirError
 
     run = _fake_run(tmp_path / "a")
@@ -225,9 +225,9 @@ def test_the_python_api_refuses_a_single_path_or_none_clearly(tmp_path):
 def test_an_unfinished_runs_page_says_whether_it_runs_can_resume_or_must_train_again(tmp_path):
     import os
 
-    from layerwise.serve.compare import build_compare
-    from layerwise.serve.report import build_report
-    from layerwise.serve.status import marker_record
+    from layerwise.deploy.compare import build_compare
+    from layerwise.deploy.report import build_report
+    from layerwise.deploy.status import marker_record
 
     crashed = _fake_run(tmp_path / "crashed")
     text = build_report(crashed)
@@ -241,7 +241,7 @@ def test_an_unfinished_runs_page_says_whether_it_runs_can_resume_or_must_train_a
 
 
 def test_runs_where_equal_nan_finds_the_diverged_runs(tmp_path):
-    from layerwise.serve.listing import list_runs
+    from layerwise.deploy.listing import list_runs
 
     for name, v in (("ok", 0.5), ("diverged", float("nan"))):
         _fake_run(tmp_path / name, {"task": "classify", "headline": "test_loss", "test_loss": v})
@@ -252,7 +252,7 @@ def test_runs_where_equal_nan_finds_the_diverged_runs(tmp_path):
 def test_compare_gives_each_of_many_runs_its_own_colour(tmp_path):
     import re
 
-    from layerwise.serve.compare import build_compare
+    from layerwise.deploy.compare import build_compare
 
     recs = [{"step": s, "kind": "train", "loss": 1.0 / s} for s in (1, 2)]
     runs = [_fake_run(tmp_path / f"r{i:02d}", {"task": "classify"}, recs) for i in range(12)]
@@ -263,7 +263,7 @@ def test_compare_gives_each_of_many_runs_its_own_colour(tmp_path):
 def test_the_report_shows_the_newest_explain_folders_by_time_not_by_name(tmp_path):
     import os
 
-    from layerwise.serve.report import build_report
+    from layerwise.deploy.report import build_report
 
     run = _fake_run(tmp_path / "a")
     for t, name in enumerate(["saliency-001", "saliency-002", "ig-001", "ig-002"]):  # written in this order

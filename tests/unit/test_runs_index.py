@@ -16,10 +16,10 @@ import pytest
 
 import layerwise
 from layerwise.config import ConfigError
-from layerwise.serve import index as idx
-from layerwise.serve.index import INDEX_NAME, RunsError, refresh
-from layerwise.serve.listing import list_runs
-from layerwise.serve.status import MARKER, marker_record, marker_state, running_marker
+from layerwise.deploy import index as idx
+from layerwise.deploy.index import INDEX_NAME, RunsError, refresh
+from layerwise.deploy.listing import list_runs
+from layerwise.deploy.status import MARKER, marker_record, marker_state, running_marker
 
 SRC = str(Path(layerwise.__file__).resolve().parents[1])
 
@@ -124,7 +124,7 @@ def test_configs_read_line_by_line_equal_pyyaml_and_odd_ones_fall_back(tmp_path)
 
     from layerwise.config import Config, apply_overrides
     from layerwise.rl.config import RLConfig
-    from layerwise.serve.index import _flat_sections, _read_config
+    from layerwise.deploy.index import _flat_sections, _read_config
 
     def flat(text):
         return {f"{s}.{k}": v for s, vals in yaml.safe_load(text).items() if isinstance(vals, dict) for k, v in vals.items()}
@@ -281,7 +281,7 @@ def test_a_process_killed_mid_refresh_leaves_a_consistent_index(tmp_path):
 LISTER = """
 import os, sys
 sys.path.insert(0, sys.argv[2])
-from layerwise.serve.listing import list_runs
+from layerwise.deploy.listing import list_runs
 names, n = set(), 0
 open(os.path.join(sys.argv[3], "ready" + sys.argv[4]), "w").close()
 while not os.path.exists(os.path.join(sys.argv[3], "stop")) or n < 5:
@@ -359,7 +359,7 @@ def test_cli_table_json_csv_and_errors_without_torch(tmp_path):
 def test_thousands_of_rows_print_as_plain_columns(tmp_path, monkeypatch, capsys):
     from argparse import Namespace
 
-    from layerwise.serve import listing
+    from layerwise.deploy import listing
 
     make_run(tmp_path / "a", acc=0.91)
     make_run(tmp_path / "long-name-b", "crashed")

@@ -27,7 +27,7 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "printed": len(
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["rl", "--help"], ["cv", "--help"],
                                   ["eval", "--help"], ["predict", "--help"], ["generate", "--help"],
-                                  ["play", "--help"], ["info", "--help"], ["scale", "--help"],
+                                  ["play", "--help"], ["info", "--help"], ["serve", "--help"], ["scale", "--help"],
                                   ["scale", "fit", "--help"], ["finetune", "--help"], ["attack", "--help"],
                                   ["runs", "--help"]])
 def test_help_does_not_import_torch(argv):

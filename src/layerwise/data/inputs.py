@@ -74,21 +74,7 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
             arr = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as e:
             raise DataError(f"'{path}' is not a readable .npy array ({e}). Save it with numpy.save.") from None
-        if arr.dtype.kind not in "uif":
-            raise DataError(f"'{path}' holds {arr.dtype} values; a numeric array is needed.")
-        x = arr.astype(np.float32)
-        if x.ndim == 2 and C == 1:
-            x = x[None, None]
-        elif x.ndim == 3 and x.shape == (C, H, W):
-            x = x[None]
-        elif x.ndim == 3 and C == 1:
-            x = x[:, None]
-        if x.ndim != 4 or tuple(x.shape[1:]) != (C, H, W):
-            raise DataError(f"'{path}' has shape {arr.shape}; the model takes ({C}, {H}, {W}) examples "
-                            f"(or a batch (N, {C}, {H}, {W})). Reshape the array to match.")
-        if not np.isfinite(x).all():
-            raise DataError(f"'{path}' holds NaN or Inf values; clean the array first.")
-        return torch.from_numpy(x)
+        return array_examples(arr, info, f"'{path}'")
     from PIL import UnidentifiedImageError
 
     folder_model = info.name == "image-folder"
@@ -109,6 +95,29 @@ def load_inputs(path: str | Path, info: DatasetInfo, invert: str = "auto",
     if C == 1 and (invert == "yes" or (invert == "auto" and info.name in LIGHT_ON_DARK and x.mean() > 0.5)):
         x = 1.0 - x
     return torch.from_numpy(x * info.scale)[None]
+
+
+def array_examples(arr: np.ndarray, info: DatasetInfo, where: str) -> torch.Tensor:
+    """A numeric array in the dataset's raw range -> float32 tensor (N, C, H, W): one example
+    (C, H, W) or (H, W) for one channel, or a batch (N, C, H, W) / (N, H, W), as a ``.npy`` input
+    is read (and the prediction server's JSON arrays). ``where`` names the array in messages.
+    Raises DataError for a non-numeric dtype, a shape that does not fit ``info.in_shape``, or NaN/Inf."""
+    C, H, W = info.in_shape
+    if arr.dtype.kind not in "uif":
+        raise DataError(f"{where} holds {arr.dtype} values; a numeric array is needed.")
+    x = arr.astype(np.float32)
+    if x.ndim == 2 and C == 1:
+        x = x[None, None]
+    elif x.ndim == 3 and x.shape == (C, H, W):
+        x = x[None]
+    elif x.ndim == 3 and C == 1:
+        x = x[:, None]
+    if x.ndim != 4 or tuple(x.shape[1:]) != (C, H, W):
+        raise DataError(f"{where} has shape {arr.shape}; the model takes ({C}, {H}, {W}) examples "
+                        f"(or a batch (N, {C}, {H}, {W})). Reshape the array to match.")
+    if not np.isfinite(x).all():
+        raise DataError(f"{where} holds NaN or Inf values; clean the array first.")
+    return torch.from_numpy(x)
 
 
 def text_lines(path: str | Path) -> list[tuple[int, str]]:

@@ -107,20 +107,23 @@ class MPNN(Model):
         # than advanced indexing's accumulating index_put_
         h0 = self.act(self.W_i(torch.cat([g.atom_x.index_select(0, src), g.bond_x], 1)))  # (E, H)
         h = h0
+        # sizes read from tensor shapes, never Python ints from the batch: an exported graph
+        # (layerwise export, torch.export) keeps the atom and molecule counts dynamic
+        n_atoms = g.atom_x.shape[0]
         for _ in range(self.depth - 1):
             # incoming sum per atom, then for bond v->w drop the reverse bond w->v's own state
-            into = h.new_zeros(len(g.atom_x), self.hidden).index_add_(0, dst, h)  # (N_atoms, H)
+            into = h.new_zeros(n_atoms, self.hidden).index_add_(0, dst, h)  # (N_atoms, H)
             m = into.index_select(0, src) - h.index_select(0, g.rev_index)  # (E, H)
             h = self.drop(self.act(h0 + self.W_m(m)))
-        m_v = h.new_zeros(len(g.atom_x), self.hidden).index_add_(0, dst, h)  # (N_atoms, H)
+        m_v = h.new_zeros(n_atoms, self.hidden).index_add_(0, dst, h)  # (N_atoms, H)
         return self.drop(self.act(self.W_o(torch.cat([g.atom_x, m_v], 1))))  # (N_atoms, H)
 
     def forward_features(self, g) -> torch.Tensor:
         h_v = self.encode(g)
-        B = int(g.num_graphs)
+        B = g.features.shape[0]  # (B, D) even when D is 0
         h_mol = h_v.new_zeros(B, self.hidden).index_add_(0, g.graph_index, h_v)  # (B, H) sum readout
-        if self.readout == "mean":
-            n = torch.bincount(g.graph_index, minlength=B).clamp_min(1).to(h_mol.dtype)
+        if self.readout == "mean":  # atoms per molecule counted by index_add (bincount's size is data-dependent)
+            n = h_v.new_zeros(B).index_add_(0, g.graph_index, h_v.new_ones(h_v.shape[0])).clamp_min(1)
             h_mol = h_mol / n[:, None]
         return torch.cat([h_mol, g.features.to(h_mol.dtype)], 1)  # (B, H + D)
 

@@ -136,7 +136,7 @@ class PPOTrainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Train to ``num_updates``, evaluate, save the model; returns the summary."""
-        from layerwise.serve.status import running_marker  # RUN_DIR/running.json: `layerwise runs` says running
+        from layerwise.deploy.status import running_marker  # RUN_DIR/running.json: `layerwise runs` says running
 
         try:
             with running_marker(self.run_dir, "rl"):
@@ -369,8 +369,8 @@ class PPOTrainer:
             records = self.log.records or _read_records(self.log.path)
             plot_metrics(records, self.run_dir / "plots", "episodic_return", xlabel="environment step",
                          extra=("value_loss", "entropy"))
-        if cfg.run.report:  # curves, config, environment, energy (serve/report.py); never fails the run
-            from layerwise.serve.report import write_report_after_run
+        if cfg.run.report:  # curves, config, environment, energy (deploy/report.py); never fails the run
+            from layerwise.deploy.report import write_report_after_run
             write_report_after_run(self.run_dir)
         return summary
 

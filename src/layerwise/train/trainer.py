@@ -405,7 +405,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``, evaluate, save the model; returns the summary."""
-        from layerwise.serve.status import running_marker  # RUN_DIR/running.json: `layerwise runs` says running
+        from layerwise.deploy.status import running_marker  # RUN_DIR/running.json: `layerwise runs` says running
 
         try:
             with running_marker(self.run_dir, "train", enabled=self.par.is_rank0):
@@ -973,7 +973,7 @@ class Trainer:
         self.log.close()
         self.par.barrier()  # no rank leaves (and tears the group down) before the files exist
         if self.par.is_rank0 and self.cfg.run.report:  # after the barrier: the other ranks need not wait
-            from layerwise.serve.report import write_report_after_run
+            from layerwise.deploy.report import write_report_after_run
             write_report_after_run(self.run_dir, self.device, self._test_split)
         return summary
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layerwise.serve.html import (
+from layerwise.deploy.html import (
     Markup,
     check_out,
     esc,
@@ -31,8 +31,8 @@ from layerwise.serve.html import (
     table,
     write_page,
 )
-from layerwise.serve.report import check_run_dir, read_json, read_records
-from layerwise.serve.status import clean_summary, task_from_records
+from layerwise.deploy.report import check_run_dir, read_json, read_records
+from layerwise.deploy.status import clean_summary, task_from_records
 
 SUMMARY_KEYS = ("params", "steps", "epochs", "env_steps", "train_seconds", "energy_train_j", "energy_method")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
@@ -189,7 +189,7 @@ def legend_html(runs: list[dict[str, Any]]) -> Markup:
 
 def run_state(path: Path, finished: bool) -> str:
     """finished, running, unknown (another host's), resumable or crashed (serve/status.py)."""
-    from layerwise.serve.status import MARKER, has_checkpoint, run_status
+    from layerwise.deploy.status import MARKER, has_checkpoint, run_status
 
     if finished:
         return "finished"

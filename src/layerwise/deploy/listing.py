@@ -1,6 +1,6 @@
 """`layerwise runs`: the runs under a root as a table, JSON or CSV; sorted and filtered.
 
-The rows come from the index (:mod:`layerwise.serve.index`). Keys a row answers to in ``--sort``
+The rows come from the index (:mod:`layerwise.deploy.index`). Keys a row answers to in ``--sort``
 and ``--where``: the columns (name, status, task, model, dataset, headline, metric, steps,
 train_seconds, energy_train_j, energy_train_kwh, started, group, host, path, note), any key of the
 run's summary.json (test_accuracy, params, ...), and the run's config keys as ``section.key``
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from layerwise.config import ConfigError
-from layerwise.serve.index import RunsError, refresh
-from layerwise.serve.status import clean_summary, run_status
+from layerwise.deploy.index import RunsError, refresh
+from layerwise.deploy.status import clean_summary, run_status
 
 COLUMNS = ("name", "status", "task", "model", "dataset", "headline", "metric", "steps", "train_seconds",
            "energy_train_j", "energy_train_kwh", "started", "group", "host", "path", "note")

@@ -15,7 +15,7 @@ the training runs writing beside them never see or leave half an index. An index
 opened, read or written (corrupt, locked for longer than a timeout, a read-only root) is
 rebuilt, or bypassed for that listing with a warning; the listing itself never fails for it.
 
-A run's status (finished, running, unknown, resumable, crashed) is in :mod:`layerwise.serve.status`;
+A run's status (finished, running, unknown, resumable, crashed) is in :mod:`layerwise.deploy.status`;
 "running" is checked at every listing (a process may have died since), the rest comes from files.
 """
 
@@ -30,7 +30,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from layerwise.serve.status import MARKER, has_checkpoint, task_from_records
+from layerwise.deploy.status import MARKER, has_checkpoint, task_from_records
 
 INDEX_NAME = ".layerwise-runs.sqlite"
 # How rows are built from run directories; an index written under another version is rebuilt.

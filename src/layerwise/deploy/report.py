@@ -2,12 +2,12 @@
 
 It shows, from the files the run left: the headline metrics (summary.json), the training and
 evaluation curves (metrics.jsonl; the run's plots/*.png when they exist, else drawn here), the
-task's own section (serve/report_task.py: confusion matrix and worst-classified examples,
+task's own section (deploy/report_task.py: confusion matrix and worst-classified examples,
 residuals, a language model's sample), energy, the resolved config (config.yaml), the
 environment (env.json), and the results of ``layerwise explain``, ``probe`` and ``attack`` found
 under RUN_DIR/explain, RUN_DIR/probe and RUN_DIR/attack. A run without summary.json (crashed,
 or still running) gets a page of what exists, labelled unfinished. Everything read from files is
-escaped; figures are inline PNG (serve/html.py), so the page can be mailed and read offline.
+escaped; figures are inline PNG (deploy/html.py), so the page can be mailed and read offline.
 
 Written at the end of every run when ``run.report`` is on (the default), by
 :func:`write_report_after_run`, which never fails the run: it warns and says how to write the
@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from layerwise.serve.html import (
+from layerwise.deploy.html import (
     Markup,
     check_out,
     esc,
@@ -39,7 +39,7 @@ from layerwise.serve.html import (
     table,
     write_page,
 )
-from layerwise.serve.status import clean_summary, task_from_records
+from layerwise.deploy.status import clean_summary, task_from_records
 
 REPORT_NAME = "report.html"
 MAX_INSIGHT_FOLDERS = 3  # explain results per run: the newest folders
@@ -153,7 +153,7 @@ def curves_section(run_dir: Path, records: list[dict[str, Any]], headline: str, 
     """The run's plots/*.png when a finished run wrote them (no drawing: the end-of-run report
     reuses them), else one figure drawn from metrics.jsonl (``draw``; a language model's also has
     its perplexity), else a note; and a table of the last evaluations."""
-    from layerwise.serve.html import img
+    from layerwise.deploy.html import img
 
     xlabel = "environment step" if task == "rl" else "optimizer step"
     keys = ["loss", headline, "lr"] + (["value_loss", "entropy"] if task == "rl" else [])
@@ -269,7 +269,7 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     run's data.root). ``max_examples`` bounds the test examples the task sections read (default
     1000). ``draw`` False: curves are not drawn when the run wrote no plots (the end-of-run report
     stays cheap). Raises RunDirError when ``run_dir`` is not a run directory."""
-    from layerwise.serve import report_task
+    from layerwise.deploy import report_task
 
     path = check_run_dir(run_dir)
     summary = clean_summary(read_json(path / "summary.json"))
@@ -324,7 +324,7 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
 def unfinished_text(path: Path, command: str) -> str:
     """What an unfinished run's page says it is (serve/status.py: running, another host's,
     resumable or crashed) and what to do: wait, resume from its checkpoint, or train again."""
-    from layerwise.serve.status import MARKER, has_checkpoint, run_status
+    from layerwise.deploy.status import MARKER, has_checkpoint, run_status
 
     marker = read_json(path / MARKER) if (path / MARKER).exists() else None
     state = run_status(False, marker if marker is not None or not (path / MARKER).exists() else {},
