@@ -18,12 +18,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layerwise.deploy.html import Markup, esc, figure_uri, img, new_figure, note, page, section, table, write_page
+from layerwise.deploy.html import (
+    Markup,
+    check_out,
+    esc,
+    figure_uri,
+    img,
+    new_figure,
+    note,
+    page,
+    section,
+    table,
+    write_page,
+)
 from layerwise.deploy.report import check_run_dir, read_json, read_records
+from layerwise.deploy.status import clean_summary, task_from_records
 
 SUMMARY_KEYS = ("params", "steps", "epochs", "env_steps", "train_seconds", "energy_train_j", "energy_method")
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
           "#bcbd22")
+
+
+def run_colors(n: int) -> list[str]:
+    """A distinct colour per run: :data:`COLORS` for up to 10 runs, else hues spaced evenly around
+    the wheel (cycling 10 colours gave two runs of 11 the same line and legend entry)."""
+    if n <= len(COLORS):
+        return list(COLORS[:n])
+    import colorsys
+
+    rgb = [colorsys.hsv_to_rgb(k / n, 0.75, 0.6 + 0.25 * (k % 2)) for k in range(n)]
+    return ["#" + "".join(f"{round(255 * c):02x}" for c in color) for color in rgb]
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
@@ -32,6 +56,9 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     one given twice, RunDirError (naming the path) for a path that is not a run directory."""
     from layerwise.config import ConfigError
 
+    if isinstance(run_dirs, (str, bytes, Path)) or not all(isinstance(p, (str, Path)) for p in run_dirs):
+        raise ConfigError(f"layerwise.compare takes a list of run directories (paths), got {run_dirs!r}; e.g. "
+                          f"layerwise.compare(['runs/a', 'runs/b']).")
     if len(run_dirs) < 2:
         raise ConfigError(f"`layerwise compare` needs at least two run directories, got {len(run_dirs)}; "
                           f"for one run write its page with `layerwise report RUN_DIR`.")
@@ -45,12 +72,15 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     runs = []
     for i, p in enumerate(paths):
         label = p.name if names.count(p.name) == 1 else f"{p.name} ({i + 1})"
-        summary = read_json(p / "summary.json")
+        summary = clean_summary(read_json(p / "summary.json"))
         flat = flat_run_config(p / "config.yaml")
+        records = read_records(p / "metrics.jsonl")
+        data_task = str(flat.get("data.task") or "auto")
         task = (summary or {}).get("task") or ("rl" if any(k.startswith("ppo.") for k in flat) else
-                                               str(flat.get("data.task") or "unknown"))
+                                               data_task if data_task != "auto" else
+                                               task_from_records(records) or "unknown")
         runs.append({"path": p, "label": label, "summary": summary, "config": flat,
-                     "records": read_records(p / "metrics.jsonl"), "task": task,
+                     "records": records, "task": task,
                      "headline": (summary or {}).get("headline")})
     return runs
 
@@ -124,17 +154,18 @@ def curves_html(runs: list[dict[str, Any]], max_panels: int = 8) -> tuple[Markup
     fig = new_figure(4.6 * cols, 3.0 * rows + 0.5)
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.35 / (3.0 * rows + 0.5) + 0.06 / rows,
                         top=1 - 0.5 / (3.0 * rows + 0.5), hspace=0.5, wspace=0.25)
+    colors = run_colors(len(runs))
     for n, (k, task, idx) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, n + 1)
         positive = True
         for i in idx:
-            color = COLORS[i % len(COLORS)]
+            color = colors[i]
             for kind, style in (("train", "-"), ("test", "o")):
                 pts = [(rec["step"], rec[k]) for rec in runs[i]["records"]
                        if rec.get("kind") == kind and isinstance(rec.get(k), (int, float))]
                 if pts:
                     positive &= all(v > 0 for _, v in pts)
-                    ax.plot(*zip(*pts, strict=True), style, color=color, ms=3, lw=1.3)
+                    ax.plot(*zip(*pts, strict=True), style if len(pts) > 1 else "o", color=color, ms=3, lw=1.3)
         if k == "loss" and positive:
             ax.set_yscale("log")
         ax.set_title(k.replace("_", " ") + ("" if task == "any" or len(tasks) == 1 else f" ({task})"), fontsize=10)
@@ -142,7 +173,7 @@ def curves_html(runs: list[dict[str, Any]], max_panels: int = 8) -> tuple[Markup
         ax.grid(alpha=0.3)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=COLORS[i % len(COLORS)], lw=2) for i in range(len(runs))]
+    handles = [Line2D([], [], color=colors[i], lw=2) for i in range(len(runs))]
     handles += [Line2D([], [], color="k", lw=1.3), Line2D([], [], color="k", marker="o", ls="")]
     fig.legend(handles, [r["label"] for r in runs] + ["train", "test"], loc="upper center",
                ncol=min(len(runs) + 2, 4), fontsize=8, frameon=False)
@@ -150,9 +181,21 @@ def curves_html(runs: list[dict[str, Any]], max_panels: int = 8) -> tuple[Markup
 
 
 def legend_html(runs: list[dict[str, Any]]) -> Markup:
-    spans = "".join(f'<span style="color:{COLORS[i % len(COLORS)]};margin-right:14px">&#9632; {esc(r["label"])}</span>'
+    colors = run_colors(len(runs))
+    spans = "".join(f'<span style="color:{colors[i]};margin-right:14px">&#9632; {esc(r["label"])}</span>'
                     for i, r in enumerate(runs))
     return Markup(f"<p>{spans}</p>")
+
+
+def run_state(path: Path, finished: bool) -> str:
+    """finished, running, unknown (another host's), resumable or crashed (serve/status.py)."""
+    from layerwise.deploy.status import MARKER, has_checkpoint, run_status
+
+    if finished:
+        return "finished"
+    marker = read_json(path / MARKER) if (path / MARKER).exists() else None
+    return run_status(False, marker if marker is not None or not (path / MARKER).exists() else {},
+                      has_checkpoint(path / "checkpoints"))
 
 
 def build_compare(run_dirs: list[str | Path]) -> str:
@@ -163,7 +206,7 @@ def build_compare(run_dirs: list[str | Path]) -> str:
     rows = []
     for r in runs:
         s = r["summary"] or {}
-        rows.append([r["label"], r["task"], "finished" if r["summary"] is not None else "unfinished",
+        rows.append([r["label"], r["task"], run_state(r["path"], r["summary"] is not None),
                      *[s.get(h, "") for h in heads], s.get("test_loss", ""), *[s.get(k, "") for k in SUMMARY_KEYS]])
     keep = [j for j in range(len(cols)) if j < 3 or any(row[j] not in ("", None) for row in rows)]
     summary = table([cols[j] for j in keep], [[row[j] for j in keep] for row in rows])
@@ -190,12 +233,8 @@ def build_compare(run_dirs: list[str | Path]) -> str:
 def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare.html") -> Path:
     """Write the comparison page of ``run_dirs`` (at least two run directories) to ``out``
     (default ./compare.html; replaced whole); returns its path. Raises ConfigError (fewer than
-    two runs, one given twice, ``out`` a folder), RunDirError (a path that is not a run
+    two runs, one given twice, ``out`` a folder or a file that is not a layerwise page), RunDirError (a path that is not a run
     directory) or OSError (``out`` cannot be written)."""
-    from layerwise.config import ConfigError
-
-    target = Path(out)
-    if target.is_dir():
-        raise ConfigError(f"--out '{target}' is a folder; give the path of the HTML file to write.")
-    return write_page(target, build_compare(list(run_dirs)))
+    target = check_out(Path(out))
+    return write_page(target, build_compare(run_dirs if isinstance(run_dirs, (str, bytes, Path)) else list(run_dirs)))
 

@@ -148,16 +148,47 @@ nav a{margin-right:12px;color:#1f3b57}main{padding:8px 24px 32px;max-width:1200p
 h2{font-size:17px;border-bottom:1px solid #d5dde5;padding-bottom:3px;margin-top:28px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #d5dde5;padding:3px 7px;
 text-align:left;vertical-align:top}th{background:#f3f6f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
-table.cm td{text-align:right;min-width:2.2em}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px;
+table.cm td{text-align:right;min-width:2.2em}
+table.cm th,table.cm td:first-child,table.diff th,table.diff td{max-width:16em;overflow-wrap:anywhere}pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px;
 max-height:420px}.note{background:#f3f6f9;border-left:4px solid #7a8b9c;padding:6px 10px}
 .warn{background:#fff4e0;border-left:4px solid #d08a00;padding:6px 10px}.figs{display:flex;flex-wrap:wrap;gap:8px}
 .figs img{border:1px solid #e3e8ee;max-width:100%}.ex{display:inline-block;margin:4px;padding:4px;
-border:1px solid #e3e8ee;font-size:12px;vertical-align:top;max-width:210px}
+border:1px solid #e3e8ee;font-size:12px;vertical-align:top;max-width:210px;overflow-wrap:anywhere}
 .ex img{image-rendering:pixelated;display:block}.same{color:#7a8b9c}.diff{background:#fff8d6}
 """
 
 # Only inline styles and data: images: nothing is fetched and no script runs.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+# Marks the pages written here, so that --out replaces a page of ours and never another file.
+GENERATOR = '<meta name="generator" content="layerwise">'
+
+
+def is_our_page(path: Path) -> bool:
+    """Whether the file ``path`` is a page this module wrote (its head names layerwise as the
+    generator; pages written before that mark existed: a layerwise title)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return head.startswith("<!DOCTYPE html>") and (GENERATOR in head or "<title>layerwise" in head)
+
+
+def check_out(path: Path, option: str = "--out") -> Path:
+    """``path`` when a page may be written there: nothing is there yet, or a page of ours (which
+    is replaced). ConfigError for a folder, or a file that is not such a page (a run's
+    summary.json, someone's notes): never overwritten."""
+    from layerwise.config import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} '{path}' is a folder; give the path of the HTML file to write.")
+    if path.exists() and not is_our_page(path):
+        raise ConfigError(f"{option} '{path}' is an existing file that is not a layerwise page; it is left as it "
+                          f"is. Give the path of a new .html file, or remove that file first.")
+    return path
 
 
 def page(title: str, subtitle: str, sections: Sequence[Markup], nav: Sequence[tuple[str, str]] = ()) -> str:
@@ -166,7 +197,7 @@ def page(title: str, subtitle: str, sections: Sequence[Markup], nav: Sequence[tu
     links = "".join(f'<a href="#{esc(a)}">{esc(label)}</a>' for a, label in nav)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{GENERATOR}'
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body><header><h1>{esc(title)}</h1>"
             f"<p>{esc(subtitle)}</p></header>" + (f"<nav>{links}</nav>" if links else "")
             + "<main>\n" + "\n".join(sections) + "\n</main></body></html>\n")

@@ -26,14 +26,15 @@ import os
 import re
 import sqlite3
 import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-from layerwise.deploy.status import MARKER, has_checkpoint
+from layerwise.deploy.status import MARKER, has_checkpoint, task_from_records
 
 INDEX_NAME = ".layerwise-runs.sqlite"
 # How rows are built from run directories; an index written under another version is rebuilt.
-ROW_VERSION = 1
+ROW_VERSION = 2  # 2: task_hint
 # Files whose presence makes a directory a run (a crashed run may lack config.yaml or summary.json).
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "env.json")
 SIGNATURE_FILES = RUN_FILES + (MARKER, "checkpoints")
@@ -134,8 +135,9 @@ def _read_config(path: str) -> dict[str, Any]:
 
 
 def _metrics_tail(path: str, size: int) -> dict[str, Any]:
-    """The last step logged in metrics.jsonl, reading only its last 16 KiB; a line cut off by a
-    crash mid-write (no newline, not JSON) is skipped."""
+    """The last step logged in metrics.jsonl, and the task its metrics show (task_hint: for a run of
+    data.task=auto without a summary), reading only its last 16 KiB; a line cut off by a crash
+    mid-write (no newline, not JSON) is skipped."""
     if size <= 0:
         return {}
     try:
@@ -150,7 +152,7 @@ def _metrics_tail(path: str, size: int) -> dict[str, Any]:
         except ValueError:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            return {"last_step": rec["step"], "last_kind": rec.get("kind")}
+            return {"last_step": rec["step"], "last_kind": rec.get("kind"), "task_hint": task_from_records([rec])}
     return {}
 
 
@@ -204,12 +206,19 @@ def find_runs(root: Path, max_depth: int = 4) -> dict[str, tuple[str, str]]:
     """{name: (absolute path, signature)} of every run directory under ``root`` (``root`` itself
     when it is one), found by walking at most ``max_depth`` folders down; hidden folders and the
     folders inside a run are not entered. A run's name is its path relative to ``root`` (POSIX
-    separators; the root's own name when the root is the run)."""
+    separators; the root's own name when the root is the run). A folder reached twice (a symbolic
+    link to a run under the root, a link back up to the root) is listed once, under its path
+    without links when it has one: folders are walked shallowest first, links after the rest."""
     out: dict[str, tuple[str, str]] = {}
-    stack = [(str(root), "", 0)]
-    while stack:
-        path, rel, depth = stack.pop()
+    queue, links = deque([(str(root), "", 0)]), deque()
+    seen: set[tuple[int, int]] = set()
+    while queue or links:
+        path, rel, depth = queue.popleft() if queue else links.popleft()
         try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
             with os.scandir(path) as it:
                 entries = {e.name: e for e in it}
         except OSError:  # unreadable, or deleted while we walk: not listed
@@ -219,12 +228,12 @@ def find_runs(root: Path, max_depth: int = 4) -> dict[str, tuple[str, str]]:
             continue
         if depth >= max_depth:
             continue
-        for name, e in entries.items():
+        for name, e in sorted(entries.items()):
             if name.startswith(".") or name in NOT_RUNS:
                 continue
             try:
                 if e.is_dir():
-                    stack.append((e.path, f"{rel}/{name}" if rel else name, depth + 1))
+                    (links if e.is_symlink() else queue).append((e.path, f"{rel}/{name}" if rel else name, depth + 1))
             except OSError:
                 continue
     return out

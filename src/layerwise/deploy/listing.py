@@ -19,6 +19,7 @@ import csv
 import fnmatch
 import io
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from layerwise.config import ConfigError
-from layerwise.deploy.index import refresh
-from layerwise.deploy.status import run_status
+from layerwise.deploy.index import RunsError, refresh
+from layerwise.deploy.status import clean_summary, run_status
 
 COLUMNS = ("name", "status", "task", "model", "dataset", "headline", "metric", "steps", "train_seconds",
            "energy_train_j", "energy_train_kwh", "started", "group", "host", "path", "note")
@@ -38,7 +39,7 @@ def public_row(name: str, path: str, stored: dict[str, Any]) -> dict[str, Any]:
     """A run's row as ``layerwise.runs`` returns it: :data:`COLUMNS`, then the summary's other
     keys, then ``config`` ({"section.key": value}). The status is decided now (a live process
     may have ended since the run directory last changed)."""
-    s = stored.get("summary") or {}
+    s = clean_summary(stored.get("summary")) or {}
     c = stored.get("config") or {}
     marker = stored.get("marker")
     rl = s.get("task") == "rl" or "env.id" in c
@@ -53,7 +54,8 @@ def public_row(name: str, path: str, stored: dict[str, Any]) -> dict[str, Any]:
     row = {
         "name": name,
         "status": run_status(stored.get("summary") is not None, marker, bool(stored.get("resumable"))),
-        "task": s.get("task") or ("rl" if rl else data_task if data_task not in (None, "auto") else None),
+        "task": s.get("task") or ("rl" if rl else data_task if data_task not in (None, "auto") else
+                                  stored.get("task_hint") or None),
         "model": s.get("model") or c.get("model.name"),
         "dataset": s.get("dataset") or s.get("env") or c.get("data.name") or c.get("env.id"),
         "headline": headline, "metric": s.get(headline) if headline else None, "steps": steps,
@@ -127,7 +129,7 @@ def _matches(v: Any, op: str, want: str) -> bool:
         if v is None:
             same = want == ""
         elif a is not None and b is not None:
-            same = a == b
+            same = a == b or (math.isnan(a) and math.isnan(b))  # --where test_loss=nan finds the diverged runs
         else:
             text = str(v).lower() if isinstance(v, bool) else str(v)
             same = fnmatch.fnmatchcase(text, want) if any(ch in want for ch in "*?[") else text == want
@@ -139,15 +141,18 @@ def _matches(v: Any, op: str, want: str) -> bool:
 
 
 def _sort(rows: list[dict[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """Stable sort by each key, the last first; missing values last whatever the direction."""
+    """Stable sort by each key, the last first; missing values last whatever the direction, and
+    so are NaN (a diverged run's metric), which orders with nothing and would scramble the rest."""
     for spec in reversed(keys):
         desc, key = spec.startswith("-"), spec.lstrip("-")
         values = [_value(r, key) for r in rows]
         present = [v for v in values if v is not None]
         numeric = all(_number(v) is not None and not isinstance(v, str) for v in present)
-        have = [(v, r) for v, r in zip(values, rows) if v is not None]
+        last = [v is None or (numeric and math.isnan(_number(v))) for v in values]
+        have = [(v, r) for v, r, end in zip(values, rows, last) if not end]
         have.sort(key=(lambda t: _number(t[0])) if numeric else (lambda t: str(t[0])), reverse=desc)
-        rows = [r for _, r in have] + [r for v, r in zip(values, rows) if v is None]
+        rows = ([r for _, r in have] + [r for v, r, end in zip(values, rows, last) if end and v is not None]
+                + [r for v, r in zip(values, rows) if v is None])
     return rows
 
 
@@ -168,6 +173,9 @@ def list_runs(root: str | Path = "runs", sort: str | Sequence[str] | None = None
         raise ConfigError("layerwise.runs(sort=..., where=...) take a string or a list of strings, e.g. "
                           "sort='-test_accuracy', where=['dataset=mnist', 'test_accuracy>0.99'].")
     conditions = [parse_condition(w) for w in where]
+    if not isinstance(root, (str, Path)):
+        raise RunsError(f"runs root must be a path (str or Path), got {root!r}; give the folder that holds your run "
+                        f"directories (default 'runs').")
     root = Path(root)
     stored, _stats = refresh(root, max_depth, use_index)
     rows = [public_row(name, path, r) for name, (path, r) in sorted(stored.items())]
@@ -261,6 +269,18 @@ def flat_rows(rows: Sequence[dict[str, Any]], config_keys: Sequence[str] = ()) -
     return out
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities (a diverged run's metrics) as null: JSON has no such numbers,
+    and Python's NaN token makes strict readers (jq, JSON.parse) reject the whole listing."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     keys = list(COLUMNS)
     for r in rows:
@@ -293,7 +313,7 @@ def runs_command(args: Any) -> int:
     keys = [k.lstrip("-") for k in (args.sort or [])] + [parse_condition(w)[0] for w in args.where or []]
     config_keys = list(dict.fromkeys(k for k in keys if k not in COLUMNS and any(k in r["config"] for r in rows)))
     if args.json:
-        print(json.dumps(flat_rows(rows, config_keys), indent=1, default=str))
+        print(json.dumps(json_safe(flat_rows(rows, config_keys)), indent=1, default=str, allow_nan=False))
     elif args.csv:
         sys.stdout.write(to_csv(flat_rows(rows, config_keys)))
     else:

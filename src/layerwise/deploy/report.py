@@ -25,6 +25,7 @@ from typing import Any
 
 from layerwise.deploy.html import (
     Markup,
+    check_out,
     esc,
     figure_uri,
     fmt,
@@ -38,6 +39,7 @@ from layerwise.deploy.html import (
     table,
     write_page,
 )
+from layerwise.deploy.status import clean_summary, task_from_records
 
 REPORT_NAME = "report.html"
 MAX_INSIGHT_FOLDERS = 3  # explain results per run: the newest folders
@@ -53,6 +55,9 @@ def _run_error(message: str) -> Exception:
 def check_run_dir(run_dir: str | Path) -> Path:
     """``run_dir`` as a Path when it is a run directory (it holds config.yaml); RunDirError naming
     what was given and what to give otherwise (a missing path, a file, a folder of runs)."""
+    if not isinstance(run_dir, (str, Path)):
+        raise _run_error(f"a run directory is a path (str or Path), got {run_dir!r}; give the directory a "
+                         f"`layerwise train` or `layerwise rl` run wrote.")
     path = Path(run_dir)
     if not path.exists():
         raise _run_error(f"'{path}' does not exist; give a run directory (runs/<name>-<time>) that `layerwise "
@@ -81,7 +86,9 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; a torn last line (a run killed while writing) is skipped."""
+    """The records of metrics.jsonl; a torn last line (a run killed while writing), a record without
+    a numeric step, and values that are not numbers where numbers belong (an edited or damaged
+    file) are skipped."""
     if not path.is_file():
         return []
     out = []
@@ -90,9 +97,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             r = json.loads(line)
         except ValueError:
             continue
-        if isinstance(r, dict) and "step" in r:
-            out.append(r)
+        if not isinstance(r, dict) or not _is_number(r.get("step")):
+            continue
+        out.append({k: v for k, v in r.items() if k in ("kind", "step") or _is_number(v) or not isinstance(
+            v, (str, list, dict))})
     return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def headline_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -117,14 +130,15 @@ def curves_figure(records: list[dict[str, Any]], keys: list[str], xlabel: str) -
     cols = min(2, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = new_figure(4.2 * cols, 2.9 * rows)
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.12 / rows, top=1 - 0.05 / rows, hspace=0.45, wspace=0.28)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.5 / (2.9 * rows), top=1 - 0.05 / rows, hspace=0.45,
+                        wspace=0.28)  # 0.5 inch under the last row: its axis label
     for i, k in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         for kind, style in (("train", "-"), ("test", "o-")):
             pts = [(r["step"], r[k]) for r in records if r.get("kind") == kind and isinstance(r.get(k), (int, float))]
             if pts:
-                ax.plot(*zip(*pts, strict=True), style, ms=3, label=kind)
-        if k == "loss" and all(r.get(k) is None or r[k] > 0 for r in records):
+                ax.plot(*zip(*pts, strict=True), style if len(pts) > 1 else "o-", ms=3, label=kind)  # one point: a dot
+        if k == "loss" and all(not _is_number(r.get(k)) or r[k] > 0 for r in records):
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(k.replace("_", " "))
@@ -177,7 +191,9 @@ def energy_section(summary: dict[str, Any]) -> Markup | None:
 
 def _explain_section(base: Path) -> list[Markup]:
     parts = []
-    folders = sorted((p for p in base.iterdir() if (p / "summary.json").is_file()), key=lambda p: p.name)
+    # oldest first, by when each was written (a name sorts by method, ig-* before saliency-*, not by time)
+    folders = sorted((p for p in base.iterdir() if (p / "summary.json").is_file()),
+                     key=lambda p: ((p / "summary.json").stat().st_mtime_ns, p.name))
     for folder in folders[-MAX_INSIGHT_FOLDERS:]:
         s = read_json(folder / "summary.json") or {}
         rows, pics = [], []
@@ -256,14 +272,14 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     from layerwise.deploy import report_task
 
     path = check_run_dir(run_dir)
-    summary = read_json(path / "summary.json")
+    summary = clean_summary(read_json(path / "summary.json"))
     finished = summary is not None
     summary = summary or {}
     env = read_json(path / "env.json") or {}
     records = read_records(path / "metrics.jsonl")
     config_text = (path / "config.yaml").read_text(encoding="utf-8", errors="replace")
     rl = "env:" in config_text and "ppo:" in config_text
-    task = summary.get("task") or ("rl" if rl else _task_from_config(config_text))
+    task = summary.get("task") or ("rl" if rl else _task_from_config(config_text, records))
     headline = str(summary.get("headline", "")).removeprefix("test_") or ("episodic_return" if rl else "accuracy")
     if task == "rl":
         headline = "episodic_return"
@@ -271,9 +287,7 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     sections: list[Markup] = []
     status = (note(f"Finished: summary.json written; headline {summary.get('headline')} = "
                    f"{fmt(summary.get(summary.get('headline')))}.") if finished else
-              note("Unfinished run: no summary.json (the run crashed, was stopped, or is still running). This "
-                   "report shows what exists; finish it with `layerwise train --resume "
-                   f"{path}` (or `layerwise rl --resume`), then write the report again.", "warn"))
+              note(unfinished_text(path, "rl" if task == "rl" else "train"), "warn"))
     metric_rows = headline_rows(summary)
     run_rows = [(k, summary[k]) for k in RUN_KEYS if summary.get(k) not in (None, "")]
     sections.append(section("summary", "Summary", status,
@@ -307,6 +321,28 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
     return page(title, sub, sections, [(a, Markup(label)) for a, label in nav])
 
 
+def unfinished_text(path: Path, command: str) -> str:
+    """What an unfinished run's page says it is (serve/status.py: running, another host's,
+    resumable or crashed) and what to do: wait, resume from its checkpoint, or train again."""
+    from layerwise.deploy.status import MARKER, has_checkpoint, run_status
+
+    marker = read_json(path / MARKER) if (path / MARKER).exists() else None
+    state = run_status(False, marker if marker is not None or not (path / MARKER).exists() else {},
+                       has_checkpoint(path / "checkpoints"))
+    head = "Unfinished run: no summary.json; "
+    if state == "running":
+        return (head + f"it is still running (pid {marker.get('pid')}). This report shows what exists so far; the "
+                "run writes its report when it ends (run.report), or write it again then.")
+    if state == "unknown":
+        return (head + f"running.json says it runs on host {marker.get('host')}, which cannot be checked from here. "
+                "This report shows what exists so far; write it again when the run has ended.")
+    if state == "resumable":
+        return (head + f"it was stopped or crashed. This report shows what exists; finish it from its last checkpoint "
+                f"with `layerwise {command} --resume {path}`, then write the report again.")
+    return (head + "it crashed or was stopped before writing a complete checkpoint, so it cannot be resumed. This "
+            "report shows what exists; train it again (the same config: config.yaml).")
+
+
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -317,27 +353,26 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _task_from_config(text: str) -> str:
-    """An unfinished run's task, from its config.yaml (data.task; "auto" stays unknown)."""
+def _task_from_config(text: str, records: list[dict[str, Any]] = ()) -> str:
+    """An unfinished run's task, from its config.yaml (data.task), or when that says "auto" (the
+    data decides), from the metrics its records log (:func:`task_from_records`); "" when unknown."""
     try:
         import yaml
 
         d = yaml.safe_load(text) or {}
-        return str((d.get("data") or {}).get("task") or "")
+        task = str((d.get("data") or {}).get("task") or "")
     except Exception:  # noqa: BLE001 - a torn file: the page says the task is unknown
-        return ""
+        task = ""
+    return task_from_records(records) if task in ("", "auto") else task
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, device: str = "cpu", data_root: str = "",
                  run: Any = None, max_examples: int | None = None, draw: bool = True) -> Path:
     """Write :func:`build_report`'s page to ``out`` (default RUN_DIR/report.html, replaced whole:
     an earlier report is kept until the new one is complete); returns its path. Raises RunDirError
-    (not a run directory), ConfigError (``out`` is a folder) or OSError (it cannot be written)."""
+    (not a run directory), ConfigError (``out`` is a folder, or a file that is not a layerwise page) or OSError (it cannot be written)."""
     path = check_run_dir(run_dir)
-    target = Path(out) if out else path / REPORT_NAME
-    if target.is_dir():
-        from layerwise.config import ConfigError
-        raise ConfigError(f"--out '{target}' is a folder; give the path of the HTML file to write.")
+    target = check_out(Path(out) if out else path / REPORT_NAME, "--out" if out else "the report")
     text = build_report(path, device, data_root, run, max_examples, draw)
     return write_page(target, text)
 

@@ -28,12 +28,21 @@ MAX_MATRIX = 40  # classes up to which the whole confusion matrix is drawn; beyo
 
 def read_confusion(path: Path) -> tuple[list[str], list[list[int]]] | None:
     """(class names, counts (K, K): row = true class, column = predicted) from a run's
-    confusion.csv (train/metrics.py's write_confusion), or None when there is none."""
+    confusion.csv (train/metrics.py's write_confusion), or None when there is none. ValueError
+    naming the file when it is damaged (truncated, edited: not a header and K rows of K counts)."""
     if not path.is_file():
         return None
-    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
-    classes = rows[0][1:]
-    return classes, [[int(v) for v in r[1:]] for r in rows[1:]]
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8", errors="replace"))))
+    try:
+        classes = rows[0][1:]
+        m = [[int(v) for v in r[1:]] for r in rows[1:]]
+        if not classes or len(m) != len(classes) or any(len(r) != len(classes) or min(r) < 0 for r in m):
+            raise ValueError("not a header and one row of counts per class")
+    except (IndexError, ValueError) as e:
+        raise ValueError(f"'{path}' is damaged ({e}); the run's final evaluation wrote it, and the test "
+                         f"metrics are still in summary.json (`layerwise eval {path.parent}` evaluates again)"
+                         ) from None
+    return classes, m
 
 
 def confusion_html(classes: list[str], m: list[list[int]]) -> Markup:
@@ -169,7 +178,19 @@ def worst_html(run: Any, result: dict[str, Any]) -> Markup:
 
 def residuals(run: Any, n: int = MAX_EXAMPLES, seed: int = 0) -> tuple[Any, Any]:
     """(true, predicted) values in the target's units, (n, K) float64 each, of ``n`` test examples
-    drawn by ``seed`` (a regression run; the model's outputs through the task's ``to_units``)."""
+    drawn by ``seed`` (a regression run; the model's outputs through the task's ``to_units``).
+    Molecular graphs (a GraphSet, not a tensor of examples) are batched as the run's loader does."""
+    import torch
+
+    x_all = run.dataset.x_test
+    if not isinstance(x_all, torch.Tensor) and hasattr(x_all, "collate"):
+        pos = _split_positions(run, n, seed)
+        with torch.no_grad():
+            out = torch.cat([run.model(x_all.collate(pos[i:i + 256]).to(run.device)).float()
+                             for i in range(0, len(pos), 256)])
+        pred = run.task.to_units(out).cpu()
+        y = run.dataset.y_test[pos]
+        return y.double().reshape(len(y), -1).cpu(), pred
     x, y = run.examples("test", n=n, seed=seed)
     model = run.pixel_model() if run.has_pixels else run.model
     pred = run.task.to_units(_forward(model, x)).cpu()
@@ -238,9 +259,9 @@ def task_sections(run_dir: Path, task: str, open_run: Any, device: str, max_exam
 
     parts: list[Markup] = []
     if task == "classify":
-        cm = read_confusion(run_dir / "confusion.csv")
-        if cm is not None:
-            parts.append(Markup("<h3>Confusion matrix (test split)</h3>") + confusion_html(*cm))
+        if (run_dir / "confusion.csv").is_file():
+            parts.append(Markup("<h3>Confusion matrix (test split)</h3>") + attempt(
+                "the confusion matrix", lambda: confusion_html(*read_confusion(run_dir / "confusion.csv"))))
         def worst() -> Markup:
             run = open_run()
             return worst_html(run, worst_examples(run, max_examples))

@@ -42,16 +42,26 @@ def _boot_id() -> str | None:
         return None
 
 
-def _process_start(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22), or
-    None where /proc cannot tell (no /proc, or no such process)."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3, the state, first), or None
+    where /proc cannot tell (no /proc, or no such process)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name (field 2) is in parentheses and may hold spaces: count fields after the last ')'
     try:
-        return int(stat[stat.rindex(")") + 2:].split()[19])
+        return stat[stat.rindex(")") + 2:].split()
+    except ValueError:
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot (/proc/<pid>/stat field 22), or
+    None where /proc cannot tell (no /proc, or no such process)."""
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19]) if fields else None
     except (ValueError, IndexError):
         return None
 
@@ -111,10 +121,38 @@ def marker_state(marker: dict[str, Any] | None) -> str:
         pass  # alive, another user's
     except OSError:
         return "dead"
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return "dead"  # a zombie: killed (-9) or ended, its parent has not reaped it yet; it runs no more
     start = _process_start(pid)
     if marker.get("proc_start") is not None and start is not None and start != marker["proc_start"]:
         return "dead"  # the pid was reused by another process
     return "running"
+
+
+def clean_summary(summary: Any) -> dict[str, Any] | None:
+    """A summary.json object with the keys the pages and the listing name things by made safe: an
+    edited or damaged file's ``headline`` that is not a string dropped, a ``task``, ``model``,
+    ``dataset`` or ``env`` that is not one written as text; None when it is not an object."""
+    if not isinstance(summary, dict):
+        return None
+    out = dict(summary)
+    for key in ("headline", "task", "model", "dataset", "env"):
+        if out.get(key) is not None and not isinstance(out[key], str):
+            out[key] = None if key == "headline" else json.dumps(out[key])
+    return out
+
+
+# The metric a task logs that no other task does (tasks/*.py), in the order they are tested.
+TASK_METRICS = (("episodic_return", "rl"), ("perplexity", "lm"), ("micro_f1", "multilabel"),
+                ("accuracy", "classify"), ("rmse", "regress"), ("r2", "regress"))
+
+
+def task_from_records(records: list[dict[str, Any]]) -> str:
+    """The task of a run whose config says data.task=auto and that has no summary.json yet (crashed,
+    running), from the metrics its last records log (metrics.jsonl); "" when they say nothing."""
+    logged = {k for r in records[-50:] for k in r}
+    return next((task for key, task in TASK_METRICS if key in logged), "")
 
 
 def run_status(finished: bool, marker: dict[str, Any] | None, resumable: bool) -> str:

@@ -198,7 +198,9 @@ def plot_metrics(records: list[dict[str, Any]], out_dir: Path, headline: str = "
         for rows, style, curve in ((train, "-", "train"), (test, "o-", "test")):
             rows = [r for r in rows if r.get(key) is not None]  # an interval of skipped steps has none
             if rows:
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], style, label=curve)
+                # a single point of a line is drawn as nothing: give it a marker (a run of fewer steps
+                # than log_every_steps logs its training loss once)
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], style if len(rows) > 1 else "o-", label=curve)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         if key == "loss" and all(r[key] > 0 for rows in (train, test) for r in rows if r.get(key) is not None):
