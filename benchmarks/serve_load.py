@@ -31,11 +31,14 @@ every good one answered with the right class.
 Before the servers, the forward alone: CPU milliseconds per forward at batch 1 and 32, in the
 default memory format and in channels_last (process time, one thread).
 
-Threads are pinned (torch.set_num_threads(--threads), default 1, in both servers) so that the
-comparison is not one of thread counts on a shared machine.
+Threads are pinned (torch.set_num_threads(--threads), default 1, in each server process) so that
+the comparison is not one of thread counts on a shared machine. Both servers may use every core:
+the per-request endpoint through FastAPI's thread pool (torch releases the GIL inside its ops), the
+batched one as `layerwise serve --workers N` (default one worker process per core on the CPU, each
+batching the requests of the connections it accepted; one process on a GPU).
 
     PYTHONPATH=src python benchmarks/serve_load.py [--run pretrained:mnist-convnet] [--requests 600]
-        [--concurrency 1,8,32] [--threads 1] [--max-batch 32] [--max-wait-ms 5] [--json OUT.json]
+        [--concurrency 1,8,32] [--threads 1] [--workers N] [--max-batch 32] [--max-wait-ms 5] [--json OUT.json]
 """
 
 # no `from __future__ import annotations`: FastAPI reads the baseline endpoint's annotation (a local class)
@@ -97,6 +100,11 @@ def _server_main(args: argparse.Namespace) -> None:
     import uvicorn
 
     torch.set_num_threads(args.threads)
+    if args.server == "batched" and args.workers > 1:  # `layerwise serve --workers N` itself
+        from layerwise.deploy.server import serve
+
+        return serve(args.run, "127.0.0.1", args.port, workers=args.workers, threads=args.threads, device=args.device,
+                     max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, log_level="warning")
     if args.server == "batched":
         from layerwise.deploy.server import create_app
 
@@ -118,9 +126,11 @@ class Server:
 
     def __init__(self, kind: str, args: argparse.Namespace, channels_last: bool = False):
         self.port = free_port()
+        self.workers = args.workers if kind == "batched" else 1
         cmd = [sys.executable, __file__, "--server", kind, "--port", str(self.port), "--run", args.run,
                "--threads", str(args.threads), "--device", args.device, "--max-batch", str(args.max_batch), "--max-wait-ms",
-               str(args.max_wait_ms), "--channels-last", "yes" if channels_last else "no"]
+               str(args.max_wait_ms), "--channels-last", "yes" if channels_last else "no",
+               "--workers", str(args.workers if kind == "batched" else 1)]
         env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
         self.proc = subprocess.Popen(cmd, env=env)
         deadline = time.time() + 120
@@ -137,9 +147,19 @@ class Server:
         raise RuntimeError(f"the {kind} server did not answer /health within 120 s")
 
     def cpu_seconds(self) -> float:
-        """user + system CPU seconds of the server process so far (/proc/PID/stat)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """user + system CPU seconds so far of the server process and its worker processes
+        (/proc/PID/stat of each process in the tree)."""
+        total, todo = 0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+                for task in Path(f"/proc/{pid}/task").iterdir():
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):  # a process that exited meanwhile
+                continue
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -272,7 +292,8 @@ def malformed(max_upload_mb: float) -> list[bytes]:
 def measure(server: "Server", kind: str, bodies: list, c: int, n: int) -> dict:
     """One load phase: ``n`` requests at concurrency ``c`` after a short warm-up."""
     asyncio.run(load(server.port, bodies[:max(2 * c, 20)], c))  # warm-up
-    h0 = _health(server) if kind == "batched" else None
+    # /health answers from one process: the mean batch is known with one worker only
+    h0 = _health(server) if kind == "batched" and server.workers == 1 else None
     cpu0 = server.cpu_seconds()
     r = asyncio.run(load(server.port, [bodies[i % len(bodies)] for i in range(n)], c))
     cpu = server.cpu_seconds() - cpu0
@@ -324,6 +345,10 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each server")
     p.add_argument("--device", default="cpu", help="the servers' device (cpu, cuda)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker processes of the batched server (layerwise serve --workers; default 0: one per CPU "
+                        "core on the CPU, as the per-request endpoint's thread pool runs forwards on every core; "
+                        "one on a GPU)")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--json", help="also write the results here")
@@ -332,6 +357,8 @@ def main() -> None:
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--channels-last", choices=("yes", "no"), default="no", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.workers < 1:
+        args.workers = 1 if args.device.startswith("cuda") else os.cpu_count() or 1
     if args.server:
         return _server_main(args)
 
@@ -343,6 +370,7 @@ def main() -> None:
     bodies = [(_request("POST", "/predict", json.dumps({"inputs": x[i].tolist(), "top_k": 1}).encode()), want[i])
               for i in range(len(x))]
     result = {"run": args.run, "requests": args.requests, "repeats": args.repeats, "threads": args.threads,
+              "workers": args.workers,
               "device": args.device, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
               "torch": torch.__version__, "cpus": os.cpu_count(), "runs": [], "exit_codes": []}
     result["forward"] = forward_costs(args.run, args.device)
