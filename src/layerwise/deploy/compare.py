@@ -188,14 +188,10 @@ def legend_html(runs: list[dict[str, Any]]) -> Markup:
 
 
 def run_state(path: Path, finished: bool) -> str:
-    """finished, running, unknown (another host's), resumable or crashed (serve/status.py)."""
-    from layerwise.deploy.status import MARKER, has_checkpoint, run_status
+    """finished, running, unknown (another host's), resumable or crashed (deploy/status.py)."""
+    from layerwise.deploy.status import dir_status
 
-    if finished:
-        return "finished"
-    marker = read_json(path / MARKER) if (path / MARKER).exists() else None
-    return run_status(False, marker if marker is not None or not (path / MARKER).exists() else {},
-                      has_checkpoint(path / "checkpoints"))
+    return dir_status(path, finished)[0]
 
 
 def build_compare(run_dirs: list[str | Path]) -> str:

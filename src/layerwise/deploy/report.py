@@ -322,13 +322,11 @@ def build_report(run_dir: str | Path, device: str = "cpu", data_root: str = "", 
 
 
 def unfinished_text(path: Path, command: str) -> str:
-    """What an unfinished run's page says it is (serve/status.py: running, another host's,
+    """What an unfinished run's page says it is (deploy/status.py: running, another host's,
     resumable or crashed) and what to do: wait, resume from its checkpoint, or train again."""
-    from layerwise.deploy.status import MARKER, has_checkpoint, run_status
+    from layerwise.deploy.status import dir_status
 
-    marker = read_json(path / MARKER) if (path / MARKER).exists() else None
-    state = run_status(False, marker if marker is not None or not (path / MARKER).exists() else {},
-                       has_checkpoint(path / "checkpoints"))
+    state, marker = dir_status(path, False)
     head = "Unfinished run: no summary.json; "
     if state == "running":
         return (head + f"it is still running (pid {marker.get('pid')}). This report shows what exists so far; the "

@@ -195,3 +195,19 @@ def has_checkpoint(checkpoints: str | Path) -> bool:
         except (OSError, ValueError):
             continue
     return False
+
+
+def dir_status(run_dir: str | Path, finished: bool) -> tuple[str, dict[str, Any] | None]:
+    """(status, running.json's contents or None) of a run directory, read from its files: finished
+    when ``finished`` (it has a summary), else from the marker and the checkpoints (a marker that
+    exists but cannot be read counts as a dead process's)."""
+    path = Path(run_dir)
+    if finished:
+        return "finished", None
+    exists = (path / MARKER).exists()
+    try:
+        marker = json.loads((path / MARKER).read_text()) if exists else None
+    except (OSError, ValueError):
+        marker = None
+    return run_status(False, marker if marker is not None or not exists else {},
+                      has_checkpoint(path / "checkpoints")), marker
