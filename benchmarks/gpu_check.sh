@@ -17,15 +17,25 @@
 #   mkdir -p .gpu-insight && cp -r <data>/mnist .gpu-insight/
 #   pip download --no-deps -d .gpu-insight/wheels captum==0.9.0
 #   bash benchmarks/gpu_check.sh .gpu-insight insight      # carry .gpu-insight (13 MB)
-# `insight` as the only job name runs just those; no job names run everything.
+# `insight` (or `deploy`: issue 19's report check, benchmarks/report_gpu.py) as the only names run
+# just those groups; no names run everything.
 set -uo pipefail
 DATA=${1:-.gpu-data}
 export OUT=${OUT:-/tmp/layerwise-gpu}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 benchmarks/gpu_check.py --data-root "$DATA" "${@:2}" 2>"$OUT/stderr.txt" | tee "$OUT/stdout.txt"
-if [ "$#" -le 1 ] || [[ " ${*:2} " == *" insight "* ]]; then
+# after DATA: job names of gpu_check.py (gpu_check.py --list), or the groups `insight` and `deploy`
+JOBS=() SETS=()
+for a in "${@:2}"; do
+  case "$a" in insight|deploy) SETS+=("$a") ;; *) JOBS+=("$a") ;; esac
+done
+ALL=$(( $# <= 1 ))
+: >"$OUT/stderr.txt"; : >"$OUT/stdout.txt"
+if [ "$ALL" = 1 ] || [ "${#JOBS[@]}" -gt 0 ]; then
+  python3 benchmarks/gpu_check.py --data-root "$DATA" ${JOBS[@]+--only "${JOBS[@]}"} 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
+fi
+if [ "$ALL" = 1 ] || [[ " ${SETS[*]-} " == *" insight "* ]]; then
   if ! python3 -c "import captum" 2>/dev/null && ls "$DATA"/wheels/captum-*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-deps --target "$OUT/pkgs" "$DATA"/wheels/captum-*.whl \
       && export PYTHONPATH=$PYTHONPATH:$OUT/pkgs
@@ -38,4 +48,8 @@ if [ "$#" -le 1 ] || [[ " ${*:2} " == *" insight "* ]]; then
     echo '{"check": "explain_gpu", "skipped": "Captum is not installed and no wheels/captum-*.whl under the data root"}' | tee -a "$OUT/stdout.txt"
   fi
   python3 benchmarks/attack_gpu.py --data-root "$DATA" --out "$OUT/attack_gpu.json" 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
+fi
+# issue 19: the end-of-run report of a CUDA run against the same report written on the CPU
+if [ "$ALL" = 1 ] || [[ " ${SETS[*]-} " == *" deploy "* ]]; then
+  python3 benchmarks/report_gpu.py --out "$OUT/report_gpu.json" 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
 fi
