@@ -161,7 +161,8 @@ def input_spec(model: torch.nn.Module, meta: dict[str, Any], info: Any) -> Input
             return (torch.stack([torch.randint(0, max(s, 1), (b,), generator=g) for s in sizes], 1),)
 
         return InputSpec("indices", model, ["indices"], [["batch", cols]], ["int64"], ({0: B},), indices, outputs)
-    if "molecules" in extra or name == "mpnn":
+    # a molecular graph batch (featurize=graph, an mpnn); fingerprints (featurize=ecfp) are a plain float vector
+    if name == "mpnn" or (extra.get("molecules") or {}).get("featurize") == "graph":
         f_atom, f_bond = int(in_shape[0]), int(in_shape[1]) if len(in_shape) > 1 else 0
         f_mol = int(in_shape[2]) if len(in_shape) > 2 else 0
         atoms, edges = torch.export.Dim("atoms", min=2), torch.export.Dim("edges", min=2)
@@ -188,6 +189,27 @@ def input_spec(model: torch.nn.Module, meta: dict[str, Any], info: Any) -> Input
     return InputSpec("float", model, ["input"], [["batch", *in_shape]], ["float32"], ({0: B},), floats, outputs)
 
 
+def _tokenize_rule(tok: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How text becomes the tokenizer's ids, spelled out for each kind (the tokenizer's own dict
+    holds only its vocabulary: the splitting, case and unknown-token rules live in layerwise's code)."""
+    from layerwise.data.tokenizers import WordTokenizer
+
+    kind = (tok or {}).get("kind")
+    if kind == "word":
+        return {"lowercase": True, "pattern": WordTokenizer.PATTERN.pattern, "unknown_id": 0,
+                "formula": "words = re.findall(pattern, text.lower()); id = 1 + words.index(word) in tokenizer.words, "
+                           "0 for a word not in it"}
+    if kind == "char":
+        return {"formula": "id = chars.index(character) for each character of the text (a character not in chars "
+                           "has no id: remove or replace it)"}
+    if kind == "byte":
+        return {"formula": "ids = the UTF-8 bytes of the text (0..255)"}
+    if kind == "bpe":
+        return {"formula": "ids = tokenizers.Tokenizer.from_str(tokenizer.json).encode(text, "
+                           "add_special_tokens=False).ids (Hugging Face tokenizers; byte-level BPE, no special tokens)"}
+    return None
+
+
 def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """How raw data becomes the model's inputs, for someone without layerwise."""
     if info is None:  # a reinforcement-learning agent: the environment's observations as they are
@@ -195,7 +217,8 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
                 "formula": "the environment's observation vector, float32, unscaled"}
     x = info.extra
     if spec.kind in ("token_ids", "text_ids"):
-        out = {"kind": spec.kind, "tokenizer": x.get("tokenizer"), "sequence_lengths": list(spec.lengths or ())}
+        out = {"kind": spec.kind, "tokenizer": x.get("tokenizer"), "tokenize": _tokenize_rule(x.get("tokenizer")),
+               "sequence_lengths": list(spec.lengths or ())}
         if spec.kind == "text_ids":
             t = x.get("text", {})
             out |= {"max_length": t.get("max_length"), "pad_id": t.get("pad_id", 0), "id_offset": t.get("id_offset", 1),
@@ -219,6 +242,9 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
         out |= {"raw": "log-mel features (1, n_mels, frames) of the recording", "audio": x["audio"]}
     elif "table" in x:
         out |= {"raw": "the row's columns encoded as table describes", "table": x["table"]}
+    elif "molecules" in x:  # a fingerprint vector (featurize=ecfp): bits, then the raw descriptors if any
+        out |= {"raw": "the molecule's ECFP bits (0/1; radius and bits in molecules.ecfp) followed by its raw "
+                       "descriptors (molecules.descriptors, in that order)", "molecules": x["molecules"]}
     elif "field" in x:
         out |= {"raw": "the field's values on the grid", "field": x["field"]}
     elif len(info.in_shape) == 3:  # an image: raw pixel values in [0, scale] (8-bit: 0..255), channels first
@@ -232,8 +258,13 @@ def _postprocessing(meta: dict[str, Any], info: Any, model: torch.nn.Module) -> 
     name = task.get("name") or (info.task if info is not None else "")
     if name in ("regress", "field") and "mean" in task:
         how = "exp(prediction * std + mean)" if task.get("transform") == "log" else "prediction * std + mean"
-        return {"task": name, "columns": task.get("columns"), "mean": task["mean"], "std": task["std"],
-                "formula": f"target in units = {how}, per column"}
+        out = {"task": name, "columns": task.get("columns"), "mean": task["mean"], "std": task["std"],
+               "formula": f"target in units = {how}, per column"}
+        if task.get("clip") and task.get("range"):  # task.clip_predictions: predict clamps to the training range
+            low, high = task["range"]
+            out |= {"low": low, "high": high,
+                    "formula": f"target in units = clip({how}, low, high), per column (the training targets' range)"}
+        return out
     if name == "lm":
         return {"task": "lm", "formula": "softmax(logits[:, -1]) is the next token's distribution"}
     if name == "rl":

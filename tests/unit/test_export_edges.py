@@ -1,0 +1,79 @@
+"""`layerwise export` edge cases found by trying it as a user: what the metadata must carry for a
+plain onnxruntime script to give `layerwise predict`'s answers, and inputs the exporter mishandled."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from layerwise.data.datasets import DatasetInfo
+from layerwise.data.tokenizers import WordTokenizer, tokenizer_from_dict
+from layerwise.models import create_model
+from layerwise.serve.export import export_metadata, export_run, input_spec, run_onnx
+from layerwise.train.run import save_model
+
+REGRESS = {"name": "regress", "columns": ["y"], "mean": [12.0], "std": [0.5], "loss": "mse", "transform": "log",
+           "clip": True, "range": [[15000.0], [500001.0]]}
+ECFP = {"featurize": "ecfp", "smiles_column": "smiles", "descriptors": [], "descriptor_mean": [],
+        "descriptor_std": [], "ecfp": [2, 16]}
+
+
+def _save(run: Path, model: torch.nn.Module, info: DatasetInfo, task: dict) -> Path:
+    run.mkdir(parents=True)
+    save_model(run / "model.safetensors", model, {"model": model.config, "task": task, "data": info.to_dict()})
+    return run
+
+
+def _props(model, info, task) -> dict:
+    meta = {"model": model.config, "task": task, "data": info.to_dict()}
+    return {k: json.loads(v) for k, v in export_metadata(meta, info, input_spec(model, meta, info), "0" * 64).items()}
+
+
+def test_a_clipped_regression_says_its_range_in_postprocessing():
+    """task.clip_predictions: predict clamps to the training targets' range, so the file must say so."""
+    info = DatasetInfo("csv", (3,), 1, ["y"], 1.0, [0.0] * 3, [1.0] * 3, task="regress", extra={})
+    post = _props(create_model("mlp", in_shape=(3,), num_classes=1, width=4), info, REGRESS)["postprocessing"]
+    assert post["low"] == [15000.0] and post["high"] == [500001.0] and "clip(" in post["formula"]
+    unclipped = _props(create_model("mlp", in_shape=(3,), num_classes=1, width=4), info,
+                       REGRESS | {"clip": False})["postprocessing"]
+    assert "low" not in unclipped and "clip" not in unclipped["formula"]
+
+
+def test_a_word_tokenizer_is_spelled_out_so_a_plain_script_gets_the_same_ids():
+    tok = WordTokenizer(["the", "film", "it's", ",", "."])
+    info = DatasetInfo("text-classes", (8,), 2, ["neg", "pos"], 1.0, [], [], extra={
+        "tokenizer": tok.to_dict(), "text": {"max_length": 8, "pad_id": 0, "id_offset": 1, "vocab_size": 6}})
+    model = create_model("text-transformer", in_shape=(8,), num_classes=2, n_layer=1, n_head=2, n_embd=8,
+                         vocab_size=7)
+    pre = _props(model, info, {"name": "classify"})["preprocessing"]
+    rule, words = pre["tokenize"], pre["tokenizer"]["words"]
+    text = "The FILM, it's Unknown."
+    ids = [words.index(w) + 1 if w in words else rule["unknown_id"] for w in re.findall(rule["pattern"], text.lower())]
+    assert ids == tokenizer_from_dict(pre["tokenizer"]).encode(text)
+    for kind in ({"kind": "char", "chars": "ab"}, {"kind": "byte"}):
+        info.extra["tokenizer"] = kind
+        assert "formula" in _props(model, info, {"name": "classify"})["preprocessing"]["tokenize"]
+
+
+def test_an_mlp_on_ecfp_fingerprints_exports_as_a_float_vector(tmp_path):
+    """featurize=ecfp gives a plain vector: only a graph batch (featurize=graph, an mpnn) takes six arrays."""
+    info = DatasetInfo("molecules", (16,), 1, ["logS"], 1.0, [0.0] * 16, [1.0] * 16, task="regress",
+                       extra={"molecules": ECFP, "targets": ["logS"]})
+    torch.manual_seed(0)
+    model = create_model("mlp", in_shape=(16,), num_classes=1, width=4).eval()
+    run = _save(tmp_path / "ecfp", model, info, REGRESS | {"columns": ["logS"], "clip": False})
+    result = export_run(run)
+    props = {k: json.loads(v) for k, v in result.metadata.items()}
+    assert props["inputs"] == [{"name": "input", "dtype": "float32", "shape": ["batch", 16]}]
+    assert props["preprocessing"]["molecules"]["ecfp"] == [2, 16]
+    x = torch.randint(0, 2, (3, 16)).float()
+    with torch.no_grad():
+        np.testing.assert_allclose(run_onnx(result.path, (x,))[0], model(x).numpy(), rtol=1e-3, atol=1e-5)
