@@ -77,3 +77,27 @@ def test_an_mlp_on_ecfp_fingerprints_exports_as_a_float_vector(tmp_path):
     x = torch.randint(0, 2, (3, 16)).float()
     with torch.no_grad():
         np.testing.assert_allclose(run_onnx(result.path, (x,))[0], model(x).numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_audio_features_are_spelled_out_so_numpy_alone_computes_them():
+    """The file's audio block names every step of the log-mel; this follows it with numpy only."""
+    from layerwise.data.audio import log_mel
+
+    a = {"sample_rate": 8000, "clip_seconds": 0.1, "n_mels": 8, "n_fft": 256, "hop": 80, "channel": "mean"}
+    info = DatasetInfo("fsdd", (1, 8, 11), 3, ["0", "1", "2"], 1.0, [-3.0], [2.0], extra={"audio": a})
+    model = create_model("mlp", in_shape=(1, 8, 11), num_classes=3, width=4)
+    pre = _props(model, info, {"name": "classify"})["preprocessing"]
+    f, a = pre["features"], pre["audio"]
+    assert {"samples", "resample", "length", "stft", "mel", "formula"} <= set(f)
+    sr, nfft, hop, M = a["sample_rate"], a["n_fft"], a["hop"], a["n_mels"]
+    x = np.random.default_rng(0).uniform(-1, 1, round(a["clip_seconds"] * sr))
+    xp, T = np.pad(x, nfft // 2, mode="reflect"), 1 + len(x) // hop
+    win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nfft) / nfft)
+    power = np.abs(np.fft.rfft(np.stack([xp[t * hop:t * hop + nfft] * win for t in range(T)]), axis=1)) ** 2
+    edges = 700 * (10 ** (np.linspace(0, 2595 * np.log10(1 + sr / 2 / 700), M + 2) / 2595) - 1)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    freqs = np.linspace(0, sr / 2, nfft // 2 + 1)
+    fb = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
+    raw = np.log(fb @ power.T + f["log_epsilon"])
+    want = log_mel(torch.tensor(x, dtype=torch.float64)[None], sr, M)[0].numpy()
+    np.testing.assert_allclose(raw, want, rtol=1e-6, atol=1e-6)

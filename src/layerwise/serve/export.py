@@ -189,6 +189,25 @@ def input_spec(model: torch.nn.Module, meta: dict[str, Any], info: Any) -> Input
     return InputSpec("float", model, ["input"], [["batch", *in_shape]], ["float32"], ({0: B},), floats, outputs)
 
 
+# how layerwise.data.audio turns a recording into the log-mel features the model reads (log_mel,
+# mel_filterbank, fix_length, resample): every step, so a script without layerwise computes the same
+_AUDIO_FEATURES = {
+    "samples": "16-bit PCM / 32768 (floats as they are), in [-1, 1]; several channels -> one as audio.channel says "
+               "(mean: their average, left: the first, right: the second)",
+    "resample": "to audio.sample_rate with scipy.signal.resample_poly(x, up, down, window=firwin(20 * max(up, down) "
+                "+ 1, 1 / max(up, down), window=('kaiser', 5.0))), up/down the rates' ratio in lowest terms",
+    "length": "the first round(clip_seconds * sample_rate) samples, zero-padded at the end when shorter",
+    "stft": "periodic Hann window of n_fft samples (0.5 - 0.5 cos(2 pi n / n_fft)), hop samples apart, centred "
+            "frames: the wave reflect-padded by n_fft // 2 at both ends; frames = 1 + samples // hop; power |X|^2 "
+            "of the n_fft // 2 + 1 rfft bins",
+    "mel": "n_mels triangular filters on the HTK mel scale (mel = 2595 log10(1 + hz / 700)), edges evenly spaced "
+           "in mel from 0 Hz to sample_rate / 2, each peaking at 1 (no area normalization), over the bins at "
+           "linspace(0, sample_rate / 2, n_fft // 2 + 1) Hz",
+    "formula": "raw = log(mel_filters @ power + 1e-6), shaped (1, n_mels, frames)",
+    "log_epsilon": 1e-6,
+}
+
+
 def _tokenize_rule(tok: dict[str, Any] | None) -> dict[str, Any] | None:
     """How text becomes the tokenizer's ids, spelled out for each kind (the tokenizer's own dict
     holds only its vocabulary: the splitting, case and unknown-token rules live in layerwise's code)."""
@@ -239,7 +258,8 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
     out = {"kind": "normalize", "scale": info.scale, "mean": info.mean, "std": info.std, "channel_axis": 1,
            "formula": "input = (raw / scale - mean[c]) / std[c], c along channel_axis (the feature axis of a table)"}
     if "audio" in x:  # what raw is: the recording's log-mel features, computed with these settings
-        out |= {"raw": "log-mel features (1, n_mels, frames) of the recording", "audio": x["audio"]}
+        out |= {"raw": "log-mel features (1, n_mels, frames) of the recording", "audio": x["audio"],
+                "features": _AUDIO_FEATURES}
     elif "table" in x:
         out |= {"raw": "the row's columns encoded as table describes", "table": x["table"]}
     elif "molecules" in x:  # a fingerprint vector (featurize=ecfp): bits, then the raw descriptors if any
