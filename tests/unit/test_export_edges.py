@@ -101,3 +101,12 @@ def test_audio_features_are_spelled_out_so_numpy_alone_computes_them():
     raw = np.log(fb @ power.T + f["log_epsilon"])
     want = log_mel(torch.tensor(x, dtype=torch.float64)[None], sr, M)[0].numpy()
     np.testing.assert_allclose(raw, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_gaussian_policy_says_its_actions_are_clipped_to_the_bounds():
+    """layerwise's rollouts clip a continuous action to the Box (rl.envs.to_env); the file must say so."""
+    from layerwise.serve.export import _postprocessing
+
+    model = create_model("actor-critic", in_shape=(3,), num_classes=1, width=4, policy="gaussian")
+    post = _postprocessing({"task": {"name": "rl", "env_id": "Pendulum-v1", "continuous": True}}, None, model)
+    assert "log_std" in post and "clipped to the environment's action bounds" in post["formula"]

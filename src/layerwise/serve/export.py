@@ -290,7 +290,8 @@ def _postprocessing(meta: dict[str, Any], info: Any, model: torch.nn.Module) -> 
     if name == "rl":
         log_std = getattr(model, "log_std", None)  # a Gaussian policy's state-independent log sigma
         return {"task": "rl", "formula": "the greedy action is argmax(logits)" if log_std is None
-                else "the action is action_mean (plus exp(log_std) * N(0, 1) noise when sampling)"} | (
+                else "the action is action_mean (plus exp(log_std) * N(0, 1) noise when sampling), then clipped to "
+                     "the environment's action bounds (action_space.low .. high), as layerwise's rollouts do"} | (
             {} if log_std is None else {"log_std": log_std.detach().cpu().tolist()})
     classes = list(info.classes) if info is not None else []
     return {"task": name or "classify", "classes": classes,
