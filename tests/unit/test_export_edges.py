@@ -110,3 +110,26 @@ def test_a_gaussian_policy_says_its_actions_are_clipped_to_the_bounds():
     model = create_model("actor-critic", in_shape=(3,), num_classes=1, width=4, policy="gaussian")
     post = _postprocessing({"task": {"name": "rl", "env_id": "Pendulum-v1", "continuous": True}}, None, model)
     assert "log_std" in post and "clipped to the environment's action bounds" in post["formula"]
+
+
+def _tiny_run(root: Path) -> Path:
+    info = DatasetInfo("csv", (3,), 2, ["a", "b"], 1.0, [0.0] * 3, [1.0] * 3, extra={})
+    torch.manual_seed(0)
+    return _save(root, create_model("mlp", in_shape=(3,), num_classes=2, width=4).eval(), info, {"name": "classify"})
+
+
+def test_an_out_named_for_the_other_format_is_refused_and_a_suffixless_pt2_replaces_itself(tmp_path):
+    """A pt2 archive written as x.onnx was misnamed for every reader, and the next export of the same
+    weights took it for someone else's file; a suffix-less pt2's check went through torch's warning."""
+    from layerwise.config import ConfigError
+
+    run = _tiny_run(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"ends in \.onnx but --format pt2 .* name it x\.pt2"):
+        export_run(run, "pt2", tmp_path / "x.onnx")
+    with pytest.raises(ConfigError, match=r"ends in \.pt2 but --format onnx"):
+        export_run(run, "onnx", tmp_path / "x.pt2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    out = tmp_path / "model-file"
+    export_run(run, "pt2", out)
+    export_run(run, "pt2", out)  # the same weights: replaced, not refused as an unrelated file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model-file", "run"]

@@ -398,7 +398,7 @@ def _existing_export_of(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        if path.suffix == ".pt2":
+        if zipfile.is_zipfile(path):  # a .pt2 archive, whatever its name (an ONNX file is a protobuf)
             with zipfile.ZipFile(path) as z:
                 names = [n for n in z.namelist() if n.endswith("extra/" + PT2_METADATA)]
                 props = json.loads(z.read(names[0])) if names else {}
@@ -485,6 +485,10 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
     out = Path(out) if out is not None else Path(default) if stem else weights.with_name(default)
     if out.is_dir():  # a folder: the default file name inside it
         out = out / default
+    other = {suffix: f for f, suffix in FORMATS.items() if f != format}
+    if out.suffix.lower() in other:  # a .pt2 archive named .onnx (or the reverse) fools every reader of it
+        raise ConfigError(f"--out '{out}' ends in {out.suffix} but --format {format} writes {_SHOWN[format]}; name "
+                          f"it {out.with_suffix(FORMATS[format]).name}, or give --format {other[out.suffix.lower()]}.")
     sha = _sha256(weights)
     earlier = _existing_export_of(out)
     if earlier is not None and earlier != sha and not force:
@@ -501,7 +505,8 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
                           f"NaN or Inf, so its weights are broken (a diverged run?) and there is nothing sound to "
                           f"export. Retrain it, or export an earlier run.")
     props = export_metadata(meta, info, spec, sha)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")  # torch.export.save wants the .pt2 suffix
+    # the format's own suffix whatever out's (torch.export.load refuses a .pt2 archive named otherwise)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}{FORMATS[format]}")
     try:
         _write(spec, format, tmp, props, name, given)
         try:
