@@ -133,3 +133,24 @@ def test_an_out_named_for_the_other_format_is_refused_and_a_suffixless_pt2_repla
     export_run(run, "pt2", out)
     export_run(run, "pt2", out)  # the same weights: replaced, not refused as an unrelated file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-file", "run"]
+
+
+def test_two_threads_exporting_at_once_both_succeed_and_leave_stdout_alone(tmp_path):
+    import sys
+    import threading
+
+    run, stdout, errors = _tiny_run(tmp_path / "run"), sys.stdout, []
+
+    def export(out):
+        try:
+            export_run(run, out=tmp_path / out)
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=export, args=(f"m{i}.onnx",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sys.stdout is stdout
+    assert (tmp_path / "m0.onnx").exists() and (tmp_path / "m1.onnx").exists()

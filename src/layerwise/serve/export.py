@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -444,6 +445,12 @@ def _load(source: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Any, Pat
     return model.eval(), meta, info, path / "model.safetensors" if path.is_dir() else path
 
 
+# one export at a time in a process: torch.export's tracer keeps global state, and _quiet swaps the
+# process-wide sys.stdout / sys.stderr, so two threads exporting at once both failed with a bogus
+# "cannot trace" reason and left sys.stdout pointing at a discarded buffer
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_run(source: str | Path, format: str = "onnx", out: str | Path | None = None,
                force: bool = False) -> ExportResult:
     """Export a run's model (a run directory, its model.safetensors, or pretrained:NAME) to
@@ -472,6 +479,13 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
         except ImportError as e:
             raise ConfigError(f"ONNX export needs onnx, onnxscript (PyTorch's exporter) and onnxruntime (the check), "
                               f"and {e.name} is not installed: pip install 'layerwise[export]'.") from None
+    with _EXPORT_LOCK:
+        return _export_run(source, format, out, force)
+
+
+def _export_run(source: str | Path, format: str, out: str | Path | None, force: bool) -> ExportResult:
+    from layerwise.config import ConfigError
+
     model, meta, info, weights = _load(source)
     name = _family(meta["model"])
     if name in NOT_EXPORTABLE and format == "onnx":
