@@ -154,3 +154,20 @@ def test_two_threads_exporting_at_once_both_succeed_and_leave_stdout_alone(tmp_p
         t.join()
     assert errors == [] and sys.stdout is stdout
     assert (tmp_path / "m0.onnx").exists() and (tmp_path / "m1.onnx").exists()
+
+
+def test_a_nan_in_an_embedding_row_no_sample_reaches_is_refused(tmp_path):
+    """The sample check only sees the rows its inputs hit: every weight is checked before exporting."""
+    from layerwise.serve.export import ExportError
+
+    info = DatasetInfo("text-classes", (8,), 2, ["neg", "pos"], 1.0, [], [], extra={
+        "tokenizer": {"kind": "char", "chars": "abc"}, "text": {"max_length": 8, "pad_id": 0, "id_offset": 1}})
+    torch.manual_seed(0)
+    model = create_model("ngram-bag", in_shape=(8,), num_classes=2, vocab_size=4, buckets=4096).eval()
+    name, weight = max(((n, p) for n, p in model.named_parameters() if p.dim() == 2), key=lambda t: t[1].shape[0])
+    with torch.no_grad():
+        weight[-1] = float("nan")
+    run = _save(tmp_path / "run", model, info, {"name": "classify"})
+    with pytest.raises(ExportError, match=rf"ngram-bag model .* NaN or Inf in 1 weight tensor\(s\) \({name}\)"):
+        export_run(run)
+    assert sorted(p.name for p in run.iterdir()) == ["model.safetensors"]

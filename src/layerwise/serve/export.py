@@ -511,6 +511,13 @@ def _export_run(source: str | Path, format: str, out: str | Path | None, force: 
                           f"--force to replace it.")
     if not out.parent.is_dir():
         raise ConfigError(f"the folder of --out '{out}' does not exist; create it or give another path.")
+    # every weight, not only those a sample input reaches: a NaN in one embedding row (a rare word, a
+    # user id) passes the sample check and then answers NaN for every input that holds it
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ExportError(f"the {name} model of '{given}' has NaN or Inf in {len(bad)} weight tensor(s) ({', '.join(bad[:3])}"
+                          f"{', ...' if len(bad) > 3 else ''}): its weights are broken (a diverged run?) and there is "
+                          f"nothing sound to export. Retrain it, or export an earlier run.")
     spec = input_spec(model, meta, info)
     with torch.no_grad():
         out_1 = spec.module(*spec.sample(1, torch.Generator().manual_seed(0)))
