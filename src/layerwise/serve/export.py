@@ -271,7 +271,28 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
     elif len(info.in_shape) == 3:  # an image: raw pixel values in [0, scale] (8-bit: 0..255), channels first
         out |= {"raw": f"pixels in [0, {info.scale:g}], channels first (N, C, H, W)", "raw_range": [0.0, info.scale]}
         out |= {k: x[k] for k in ("image_size", "resample") if k in x}
+        out["image"] = _image_rule(info)
     return out
+
+
+def _image_rule(info: Any) -> dict[str, Any]:
+    """How `layerwise predict` turns an image file into raw pixels (data.inputs.load_inputs and
+    imagefile.decode): the file's own size, colours and polarity are not the model's."""
+    from layerwise.data.inputs import LIGHT_ON_DARK
+
+    C, H, W = (int(d) for d in info.in_shape)
+    folder = info.name == "image-folder"
+    rule = {"width": W, "height": H, "mode": "L" if C == 1 else "RGB",
+            "resize": "Pillow's Image.resize((width, height), BILINEAR)" if folder else
+            "Pillow's Image.resize((width, height), BOX) when the image is at least that large in both "
+            "dimensions, BILINEAR otherwise",
+            "formula": f"PIL.ImageOps.exif_transpose(image).convert(mode), resized to {W}x{H} when it is another "
+                       f"size, as uint8 (H, W[, C]) moved channels first: raw in 0..255 (a 16-bit file: "
+                       f"pixel / 65535 * scale)"}
+    if C == 1 and info.name in LIGHT_ON_DARK:  # predict --invert auto: dark strokes on light paper flipped
+        rule["polarity"] = ("light strokes on a dark ground, as trained: an image whose mean is over half the "
+                            "range (dark on light) is inverted, raw = scale - raw")
+    return rule
 
 
 def _postprocessing(meta: dict[str, Any], info: Any, model: torch.nn.Module) -> dict[str, Any]:
