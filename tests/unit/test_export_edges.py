@@ -197,3 +197,36 @@ def test_an_image_file_becomes_predicts_raw_pixels_by_the_metadata_alone(tmp_pat
         raw = 255.0 - raw
     np.testing.assert_allclose(raw, load_inputs(tmp_path / "x.png", info)[0].numpy(), atol=1e-3)
     assert ("polarity" in rule) == (name == "mnist")
+
+
+def test_a_molecule_graph_is_featurized_by_the_metadata_alone():
+    """The file lists every atom and bond feature with its one-hot choices: following it gives the arrays."""
+    pytest.importorskip("rdkit")
+    from layerwise.data import molecules as mol
+
+    enc = {"featurize": "graph", "smiles_column": "smiles", "descriptors": [], "descriptor_mean": [],
+           "descriptor_std": [], "ecfp": [2, 2048]}
+    info = DatasetInfo("molecules", (mol.ATOM_FDIM, mol.BOND_FDIM), 1, ["logS"], 1.0, [], [], task="regress",
+                       extra={"molecules": enc, "targets": ["logS"]})
+    model = create_model("mpnn", in_shape=(mol.ATOM_FDIM, mol.BOND_FDIM), num_classes=1, hidden=4, depth=1,
+                         ffn_width=4)
+    rule = _props(model, info, REGRESS | {"clip": False})["preprocessing"]["rdkit"]
+
+    def follow(obj, specs):
+        env = {n: getattr(obj, n) for n in dir(obj) if n[:1].isupper()} | {"str": str, "float": float}
+        out = []
+        for s in specs:
+            if "one_hot" in s:
+                v, cs = eval(s["one_hot"], {}, env), s["choices"]  # noqa: S307 - the test's own metadata
+                out += [float(v == c) for c in cs] + [float(v not in cs)]
+            elif "flags" in s:
+                out += [float(str(obj.GetBondType()) == c) for c in s["choices"]]
+            else:
+                out.append(eval(s["value"], {}, env))  # noqa: S307
+        return out
+
+    m = mol.parse_smiles("C[C@H](N)C(=O)O/C=C/c1ccccc1[N+](=O)[O-]")
+    for a in m.GetAtoms():
+        assert follow(a, rule["atom"]) == pytest.approx(mol.atom_features(a))
+    for b in m.GetBonds():
+        assert follow(b, rule["bond"]) == pytest.approx(mol.bond_features(b))

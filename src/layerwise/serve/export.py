@@ -209,6 +209,42 @@ _AUDIO_FEATURES = {
 }
 
 
+def _molecule_rule(enc: dict[str, Any] | None) -> dict[str, Any]:
+    """How layerwise.data.molecules turns a SMILES string into the model's arrays (RDKit), spelled
+    out: the featurization's name alone leaves the one-hot vocabularies and their order unsaid."""
+    from layerwise.data import molecules as mol
+
+    enc = enc or {}
+    out: dict[str, Any] = {"parse": "rdkit.Chem.MolFromSmiles(smiles.strip()) (sanitized, implicit hydrogens)"}
+    if enc.get("descriptors"):
+        out["descriptors"] = ("RDKit's Crippen.MolLogP, Descriptors.MolWt, Lipinski.NumRotatableBonds, aromatic "
+                              "atoms / heavy atoms, rdMolDescriptors.CalcTPSA, Lipinski.NumHDonors, "
+                              "Lipinski.NumHAcceptors, Lipinski.HeavyAtomCount, rdMolDescriptors.CalcNumRings, "
+                              "rdMolDescriptors.CalcFractionCSP3, rdMolDescriptors.CalcNumAromaticRings, for the "
+                              "names in molecules.descriptors")
+    if enc.get("featurize") == "graph":
+        out |= {"one_hot": "a vector of len(choices) + 1 with a 1 at the value's position, or at the last slot "
+                           "('other') for a value not among the choices",
+                "atom": [{"one_hot": "GetAtomicNum()", "choices": list(mol._ELEMENTS)},
+                         {"one_hot": "GetDegree()", "choices": list(mol._DEGREES)},
+                         {"one_hot": "GetFormalCharge()", "choices": list(mol._CHARGES)},
+                         {"one_hot": "str(GetChiralTag())", "choices": list(mol._CHIRAL)},
+                         {"one_hot": "GetTotalNumHs()", "choices": list(mol._HS)},
+                         {"one_hot": "str(GetHybridization())", "choices": list(mol._HYBRID)},
+                         {"value": "float(GetIsAromatic())"}, {"value": "float(IsInRing())"},
+                         {"value": "GetMass() / 100"}],
+                "bond": [{"flags": "str(GetBondType()) == each of", "choices": list(mol._BOND_TYPES)},
+                         {"value": "float(GetIsConjugated())"}, {"value": "float(IsInRing())"},
+                         {"one_hot": "str(GetStereo())", "choices": list(mol._STEREO)}],
+                "edges": "each bond b = (i, j) of mol.GetBonds(), in order, gives the directed edges 2b: i -> j and "
+                         "2b + 1: j -> i, both with the bond's features; molecules concatenated, atom and edge "
+                         "indices offset by the atoms before them"}
+    else:
+        out["ecfp"] = ("rdFingerprintGenerator.GetMorganGenerator(radius=ecfp[0], fpSize=ecfp[1])"
+                       ".GetFingerprintAsNumPy(mol), as float")
+    return out
+
+
 def _tokenize_rule(tok: dict[str, Any] | None) -> dict[str, Any] | None:
     """How text becomes the tokenizer's ids, spelled out for each kind (the tokenizer's own dict
     holds only its vocabulary: the splitting, case and unknown-token rules live in layerwise's code)."""
@@ -252,7 +288,7 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
                            "position in ratings.user_ids / ratings.item_ids (0 = unknown); side features (age "
                            "bucket, gender, occupation 1-based in ratings.occupations, genre flags) 0 = unknown"}
     if spec.kind == "molecular_graph":
-        return {"kind": "molecular_graph", "featurization": x.get("molecules"),
+        return {"kind": "molecular_graph", "featurization": x.get("molecules"), "rdkit": _molecule_rule(x.get("molecules")),
                 "formula": "molecules concatenated: atom_x (atoms, F_a), bond_x (2 per bond, F_b), edge_index (2, E) "
                            "source/target atom of each directed bond, rev_index[e] = e ^ 1 (the same bond reversed), "
                            "graph_index (atoms,) the molecule of each atom, features (B, D) standardized descriptors"}
@@ -265,7 +301,8 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
         out |= {"raw": "the row's columns encoded as table describes", "table": x["table"]}
     elif "molecules" in x:  # a fingerprint vector (featurize=ecfp): bits, then the raw descriptors if any
         out |= {"raw": "the molecule's ECFP bits (0/1; radius and bits in molecules.ecfp) followed by its raw "
-                       "descriptors (molecules.descriptors, in that order)", "molecules": x["molecules"]}
+                       "descriptors (molecules.descriptors, in that order)", "molecules": x["molecules"],
+                "rdkit": _molecule_rule(x["molecules"])}
     elif "field" in x:
         out |= {"raw": "the field's values on the grid", "field": x["field"]}
     elif len(info.in_shape) == 3:  # an image: raw pixel values in [0, scale] (8-bit: 0..255), channels first
