@@ -230,3 +230,17 @@ def test_a_molecule_graph_is_featurized_by_the_metadata_alone():
         assert follow(a, rule["atom"]) == pytest.approx(mol.atom_features(a))
     for b in m.GetBonds():
         assert follow(b, rule["bond"]) == pytest.approx(mol.bond_features(b))
+
+
+def test_ratings_side_features_are_spelled_out():
+    """A neumf with side features: the file gives the age buckets' edges and the gender / genre codes."""
+    ratings = {"user_ids": [7], "item_ids": [1], "columns": ["user", "item", "age", "gender", "occupation"],
+               "occupations": ["artist", "doctor"]}
+    info = DatasetInfo("movielens", (5,), 1, ["rating"], 1.0, [], [], task="regress",
+                       extra={"inputs": "indices", "ratings": ratings})
+    model = create_model("neumf", in_shape=(5,), num_classes=1, num_users=2, num_items=2, dim=4, width=4, depth=1,
+                         feature_sizes=(8, 3, 3), n_user_features=3)
+    pre = _props(model, info, REGRESS | {"clip": False})["preprocessing"]
+    assert "gender 1 = F, 2 = M" in pre["formula"] and "genre_<name> = 1" in pre["formula"]
+    for age, want in ((17, 1), (18, 2), (30, 3), (56, 7), (80, 7)):  # MovieLens 1M's groups, as read_users
+        assert 1 + sum(e <= age for e in pre["age_edges"]) == want

@@ -283,10 +283,14 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
             out |= {"block_size": info.in_shape[0], "formula": "ids = the tokenizer's ids, at most block_size of them"}
         return out
     if spec.kind == "indices":
-        return {"kind": "indices", "ratings": x.get("ratings"),
+        from layerwise.data.ratings import AGE_BUCKETS
+
+        return {"kind": "indices", "ratings": x.get("ratings"), "age_edges": list(AGE_BUCKETS),
                 "formula": "one int64 column per name in ratings.columns: the user and item index is 1 + the id's "
-                           "position in ratings.user_ids / ratings.item_ids (0 = unknown); side features (age "
-                           "bucket, gender, occupation 1-based in ratings.occupations, genre flags) 0 = unknown"}
+                           "position in ratings.user_ids / ratings.item_ids (0 = unknown); side features, 0 = "
+                           "unknown: age = 1 + the number of age_edges <= the user's age (1..7), gender 1 = F, "
+                           "2 = M, occupation = 1 + its position in ratings.occupations; genre_<name> = 1 when the "
+                           "movie has that genre, else 0"}
     if spec.kind == "molecular_graph":
         return {"kind": "molecular_graph", "featurization": x.get("molecules"), "rdkit": _molecule_rule(x.get("molecules")),
                 "formula": "molecules concatenated: atom_x (atoms, F_a), bond_x (2 per bond, F_b), edge_index (2, E) "
