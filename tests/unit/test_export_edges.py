@@ -244,3 +244,15 @@ def test_ratings_side_features_are_spelled_out():
     assert "gender 1 = F, 2 = M" in pre["formula"] and "genre_<name> = 1" in pre["formula"]
     for age, want in ((17, 1), (18, 2), (30, 3), (56, 7), (80, 7)):  # MovieLens 1M's groups, as read_users
         assert 1 + sum(e <= age for e in pre["age_edges"]) == want
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "summary.json"])
+def test_force_never_replaces_the_runs_own_files(tmp_path, target):
+    from layerwise.config import ConfigError
+
+    run = _tiny_run(tmp_path / "run")
+    (run / "summary.json").write_text("{}")
+    before = (run / target).read_bytes()
+    with pytest.raises(ConfigError, match=rf"one of the files of the run being exported \({target}\)"):
+        export_run(run, out=run / target, force=True)
+    assert (run / target).read_bytes() == before

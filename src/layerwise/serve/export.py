@@ -567,6 +567,12 @@ def _export_run(source: str | Path, format: str, out: str | Path | None, force: 
                           f"it {out.with_suffix(FORMATS[format]).name}, or give --format {other[out.suffix.lower()]}.")
     sha = _sha256(weights)
     earlier = _existing_export_of(out)
+    if earlier is not None and (out.resolve() == weights.resolve() or (
+            earlier == "" and out.resolve().parent == weights.resolve().parent and out.suffix not in FORMATS.values())):
+        # --force replaces someone else's file, never the run's own weights, config or results
+        raise ConfigError(f"'{out}' is one of the files of the run being exported ({out.name}), which an export "
+                          f"never replaces, --force or not; it was left as it is. Give another --out PATH (e.g. "
+                          f"{out.with_suffix(FORMATS[format]).name}).")
     if earlier is not None and earlier != sha and not force:
         what = "an export of other weights" if earlier else "not a layerwise export"
         raise ConfigError(f"'{out}' exists and is {what}; it was left as it is. Give another --out PATH, or "
