@@ -256,3 +256,22 @@ def test_force_never_replaces_the_runs_own_files(tmp_path, target):
     with pytest.raises(ConfigError, match=rf"one of the files of the run being exported \({target}\)"):
         export_run(run, out=run / target, force=True)
     assert (run / target).read_bytes() == before
+
+
+def test_a_pt2_that_cannot_be_written_is_a_clean_error_naming_the_folder(tmp_path, monkeypatch, capsys):
+    """torch's .pt2 writer says 'open file failed' as a RuntimeError: it reached the user as a traceback."""
+    from layerwise.cli import main
+
+    run = _tiny_run(tmp_path / "run")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:747] . open file failed with strerror: "
+                           "Permission denied")
+
+    monkeypatch.setattr(torch.export, "save", refuse)
+    out = tmp_path / "ro"
+    out.mkdir()
+    assert main(["export", str(run), "--format", "pt2", "--out", str(out / "m.pt2")]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot use '{out}'" in err and "Permission denied" in err and "Traceback" not in err
+    assert list(out.iterdir()) == []

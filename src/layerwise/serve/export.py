@@ -19,6 +19,7 @@ leaves a half-written file, and never replaces an earlier one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -632,13 +633,19 @@ def _write(spec: InputSpec, fmt: str, path: Path, props: dict[str, str], name: s
                           f"Its forward has a step the exporter cannot trace with a dynamic batch (typically a "
                           f"shape or a branch that depends on the input's values); serve it with PyTorch "
                           f"(`layerwise predict`) instead.") from None
-    # writing is outside the try: a full disk or a read-only folder is an OSError, not the model's fault
-    with _quiet():
-        if fmt == "onnx":
-            prog.model.metadata_props.update(props)
-            prog.save(str(path))
-        else:
-            torch.export.save(prog, str(path), extra_files={PT2_METADATA: json.dumps(props)})
+    # a full disk or a read-only folder is an OSError naming the folder, not the model's fault (torch's
+    # .pt2 writer reports a failed open as a RuntimeError, which reached the user as a traceback)
+    try:
+        with _quiet():
+            if fmt == "onnx":
+                prog.model.metadata_props.update(props)
+                prog.save(str(path))
+            else:
+                torch.export.save(prog, str(path), extra_files={PT2_METADATA: json.dumps(props)})
+    except (OSError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _short_reason(e)
+        raise OSError(getattr(e, "errno", None) or errno.EIO, f"the export could not be written there ({reason})",
+                      str(path.parent)) from None
 
 
 def describe(result: ExportResult) -> str:
