@@ -275,3 +275,14 @@ def test_a_pt2_that_cannot_be_written_is_a_clean_error_naming_the_folder(tmp_pat
     err = capsys.readouterr().err
     assert f"cannot use '{out}'" in err and "Permission denied" in err and "Traceback" not in err
     assert list(out.iterdir()) == []
+
+
+def test_an_out_ending_in_a_slash_is_a_folder_even_when_missing(tmp_path):
+    from layerwise.config import ConfigError
+
+    run = _tiny_run(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"names a folder .* that does not exist"):
+        export_run(run, out=f"{tmp_path}/exports/")
+    assert not (tmp_path / "exports").exists()
+    (tmp_path / "exports").mkdir()
+    assert export_run(run, out=f"{tmp_path}/exports/").path == tmp_path / "exports" / "model.onnx"

@@ -559,6 +559,10 @@ def _export_run(source: str | Path, format: str, out: str | Path | None, force: 
 
     stem = given[len(PREFIX):] if given.startswith(PREFIX) else None
     default = f"{stem or 'model'}{FORMATS[format]}"
+    if out is not None and str(out).endswith(("/", os.sep)) and not Path(out).is_dir():
+        # Path drops the slash: 'exports/' would have become a file called exports
+        raise ConfigError(f"--out '{out}' names a folder (it ends in '/') that does not exist; create it or give "
+                          f"another path.")
     out = Path(out) if out is not None else Path(default) if stem else weights.with_name(default)
     if out.is_dir():  # a folder: the default file name inside it
         out = out / default
