@@ -286,3 +286,10 @@ def test_an_out_ending_in_a_slash_is_a_folder_even_when_missing(tmp_path):
     assert not (tmp_path / "exports").exists()
     (tmp_path / "exports").mkdir()
     assert export_run(run, out=f"{tmp_path}/exports/").path == tmp_path / "exports" / "model.onnx"
+
+
+def test_a_language_models_file_says_which_end_of_a_long_context_to_keep():
+    info = DatasetInfo("shakespeare", (8,), 5, [], 1.0, [], [], task="lm", extra={"tokenizer": {"kind": "byte"}})
+    model = create_model("gpt", in_shape=(8,), num_classes=5, n_layer=1, n_head=2, n_embd=8, vocab_size=5)
+    formula = _props(model, info, {"name": "lm"})["preprocessing"]["formula"]
+    assert "last block_size" in formula and "no padding" in formula

@@ -281,7 +281,9 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
             out |= {"max_length": t.get("max_length"), "pad_id": t.get("pad_id", 0), "id_offset": t.get("id_offset", 1),
                     "formula": "ids = tokenizer ids + id_offset, cut to max_length, right-padded with pad_id (0)"}
         else:
-            out |= {"block_size": info.in_shape[0], "formula": "ids = the tokenizer's ids, at most block_size of them"}
+            out |= {"block_size": info.in_shape[0],
+                    "formula": "ids = the tokenizer's ids; a longer context keeps its last block_size (as layerwise "
+                               "generate does); no padding id: the sequences of a batch have one length"}
         return out
     if spec.kind == "indices":
         from layerwise.data.ratings import AGE_BUCKETS
