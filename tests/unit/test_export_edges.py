@@ -293,3 +293,23 @@ def test_a_language_models_file_says_which_end_of_a_long_context_to_keep():
     model = create_model("gpt", in_shape=(8,), num_classes=5, n_layer=1, n_head=2, n_embd=8, vocab_size=5)
     formula = _props(model, info, {"name": "lm"})["preprocessing"]["formula"]
     assert "last block_size" in formula and "no padding" in formula
+
+
+def test_a_file_written_at_out_while_exporting_is_not_replaced(tmp_path, monkeypatch):
+    """Two exports of different weights to one new path, or someone's file appearing there: the file
+    at --out was judged before the (seconds long) export, so it is judged again before the rename."""
+    import layerwise.serve.export as ex
+    from layerwise.config import ConfigError
+
+    run, out = _tiny_run(tmp_path / "run"), tmp_path / "m.onnx"
+    real = ex.check_export
+
+    def meanwhile(*args, **kwargs):
+        out.write_text("someone else's file")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "check_export", meanwhile)
+    with pytest.raises(ConfigError, match="written by something else while this export ran"):
+        export_run(run, out=out)
+    assert out.read_text() == "someone else's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "run"]

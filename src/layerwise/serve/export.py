@@ -611,10 +611,33 @@ def _export_run(source: str | Path, format: str, out: str | Path | None, force: 
             # e.g. a size the tracer froze (a Python int taken from a shape) or a data-dependent shape
             raise ExportError(f"the {name} model of '{given}' cannot be exported to {_SHOWN[format]}: {e} Serve "
                               f"it with PyTorch (`layerwise predict`) instead.") from None
-        os.replace(tmp, out)
+        _place(tmp, out, sha, force, earlier)
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(out, out.stat().st_size, format, diff, name, props)
+
+
+def _place(tmp: Path, out: Path, sha: str, force: bool, earlier: str | None) -> None:
+    """Rename the checked ``tmp`` to ``out``. The file at ``out`` was judged before the export, which
+    takes seconds: another process may have written it since (another export, someone's file). So
+    a new file is created only if still absent (a hard link fails on an existing name), and an
+    existing one is judged again right before it is replaced."""
+    from layerwise.config import ConfigError
+
+    if earlier is None and not force:
+        try:
+            os.link(tmp, out)
+            return
+        except FileExistsError:
+            pass  # written meanwhile: judge it as any existing file
+        except OSError:  # a file system without hard links: the check just below, then a rename
+            pass
+    now = _existing_export_of(out)
+    if now is not None and now != sha and not force:
+        what = "an export of other weights" if now else "not a layerwise export"
+        raise ConfigError(f"'{out}' was written by something else while this export ran and is {what}; it was "
+                          f"left as it is. Give another --out PATH, or --force to replace it.")
+    os.replace(tmp, out)
 
 
 def _write(spec: InputSpec, fmt: str, path: Path, props: dict[str, str], name: str, source: str) -> None:
