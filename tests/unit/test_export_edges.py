@@ -313,3 +313,28 @@ def test_a_file_written_at_out_while_exporting_is_not_replaced(tmp_path, monkeyp
         export_run(run, out=out)
     assert out.read_text() == "someone else's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "run"]
+
+
+def test_a_table_rows_encoding_is_spelled_out():
+    """Log columns, imputed medians (in log space), an empty and an unseen category, indicators."""
+    from layerwise.data.tabular import encode_rows
+
+    table = {"columns": ["rooms", "kind"], "numeric": ["rooms"], "medians": {"rooms": 2.0}, "indicators": ["rooms"],
+             "categories": {"kind": ["<missing>", "a", "b"]}, "missing": "impute", "decimal": ".", "thousands": "",
+             "log": ["rooms"], "features": ["rooms", "kind=<missing>", "kind=a", "kind=b", "rooms_missing"]}
+    info = DatasetInfo("csv", (5,), 1, ["y"], 1.0, [0.0] * 5, [1.0] * 5, task="regress", extra={"table": table})
+    pre = _props(create_model("mlp", in_shape=(5,), num_classes=1, width=4), info,
+                 REGRESS | {"clip": False})["preprocessing"]
+    t, rule = pre["table"], pre["encode"]
+    empty = re.search(r"an empty cell is the category '([^']*)'", rule).group(1)
+    rows = [{"rooms": "3", "kind": "a"}, {"rooms": "", "kind": ""}, {"rooms": "1", "kind": "zzz"}]
+
+    def follow(r):
+        v = r["rooms"]
+        num = t["medians"]["rooms"] if v == "" else float(np.log1p(float(v)))
+        kind = r["kind"] or empty
+        return [num] + [float(kind == c) for c in t["categories"]["kind"]] + [float(v == "")]
+
+    with pytest.warns(UserWarning):
+        want = encode_rows(rows, info.extra)
+    np.testing.assert_allclose(np.array([follow(r) for r in rows]), want, rtol=1e-6)

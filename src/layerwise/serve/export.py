@@ -305,7 +305,15 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
         out |= {"raw": "log-mel features (1, n_mels, frames) of the recording", "audio": x["audio"],
                 "features": _AUDIO_FEATURES}
     elif "table" in x:
-        out |= {"raw": "the row's columns encoded as table describes", "table": x["table"]}
+        from layerwise.data.tabular import MISSING_CATEGORY
+
+        out |= {"raw": "the row's columns encoded as table describes", "table": x["table"],
+                "encode": "features in table.features order: each numeric column its number (table.decimal / "
+                          "table.thousands separators), log(1 + x) for a column in table.log, a missing cell "
+                          "table.medians[column] (for a log column already in log space; only with table.missing "
+                          "= impute); each text column one-hot over table.categories[column] in that order (an "
+                          f"empty cell is the category {MISSING_CATEGORY!r}, a value never seen in training all "
+                          "zeros); then, for each column in table.indicators, 1 if its cell was missing else 0"}
     elif "molecules" in x:  # a fingerprint vector (featurize=ecfp): bits, then the raw descriptors if any
         out |= {"raw": "the molecule's ECFP bits (0/1; radius and bits in molecules.ecfp) followed by its raw "
                        "descriptors (molecules.descriptors, in that order)", "molecules": x["molecules"],
