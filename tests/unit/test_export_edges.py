@@ -338,3 +338,33 @@ def test_a_table_rows_encoding_is_spelled_out():
     with pytest.warns(UserWarning):
         want = encode_rows(rows, info.extra)
     np.testing.assert_allclose(np.array([follow(r) for r in rows]), want, rtol=1e-6)
+
+
+class _Svd(torch.nn.Module):  # traces fine; ONNX has no SVD
+    def forward(self, x):
+        return torch.linalg.svd(x.reshape(x.shape[0], 1, -1))[1]
+
+
+class _StftRoundTrip(torch.nn.Module):  # the exporter writes a graph onnxruntime refuses to load
+    def forward(self, x):
+        w = torch.ones(4)
+        return torch.istft(torch.stft(x.repeat(1, 3), 4, window=w, return_complex=True), 4, window=w)[:, :2]
+
+
+@pytest.mark.parametrize("module,reason", [
+    (_Svd, r"No ONNX function found .* has no translation for; export it with --format pt2"),
+    (_StftRoundTrip, r"onnxruntime rejects the exported graph \(.*INVALID_GRAPH.*the file failed.*\): the exporter"),
+])
+def test_an_export_failure_gives_its_own_reason_not_a_frozen_dimension(tmp_path, monkeypatch, module, reason):
+    """An operator without an ONNX translation, or a graph onnxruntime cannot load, was blamed on a
+    shape the tracer froze; the hidden temporary file's path is not shown."""
+    import layerwise.serve.export as ex
+    from layerwise.serve.export import ExportError
+
+    run = _tiny_run(tmp_path / "run")
+    real = ex.input_spec
+    monkeypatch.setattr(ex, "input_spec", lambda model, meta, info: real(module(), meta, info))
+    with pytest.raises(ExportError, match=reason) as e:
+        export_run(run)
+    assert "dynamic" not in str(e.value) and ".tmp" not in str(e.value)
+    assert sorted(p.name for p in run.iterdir()) == ["model.safetensors"]

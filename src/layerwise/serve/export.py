@@ -440,6 +440,15 @@ def check_export(path: Path, fmt: str, spec: InputSpec, batch: int = CHECK_BATCH
         raise ExportError(f"the model's own outputs hold NaN or Inf on a sample batch of {batch}: its weights are "
                           f"broken (a diverged run?), so there is nothing sound to export. Retrain it, or export "
                           f"an earlier run.")
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        try:
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own kinds (InvalidGraph, Fail, ...)
+            raise ExportError(f"onnxruntime rejects the exported graph ({_short_reason(e).replace(str(path), 'the file')}"
+                              f"): the exporter wrote operators or types it cannot run, so the file was not kept. "
+                              f"--format pt2 may export it.") from None
     try:
         got = run_onnx(path, inputs) if fmt == "onnx" else _run_pt2(path, inputs)
     except Exception as e:  # onnxruntime's InvalidArgument, torch's guard failures: a dimension was frozen
@@ -666,10 +675,16 @@ def _write(spec: InputSpec, fmt: str, path: Path, props: dict[str, str], name: s
             else:
                 prog = torch.export.export(spec.module, args, dynamic_shapes=spec.dynamic)
     except Exception as e:  # the exporters raise many kinds (UserError, ConversionError, ...)
-        raise ExportError(f"the {name} model of '{source}' cannot be exported to {_SHOWN[fmt]}: {_short_reason(e)}. "
-                          f"Its forward has a step the exporter cannot trace with a dynamic batch (typically a "
-                          f"shape or a branch that depends on the input's values); serve it with PyTorch "
-                          f"(`layerwise predict`) instead.") from None
+        reason = _short_reason(e)
+        if reason.startswith("No ONNX function found"):  # traced fine: an operator ONNX has no translation for
+            why = ("Its forward uses an operator that PyTorch's ONNX exporter has no translation for; export it "
+                   "with --format pt2 (a torch.export program) or serve it with PyTorch (`layerwise predict`).")
+        else:
+            why = ("Its forward has a step the exporter cannot trace with a dynamic batch (typically a shape or a "
+                   "branch that depends on the input's values); serve it with PyTorch (`layerwise predict`) "
+                   "instead.")
+        raise ExportError(f"the {name} model of '{source}' cannot be exported to {_SHOWN[fmt]}: {reason}. "
+                          f"{why}") from None
     # a full disk or a read-only folder is an OSError naming the folder, not the model's fault (torch's
     # .pt2 writer reports a failed open as a RuntimeError, which reached the user as a traceback)
     try:
