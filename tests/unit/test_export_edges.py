@@ -368,3 +368,11 @@ def test_an_export_failure_gives_its_own_reason_not_a_frozen_dimension(tmp_path,
         export_run(run)
     assert "dynamic" not in str(e.value) and ".tmp" not in str(e.value)
     assert sorted(p.name for p in run.iterdir()) == ["model.safetensors"]
+
+
+def test_a_multilabel_models_file_carries_its_decision_threshold():
+    """predict names the labels at or over the saved task.threshold (not always 0.5)."""
+    info = DatasetInfo("csv", (3,), 2, ["x", "y"], 1.0, [0.0] * 3, [1.0] * 3, task="multilabel", extra={})
+    model = create_model("mlp", in_shape=(3,), num_classes=2, width=4)
+    post = _props(model, info, {"name": "multilabel", "threshold": 0.3})["postprocessing"]
+    assert post["threshold"] == 0.3 and "sigmoid >= threshold" in post["formula"] and post["classes"] == ["x", "y"]

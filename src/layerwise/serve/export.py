@@ -368,8 +368,11 @@ def _postprocessing(meta: dict[str, Any], info: Any, model: torch.nn.Module) -> 
                      "the environment's action bounds (action_space.low .. high), as layerwise's rollouts do"} | (
             {} if log_std is None else {"log_std": log_std.detach().cpu().tolist()})
     classes = list(info.classes) if info is not None else []
-    return {"task": name or "classify", "classes": classes,
-            "formula": "sigmoid(logits) per label" if name == "multilabel" else "argmax(logits) indexes classes"}
+    if name == "multilabel":  # predict names the labels whose probability reaches the saved threshold
+        threshold = float(task.get("threshold", 0.5))
+        return {"task": name, "classes": classes, "threshold": threshold,
+                "formula": "sigmoid(logits) per label; the predicted labels are those with sigmoid >= threshold"}
+    return {"task": name or "classify", "classes": classes, "formula": "argmax(logits) indexes classes"}
 
 
 def export_metadata(meta: dict[str, Any], info: Any, spec: InputSpec, weights_sha256: str) -> dict[str, str]:
