@@ -174,17 +174,19 @@ def test_a_nan_in_an_embedding_row_no_sample_reaches_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("name,C,size", [("cifar10", 3, (40, 50)), ("cifar10", 3, (20, 10)), ("mnist", 1, (56, 56)),
-                                         ("image-folder", 3, (40, 50))])
+                                         ("image-folder", 3, (40, 50)), ("digits", 1, (16, 16))])
 def test_an_image_file_becomes_predicts_raw_pixels_by_the_metadata_alone(tmp_path, name, C, size):
     """A photo of another size (and MNIST's polarity): the file says how predict resizes and flips it."""
     from PIL import Image, ImageOps
 
     from layerwise.data.inputs import load_inputs
 
-    H = W = 28 if C == 1 else 32
-    info = DatasetInfo(name, (C, H, W), 3, ["a", "b", "c"], 255.0, [0.5] * C, [0.25] * C, extra={})
+    H = W = {"digits": 8, "mnist": 28}.get(name, 32)
+    scale = 16.0 if name == "digits" else 255.0  # sklearn's digits: 0..16
+    info = DatasetInfo(name, (C, H, W), 3, ["a", "b", "c"], scale, [0.5] * C, [0.25] * C, extra={})
     model = create_model("mlp", in_shape=(C, H, W), num_classes=3, width=4)
-    rule = _props(model, info, {"name": "classify"})["preprocessing"]["image"]
+    pre = _props(model, info, {"name": "classify"})["preprocessing"]
+    rule = pre["image"]
     rng = np.random.default_rng(0)
     pixels = rng.integers(150, 256, (size[1], size[0], 3), dtype=np.uint8)  # light: MNIST's gets inverted
     Image.fromarray(pixels).save(tmp_path / "x.png")
@@ -192,11 +194,12 @@ def test_an_image_file_becomes_predicts_raw_pixels_by_the_metadata_alone(tmp_pat
     big = im.size[0] >= rule["width"] and im.size[1] >= rule["height"]
     how = Image.BOX if "BOX" in rule["resize"] and big else Image.BILINEAR
     a = np.asarray(im.resize((rule["width"], rule["height"]), how), np.float64)
-    raw = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    if "polarity" in rule and raw.mean() > 255 / 2:
-        raw = 255.0 - raw
+    assert "raw = pixel / 255 * scale" in rule["formula"]
+    raw = (a[None] if a.ndim == 2 else a.transpose(2, 0, 1)) / 255 * pre["scale"]
+    if "polarity" in rule and raw.mean() > pre["scale"] / 2:
+        raw = pre["scale"] - raw
     np.testing.assert_allclose(raw, load_inputs(tmp_path / "x.png", info)[0].numpy(), atol=1e-3)
-    assert ("polarity" in rule) == (name == "mnist")
+    assert ("polarity" in rule) == (name in ("mnist", "digits"))
 
 
 def test_a_molecule_graph_is_featurized_by_the_metadata_alone():

@@ -339,8 +339,8 @@ def _image_rule(info: Any) -> dict[str, Any]:
             "Pillow's Image.resize((width, height), BOX) when the image is at least that large in both "
             "dimensions, BILINEAR otherwise",
             "formula": f"PIL.ImageOps.exif_transpose(image).convert(mode), resized to {W}x{H} when it is another "
-                       f"size, as uint8 (H, W[, C]) moved channels first: raw in 0..255 (a 16-bit file: "
-                       f"pixel / 65535 * scale)"}
+                       f"size, as uint8 (H, W[, C]) moved channels first: raw = pixel / 255 * scale (a 16-bit "
+                       f"file: pixel / 65535 * scale)"}
     if C == 1 and info.name in LIGHT_ON_DARK:  # predict --invert auto: dark strokes on light paper flipped
         rule["polarity"] = ("light strokes on a dark ground, as trained: an image whose mean is over half the "
                             "range (dark on light) is inverted, raw = scale - raw")
