@@ -19,10 +19,12 @@ leaves a half-written file, and never replaces an earlier one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -161,7 +163,8 @@ def input_spec(model: torch.nn.Module, meta: dict[str, Any], info: Any) -> Input
             return (torch.stack([torch.randint(0, max(s, 1), (b,), generator=g) for s in sizes], 1),)
 
         return InputSpec("indices", model, ["indices"], [["batch", cols]], ["int64"], ({0: B},), indices, outputs)
-    if "molecules" in extra or name == "mpnn":
+    # a molecular graph batch (featurize=graph, an mpnn); fingerprints (featurize=ecfp) are a plain float vector
+    if name == "mpnn" or (extra.get("molecules") or {}).get("featurize") == "graph":
         f_atom, f_bond = int(in_shape[0]), int(in_shape[1]) if len(in_shape) > 1 else 0
         f_mol = int(in_shape[2]) if len(in_shape) > 2 else 0
         atoms, edges = torch.export.Dim("atoms", min=2), torch.export.Dim("edges", min=2)
@@ -188,6 +191,82 @@ def input_spec(model: torch.nn.Module, meta: dict[str, Any], info: Any) -> Input
     return InputSpec("float", model, ["input"], [["batch", *in_shape]], ["float32"], ({0: B},), floats, outputs)
 
 
+# how layerwise.data.audio turns a recording into the log-mel features the model reads (log_mel,
+# mel_filterbank, fix_length, resample): every step, so a script without layerwise computes the same
+_AUDIO_FEATURES = {
+    "samples": "16-bit PCM / 32768 (floats as they are), in [-1, 1]; several channels -> one as audio.channel says "
+               "(mean: their average, left: the first, right: the second)",
+    "resample": "to audio.sample_rate with scipy.signal.resample_poly(x, up, down, window=firwin(20 * max(up, down) "
+                "+ 1, 1 / max(up, down), window=('kaiser', 5.0))), up/down the rates' ratio in lowest terms",
+    "length": "the first round(clip_seconds * sample_rate) samples, zero-padded at the end when shorter",
+    "stft": "periodic Hann window of n_fft samples (0.5 - 0.5 cos(2 pi n / n_fft)), hop samples apart, centred "
+            "frames: the wave reflect-padded by n_fft // 2 at both ends; frames = 1 + samples // hop; power |X|^2 "
+            "of the n_fft // 2 + 1 rfft bins",
+    "mel": "n_mels triangular filters on the HTK mel scale (mel = 2595 log10(1 + hz / 700)), edges evenly spaced "
+           "in mel from 0 Hz to sample_rate / 2, each peaking at 1 (no area normalization), over the bins at "
+           "linspace(0, sample_rate / 2, n_fft // 2 + 1) Hz",
+    "formula": "raw = log(mel_filters @ power + 1e-6), shaped (1, n_mels, frames)",
+    "log_epsilon": 1e-6,
+}
+
+
+def _molecule_rule(enc: dict[str, Any] | None) -> dict[str, Any]:
+    """How layerwise.data.molecules turns a SMILES string into the model's arrays (RDKit), spelled
+    out: the featurization's name alone leaves the one-hot vocabularies and their order unsaid."""
+    from layerwise.data import molecules as mol
+
+    enc = enc or {}
+    out: dict[str, Any] = {"parse": "rdkit.Chem.MolFromSmiles(smiles.strip()) (sanitized, implicit hydrogens)"}
+    if enc.get("descriptors"):
+        out["descriptors"] = ("RDKit's Crippen.MolLogP, Descriptors.MolWt, Lipinski.NumRotatableBonds, aromatic "
+                              "atoms / heavy atoms, rdMolDescriptors.CalcTPSA, Lipinski.NumHDonors, "
+                              "Lipinski.NumHAcceptors, Lipinski.HeavyAtomCount, rdMolDescriptors.CalcNumRings, "
+                              "rdMolDescriptors.CalcFractionCSP3, rdMolDescriptors.CalcNumAromaticRings, for the "
+                              "names in molecules.descriptors")
+    if enc.get("featurize") == "graph":
+        out |= {"one_hot": "a vector of len(choices) + 1 with a 1 at the value's position, or at the last slot "
+                           "('other') for a value not among the choices",
+                "atom": [{"one_hot": "GetAtomicNum()", "choices": list(mol._ELEMENTS)},
+                         {"one_hot": "GetDegree()", "choices": list(mol._DEGREES)},
+                         {"one_hot": "GetFormalCharge()", "choices": list(mol._CHARGES)},
+                         {"one_hot": "str(GetChiralTag())", "choices": list(mol._CHIRAL)},
+                         {"one_hot": "GetTotalNumHs()", "choices": list(mol._HS)},
+                         {"one_hot": "str(GetHybridization())", "choices": list(mol._HYBRID)},
+                         {"value": "float(GetIsAromatic())"}, {"value": "float(IsInRing())"},
+                         {"value": "GetMass() / 100"}],
+                "bond": [{"flags": "str(GetBondType()) == each of", "choices": list(mol._BOND_TYPES)},
+                         {"value": "float(GetIsConjugated())"}, {"value": "float(IsInRing())"},
+                         {"one_hot": "str(GetStereo())", "choices": list(mol._STEREO)}],
+                "edges": "each bond b = (i, j) of mol.GetBonds(), in order, gives the directed edges 2b: i -> j and "
+                         "2b + 1: j -> i, both with the bond's features; molecules concatenated, atom and edge "
+                         "indices offset by the atoms before them"}
+    else:
+        out["ecfp"] = ("rdFingerprintGenerator.GetMorganGenerator(radius=ecfp[0], fpSize=ecfp[1])"
+                       ".GetFingerprintAsNumPy(mol), as float")
+    return out
+
+
+def _tokenize_rule(tok: dict[str, Any] | None) -> dict[str, Any] | None:
+    """How text becomes the tokenizer's ids, spelled out for each kind (the tokenizer's own dict
+    holds only its vocabulary: the splitting, case and unknown-token rules live in layerwise's code)."""
+    from layerwise.data.tokenizers import WordTokenizer
+
+    kind = (tok or {}).get("kind")
+    if kind == "word":
+        return {"lowercase": True, "pattern": WordTokenizer.PATTERN.pattern, "unknown_id": 0,
+                "formula": "words = re.findall(pattern, text.lower()); id = 1 + words.index(word) in tokenizer.words, "
+                           "0 for a word not in it"}
+    if kind == "char":
+        return {"formula": "id = chars.index(character) for each character of the text (a character not in chars "
+                           "has no id: remove or replace it)"}
+    if kind == "byte":
+        return {"formula": "ids = the UTF-8 bytes of the text (0..255)"}
+    if kind == "bpe":
+        return {"formula": "ids = tokenizers.Tokenizer.from_str(tokenizer.json).encode(text, "
+                           "add_special_tokens=False).ids (Hugging Face tokenizers; byte-level BPE, no special tokens)"}
+    return None
+
+
 def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str, Any]:
     """How raw data becomes the model's inputs, for someone without layerwise."""
     if info is None:  # a reinforcement-learning agent: the environment's observations as they are
@@ -195,36 +274,77 @@ def _preprocessing(spec: InputSpec, info: Any, meta: dict[str, Any]) -> dict[str
                 "formula": "the environment's observation vector, float32, unscaled"}
     x = info.extra
     if spec.kind in ("token_ids", "text_ids"):
-        out = {"kind": spec.kind, "tokenizer": x.get("tokenizer"), "sequence_lengths": list(spec.lengths or ())}
+        out = {"kind": spec.kind, "tokenizer": x.get("tokenizer"), "tokenize": _tokenize_rule(x.get("tokenizer")),
+               "sequence_lengths": list(spec.lengths or ())}
         if spec.kind == "text_ids":
             t = x.get("text", {})
             out |= {"max_length": t.get("max_length"), "pad_id": t.get("pad_id", 0), "id_offset": t.get("id_offset", 1),
                     "formula": "ids = tokenizer ids + id_offset, cut to max_length, right-padded with pad_id (0)"}
         else:
-            out |= {"block_size": info.in_shape[0], "formula": "ids = the tokenizer's ids, at most block_size of them"}
+            out |= {"block_size": info.in_shape[0],
+                    "formula": "ids = the tokenizer's ids; a longer context keeps its last block_size (as layerwise "
+                               "generate does); no padding id: the sequences of a batch have one length"}
         return out
     if spec.kind == "indices":
-        return {"kind": "indices", "ratings": x.get("ratings"),
+        from layerwise.data.ratings import AGE_BUCKETS
+
+        return {"kind": "indices", "ratings": x.get("ratings"), "age_edges": list(AGE_BUCKETS),
                 "formula": "one int64 column per name in ratings.columns: the user and item index is 1 + the id's "
-                           "position in ratings.user_ids / ratings.item_ids (0 = unknown); side features (age "
-                           "bucket, gender, occupation 1-based in ratings.occupations, genre flags) 0 = unknown"}
+                           "position in ratings.user_ids / ratings.item_ids (0 = unknown); side features, 0 = "
+                           "unknown: age = 1 + the number of age_edges <= the user's age (1..7), gender 1 = F, "
+                           "2 = M, occupation = 1 + its position in ratings.occupations; genre_<name> = 1 when the "
+                           "movie has that genre, else 0"}
     if spec.kind == "molecular_graph":
-        return {"kind": "molecular_graph", "featurization": x.get("molecules"),
+        return {"kind": "molecular_graph", "featurization": x.get("molecules"), "rdkit": _molecule_rule(x.get("molecules")),
                 "formula": "molecules concatenated: atom_x (atoms, F_a), bond_x (2 per bond, F_b), edge_index (2, E) "
                            "source/target atom of each directed bond, rev_index[e] = e ^ 1 (the same bond reversed), "
                            "graph_index (atoms,) the molecule of each atom, features (B, D) standardized descriptors"}
     out = {"kind": "normalize", "scale": info.scale, "mean": info.mean, "std": info.std, "channel_axis": 1,
            "formula": "input = (raw / scale - mean[c]) / std[c], c along channel_axis (the feature axis of a table)"}
     if "audio" in x:  # what raw is: the recording's log-mel features, computed with these settings
-        out |= {"raw": "log-mel features (1, n_mels, frames) of the recording", "audio": x["audio"]}
+        out |= {"raw": "log-mel features (1, n_mels, frames) of the recording", "audio": x["audio"],
+                "features": _AUDIO_FEATURES}
     elif "table" in x:
-        out |= {"raw": "the row's columns encoded as table describes", "table": x["table"]}
+        from layerwise.data.tabular import MISSING_CATEGORY
+
+        out |= {"raw": "the row's columns encoded as table describes", "table": x["table"],
+                "encode": "features in table.features order: each numeric column its number (table.decimal / "
+                          "table.thousands separators), log(1 + x) for a column in table.log, a missing cell "
+                          "table.medians[column] (for a log column already in log space; only with table.missing "
+                          "= impute); each text column one-hot over table.categories[column] in that order (an "
+                          f"empty cell is the category {MISSING_CATEGORY!r}, a value never seen in training all "
+                          "zeros); then, for each column in table.indicators, 1 if its cell was missing else 0"}
+    elif "molecules" in x:  # a fingerprint vector (featurize=ecfp): bits, then the raw descriptors if any
+        out |= {"raw": "the molecule's ECFP bits (0/1; radius and bits in molecules.ecfp) followed by its raw "
+                       "descriptors (molecules.descriptors, in that order)", "molecules": x["molecules"],
+                "rdkit": _molecule_rule(x["molecules"])}
     elif "field" in x:
         out |= {"raw": "the field's values on the grid", "field": x["field"]}
     elif len(info.in_shape) == 3:  # an image: raw pixel values in [0, scale] (8-bit: 0..255), channels first
         out |= {"raw": f"pixels in [0, {info.scale:g}], channels first (N, C, H, W)", "raw_range": [0.0, info.scale]}
         out |= {k: x[k] for k in ("image_size", "resample") if k in x}
+        out["image"] = _image_rule(info)
     return out
+
+
+def _image_rule(info: Any) -> dict[str, Any]:
+    """How `layerwise predict` turns an image file into raw pixels (data.inputs.load_inputs and
+    imagefile.decode): the file's own size, colours and polarity are not the model's."""
+    from layerwise.data.inputs import LIGHT_ON_DARK
+
+    C, H, W = (int(d) for d in info.in_shape)
+    folder = info.name == "image-folder"
+    rule = {"width": W, "height": H, "mode": "L" if C == 1 else "RGB",
+            "resize": "Pillow's Image.resize((width, height), BILINEAR)" if folder else
+            "Pillow's Image.resize((width, height), BOX) when the image is at least that large in both "
+            "dimensions, BILINEAR otherwise",
+            "formula": f"PIL.ImageOps.exif_transpose(image).convert(mode), resized to {W}x{H} when it is another "
+                       f"size, as uint8 (H, W[, C]) moved channels first: raw = pixel / 255 * scale (a 16-bit "
+                       f"file: pixel / 65535 * scale)"}
+    if C == 1 and info.name in LIGHT_ON_DARK:  # predict --invert auto: dark strokes on light paper flipped
+        rule["polarity"] = ("light strokes on a dark ground, as trained: an image whose mean is over half the "
+                            "range (dark on light) is inverted, raw = scale - raw")
+    return rule
 
 
 def _postprocessing(meta: dict[str, Any], info: Any, model: torch.nn.Module) -> dict[str, Any]:
@@ -232,18 +352,27 @@ def _postprocessing(meta: dict[str, Any], info: Any, model: torch.nn.Module) -> 
     name = task.get("name") or (info.task if info is not None else "")
     if name in ("regress", "field") and "mean" in task:
         how = "exp(prediction * std + mean)" if task.get("transform") == "log" else "prediction * std + mean"
-        return {"task": name, "columns": task.get("columns"), "mean": task["mean"], "std": task["std"],
-                "formula": f"target in units = {how}, per column"}
+        out = {"task": name, "columns": task.get("columns"), "mean": task["mean"], "std": task["std"],
+               "formula": f"target in units = {how}, per column"}
+        if task.get("clip") and task.get("range"):  # task.clip_predictions: predict clamps to the training range
+            low, high = task["range"]
+            out |= {"low": low, "high": high,
+                    "formula": f"target in units = clip({how}, low, high), per column (the training targets' range)"}
+        return out
     if name == "lm":
         return {"task": "lm", "formula": "softmax(logits[:, -1]) is the next token's distribution"}
     if name == "rl":
         log_std = getattr(model, "log_std", None)  # a Gaussian policy's state-independent log sigma
         return {"task": "rl", "formula": "the greedy action is argmax(logits)" if log_std is None
-                else "the action is action_mean (plus exp(log_std) * N(0, 1) noise when sampling)"} | (
+                else "the action is action_mean (plus exp(log_std) * N(0, 1) noise when sampling), then clipped to "
+                     "the environment's action bounds (action_space.low .. high), as layerwise's rollouts do"} | (
             {} if log_std is None else {"log_std": log_std.detach().cpu().tolist()})
     classes = list(info.classes) if info is not None else []
-    return {"task": name or "classify", "classes": classes,
-            "formula": "sigmoid(logits) per label" if name == "multilabel" else "argmax(logits) indexes classes"}
+    if name == "multilabel":  # predict names the labels whose probability reaches the saved threshold
+        threshold = float(task.get("threshold", 0.5))
+        return {"task": name, "classes": classes, "threshold": threshold,
+                "formula": "sigmoid(logits) per label; the predicted labels are those with sigmoid >= threshold"}
+    return {"task": name or "classify", "classes": classes, "formula": "argmax(logits) indexes classes"}
 
 
 def export_metadata(meta: dict[str, Any], info: Any, spec: InputSpec, weights_sha256: str) -> dict[str, str]:
@@ -314,6 +443,15 @@ def check_export(path: Path, fmt: str, spec: InputSpec, batch: int = CHECK_BATCH
         raise ExportError(f"the model's own outputs hold NaN or Inf on a sample batch of {batch}: its weights are "
                           f"broken (a diverged run?), so there is nothing sound to export. Retrain it, or export "
                           f"an earlier run.")
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        try:
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own kinds (InvalidGraph, Fail, ...)
+            raise ExportError(f"onnxruntime rejects the exported graph ({_short_reason(e).replace(str(path), 'the file')}"
+                              f"): the exporter wrote operators or types it cannot run, so the file was not kept. "
+                              f"--format pt2 may export it.") from None
     try:
         got = run_onnx(path, inputs) if fmt == "onnx" else _run_pt2(path, inputs)
     except Exception as e:  # onnxruntime's InvalidArgument, torch's guard failures: a dimension was frozen
@@ -346,7 +484,7 @@ def _existing_export_of(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        if path.suffix == ".pt2":
+        if zipfile.is_zipfile(path):  # a .pt2 archive, whatever its name (an ONNX file is a protobuf)
             with zipfile.ZipFile(path) as z:
                 names = [n for n in z.namelist() if n.endswith("extra/" + PT2_METADATA)]
                 props = json.loads(z.read(names[0])) if names else {}
@@ -392,6 +530,12 @@ def _load(source: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Any, Pat
     return model.eval(), meta, info, path / "model.safetensors" if path.is_dir() else path
 
 
+# one export at a time in a process: torch.export's tracer keeps global state, and _quiet swaps the
+# process-wide sys.stdout / sys.stderr, so two threads exporting at once both failed with a bogus
+# "cannot trace" reason and left sys.stdout pointing at a discarded buffer
+_EXPORT_LOCK = threading.Lock()
+
+
 def export_run(source: str | Path, format: str = "onnx", out: str | Path | None = None,
                force: bool = False) -> ExportResult:
     """Export a run's model (a run directory, its model.safetensors, or pretrained:NAME) to
@@ -420,6 +564,13 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
         except ImportError as e:
             raise ConfigError(f"ONNX export needs onnx, onnxscript (PyTorch's exporter) and onnxruntime (the check), "
                               f"and {e.name} is not installed: pip install 'layerwise[export]'.") from None
+    with _EXPORT_LOCK:
+        return _export_run(source, format, out, force)
+
+
+def _export_run(source: str | Path, format: str, out: str | Path | None, force: bool) -> ExportResult:
+    from layerwise.config import ConfigError
+
     model, meta, info, weights = _load(source)
     name = _family(meta["model"])
     if name in NOT_EXPORTABLE and format == "onnx":
@@ -430,17 +581,38 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
 
     stem = given[len(PREFIX):] if given.startswith(PREFIX) else None
     default = f"{stem or 'model'}{FORMATS[format]}"
+    if out is not None and str(out).endswith(("/", os.sep)) and not Path(out).is_dir():
+        # Path drops the slash: 'exports/' would have become a file called exports
+        raise ConfigError(f"--out '{out}' names a folder (it ends in '/') that does not exist; create it or give "
+                          f"another path.")
     out = Path(out) if out is not None else Path(default) if stem else weights.with_name(default)
     if out.is_dir():  # a folder: the default file name inside it
         out = out / default
+    other = {suffix: f for f, suffix in FORMATS.items() if f != format}
+    if out.suffix.lower() in other:  # a .pt2 archive named .onnx (or the reverse) fools every reader of it
+        raise ConfigError(f"--out '{out}' ends in {out.suffix} but --format {format} writes {_SHOWN[format]}; name "
+                          f"it {out.with_suffix(FORMATS[format]).name}, or give --format {other[out.suffix.lower()]}.")
     sha = _sha256(weights)
     earlier = _existing_export_of(out)
+    if earlier is not None and (out.resolve() == weights.resolve() or (
+            earlier == "" and out.resolve().parent == weights.resolve().parent and out.suffix not in FORMATS.values())):
+        # --force replaces someone else's file, never the run's own weights, config or results
+        raise ConfigError(f"'{out}' is one of the files of the run being exported ({out.name}), which an export "
+                          f"never replaces, --force or not; it was left as it is. Give another --out PATH (e.g. "
+                          f"{out.with_suffix(FORMATS[format]).name}).")
     if earlier is not None and earlier != sha and not force:
         what = "an export of other weights" if earlier else "not a layerwise export"
         raise ConfigError(f"'{out}' exists and is {what}; it was left as it is. Give another --out PATH, or "
                           f"--force to replace it.")
     if not out.parent.is_dir():
         raise ConfigError(f"the folder of --out '{out}' does not exist; create it or give another path.")
+    # every weight, not only those a sample input reaches: a NaN in one embedding row (a rare word, a
+    # user id) passes the sample check and then answers NaN for every input that holds it
+    bad = [n for n, p in model.named_parameters() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise ExportError(f"the {name} model of '{given}' has NaN or Inf in {len(bad)} weight tensor(s) ({', '.join(bad[:3])}"
+                          f"{', ...' if len(bad) > 3 else ''}): its weights are broken (a diverged run?) and there is "
+                          f"nothing sound to export. Retrain it, or export an earlier run.")
     spec = input_spec(model, meta, info)
     with torch.no_grad():
         out_1 = spec.module(*spec.sample(1, torch.Generator().manual_seed(0)))
@@ -449,7 +621,8 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
                           f"NaN or Inf, so its weights are broken (a diverged run?) and there is nothing sound to "
                           f"export. Retrain it, or export an earlier run.")
     props = export_metadata(meta, info, spec, sha)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")  # torch.export.save wants the .pt2 suffix
+    # the format's own suffix whatever out's (torch.export.load refuses a .pt2 archive named otherwise)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}{FORMATS[format]}")
     try:
         _write(spec, format, tmp, props, name, given)
         try:
@@ -458,10 +631,33 @@ def export_run(source: str | Path, format: str = "onnx", out: str | Path | None 
             # e.g. a size the tracer froze (a Python int taken from a shape) or a data-dependent shape
             raise ExportError(f"the {name} model of '{given}' cannot be exported to {_SHOWN[format]}: {e} Serve "
                               f"it with PyTorch (`layerwise predict`) instead.") from None
-        os.replace(tmp, out)
+        _place(tmp, out, sha, force, earlier)
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(out, out.stat().st_size, format, diff, name, props)
+
+
+def _place(tmp: Path, out: Path, sha: str, force: bool, earlier: str | None) -> None:
+    """Rename the checked ``tmp`` to ``out``. The file at ``out`` was judged before the export, which
+    takes seconds: another process may have written it since (another export, someone's file). So
+    a new file is created only if still absent (a hard link fails on an existing name), and an
+    existing one is judged again right before it is replaced."""
+    from layerwise.config import ConfigError
+
+    if earlier is None and not force:
+        try:
+            os.link(tmp, out)
+            return
+        except FileExistsError:
+            pass  # written meanwhile: judge it as any existing file
+        except OSError:  # a file system without hard links: the check just below, then a rename
+            pass
+    now = _existing_export_of(out)
+    if now is not None and now != sha and not force:
+        what = "an export of other weights" if now else "not a layerwise export"
+        raise ConfigError(f"'{out}' was written by something else while this export ran and is {what}; it was "
+                          f"left as it is. Give another --out PATH, or --force to replace it.")
+    os.replace(tmp, out)
 
 
 def _write(spec: InputSpec, fmt: str, path: Path, props: dict[str, str], name: str, source: str) -> None:
@@ -482,17 +678,29 @@ def _write(spec: InputSpec, fmt: str, path: Path, props: dict[str, str], name: s
             else:
                 prog = torch.export.export(spec.module, args, dynamic_shapes=spec.dynamic)
     except Exception as e:  # the exporters raise many kinds (UserError, ConversionError, ...)
-        raise ExportError(f"the {name} model of '{source}' cannot be exported to {_SHOWN[fmt]}: {_short_reason(e)}. "
-                          f"Its forward has a step the exporter cannot trace with a dynamic batch (typically a "
-                          f"shape or a branch that depends on the input's values); serve it with PyTorch "
-                          f"(`layerwise predict`) instead.") from None
-    # writing is outside the try: a full disk or a read-only folder is an OSError, not the model's fault
-    with _quiet():
-        if fmt == "onnx":
-            prog.model.metadata_props.update(props)
-            prog.save(str(path))
+        reason = _short_reason(e)
+        if reason.startswith("No ONNX function found"):  # traced fine: an operator ONNX has no translation for
+            why = ("Its forward uses an operator that PyTorch's ONNX exporter has no translation for; export it "
+                   "with --format pt2 (a torch.export program) or serve it with PyTorch (`layerwise predict`).")
         else:
-            torch.export.save(prog, str(path), extra_files={PT2_METADATA: json.dumps(props)})
+            why = ("Its forward has a step the exporter cannot trace with a dynamic batch (typically a shape or a "
+                   "branch that depends on the input's values); serve it with PyTorch (`layerwise predict`) "
+                   "instead.")
+        raise ExportError(f"the {name} model of '{source}' cannot be exported to {_SHOWN[fmt]}: {reason}. "
+                          f"{why}") from None
+    # a full disk or a read-only folder is an OSError naming the folder, not the model's fault (torch's
+    # .pt2 writer reports a failed open as a RuntimeError, which reached the user as a traceback)
+    try:
+        with _quiet():
+            if fmt == "onnx":
+                prog.model.metadata_props.update(props)
+                prog.save(str(path))
+            else:
+                torch.export.save(prog, str(path), extra_files={PT2_METADATA: json.dumps(props)})
+    except (OSError, RuntimeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _short_reason(e)
+        raise OSError(getattr(e, "errno", None) or errno.EIO, f"the export could not be written there ({reason})",
+                      str(path.parent)) from None
 
 
 def describe(result: ExportResult) -> str:
