@@ -17,7 +17,7 @@ pytest.importorskip("onnxscript")
 from layerwise.data.datasets import DatasetInfo
 from layerwise.data.tokenizers import WordTokenizer, tokenizer_from_dict
 from layerwise.models import create_model
-from layerwise.serve.export import export_metadata, export_run, input_spec, run_onnx
+from layerwise.deploy.export import export_metadata, export_run, input_spec, run_onnx
 from layerwise.train.run import save_model
 
 REGRESS = {"name": "regress", "columns": ["y"], "mean": [12.0], "std": [0.5], "loss": "mse", "transform": "log",
@@ -105,7 +105,7 @@ def test_audio_features_are_spelled_out_so_numpy_alone_computes_them():
 
 def test_a_gaussian_policy_says_its_actions_are_clipped_to_the_bounds():
     """layerwise's rollouts clip a continuous action to the Box (rl.envs.to_env); the file must say so."""
-    from layerwise.serve.export import _postprocessing
+    from layerwise.deploy.export import _postprocessing
 
     model = create_model("actor-critic", in_shape=(3,), num_classes=1, width=4, policy="gaussian")
     post = _postprocessing({"task": {"name": "rl", "env_id": "Pendulum-v1", "continuous": True}}, None, model)
@@ -158,7 +158,7 @@ def test_two_threads_exporting_at_once_both_succeed_and_leave_stdout_alone(tmp_p
 
 def test_a_nan_in_an_embedding_row_no_sample_reaches_is_refused(tmp_path):
     """The sample check only sees the rows its inputs hit: every weight is checked before exporting."""
-    from layerwise.serve.export import ExportError
+    from layerwise.deploy.export import ExportError
 
     info = DatasetInfo("text-classes", (8,), 2, ["neg", "pos"], 1.0, [], [], extra={
         "tokenizer": {"kind": "char", "chars": "abc"}, "text": {"max_length": 8, "pad_id": 0, "id_offset": 1}})
@@ -301,7 +301,7 @@ def test_a_language_models_file_says_which_end_of_a_long_context_to_keep():
 def test_a_file_written_at_out_while_exporting_is_not_replaced(tmp_path, monkeypatch):
     """Two exports of different weights to one new path, or someone's file appearing there: the file
     at --out was judged before the (seconds long) export, so it is judged again before the rename."""
-    import layerwise.serve.export as ex
+    import layerwise.deploy.export as ex
     from layerwise.config import ConfigError
 
     run, out = _tiny_run(tmp_path / "run"), tmp_path / "m.onnx"
@@ -361,8 +361,8 @@ class _StftRoundTrip(torch.nn.Module):  # the exporter writes a graph onnxruntim
 def test_an_export_failure_gives_its_own_reason_not_a_frozen_dimension(tmp_path, monkeypatch, module, reason):
     """An operator without an ONNX translation, or a graph onnxruntime cannot load, was blamed on a
     shape the tracer froze; the hidden temporary file's path is not shown."""
-    import layerwise.serve.export as ex
-    from layerwise.serve.export import ExportError
+    import layerwise.deploy.export as ex
+    from layerwise.deploy.export import ExportError
 
     run = _tiny_run(tmp_path / "run")
     real = ex.input_spec
