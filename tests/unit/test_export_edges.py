@@ -105,7 +105,7 @@ def test_audio_features_are_spelled_out_so_numpy_alone_computes_them():
 
 def test_a_gaussian_policy_says_its_actions_are_clipped_to_the_bounds():
     """layerwise's rollouts clip a continuous action to the Box (rl.envs.to_env); the file must say so."""
-    from layerwise.deploy.export import _postprocessing
+    from layerwise.deploy.export_metadata import _postprocessing
 
     model = create_model("actor-critic", in_shape=(3,), num_classes=1, width=4, policy="gaussian")
     post = _postprocessing({"task": {"name": "rl", "env_id": "Pendulum-v1", "continuous": True}}, None, model)
