@@ -19,17 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from layerwise.deploy.html import (
-    Markup,
-    esc,
-    figure_uri,
-    img,
-    new_figure,
-    note,
-    png_uri,
-    section,
-    table,
-)
+from layerwise.deploy.html import Markup, esc, figure_uri, img, new_figure, note, png_uri, section, table
 
 MAX_EXAMPLES = 1000  # test examples the report's own pass reads, at most (a seeded choice)
 WORST = 12  # examples shown in the gallery of the worst-classified
