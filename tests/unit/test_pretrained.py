@@ -92,3 +92,26 @@ def test_layerwise_models_pretrained_lists_them(capsys):
         assert entry.model in line and entry.recipe in line and f"{entry.value:.4g}" in line
         assert f"{entry.path.stat().st_size / 1e6:.2f} MB" in line
     assert "--model.init_from=pretrained:NAME" in out
+
+
+def test_predict_and_generate_take_a_shipped_model_and_run_commands_say_it_has_no_run(tmp_path, capsys):
+    """predict and generate read pretrained:NAME as export and serve do (they refused it as 'no saved
+    model'); info and eval, which need a run directory, say that a shipped model is not one."""
+    import numpy as np
+    from PIL import Image
+
+    from layerwise.cli import main
+    from layerwise.models.pretrained import resolve_pretrained
+    from layerwise.train.inference import generate, predict
+
+    img = tmp_path / "stroke.png"
+    a = np.zeros((28, 28), np.uint8)
+    a[4:24, 12:16] = 255  # a vertical bar: a one
+    Image.fromarray(a).save(img)
+    by_name = predict("pretrained:mnist-convnet", [str(img)], device="cpu")
+    by_path = predict(str(resolve_pretrained("mnist-convnet")), [str(img)], device="cpu")
+    assert [r["top"] for r in by_name] == [r["top"] for r in by_path] and by_name[0]["top"][0]["class"] == "1"
+    assert len(generate("pretrained:shakespeare-gpt", "ROMEO:", tokens=8, device="cpu")) > len("ROMEO:")
+    for command in ("info", "eval"):
+        assert main([command, "pretrained:mnist-convnet"]) == 1
+        assert "is a shipped model file, not a run directory" in capsys.readouterr().err

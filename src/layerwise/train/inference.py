@@ -45,6 +45,21 @@ def _run_setting(run_dir: str | Path, key: str, default: Any) -> Any:
         return default
 
 
+def need_run_dir(run_dir: str | Path, command: str) -> Path:
+    """``run_dir`` as a Path when it is a run directory (it holds config.yaml), else RunDirError:
+    a shipped model (pretrained:NAME) is a model file without a run, which the message says."""
+    from layerwise.models.pretrained import PREFIX
+
+    if str(run_dir).startswith(PREFIX):
+        raise RunDirError(f"'{run_dir}' is a shipped model file, not a run directory, so `layerwise {command}` has no "
+                          f"run to read; `layerwise models --pretrained` shows its data and test figures, and "
+                          f"predict, generate, explain, probe, attack, export and serve take it as it is.")
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise RunDirError(f"'{path}' is not a layerwise run directory (no config.yaml).")
+    return path
+
+
 def model_task(meta: dict[str, Any], info: DatasetInfo, cfg: Any = None):
     """The task a saved model was trained for, with its target preparation (saved in the file's
     metadata; files from before tasks existed hold classifiers or language models)."""
@@ -72,9 +87,7 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_root: str = "",
     changed data (naming both shapes)."""
     from layerwise.config import ConfigError, apply_overrides
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
+    run_dir = need_run_dir(run_dir, "eval")
     bad = [o for o in overrides if not o.lstrip("-").startswith("data.")
            and o.lstrip("-").split("=", 1)[0] not in EVAL_RUN_KEYS]
     if bad:
@@ -381,9 +394,7 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
     file, for a directory that is not a run or a summary.json that is not readable JSON."""
     from layerwise.distributed.checkpoint import all_checkpoints
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise RunDirError(f"'{run_dir}' is not a layerwise run directory (no config.yaml).")
+    run_dir = need_run_dir(run_dir, "info")
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         try:

@@ -191,7 +191,12 @@ def check_state_matches(state: dict[str, torch.Tensor], model: torch.nn.Module, 
 def read_weights(path: str | Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]]:
     """(the file, its tensors on the CPU, its metadata as stored: JSON strings) of a safetensors file,
     or of a run directory's model.safetensors. Any safetensors file is read (the metadata is then
-    often empty); RunDirError naming the file when there is none or it cannot be read."""
+    often empty); ``pretrained:NAME`` reads a shipped model (layerwise.models.pretrained). RunDirError
+    naming the file when there is none or it cannot be read."""
+    from layerwise.models.pretrained import PREFIX, resolve_pretrained
+
+    if str(path).startswith(PREFIX):  # predict, generate, info, export and serve take shipped models alike
+        path = resolve_pretrained(str(path))
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
