@@ -403,3 +403,43 @@ def test_the_workers_listening_socket_gives_connections_tcp_nodelay():
     plain = socket.socket(socket.AF_INET)  # as uvicorn's Config.bind_socket makes it: what went wrong
     plain.bind(("127.0.0.1", 0))
     assert asyncio.run(accepted_nodelay(plain)) == 0
+
+
+def test_upload_refusals_name_the_real_problem(client):
+    """More files than --max-examples is 413 naming the limit (not 'cannot be parsed'); a part without
+    a filename gets told to send a filename; a compressed body gets told to send it uncompressed."""
+    import gzip
+
+    png = io.BytesIO()
+    Image.new("L", (28, 28)).save(png, "PNG")
+    r = client.post("/predict", files=[("f", (f"{i}.png", png.getvalue())) for i in range(9)])
+    assert r.status_code == 413 and "--max-examples" in r.json()["detail"], r.text
+    r = client.post("/predict", files={"file": (None, png.getvalue())})  # a part with no filename
+    assert r.status_code == 422 and "without a filename" in r.json()["detail"], r.text
+    body = gzip.compress(json.dumps({"inputs": _digits()[0].tolist()}).encode())
+    r = client.post("/predict", content=body, headers={"content-type": "application/json",
+                                                       "content-encoding": "gzip"})
+    assert r.status_code == 415 and "Content-Encoding gzip" in r.json()["detail"], r.text
+    assert client.post("/predict", json={"inputs": _digits()[0].tolist()}).status_code == 200
+
+
+def test_a_body_slower_than_timeout_s_gets_408():
+    """A client that stalls mid-body (slowloris) is answered 408 after --timeout-s, not held forever."""
+    import httpx
+
+    app = create_app(MNIST, device="cpu", timeout_s=0.5)
+
+    async def stalled():
+        yield b'{"inputs": '
+        await asyncio.sleep(5)
+        yield b"[]}"
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                t0 = time.perf_counter()
+                r = await c.post("/predict", content=stalled(), headers={"content-type": "application/json"})
+                return r, time.perf_counter() - t0
+
+    r, took = asyncio.run(go())
+    assert r.status_code == 408 and "--timeout-s" in r.json()["detail"] and took < 3, (r.text, took)

@@ -251,8 +251,11 @@ def decode_files(files: list[tuple[str, bytes]], fields: dict[str, str], info: D
     input_kind(info)
     unknown = sorted(k for k in fields if k not in FORM_FIELDS)
     if unknown:
-        raise PayloadError(422, f"unknown form field(s) {', '.join(repr(k) for k in unknown)}; the accepted fields "
-                                f"are {', '.join(repr(k) for k in FORM_FIELDS)}, and files (any field name).")
+        raise PayloadError(422, f"unknown form field(s) {', '.join(repr(k) for k in unknown)}; the accepted text "
+                                f"fields are {', '.join(repr(k) for k in FORM_FIELDS)}, and files under any field name. "
+                                f"A part sent without a filename is read as a text field: send a file with its name "
+                                f"(curl -F file=@digit.png, not -F 'file=<digit.png'; in Python "
+                                f"files={{'file': ('digit.png', data)}}).")
     if not files:
         raise PayloadError(422, "the multipart request holds no file; attach one or more input files (images, .npy, "
                                 ".wav, a CSV of rows, a text file of one example per line).")

@@ -197,6 +197,13 @@ async def _form(request: Any, body: bytes, max_files: int) -> tuple[list[tuple[s
         form = await Request(request.scope, replay).form(max_files=max_files, max_fields=len(FORM_FIELDS) + 8)
     except (MultiPartException, HTTPException) as e:  # Starlette wraps the parser's error in an HTTPException
         detail = getattr(e, "detail", None) or str(e) or type(e).__name__
+        if str(detail).startswith("Too many files"):  # the parser's own limit, set to --max-examples
+            raise PayloadError(413, f"the request holds more than {max_files} files, more than the server's limit of "
+                                    f"{max_files} examples per request (--max-examples); split it into several "
+                                    f"requests.") from None
+        if str(detail).startswith("Too many fields"):
+            raise PayloadError(422, f"the multipart body holds too many text fields; the accepted fields are "
+                                    f"{', '.join(repr(k) for k in FORM_FIELDS)}, and files (parts with a filename).") from None
         raise PayloadError(400, f"the multipart body cannot be parsed ({detail}); send files as "
                                 f"multipart/form-data, e.g. curl -F file=@digit.png URL/predict.") from None
     files, fields = [], {}
@@ -285,7 +292,16 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
         if ctype not in ("application/json", "multipart/form-data") and not ctype.endswith("+json"):
             raise PayloadError(415, f"Content-Type {ctype or '(none)'} is not accepted; send application/json "
                                     f"({{\"{JSON_FIELDS[predictor.kind]}\": ...}}) or multipart/form-data (files).")
-        body = await _read_body(request, limit)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise PayloadError(415, f"Content-Encoding {encoding} is not accepted; send the body uncompressed, without "
+                                    f"a Content-Encoding header (--max-upload-mb bounds its size).")
+        try:
+            async with asyncio.timeout(timeout_s):
+                body = await _read_body(request, limit)
+        except TimeoutError:
+            raise PayloadError(408, f"the request body did not arrive within {timeout_s:g} s (--timeout-s); send it "
+                                    f"at once, or send less (a slow or stalled client holds a connection).") from None
         if ctype == "multipart/form-data":
             files, fields = await _form(request, body, max_files=max_examples)
             return await run_in_threadpool(decode_files, files, fields, predictor.info, predictor.max_image_pixels,
