@@ -443,3 +443,23 @@ def test_a_body_slower_than_timeout_s_gets_408():
 
     r, took = asyncio.run(go())
     assert r.status_code == 408 and "--timeout-s" in r.json()["detail"] and took < 3, (r.text, took)
+
+
+def test_a_client_that_disconnects_mid_body_is_no_server_error():
+    """A client gone mid-body (ClientDisconnect) ends as a plain 4xx, not an 'Exception in ASGI application'."""
+    app = create_app(MNIST, device="cpu")
+    messages = [{"type": "http.request", "body": b'{"inputs": [', "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"t"), (b"content-type", b"application/json"), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))  # raised ClientDisconnect before
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400

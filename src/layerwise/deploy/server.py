@@ -167,13 +167,19 @@ async def _read_body(request: Any, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadError(413, f"the request body is {int(declared) / 2 ** 20:.1f} MB, more than the server's "
                                 f"limit of {mb:g} MB (--max-upload-mb); send smaller files or fewer examples.")
+    from starlette.requests import ClientDisconnect
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadError(413, f"the request body is larger than the server's limit of {mb:g} MB "
-                                    f"(--max-upload-mb); send smaller files or fewer examples.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadError(413, f"the request body is larger than the server's limit of {mb:g} MB "
+                                        f"(--max-upload-mb); send smaller files or fewer examples.")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-body: nobody to answer, and no traceback in the log
+        raise PayloadError(400, f"the client disconnected after {size} bytes, before the whole request body "
+                                f"arrived; send the request again.") from None
     return b"".join(chunks)
 
 
