@@ -463,3 +463,11 @@ def test_a_client_that_disconnects_mid_body_is_no_server_error():
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
     asyncio.run(app(scope, receive, send))  # raised ClientDisconnect before
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+
+
+def test_head_on_health_and_metadata_is_answered(client):
+    """Uptime probes and load balancers often send HEAD: 200 without a body, not 405."""
+    for path in ("/health", "/metadata"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+    assert client.head("/predict").status_code == 405 and client.get("/nope").status_code == 404

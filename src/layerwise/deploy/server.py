@@ -281,12 +281,12 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
     app = FastAPI(title="layerwise serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.predictor, app.state.batcher = predictor, batcher
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers and uptime probes
     async def health() -> dict[str, Any]:
         return {"status": "ok", "waiting": batcher.waiting, "batches": batcher.batches,
                 "examples": batcher.examples, "failed_batches": batcher.failures}
 
-    @app.get("/metadata")
+    @app.api_route("/metadata", methods=["GET", "HEAD"])
     async def metadata() -> dict[str, Any]:
         return predictor.metadata() | {"settings": settings}
 
