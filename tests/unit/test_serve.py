@@ -471,3 +471,18 @@ def test_head_on_health_and_metadata_is_answered(client):
         r = client.head(path)
         assert r.status_code == 200 and r.content == b"", (path, r.status_code)
     assert client.head("/predict").status_code == 405 and client.get("/nope").status_code == 404
+
+
+def test_a_channels_last_array_is_told_to_transpose_not_reshape():
+    """An RGB image as numpy/PIL hold it, (H, W, C), is refused with the transpose that fixes it:
+    'Reshape the array' would have led the client to scramble the pixels into a wrong answer."""
+    from layerwise.data.datasets import DataError
+    from layerwise.data.inputs import array_examples
+
+    info = DatasetInfo("cifar10", (3, 32, 32), 10, [str(i) for i in range(10)], 255.0, [0.5] * 3, [0.25] * 3)
+    for shape, order in (((32, 32, 3), "transpose(2, 0, 1)"), ((4, 32, 32, 3), "transpose(0, 3, 1, 2)")):
+        with pytest.raises(DataError, match=re.escape(order)):
+            array_examples(np.zeros(shape, np.uint8), info, "'inputs'")
+    with pytest.raises(DataError, match="Reshape the array"):
+        array_examples(np.zeros((31, 32, 3), np.uint8), info, "'inputs'")
+    assert array_examples(np.zeros((3, 32, 32)), info, "'inputs'").shape == (1, 3, 32, 32)
