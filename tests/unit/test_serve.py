@@ -486,3 +486,12 @@ def test_a_channels_last_array_is_told_to_transpose_not_reshape():
     with pytest.raises(DataError, match="Reshape the array"):
         array_examples(np.zeros((31, 32, 3), np.uint8), info, "'inputs'")
     assert array_examples(np.zeros((3, 32, 32)), info, "'inputs'").shape == (1, 3, 32, 32)
+
+
+def test_threads_below_one_is_refused_with_the_flag_named(capsys):
+    """--threads 0 ended in torch's RuntimeError traceback (set_num_threads expects a positive integer)."""
+    for value in ("0", "-2"):
+        assert main(["serve", MNIST, "--threads", value, "--device", "cpu", "--port", "0"]) == 2
+        assert "--threads must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--threads"):
+        create_app(MNIST, device="cpu", threads=0)

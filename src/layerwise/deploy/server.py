@@ -225,8 +225,11 @@ async def _form(request: Any, body: bytes, max_files: int) -> tuple[list[tuple[s
 
 
 def check_settings(max_batch: int, max_wait_ms: float, max_examples: int, max_upload_mb: float, timeout_s: float,
-                   max_queue: int, top_k: int) -> None:
+                   max_queue: int, top_k: int, threads: int | None = None) -> None:
     """ValueError naming the flag for a setting out of range (see :func:`create_app`)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"--threads must be an integer >= 1 (torch threads per worker; leave it out for the "
+                         f"machine's cores divided by --workers), got {threads!r}.")
     for name, v in (("max_batch", max_batch), ("max_examples", max_examples), ("max_queue", max_queue),
                     ("top_k", top_k)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -260,7 +263,7 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
 
     from layerwise.insight.runs import LoadedRun, open_run
 
-    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k)
+    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k, threads)
     if threads is not None:
         torch.set_num_threads(threads)
     loaded = run if isinstance(run, LoadedRun) else open_run(run, device)
@@ -363,6 +366,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}.")
+    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k, threads)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
     kw = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_examples": max_examples,
