@@ -435,11 +435,11 @@ def test_a_body_slower_than_timeout_s_gets_408():
         yield b"[]}"
 
     async def go():
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-                t0 = time.perf_counter()
-                r = await c.post("/predict", content=stalled(), headers={"content-type": "application/json"})
-                return r, time.perf_counter() - t0
+        async with (app.router.lifespan_context(app),
+                    httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c):
+            t0 = time.perf_counter()
+            r = await c.post("/predict", content=stalled(), headers={"content-type": "application/json"})
+            return r, time.perf_counter() - t0
 
     r, took = asyncio.run(go())
     assert r.status_code == 408 and "--timeout-s" in r.json()["detail"] and took < 3, (r.text, took)
@@ -495,3 +495,30 @@ def test_threads_below_one_is_refused_with_the_flag_named(capsys):
         assert "--threads must be an integer >= 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--threads"):
         create_app(MNIST, device="cpu", threads=0)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_0_prints_the_port_it_listens_on(workers):
+    """--port 0 ('any free port') printed http://127.0.0.1:0, and with --workers 2 nothing said the real
+    port: the server could not be reached. The start-up line now names the bound port."""
+    env = os.environ | {"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "layerwise", "serve", MNIST, "--port", "0", "--workers", workers,
+                          "--device", "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = p.stdout.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))
+        assert port != 0, line
+        deadline = time.time() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    status, body = _read_response(s)
+                break
+            except (ConnectionError, OSError):
+                assert time.time() < deadline, "the server did not answer"
+                time.sleep(0.2)
+        assert status == 200 and body["status"] == "ok"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0

@@ -378,11 +378,12 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
     if workers == 1:
         app = create_app(run, **kw)
         info = app.state.predictor.info
-        print(f"layerwise serve: {run} ({info.task}, {info.name}, {app.state.predictor.kind} inputs "
-              f"{tuple(info.in_shape)}) on http://{host}:{port}: POST /predict, GET /metadata, GET /health; "
-              f"batches of up to {max_batch} examples, {max_wait_ms:g} ms wait, {threads} torch thread(s)", flush=True)
-        with stop_signals():
-            uvicorn.run(app, **common)
+        with listening_socket(host, port) as sock:  # bound here: --port 0's real port is known for the line below
+            print(f"layerwise serve: {run} ({info.task}, {info.name}, {app.state.predictor.kind} inputs "
+                  f"{tuple(info.in_shape)}) on {_url(host, sock)}: POST /predict, GET /metadata, GET /health; batches "
+                  f"of up to {max_batch} examples, {max_wait_ms:g} ms wait, {threads} torch thread(s)", flush=True)
+            with stop_signals():
+                uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         return
     from layerwise.insight.runs import open_run
 
@@ -394,13 +395,19 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
         from uvicorn.supervisors import Multiprocess
 
         config = uvicorn.Config("layerwise.deploy.server:app_from_env", factory=True, workers=workers, **common)
-        print(f"layerwise serve: {run} on http://{host}:{port} with {workers} worker processes, batches of up to "
-              f"{max_batch} examples each, {threads} torch thread(s) each", flush=True)
         with listening_socket(host, port) as sock:
+            print(f"layerwise serve: {run} on {_url(host, sock)} with {workers} worker processes, batches of up to "
+                  f"{max_batch} examples each, {threads} torch thread(s) each", flush=True)
             if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn before 0.30 took the server's run
                 Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
             else:
                 Multiprocess(config, sockets=[sock]).run()
+
+
+def _url(host: str, sock: Any) -> str:
+    """http://HOST:PORT of a bound socket: the real port when --port 0 asked for any free one."""
+    port = sock.getsockname()[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def listening_socket(host: str, port: int):
