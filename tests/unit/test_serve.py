@@ -287,6 +287,9 @@ def test_table_model_takes_json_rows_as_csv_rows(tmp_path):
         r = c.post("/predict", json={"rows": [{"age": 31, "colour": "green", "size": 2.5},
                                               {"age": 44, "colour": "blue", "size": 7}]})
         _same(r.json()["predictions"], want, ["rows[0]", "rows[1]"])
+        pre = c.get("/metadata").json()["preprocessing"]  # enough to write a row: the numbers, the categories
+        assert pre["columns"] == ["age", "colour", "size"] and pre["numeric_columns"] == ["age", "size"]
+        assert pre["categories"] == {"colour": ["blue", "green", "red"]}
         r = c.post("/predict", json={"rows": {"age": 31, "colour": "green"}})
         assert r.status_code == 422 and "size" in r.json()["detail"]
         r = c.post("/predict", json={"rows": [{"age": [1], "colour": "red", "size": 1}]})

@@ -129,8 +129,15 @@ class Predictor:
         elif kind == "text":
             pre["max_tokens"] = info.extra["text"]["max_length"]
             pre["normalize"] = "none: token ids of the run's tokenizer"
-        else:
-            pre["columns"] = info.extra["table"]["columns"]
+        else:  # what a client needs to write rows: which cells are numbers, which take one of a set of strings
+            table = info.extra["table"]
+            pre["columns"] = table["columns"]
+            pre["numeric_columns"] = list(table.get("numeric", []))
+            pre["categories"] = {c: list(v) for c, v in table.get("categories", {}).items()}
+            pre["log_columns"] = list(table.get("log", []))
+            pre["missing"] = table.get("missing")
+            pre["normalize"] = ("numeric cells (log(1 + x) for log_columns) standardized with mean/std per encoded "
+                                "feature; a category one-hot (an unseen one: all zeros)")
         meta = self.run.meta
         return {"model": (meta.get("model") or {}).get("name"), "source": self.run.source or str(self.run.path),
                 "task": info.task, "dataset": info.name, "classes": list(info.classes),
