@@ -525,3 +525,16 @@ def test_port_0_prints_the_port_it_listens_on(workers):
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=60) == 0
+
+
+def test_a_worker_that_cannot_load_the_run_says_so_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """--workers N: uvicorn starts a dead worker again, which loads the run from disk; a run deleted
+    meanwhile printed a RunDirError traceback on every restart. Now one paragraph and exit code 1."""
+    from layerwise.deploy.server import ENV_SETTINGS, app_from_env
+
+    monkeypatch.setenv(ENV_SETTINGS, json.dumps({"run": str(tmp_path / "gone"), "device": "cpu"}))
+    with pytest.raises(SystemExit) as e:
+        app_from_env()
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "could not load the model" in err and "does not exist" in err and "Traceback" not in err

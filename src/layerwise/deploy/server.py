@@ -354,8 +354,19 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
 def app_from_env():
     """uvicorn's factory for ``--workers N``: each worker process builds its app from the settings
     that :func:`serve` put in the environment variable LAYERWISE_SERVE_SETTINGS (JSON)."""
+    import sys
+
     settings = json.loads(os.environ[ENV_SETTINGS])
-    return create_app(settings.pop("run"), **settings)
+    run = settings.pop("run")
+    try:
+        return create_app(run, **settings)
+    except (ValueError, OSError) as e:  # RunDirError, DataError, ConfigError are ValueErrors
+        # a worker started again by uvicorn after one died, when the run has since been moved or deleted: one
+        # paragraph instead of a traceback on every restart; the workers that hold the model go on serving
+        print(f"layerwise serve: a worker process ({os.getpid()}) could not load the model ({e}); the other "
+              f"workers go on serving. Put the run back at '{run}', or restart `layerwise serve`.",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, threads: int | None = None,
