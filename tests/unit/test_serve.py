@@ -423,6 +423,9 @@ def test_upload_refusals_name_the_real_problem(client):
     r = client.post("/predict", content=body, headers={"content-type": "application/json",
                                                        "content-encoding": "gzip"})
     assert r.status_code == 415 and "Content-Encoding gzip" in r.json()["detail"], r.text
+    r = client.post("/predict", content='{"inputs": [], "caf\xe9": 1}'.encode("latin-1"),
+                    headers={"content-type": "application/json; charset=latin-1"})
+    assert r.status_code == 400 and "not UTF-8" in r.json()["detail"], r.text
     assert client.post("/predict", json={"inputs": _digits()[0].tolist()}).status_code == 200
 
 

@@ -110,7 +110,11 @@ def decode_json(body: bytes, info: DatasetInfo, max_examples: int, default_top_k
     field = JSON_FIELDS[kind]
     try:
         obj = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except UnicodeDecodeError as e:  # latin-1, cp1252...: JSON is UTF-8 (RFC 8259), whatever charset is declared
+        raise PayloadError(400, f"the JSON body is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at "
+                                f"position {e.start}); JSON must be sent as UTF-8 (RFC 8259): encode it as UTF-8, "
+                                f"e.g. json.dumps(obj).encode('utf-8'), whatever charset the header names.") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise PayloadError(400, f"the request body is not valid JSON ({str(e)[:200]}); send an object such as "
                                 f'{{"{field}": ..., "top_k": 3}} with Content-Type: application/json.') from None
     if not isinstance(obj, dict):
