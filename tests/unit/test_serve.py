@@ -287,6 +287,9 @@ def test_table_model_takes_json_rows_as_csv_rows(tmp_path):
         r = c.post("/predict", json={"rows": [{"age": 31, "colour": "green", "size": 2.5},
                                               {"age": 44, "colour": "blue", "size": 7}]})
         _same(r.json()["predictions"], want, ["rows[0]", "rows[1]"])
+        pre = c.get("/metadata").json()["preprocessing"]  # enough to write a row: the numbers, the categories
+        assert pre["columns"] == ["age", "colour", "size"] and pre["numeric_columns"] == ["age", "size"]
+        assert pre["categories"] == {"colour": ["blue", "green", "red"]}
         r = c.post("/predict", json={"rows": {"age": 31, "colour": "green"}})
         assert r.status_code == 422 and "size" in r.json()["detail"]
         r = c.post("/predict", json={"rows": [{"age": [1], "colour": "red", "size": 1}]})
@@ -403,3 +406,138 @@ def test_the_workers_listening_socket_gives_connections_tcp_nodelay():
     plain = socket.socket(socket.AF_INET)  # as uvicorn's Config.bind_socket makes it: what went wrong
     plain.bind(("127.0.0.1", 0))
     assert asyncio.run(accepted_nodelay(plain)) == 0
+
+
+def test_upload_refusals_name_the_real_problem(client):
+    """More files than --max-examples is 413 naming the limit (not 'cannot be parsed'); a part without
+    a filename gets told to send a filename; a compressed body gets told to send it uncompressed."""
+    import gzip
+
+    png = io.BytesIO()
+    Image.new("L", (28, 28)).save(png, "PNG")
+    r = client.post("/predict", files=[("f", (f"{i}.png", png.getvalue())) for i in range(9)])
+    assert r.status_code == 413 and "--max-examples" in r.json()["detail"], r.text
+    r = client.post("/predict", files={"file": (None, png.getvalue())})  # a part with no filename
+    assert r.status_code == 422 and "without a filename" in r.json()["detail"], r.text
+    body = gzip.compress(json.dumps({"inputs": _digits()[0].tolist()}).encode())
+    r = client.post("/predict", content=body, headers={"content-type": "application/json",
+                                                       "content-encoding": "gzip"})
+    assert r.status_code == 415 and "Content-Encoding gzip" in r.json()["detail"], r.text
+    r = client.post("/predict", content='{"inputs": [], "caf\xe9": 1}'.encode("latin-1"),
+                    headers={"content-type": "application/json; charset=latin-1"})
+    assert r.status_code == 400 and "not UTF-8" in r.json()["detail"], r.text
+    assert client.post("/predict", json={"inputs": _digits()[0].tolist()}).status_code == 200
+
+
+def test_a_body_slower_than_timeout_s_gets_408():
+    """A client that stalls mid-body (slowloris) is answered 408 after --timeout-s, not held forever."""
+    import httpx
+
+    app = create_app(MNIST, device="cpu", timeout_s=0.5)
+
+    async def stalled():
+        yield b'{"inputs": '
+        await asyncio.sleep(5)
+        yield b"[]}"
+
+    async def go():
+        async with (app.router.lifespan_context(app),
+                    httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c):
+            t0 = time.perf_counter()
+            r = await c.post("/predict", content=stalled(), headers={"content-type": "application/json"})
+            return r, time.perf_counter() - t0
+
+    r, took = asyncio.run(go())
+    assert r.status_code == 408 and "--timeout-s" in r.json()["detail"] and took < 3, (r.text, took)
+
+
+def test_a_client_that_disconnects_mid_body_is_no_server_error():
+    """A client gone mid-body (ClientDisconnect) ends as a plain 4xx, not an 'Exception in ASGI application'."""
+    app = create_app(MNIST, device="cpu")
+    messages = [{"type": "http.request", "body": b'{"inputs": [', "more_body": True}, {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/predict", "raw_path": b"/predict", "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"t"), (b"content-type", b"application/json"), (b"content-length", b"1000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))  # raised ClientDisconnect before
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+
+
+def test_head_on_health_and_metadata_is_answered(client):
+    """Uptime probes and load balancers often send HEAD: 200 without a body, not 405."""
+    for path in ("/health", "/metadata"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+    assert client.head("/predict").status_code == 405 and client.get("/nope").status_code == 404
+
+
+def test_a_channels_last_array_is_told_to_transpose_not_reshape():
+    """An RGB image as numpy/PIL hold it, (H, W, C), is refused with the transpose that fixes it:
+    'Reshape the array' would have led the client to scramble the pixels into a wrong answer."""
+    from layerwise.data.datasets import DataError
+    from layerwise.data.inputs import array_examples
+
+    info = DatasetInfo("cifar10", (3, 32, 32), 10, [str(i) for i in range(10)], 255.0, [0.5] * 3, [0.25] * 3)
+    for shape, order in (((32, 32, 3), "transpose(2, 0, 1)"), ((4, 32, 32, 3), "transpose(0, 3, 1, 2)")):
+        with pytest.raises(DataError, match=re.escape(order)):
+            array_examples(np.zeros(shape, np.uint8), info, "'inputs'")
+    with pytest.raises(DataError, match="Reshape the array"):
+        array_examples(np.zeros((31, 32, 3), np.uint8), info, "'inputs'")
+    assert array_examples(np.zeros((3, 32, 32)), info, "'inputs'").shape == (1, 3, 32, 32)
+
+
+def test_threads_below_one_is_refused_with_the_flag_named(capsys):
+    """--threads 0 ended in torch's RuntimeError traceback (set_num_threads expects a positive integer)."""
+    for value in ("0", "-2"):
+        assert main(["serve", MNIST, "--threads", value, "--device", "cpu", "--port", "0"]) == 2
+        assert "--threads must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--threads"):
+        create_app(MNIST, device="cpu", threads=0)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_0_prints_the_port_it_listens_on(workers):
+    """--port 0 ('any free port') printed http://127.0.0.1:0, and with --workers 2 nothing said the real
+    port: the server could not be reached. The start-up line now names the bound port."""
+    env = os.environ | {"PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "layerwise", "serve", MNIST, "--port", "0", "--workers", workers,
+                          "--device", "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = p.stdout.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))
+        assert port != 0, line
+        deadline = time.time() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    status, body = _read_response(s)
+                break
+            except (ConnectionError, OSError):
+                assert time.time() < deadline, "the server did not answer"
+                time.sleep(0.2)
+        assert status == 200 and body["status"] == "ok"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
+
+
+def test_a_worker_that_cannot_load_the_run_says_so_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """--workers N: uvicorn starts a dead worker again, which loads the run from disk; a run deleted
+    meanwhile printed a RunDirError traceback on every restart. Now one paragraph and exit code 1."""
+    from layerwise.deploy.server import ENV_SETTINGS, app_from_env
+
+    monkeypatch.setenv(ENV_SETTINGS, json.dumps({"run": str(tmp_path / "gone"), "device": "cpu"}))
+    with pytest.raises(SystemExit) as e:
+        app_from_env()
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "could not load the model" in err and "does not exist" in err and "Traceback" not in err

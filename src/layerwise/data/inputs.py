@@ -113,6 +113,12 @@ def array_examples(arr: np.ndarray, info: DatasetInfo, where: str) -> torch.Tens
     elif x.ndim == 3 and C == 1:
         x = x[:, None]
     if x.ndim != 4 or tuple(x.shape[1:]) != (C, H, W):
+        if C > 1 and arr.ndim in (3, 4) and tuple(arr.shape[-3:]) == (H, W, C):  # an image as PIL/numpy hold it
+            order = "(2, 0, 1)" if arr.ndim == 3 else "(0, 3, 1, 2)"
+            raise DataError(f"{where} has shape {arr.shape}, channels last (height, width, channels); the model "
+                            f"takes channels first, ({C}, {H}, {W}) examples (or a batch (N, {C}, {H}, {W})). "
+                            f"Transpose the array (numpy: a.transpose{order}); reshaping it would scramble the "
+                            f"pixels.")
         raise DataError(f"{where} has shape {arr.shape}; the model takes ({C}, {H}, {W}) examples "
                         f"(or a batch (N, {C}, {H}, {W})). Reshape the array to match.")
     if not np.isfinite(x).all():

@@ -110,7 +110,11 @@ def decode_json(body: bytes, info: DatasetInfo, max_examples: int, default_top_k
     field = JSON_FIELDS[kind]
     try:
         obj = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except UnicodeDecodeError as e:  # latin-1, cp1252...: JSON is UTF-8 (RFC 8259), whatever charset is declared
+        raise PayloadError(400, f"the JSON body is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at "
+                                f"position {e.start}); JSON must be sent as UTF-8 (RFC 8259): encode it as UTF-8, "
+                                f"e.g. json.dumps(obj).encode('utf-8'), whatever charset the header names.") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise PayloadError(400, f"the request body is not valid JSON ({str(e)[:200]}); send an object such as "
                                 f'{{"{field}": ..., "top_k": 3}} with Content-Type: application/json.') from None
     if not isinstance(obj, dict):
@@ -251,8 +255,11 @@ def decode_files(files: list[tuple[str, bytes]], fields: dict[str, str], info: D
     input_kind(info)
     unknown = sorted(k for k in fields if k not in FORM_FIELDS)
     if unknown:
-        raise PayloadError(422, f"unknown form field(s) {', '.join(repr(k) for k in unknown)}; the accepted fields "
-                                f"are {', '.join(repr(k) for k in FORM_FIELDS)}, and files (any field name).")
+        raise PayloadError(422, f"unknown form field(s) {', '.join(repr(k) for k in unknown)}; the accepted text "
+                                f"fields are {', '.join(repr(k) for k in FORM_FIELDS)}, and files under any field name. "
+                                f"A part sent without a filename is read as a text field: send a file with its name "
+                                f"(curl -F file=@digit.png, not -F 'file=<digit.png'; in Python "
+                                f"files={{'file': ('digit.png', data)}}).")
     if not files:
         raise PayloadError(422, "the multipart request holds no file; attach one or more input files (images, .npy, "
                                 ".wav, a CSV of rows, a text file of one example per line).")

@@ -129,8 +129,15 @@ class Predictor:
         elif kind == "text":
             pre["max_tokens"] = info.extra["text"]["max_length"]
             pre["normalize"] = "none: token ids of the run's tokenizer"
-        else:
-            pre["columns"] = info.extra["table"]["columns"]
+        else:  # what a client needs to write rows: which cells are numbers, which take one of a set of strings
+            table = info.extra["table"]
+            pre["columns"] = table["columns"]
+            pre["numeric_columns"] = list(table.get("numeric", []))
+            pre["categories"] = {c: list(v) for c, v in table.get("categories", {}).items()}
+            pre["log_columns"] = list(table.get("log", []))
+            pre["missing"] = table.get("missing")
+            pre["normalize"] = ("numeric cells (log(1 + x) for log_columns) standardized with mean/std per encoded "
+                                "feature; a category one-hot (an unseen one: all zeros)")
         meta = self.run.meta
         return {"model": (meta.get("model") or {}).get("name"), "source": self.run.source or str(self.run.path),
                 "task": info.task, "dataset": info.name, "classes": list(info.classes),
@@ -167,13 +174,19 @@ async def _read_body(request: Any, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadError(413, f"the request body is {int(declared) / 2 ** 20:.1f} MB, more than the server's "
                                 f"limit of {mb:g} MB (--max-upload-mb); send smaller files or fewer examples.")
+    from starlette.requests import ClientDisconnect
+
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadError(413, f"the request body is larger than the server's limit of {mb:g} MB "
-                                    f"(--max-upload-mb); send smaller files or fewer examples.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadError(413, f"the request body is larger than the server's limit of {mb:g} MB "
+                                        f"(--max-upload-mb); send smaller files or fewer examples.")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-body: nobody to answer, and no traceback in the log
+        raise PayloadError(400, f"the client disconnected after {size} bytes, before the whole request body "
+                                f"arrived; send the request again.") from None
     return b"".join(chunks)
 
 
@@ -197,6 +210,13 @@ async def _form(request: Any, body: bytes, max_files: int) -> tuple[list[tuple[s
         form = await Request(request.scope, replay).form(max_files=max_files, max_fields=len(FORM_FIELDS) + 8)
     except (MultiPartException, HTTPException) as e:  # Starlette wraps the parser's error in an HTTPException
         detail = getattr(e, "detail", None) or str(e) or type(e).__name__
+        if str(detail).startswith("Too many files"):  # the parser's own limit, set to --max-examples
+            raise PayloadError(413, f"the request holds more than {max_files} files, more than the server's limit of "
+                                    f"{max_files} examples per request (--max-examples); split it into several "
+                                    f"requests.") from None
+        if str(detail).startswith("Too many fields"):
+            raise PayloadError(422, f"the multipart body holds too many text fields; the accepted fields are "
+                                    f"{', '.join(repr(k) for k in FORM_FIELDS)}, and files (parts with a filename).") from None
         raise PayloadError(400, f"the multipart body cannot be parsed ({detail}); send files as "
                                 f"multipart/form-data, e.g. curl -F file=@digit.png URL/predict.") from None
     files, fields = [], {}
@@ -212,8 +232,11 @@ async def _form(request: Any, body: bytes, max_files: int) -> tuple[list[tuple[s
 
 
 def check_settings(max_batch: int, max_wait_ms: float, max_examples: int, max_upload_mb: float, timeout_s: float,
-                   max_queue: int, top_k: int) -> None:
+                   max_queue: int, top_k: int, threads: int | None = None) -> None:
     """ValueError naming the flag for a setting out of range (see :func:`create_app`)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"--threads must be an integer >= 1 (torch threads per worker; leave it out for the "
+                         f"machine's cores divided by --workers), got {threads!r}.")
     for name, v in (("max_batch", max_batch), ("max_examples", max_examples), ("max_queue", max_queue),
                     ("top_k", top_k)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -247,7 +270,7 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
 
     from layerwise.insight.runs import LoadedRun, open_run
 
-    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k)
+    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k, threads)
     if threads is not None:
         torch.set_num_threads(threads)
     loaded = run if isinstance(run, LoadedRun) else open_run(run, device)
@@ -268,12 +291,12 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
     app = FastAPI(title="layerwise serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.predictor, app.state.batcher = predictor, batcher
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: load balancers and uptime probes
     async def health() -> dict[str, Any]:
         return {"status": "ok", "waiting": batcher.waiting, "batches": batcher.batches,
                 "examples": batcher.examples, "failed_batches": batcher.failures}
 
-    @app.get("/metadata")
+    @app.api_route("/metadata", methods=["GET", "HEAD"])
     async def metadata() -> dict[str, Any]:
         return predictor.metadata() | {"settings": settings}
 
@@ -285,7 +308,16 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
         if ctype not in ("application/json", "multipart/form-data") and not ctype.endswith("+json"):
             raise PayloadError(415, f"Content-Type {ctype or '(none)'} is not accepted; send application/json "
                                     f"({{\"{JSON_FIELDS[predictor.kind]}\": ...}}) or multipart/form-data (files).")
-        body = await _read_body(request, limit)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        if encoding not in ("", "identity"):
+            raise PayloadError(415, f"Content-Encoding {encoding} is not accepted; send the body uncompressed, without "
+                                    f"a Content-Encoding header (--max-upload-mb bounds its size).")
+        try:
+            async with asyncio.timeout(timeout_s):
+                body = await _read_body(request, limit)
+        except TimeoutError:
+            raise PayloadError(408, f"the request body did not arrive within {timeout_s:g} s (--timeout-s); send it "
+                                    f"at once, or send less (a slow or stalled client holds a connection).") from None
         if ctype == "multipart/form-data":
             files, fields = await _form(request, body, max_files=max_examples)
             return await run_in_threadpool(decode_files, files, fields, predictor.info, predictor.max_image_pixels,
@@ -322,8 +354,19 @@ def create_app(run: Any, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_e
 def app_from_env():
     """uvicorn's factory for ``--workers N``: each worker process builds its app from the settings
     that :func:`serve` put in the environment variable LAYERWISE_SERVE_SETTINGS (JSON)."""
+    import sys
+
     settings = json.loads(os.environ[ENV_SETTINGS])
-    return create_app(settings.pop("run"), **settings)
+    run = settings.pop("run")
+    try:
+        return create_app(run, **settings)
+    except (ValueError, OSError) as e:  # RunDirError, DataError, ConfigError are ValueErrors
+        # a worker started again by uvicorn after one died, when the run has since been moved or deleted: one
+        # paragraph instead of a traceback on every restart; the workers that hold the model go on serving
+        print(f"layerwise serve: a worker process ({os.getpid()}) could not load the model ({e}); the other "
+              f"workers go on serving. Put the run back at '{run}', or restart `layerwise serve`.",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers: int = 1, threads: int | None = None,
@@ -341,6 +384,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"--workers must be an integer >= 1, got {workers!r}.")
+    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k, threads)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
     kw = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_examples": max_examples,
@@ -352,11 +396,12 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
     if workers == 1:
         app = create_app(run, **kw)
         info = app.state.predictor.info
-        print(f"layerwise serve: {run} ({info.task}, {info.name}, {app.state.predictor.kind} inputs "
-              f"{tuple(info.in_shape)}) on http://{host}:{port}: POST /predict, GET /metadata, GET /health; "
-              f"batches of up to {max_batch} examples, {max_wait_ms:g} ms wait, {threads} torch thread(s)", flush=True)
-        with stop_signals():
-            uvicorn.run(app, **common)
+        with listening_socket(host, port) as sock:  # bound here: --port 0's real port is known for the line below
+            print(f"layerwise serve: {run} ({info.task}, {info.name}, {app.state.predictor.kind} inputs "
+                  f"{tuple(info.in_shape)}) on {_url(host, sock)}: POST /predict, GET /metadata, GET /health; batches "
+                  f"of up to {max_batch} examples, {max_wait_ms:g} ms wait, {threads} torch thread(s)", flush=True)
+            with stop_signals():
+                uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
         return
     from layerwise.insight.runs import open_run
 
@@ -368,13 +413,19 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
         from uvicorn.supervisors import Multiprocess
 
         config = uvicorn.Config("layerwise.deploy.server:app_from_env", factory=True, workers=workers, **common)
-        print(f"layerwise serve: {run} on http://{host}:{port} with {workers} worker processes, batches of up to "
-              f"{max_batch} examples each, {threads} torch thread(s) each", flush=True)
         with listening_socket(host, port) as sock:
+            print(f"layerwise serve: {run} on {_url(host, sock)} with {workers} worker processes, batches of up to "
+                  f"{max_batch} examples each, {threads} torch thread(s) each", flush=True)
             if "target" in inspect.signature(Multiprocess).parameters:  # uvicorn before 0.30 took the server's run
                 Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
             else:
                 Multiprocess(config, sockets=[sock]).run()
+
+
+def _url(host: str, sock: Any) -> str:
+    """http://HOST:PORT of a bound socket: the real port when --port 0 asked for any free one."""
+    port = sock.getsockname()[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def listening_socket(host: str, port: int):
