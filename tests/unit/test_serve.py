@@ -541,3 +541,33 @@ def test_a_worker_that_cannot_load_the_run_says_so_without_a_traceback(tmp_path,
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert "could not load the model" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_workers_load_a_private_copy_of_the_run(tmp_path, monkeypatch):
+    """--workers N: a worker that uvicorn starts again after a crash loads the run from disk; with the
+    run's model.safetensors overwritten meanwhile it served the new model beside the old one. The
+    workers now load a copy serve() takes first, removed when the server stops."""
+    import layerwise.deploy.server as srv
+    from layerwise.train.run import read_weights
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    _save(run, create_model("mlp", in_shape=(4,), num_classes=2, width=8, depth=1),
+          DatasetInfo("t", (4,), 2, ["a", "b"], 1.0, [0.0] * 4, [1.0] * 4, extra={"table": {"columns": list("wxyz")}}))
+    (run / "config.yaml").write_text("run:\n  name: t\n")
+    seen = {}
+
+    def fake_supervise(*args):  # what the workers would be started with, and the copy while they run
+        source = json.loads(os.environ[srv.ENV_SETTINGS])["run"]
+        seen["source"] = source
+        seen["files"] = sorted(p.name for p in Path(source).iterdir())
+        original = {k: v.clone() for k, v in read_weights(run)[1].items()}  # not views of the file's pages
+        (run / "model.safetensors").write_bytes(b"overwritten by another training run")  # the run changes
+        assert all(torch.equal(original[k], v) for k, v in read_weights(source)[1].items())
+
+    monkeypatch.setattr(srv, "_supervise", fake_supervise)
+    monkeypatch.setattr(srv, "_check_port", lambda host, port: None)
+    srv.serve(str(run), workers=2, device="cpu")
+    assert seen["files"] == ["config.yaml", "model.safetensors"] and Path(seen["source"]).name == "run"
+    assert not Path(seen["source"]).exists()  # removed with the server

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -361,11 +361,11 @@ def app_from_env():
     try:
         return create_app(run, **settings)
     except (ValueError, OSError) as e:  # RunDirError, DataError, ConfigError are ValueErrors
-        # a worker started again by uvicorn after one died, when the run has since been moved or deleted: one
-        # paragraph instead of a traceback on every restart; the workers that hold the model go on serving
+        # a worker started again by uvicorn after one died loads the private copy serve() made (snapshot); if
+        # even that is gone (a cleaned temporary folder): one paragraph instead of a traceback on every restart
         print(f"layerwise serve: a worker process ({os.getpid()}) could not load the model ({e}); the other "
-              f"workers go on serving. Put the run back at '{run}', or restart `layerwise serve`.",
-              file=sys.stderr, flush=True)
+              f"workers go on serving. Its copy of the run at '{run}' is gone (was the temporary folder cleaned?): "
+              f"restart `layerwise serve`.", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
 
 
@@ -390,7 +390,6 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
     kw = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_examples": max_examples,
           "max_upload_mb": max_upload_mb, "timeout_s": timeout_s, "max_queue": max_queue, "top_k": top_k,
           "device": device, "threads": threads}
-    check_settings(max_batch, max_wait_ms, max_examples, max_upload_mb, timeout_s, max_queue, top_k)
     _check_port(host, port)
     common = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": int(timeout_s) + 5}
     if workers == 1:
@@ -405,8 +404,48 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, workers
         return
     from layerwise.insight.runs import open_run
 
-    input_kind(open_run(run, "cpu").info)  # the run's errors before any worker starts
-    os.environ[ENV_SETTINGS] = json.dumps({"run": str(run)} | kw)
+    with snapshot(run) as frozen:
+        input_kind(open_run(frozen, "cpu").info)  # the run's errors before any worker starts
+        os.environ[ENV_SETTINGS] = json.dumps({"run": frozen} | kw)
+        _supervise(run, host, port, workers, common, max_batch, threads)
+
+
+@contextlib.contextmanager
+def snapshot(run: str | Path) -> Iterator[str]:
+    """``with snapshot(run) as source:`` a private copy of the run's model.safetensors and
+    config.yaml (or of a model file) in a temporary folder, removed on exit, for the worker
+    processes to load. A worker that uvicorn restarts (after a crash) then loads the model the
+    others hold, even if the run's files were deleted or overwritten meanwhile (it would have
+    loaded the new model beside the old, or failed in a loop). A shipped model
+    (``pretrained:NAME``, checked by its sha256) is used as it is."""
+    import shutil
+    import tempfile
+
+    from layerwise.models.pretrained import PREFIX
+
+    if str(run).startswith(PREFIX):
+        yield str(run)
+        return
+    src = Path(run)
+    with tempfile.TemporaryDirectory(prefix="layerwise-serve-") as tmp:
+        dst = Path(tmp) / (src.name or "run")
+        if src.is_dir():
+            dst.mkdir()
+            for name in ("model.safetensors", "config.yaml"):
+                if (src / name).is_file():
+                    shutil.copy2(src / name, dst / name)
+        elif src.is_file():
+            shutil.copy2(src, dst)
+        else:
+            dst = src  # not there: open_run names the problem
+        yield str(dst)
+
+
+def _supervise(run: Any, host: str, port: int, workers: int, common: dict[str, Any], max_batch: int,
+               threads: int) -> None:
+    """uvicorn's supervisor of ``workers`` processes on one listening socket (see :func:`serve`)."""
+    import uvicorn
+
     with stop_signals(), warnings.catch_warnings():
         # uvicorn's supervisor leaves its listening socket to the garbage collector at exit
         warnings.simplefilter("ignore", ResourceWarning)
