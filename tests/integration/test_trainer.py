@@ -84,6 +84,58 @@ def test_one_bad_step_is_skipped_and_counted(overrides_for):
     assert hit["step"] == 20 and hit["skipped_steps"] == 1  # step 10 of 23 per epoch, logged at step 20
 
 
+@pytest.mark.parametrize("which", ["large", "small"])  # the probe's two ways: a sum, a norm
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_gradient_under_a_finite_loss_is_skipped(overrides_for, which, bad):
+    """With clipping off the CPU's finiteness probe (sums of large gradients, norms of small ones)
+    still sees one bad element in one parameter's gradient: the step is skipped and no weight moves."""
+    from layerwise.train.trainer import SMALL_GRAD
+    t = _trainer(overrides_for, "--train.max_steps=6", "--model.width=200")
+    params = dict(t.model.named_parameters())
+    name = next(n for n, p in params.items() if (p.numel() >= SMALL_GRAD) == (which == "large"))
+    calls = {"n": 0}
+
+    def poison(g):
+        calls["n"] += 1
+        if calls["n"] != 4:
+            return g
+        g = g.clone()
+        g.view(-1)[g.numel() // 3] = bad
+        return g
+    params[name].register_hook(poison)
+    seen = {}
+    step = t._optimizer_step
+
+    def record(loss, norm):
+        seen[t.step] = _weights(t)
+        step(loss, norm)
+    t._optimizer_step = record
+    summary = t.fit()
+    assert summary["skipped_steps"] == 1
+    assert t.skipped_steps == 1 and t.overflow_steps == 0
+    assert all(math.isfinite(v.abs().sum().item()) for v in _weights(t).values())
+    # the poisoned step (0-based 3) moved nothing: the weights before step 4 are those before step 3
+    assert all(seen[3][k].equal(seen[4][k]) for k in seen[3])
+    assert not all(seen[2][k].equal(seen[3][k]) for k in seen[2])
+
+
+def test_finiteness_probe_is_finite_exactly_when_every_gradient_is():
+    from layerwise.train.trainer import SMALL_GRAD, finiteness_probe
+    g = torch.Generator().manual_seed(0)
+    shapes = [(SMALL_GRAD + 5,), (300, 200), (7,), (1,), (3, 3)]
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    assert math.isfinite(finiteness_probe(grads).item())
+    assert math.isfinite(finiteness_probe(grads[:1]).item()) and math.isfinite(finiteness_probe(grads[2:]).item())
+    for i in range(len(grads)):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            poisoned = [x.clone() for x in grads]
+            poisoned[i].view(-1)[-1] = bad
+            assert not math.isfinite(finiteness_probe(poisoned).item()), (shapes[i], bad)
+    mixed = [x.clone() for x in grads]
+    mixed[0][0], mixed[0][1] = float("inf"), -float("inf")  # one tensor's sum is NaN: still caught
+    assert not math.isfinite(finiteness_probe(mixed).item())
+
+
 def _overflowing_scaler(monkeypatch, init_scale: float = 2.0**127):
     """fp16's loss scaler on the CPU, starting so high that the scaled gradients overflow fp32:
     the first steps overflow and are skipped while the scale halves, as fp16 on a GPU does."""

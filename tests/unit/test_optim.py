@@ -167,23 +167,22 @@ def test_unknown_optimizer_lists_names_and_closest() -> None:
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_every_group_has_float_base_lr_and_cpu_foreach(name: str) -> None:
+def test_every_group_has_float_base_lr_and_cpu_fused(name: str) -> None:
     opt = build_optimizer(Toy(), name, lr=0.003, weight_decay=0.1, muon_lr=0.02)
     for g in opt.param_groups:
         want = 0.02 if g["name"] == "muon" else 0.003
         assert g["base_lr"] == g["lr"] == want and isinstance(g["lr"], float)
-        if g["name"] != "muon":  # Adam/AdamW: torch's fused CPU kernel (faster); SGD/Lion-like: foreach
-            if name in ("adamw", "adam", "muon"):
-                assert g["fused"] is True and not g.get("foreach"), (name, g)
-            else:
-                assert g["foreach"] is True and not g.get("fused"), (name, g)
+        if g["name"] != "muon":  # SGD, Adam/AdamW: torch's fused CPU kernels (faster than foreach)
+            assert g["fused"] is True and not g.get("foreach"), (name, g)
 
 
 def test_fused_on_cuda_foreach_on_cpu_and_device_check() -> None:
     assert _impl_kwargs(torch.optim.AdamW, "cuda") == {"fused": True}
     assert _impl_kwargs(torch.optim.SGD, "cuda") == {"fused": True}  # torch >= 2.3 has it
     assert _impl_kwargs(torch.optim.AdamW, "cpu") == {"fused": True}  # torch's CPU kernel: 3.5x faster
-    assert _impl_kwargs(torch.optim.SGD, "cpu") == {"foreach": True}  # fused is no faster there
+    assert _impl_kwargs(torch.optim.SGD, "cpu") == {"fused": True}  # one pass per tensor: 619 vs 826 us (MNIST MLP)
+    assert _impl_kwargs(torch.optim.SGD, "cpu", fused=False) == {"foreach": True}
+    assert _impl_kwargs(torch.optim.SGD, "cpu", per_param=True) == {"foreach": False}
     assert _impl_kwargs(torch.optim.AdamW, "cpu", fused=False) == {"foreach": True}
     assert _impl_kwargs(torch.optim.AdamW, "mps") == {}
     with pytest.raises(ValueError, match="move the model"):

@@ -185,3 +185,34 @@ def test_task_options_for_another_task_are_refused(arg, kind):
     info = DatasetInfo("t", (2,), 2, ["a", "b"], 1.0, [0.0] * 2, [1.0] * 2, task=kind)
     with pytest.raises(ConfigError, match=f"does nothing for the task '{kind}'"):
         create_task(info, load_config(None, [arg]))
+
+
+@pytest.mark.parametrize("C", [2, 10, 37])  # 37: top-5 counted
+def test_classify_training_sums_equal_the_weighted_path(C):
+    """The training step's sums (no keep: one count of the confusion, correct read off its
+    diagonal) equal those of the general path (keep all) exactly, hard and soft targets."""
+    info = DatasetInfo("t", (2,), C, [str(i) for i in range(C)], 1.0, [0.0] * 2, [1.0] * 2)
+    task = create_task(info)
+    g = torch.Generator().manual_seed(C)
+    for _ in range(10):
+        out, y = torch.randn(64, C, generator=g), torch.randint(0, C, (64,), generator=g)
+        loss = torch.rand((), generator=g) * 100
+        keep = torch.ones(64, dtype=torch.bool)
+        assert task.stats(out, y, loss).equal(task.stats(out, y, loss, keep))
+        soft = F.one_hot(y, C).float() * 0.7 + 0.3 / C
+        assert task.stats(out, soft, loss).equal(task.stats(out, soft, loss, keep))
+    stats = task.stats(out, y, loss)
+    assert stats[1].item() == (out.argmax(1) == y).sum().item()
+    assert stats[3:].sum().item() == 64
+
+
+def test_confusion_counts_without_bincount_equal_bincounts():
+    """The way taken off the CPU (CUDA's bincount reads its input's range on the host, a sync per
+    training step): index_put_ with accumulate gives the same counts, weighted or not."""
+    from layerwise.tasks.classify import confusion_counts
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 100, (500,), generator=g)
+    w = (torch.rand(500, generator=g) < 0.7).double()
+    assert confusion_counts(codes, 100, bincount=False).equal(torch.bincount(codes, minlength=100).double())
+    assert confusion_counts(codes, 100, w, bincount=False).equal(torch.bincount(codes, weights=w, minlength=100))
+    assert confusion_counts(codes, 100).equal(torch.bincount(codes, minlength=100))  # the CPU's way

@@ -259,10 +259,11 @@ class BatchLoader(EpochOrder):
         host_order = self.rank_order()  # flips are looked up on the host: no device sync per batch
         order = host_order.to(self.x.device)
         xs, normalized = self._inputs()
+        alternate = self.augment and self.transform.alternates_flips
         while self.position < len(self):
             i = self.position
             idx = order[self.batch_slice(i)]  # (B,)
-            flips = self.flips(host_order[self.batch_slice(i)])
+            flips = self.flips(host_order[self.batch_slice(i)]) if alternate else None
             x, y = self.transform(_take(xs, idx), self.y.index_select(0, idx), self.augment_generator(i),
                                   flips, normalized=normalized)
             self.position += 1

@@ -33,6 +33,10 @@ class Task:
     headline: str = "loss"
     higher_is_better: bool = False  # of the headline metric
     collects: bool = False  # evaluation also hands every output to final_metrics (e.g. mAP)
+    # the training loop may compute :meth:`stats` once for many micro-batches, concatenated along
+    # the batch: only for a task whose sums (the loss apart) are whole counts, so that the sum of
+    # the parts and the sums of the whole are equal bit for bit
+    defer_stats: bool = False
 
     def __init__(self, info: Any, options: Any = None):
         self.info = info

@@ -25,6 +25,21 @@ def macro_f1(confusion: torch.Tensor) -> float | None:
     return float(f1[present].mean())
 
 
+def confusion_counts(codes: torch.Tensor, size: int, weights: torch.Tensor | None = None, *,
+                     bincount: bool | None = None) -> torch.Tensor:
+    """(size,) counts of each value of ``codes`` ((B,) int64 in [0, size)), weighted by ``weights``
+    ((B,) float64) when given: ``torch.bincount`` on the CPU (int64 without weights, else float64);
+    elsewhere float64 by ``index_put_(accumulate=True)``, because CUDA's bincount reads the codes'
+    minimum and maximum on the host, a sync that would stall every training step's queue. The
+    counts are whole numbers (or sums of 0/1 weights), exact in float64 in any order. ``bincount``
+    True/False picks the way regardless of the device (tests)."""
+    if bincount if bincount is not None else codes.device.type == "cpu":
+        return torch.bincount(codes, weights=weights, minlength=size)
+    if weights is None:
+        weights = torch.ones(codes.shape, dtype=torch.float64, device=codes.device)
+    return torch.zeros(size, dtype=torch.float64, device=codes.device).index_put_((codes,), weights, accumulate=True)
+
+
 class Classify(Task):
     """Cross-entropy over ``num_classes`` logits (``F.cross_entropy``, label smoothing from
     train.label_smoothing; soft targets from mixup/cutmix taken as they are).
@@ -35,6 +50,7 @@ class Classify(Task):
 
     name = "classify"
     headline = "accuracy"
+    defer_stats = True  # correct, top-5 and confusion counts
     higher_is_better = True
 
     def __init__(self, info: Any, options: Any = None, label_smoothing: float = 0.0):
@@ -60,8 +76,19 @@ class Classify(Task):
               keep: torch.Tensor | None = None) -> torch.Tensor:
         C = self.info.num_classes
         label = y.argmax(-1) if y.is_floating_point() else y  # (B,)
-        w = torch.ones_like(label, dtype=torch.float64) if keep is None else keep.to(label.device, torch.float64)
         pred = out.argmax(-1)  # (B,)
+        if keep is None and self.confusion:
+            # every training step comes here: the confusion counted once and the correct predictions
+            # read off its diagonal: the same sums as below in fewer kernels (37 against 54 us for an
+            # MNIST batch on one CPU thread, issue 14)
+            conf = confusion_counts(pred.add(label, alpha=C), C * C)  # (C*C,), row = true class
+            s = torch.empty(3 + C * C, dtype=torch.float64, device=out.device)
+            s[0] = loss_sum.detach()
+            s[1] = conf[:: C + 1].sum()
+            s[2] = (out.topk(min(5, C), dim=-1).indices == label[:, None]).any(-1).sum() if self.top5 else 0
+            s[3:] = conf
+            return s
+        w = torch.ones_like(label, dtype=torch.float64) if keep is None else keep.to(label.device, torch.float64)
         parts = [loss_sum.detach().double().reshape(1), ((pred == label) * w).sum().reshape(1)]
         if self.top5:
             top = out.topk(min(5, C), dim=-1).indices  # (B, 5)
@@ -69,7 +96,7 @@ class Classify(Task):
         else:
             parts.append(parts[-1].new_zeros(1))
         if self.confusion:
-            parts.append(torch.bincount(label * C + pred, weights=w, minlength=C * C).double())
+            parts.append(confusion_counts(label * C + pred, C * C, w).double())
         return torch.cat(parts)
 
     def metrics(self, sums: list[float], count: int) -> dict[str, Any]:

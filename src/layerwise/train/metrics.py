@@ -4,10 +4,25 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
+
+# Deferred micro-batches an Accumulator holds before it computes their sums in one call: at most
+# this many (and at least once per log interval, evaluation and checkpoint)
+MAX_DEFERRED = 64
+
+
+class Deferred(NamedTuple):
+    """One training micro-batch whose metric sums wait for the next log interval: its outputs
+    (detached; small, see ``Trainer``), its targets and its summed loss (0-d float32), all as the
+    step produced them. The loaders yield fresh tensors for every batch, so nothing here is
+    written again before :class:`Accumulator` reads it."""
+    out: torch.Tensor
+    y: torch.Tensor
+    loss_sum: torch.Tensor
 
 
 class Accumulator:
@@ -26,7 +41,8 @@ class Accumulator:
     :meth:`count_skipped`, when it reads the flags).
     """
 
-    def __init__(self, size: int, device: torch.device, reduce=None):
+    def __init__(self, size: int, device: torch.device, reduce=None,
+                 stats: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None):
         self.sums = torch.zeros(size, dtype=torch.float64, device=device)
         self.count = 0
         self.staged: torch.Tensor | None = None  # (size,) float64: the step being decided
@@ -34,24 +50,73 @@ class Accumulator:
         self.skipped = 0  # steps dropped since the last read
         self.reduce = reduce  # e.g. Parallel.sum: totals over the data-parallel ranks
         self._device_count: torch.Tensor | None = None  # int64 targets of steps settled on the device
+        self.stats = stats  # the task's stats(out, y, loss_sum), for Deferred micro-batches
+        self._staged_deferred: list[Deferred] = []  # the step being decided, deferred
+        self._deferred: list[Deferred] = []  # taken, their sums not yet computed
+        self._deferred_losses: list[torch.Tensor] = []  # one float64 0-d sum per taken step
 
-    def stage(self, stats: torch.Tensor, count: int) -> None:
-        """Hold one micro-batch's sums (``count`` targets) until :meth:`commit` or :meth:`drop`."""
-        stats = stats.to(torch.float64)  # the sums' dtype (a no-op for the tasks' float64 stats)
-        self.staged = stats if self.staged is None else self.staged + stats
+    def stage(self, stats: torch.Tensor | Deferred, count: int) -> None:
+        """Hold one micro-batch's sums (``count`` targets) until :meth:`commit` or :meth:`drop`;
+        a :class:`Deferred` micro-batch's sums are computed later, many at once (the Accumulator
+        needs ``stats``)."""
+        if isinstance(stats, Deferred):
+            if self.stats is None:
+                raise ValueError("a Deferred micro-batch needs an Accumulator made with stats=task.stats")
+            self._staged_deferred.append(stats)
+        else:
+            stats = stats.to(torch.float64)  # the sums' dtype (a no-op for the tasks' float64 stats)
+            self.staged = stats if self.staged is None else self.staged + stats
         self.staged_count += count
 
     def commit(self) -> None:
         """Fold the staged micro-batches into the sums (the step was taken)."""
+        if self._staged_deferred:
+            self._commit_deferred()
         if self.staged is not None:
+            self._fold_deferred()  # the float64 sums take the steps in their order
             self.sums += self.staged
         self.count += self.staged_count
         self.staged = None
         self.staged_count = 0
 
+    def _commit_deferred(self) -> None:
+        """Keep the staged Deferred micro-batches of a taken step; their step's loss is summed now,
+        in the order :meth:`stage` and :meth:`commit` add a tensor's, so that the float64 loss sum
+        comes out bit for bit as if the sums had been computed at each step."""
+        items, self._staged_deferred = self._staged_deferred, []
+        loss = items[0].loss_sum.detach().to(torch.float64)
+        for item in items[1:]:
+            loss = loss + item.loss_sum.detach().to(torch.float64)
+        self._deferred.extend(items)
+        self._deferred_losses.append(loss)
+        if len(self._deferred) >= MAX_DEFERRED:
+            self._fold_deferred()
+
+    def _fold_deferred(self) -> None:
+        """Compute the deferred micro-batches' sums in one call of ``stats`` over their
+        concatenation (one per kind of batch: targets hard or soft; the sums are additive, whole
+        counts exactly in any order) and add them; the
+        loss sums are added one step after another, as :meth:`commit` would have (a cumulative
+        sum, sequential on the CPU)."""
+        if not self._deferred:
+            return
+        items, losses = self._deferred, self._deferred_losses
+        self._deferred, self._deferred_losses = [], []
+        kinds: dict[tuple, list[Deferred]] = {}  # one call per kind of batch (hard and soft targets, ...)
+        for it in items:
+            kinds.setdefault((it.out.dtype, it.out.shape[1:], it.y.dtype, it.y.shape[1:]), []).append(it)
+        zero = torch.zeros((), dtype=torch.float32, device=self.sums.device)
+        loss = torch.cat([self.sums[:1], torch.stack(losses)]).cumsum(0)[-1]
+        for group in kinds.values():
+            out = group[0].out if len(group) == 1 else torch.cat([it.out for it in group])
+            y = group[0].y if len(group) == 1 else torch.cat([it.y for it in group])
+            self.sums += self.stats(out, y, zero).to(torch.float64)  # its loss part is 0
+        self.sums[0] = loss
+
     def drop(self) -> None:
         """Forget the staged micro-batches (the step was skipped) and count the skipped step."""
         self.staged = None
+        self._staged_deferred = []
         self.staged_count = 0
         self.skipped += 1
 
@@ -59,7 +124,14 @@ class Accumulator:
         """:meth:`commit` if the 0-d bool device tensor ``taken`` is true, else forget the staged
         micro-batches, without a host sync (a skipped step's NaN never reaches the sums: it is
         selected away, not multiplied by 0). The caller counts a skipped step with
-        :meth:`count_skipped` once it has read ``taken``."""
+        :meth:`count_skipped` once it has read ``taken``. Deferred micro-batches get their sums
+        here (a selection needs them)."""
+        if self._staged_deferred:
+            items, self._staged_deferred = self._staged_deferred, []
+            for item in items:
+                vec = self.stats(item.out, item.y, item.loss_sum).to(torch.float64)
+                self.staged = vec if self.staged is None else self.staged + vec
+        self._fold_deferred()
         if self.staged is not None:
             self.sums += torch.where(taken, self.staged, 0.0)
         if self._device_count is None:
@@ -78,7 +150,9 @@ class Accumulator:
         self.commit()
 
     def _fold_device_count(self) -> None:
-        """Move the target count of steps settled on the device to the host (one sync)."""
+        """Move the target count of steps settled on the device to the host (one sync), and the
+        deferred micro-batches' sums into ``sums``."""
+        self._fold_deferred()
         if self._device_count is not None:
             self.count += int(self._device_count.item())
             self._device_count.zero_()
@@ -112,6 +186,7 @@ class Accumulator:
         the training."""
         sums = torch.as_tensor(state["sums"], dtype=torch.float64)
         self._device_count = None
+        self._staged_deferred, self._deferred, self._deferred_losses = [], [], []
         if sums.shape == self.sums.shape:
             self.sums.copy_(sums)
             self.count = int(state["count"])
