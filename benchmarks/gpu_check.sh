@@ -17,18 +17,19 @@
 #   mkdir -p .gpu-insight && cp -r <data>/mnist .gpu-insight/
 #   pip download --no-deps -d .gpu-insight/wheels captum==0.9.0
 #   bash benchmarks/gpu_check.sh .gpu-insight insight      # carry .gpu-insight (13 MB)
-# `insight` (or `deploy`: issue 19's report check, benchmarks/report_gpu.py) as the only names run
-# just those groups; no names run everything.
+# `insight` (or `deploy`: issue 19's report check, benchmarks/report_gpu.py; `step`: issue 14's
+# check that a classification step's metric sums do not sync, benchmarks/stats_sync_gpu.py) as the
+# only names run just those groups; no names run everything.
 set -uo pipefail
 DATA=${1:-.gpu-data}
 export OUT=${OUT:-/tmp/layerwise-gpu}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-# after DATA: job names of gpu_check.py (gpu_check.py --list), or the groups `insight` and `deploy`
+# after DATA: job names of gpu_check.py (gpu_check.py --list), or the groups `insight`, `deploy`, `step`
 JOBS=() SETS=()
 for a in "${@:2}"; do
-  case "$a" in insight|deploy) SETS+=("$a") ;; *) JOBS+=("$a") ;; esac
+  case "$a" in insight|deploy|step) SETS+=("$a") ;; *) JOBS+=("$a") ;; esac
 done
 ALL=$(( $# <= 1 ))
 : >"$OUT/stderr.txt"; : >"$OUT/stdout.txt"
@@ -48,6 +49,10 @@ if [ "$ALL" = 1 ] || [[ " ${SETS[*]-} " == *" insight "* ]]; then
     echo '{"check": "explain_gpu", "skipped": "Captum is not installed and no wheels/captum-*.whl under the data root"}' | tee -a "$OUT/stdout.txt"
   fi
   python3 benchmarks/attack_gpu.py --data-root "$DATA" --out "$OUT/attack_gpu.json" 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
+fi
+# issue 14: the classification step's metric sums make no host sync on CUDA and equal the CPU's
+if [ "$ALL" = 1 ] || [[ " ${SETS[*]-} " == *" step "* ]]; then
+  python3 benchmarks/stats_sync_gpu.py --out "$OUT/stats_sync_gpu.json" 2>>"$OUT/stderr.txt" | tee -a "$OUT/stdout.txt"
 fi
 # issue 19: the end-of-run report of a CUDA run against the same report written on the CPU
 if [ "$ALL" = 1 ] || [[ " ${SETS[*]-} " == *" deploy "* ]]; then

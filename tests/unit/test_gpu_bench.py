@@ -96,3 +96,13 @@ def test_smoke_gpt_part_writes_json(tmp_path, monkeypatch):
     for side in ("layerwise", "plain"):
         assert g[side]["tokens_per_second"] > 0 and g[side]["timed_steps"] == 4
     assert 0 < g["ratio_layerwise_over_plain_tokens_per_second"] < 10
+
+
+def test_stats_sync_check_says_when_it_has_no_gpu(capsys, monkeypatch):
+    """benchmarks/stats_sync_gpu.py (issue 14's check that the classification step's sums do not
+    sync on CUDA) runs in gpu_check.sh; without CUDA it says so and passes."""
+    import stats_sync_gpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["stats_sync_gpu.py"])
+    assert stats_sync_gpu.main() == 0
+    assert json.loads(capsys.readouterr().out) == {"check": "stats_sync_gpu", "skipped": "no CUDA device"}
