@@ -124,9 +124,10 @@ def finiteness_probe(grads: list[torch.Tensor]) -> torch.Tensor:
     tensor's sum (or norm) and so the total Inf or NaN; finite gradients give a finite total unless
     the sum overflows float32 (|total| > 3.4e38), which the squares of a norm do sooner (at
     elements of 1.8e19). On the CPU a sum reads each element once and adds it: 31 against 51 us
-    for the MNIST MLP's 784x512 weight gradient (one thread), and the step's check in all 62
-    against 106 us (issue 14); below SMALL_GRAD elements ``torch._foreach_norm``'s one call beats
-    a Python loop of sums (a ResNet's 29 tensors: 78 against 88 us).
+    for the MNIST MLP's 784x512 weight gradient (one thread), and the MLP's whole check 107
+    against 166 us on one thread, 79 against 170 on two (issue 14); below SMALL_GRAD elements
+    ``torch._foreach_norm``'s one call beats a Python loop of sums (a ResNet's 29 tensors: 78
+    against 88 us).
 
     ``grads``: tensors on one device with one dtype (at least one). Returns float32 or the grads'
     floating dtype. Not a norm: use it only to test ``math.isfinite``."""
